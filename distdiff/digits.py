@@ -1,0 +1,88 @@
+"""The embedded `digits` dataset: scikit-learn's 1,797 8x8 digits exported as 32x32 RGB PNGs.
+
+Split files in data/digits/splits/*.txt (committed) list sklearn sample indices. They are drawn
+once with a fixed seed, per class: 50 test, 20 val, 10 train10 (the first 3 of which form the
+3-shot `train` split), and the rest `prior`, which only the diffusion prior ever sees.
+"""
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from distdiff import DistDiffError
+
+logger = logging.getLogger(__name__)
+SPLIT_SIZES = {"test": 50, "val": 20, "train10": 10}
+SHOTS = 3
+SPLIT_SEED = 0
+SPLITS = ("train", "train10", "val", "test", "prior")
+IMAGE_SIZE = 32
+
+
+def make_splits(targets, seed=SPLIT_SEED):
+    """Seeded per-class split of sample indices; returns {split: sorted index list}."""
+    rng = np.random.default_rng(seed)
+    splits = {name: [] for name in SPLITS}
+    for label in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == label))
+        start = 0
+        for name, size in SPLIT_SIZES.items():
+            splits[name].extend(idx[start:start + size].tolist())
+            start += size
+        splits["train"].extend(idx[start - SPLIT_SIZES["train10"]:][:SHOTS].tolist())
+        splits["prior"].extend(idx[start:].tolist())
+    return {name: sorted(int(i) for i in ids) for name, ids in splits.items()}
+
+
+def read_splits(split_dir):
+    """Read committed split files; None when any is missing."""
+    paths = {name: Path(split_dir) / f"{name}.txt" for name in SPLITS}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    return {name: [int(line) for line in p.read_text().split()] for name, p in paths.items()}
+
+
+def write_splits(split_dir, splits):
+    """Write one index per line, sorted."""
+    Path(split_dir).mkdir(parents=True, exist_ok=True)
+    for name, ids in splits.items():
+        (Path(split_dir) / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+
+
+def digit_to_image(pixels):
+    """8x8 array in [0, 16] -> 32x32 RGB PIL image (bilinear upsampling, white ink on black)."""
+    gray = Image.fromarray(np.round(pixels * (255.0 / 16.0)).astype(np.uint8), mode="L")
+    return gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR).convert("RGB")
+
+
+def export_digits(root):
+    """Export every split under `root` once; an interrupted export is redone from scratch."""
+    from sklearn.datasets import load_digits  # ships with scikit-learn, no download
+
+    root = Path(root)
+    digits = load_digits()
+    split_dir = root / "splits"
+    splits = read_splits(split_dir)
+    if splits is None:
+        splits = make_splits(digits.target)
+        write_splits(split_dir, splits)
+    elif splits != make_splits(digits.target):
+        raise DistDiffError(f"{split_dir} differs from the seeded split; restore it with git checkout")
+    for name in SPLITS:
+        if (root / name).is_dir():
+            continue
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+        try:
+            for i in splits[name]:
+                class_dir = tmp / str(digits.target[i])
+                class_dir.mkdir(exist_ok=True)
+                digit_to_image(digits.images[i]).save(class_dir / f"{i:04d}.png")
+            os.replace(tmp, root / name)  # the split appears whole or not at all
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("digits: wrote %d images to %s", len(splits[name]), root / name)
+    return splits

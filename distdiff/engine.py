@@ -1,0 +1,256 @@
+"""Classifier training and evaluation shared by train_original.py and train_expand.py.
+
+Recipe (paper): SGD, Nesterov momentum 0.9, lr 0.1, weight decay 1e-4, cosine schedule,
+100 epochs, batch 64. Each epoch writes last.pt (atomic) and a summary.csv row; the run is
+complete only once results.json exists, and rerunning an incomplete run resumes from last.pt.
+"""
+import csv
+import io
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from distdiff import DistDiffError
+from distdiff.fileio import atomic_write_json, atomic_write_text
+from distdiff.runs import atomic_torch_save
+from models.classifiers import UnknownArch, create_classifier
+
+logger = logging.getLogger(__name__)
+SUMMARY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc", "seconds")
+
+
+def is_complete(run_dir):
+    """A run is complete only when its results.json exists."""
+    return (Path(run_dir) / "results.json").is_file()
+
+
+def read_results(run_dir):
+    """The results.json of a finished run."""
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------
+
+def make_loader(dataset, batch_size, shuffle, workers, seed=0):
+    """DataLoader whose shuffling order depends only on `seed` (set per epoch for resume)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                      generator=generator, drop_last=False, persistent_workers=False)
+
+
+def cached(dataset):
+    """Decode and transform an evaluation set once: its transform is deterministic, and
+    re-reading hundreds of PNGs every epoch dominated the epoch time on small datasets."""
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    return TensorDataset(torch.stack(images), torch.tensor(labels))
+
+
+def build_optimizer(model, lr, momentum=0.9, weight_decay=1e-4):
+    """SGD with Nesterov momentum, as in the paper."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
+                           weight_decay=weight_decay)
+
+
+def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=None, desc="train"):
+    """One pass over `loader`; returns (mean loss, accuracy)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    # A per-batch bar only where an epoch is long enough to need one.
+    for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                               disable=len(loader) < 20):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if not math.isfinite(loss.item()):
+            raise DistDiffError("training loss became NaN/inf; lower --lr")
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return total_loss / seen, 100.0 * correct / seen
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, amp_dtype=None):
+    """Top-1 accuracy in percent; None when there is no loader."""
+    if loader is None:
+        return None
+    model.eval()
+    correct, seen = 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            correct += (model(images).argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return 100.0 * correct / seen
+
+
+# ---------------------------------------------------------------------------
+# Run files
+# ---------------------------------------------------------------------------
+
+def write_summary(run_dir, history):
+    """Rewrite summary.csv (one row per finished epoch) atomically from the history."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row[k] is None else row[k]) for k in SUMMARY_FIELDS})
+    atomic_write_text(Path(run_dir) / "summary.csv", buf.getvalue())
+
+
+def summarize(history, seed, n_train, seconds):
+    """results.json fields from the per-epoch history.
+
+    best_acc is the paper's number (best test accuracy over epochs, i.e. selected on test);
+    last_acc and test_at_best_val are the honest ones.
+    """
+    test = [row["test_acc"] for row in history]
+    results = {"best_acc": max(test), "last_acc": test[-1], "epochs": len(history), "seed": seed,
+               "n_train": n_train, "best_epoch": int(np.argmax(test)) + 1, "seconds": seconds}
+    val = [row["val_acc"] for row in history]
+    if val[0] is not None:
+        best_val_epoch = int(np.argmax(val))  # first epoch with the best val accuracy
+        results.update(best_val_acc=val[best_val_epoch], best_val_epoch=best_val_epoch + 1,
+                       test_at_best_val=test[best_val_epoch])
+    return results
+
+
+def write_results(run_dir, results):
+    """results.json (complete marker, written last) plus results.yaml for compatibility."""
+    atomic_write_text(Path(run_dir) / "results.yaml",
+                      yaml.safe_dump({"best_accuracy": results["best_acc"]}))
+    atomic_write_json(Path(run_dir) / "results.json", results)
+
+
+# ---------------------------------------------------------------------------
+# The training loop with resume
+# ---------------------------------------------------------------------------
+
+def fit(run_dir, model, train_set, val_set, test_set, cfg, meta, device):
+    """Train with the paper recipe, resuming from <run_dir>/last.pt; returns results.json dict.
+
+    `cfg` needs epochs, batch_size, lr, momentum, weight_decay, seed, workers, precision dtype
+    (`amp_dtype`). `meta` (arch, classes, transform sizes) is stored in every checkpoint so
+    the guide can be rebuilt without the training script's arguments.
+    """
+    run_dir = Path(run_dir)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
+    amp_dtype = cfg.get("amp_dtype")
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    history, best_score, elapsed = [], -1.0, 0.0
+    state = _load_last(run_dir, model, optimizer, scheduler, cfg)
+    if state is not None:
+        history, best_score, elapsed = state["history"], state["best_score"], state["seconds"]
+        logger.info("resuming %s from epoch %d", run_dir, len(history))
+    eval_loaders = [make_loader(cached(s), 256, False, 0) if s else None
+                    for s in (val_set, test_set)]
+    bar = tqdm(range(len(history), cfg["epochs"]), desc=f"epochs {run_dir.name}",
+               initial=len(history), total=cfg["epochs"], dynamic_ncols=True)
+    for epoch in bar:
+        start = time.time()
+        loader = make_loader(train_set, cfg["batch_size"], True, cfg["workers"],
+                             seed=cfg["seed"] * 100003 + epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        loss, train_acc = train_one_epoch(model, loader, optimizer, device, amp_dtype, scaler)
+        scheduler.step()
+        val_acc, test_acc = (evaluate(model, ld, device, amp_dtype) for ld in eval_loaders)
+        elapsed += time.time() - start
+        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": round(loss, 5),
+                        "train_acc": round(train_acc, 3), "val_acc": val_acc, "test_acc": test_acc,
+                        "seconds": round(time.time() - start, 3)})
+        # Selection uses val when it exists (never test); without val, the paper's best-test rule.
+        score = val_acc if val_acc is not None else test_acc
+        if score > best_score:
+            best_score = score
+            atomic_torch_save(_checkpoint(model, optimizer, scheduler, history, best_score,
+                                          elapsed, cfg, meta), run_dir / "model_best.pth.tar")
+        atomic_torch_save(_checkpoint(model, optimizer, scheduler, history, best_score, elapsed,
+                                      cfg, meta), run_dir / "last.pt")
+        write_summary(run_dir, history)
+        bar.set_postfix(loss=f"{loss:.3f}", val=val_acc, test=test_acc)
+        logger.info("epoch %d/%d loss %.4f train %.1f val %s test %.2f (%.1fs)", epoch + 1,
+                    cfg["epochs"], loss, train_acc, _fmt(val_acc), test_acc, time.time() - start)
+    results = summarize(history, cfg["seed"], len(train_set), round(elapsed, 2))
+    write_results(run_dir, results)
+    return results
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _checkpoint(model, optimizer, scheduler, history, best_score, seconds, cfg, meta):
+    """Everything needed to resume exactly: weights, optimizer, schedule, RNG and history."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": len(history), "history": history,
+            "best_score": best_score, "seconds": seconds, "meta": meta,
+            "args": {k: v for k, v in cfg.items() if k != "amp_dtype"},
+            "rng": torch.get_rng_state()}
+
+
+def _load_last(run_dir, model, optimizer, scheduler, cfg):
+    """Restore last.pt if present; an epoch budget change is an error, not a silent restart."""
+    path = Path(run_dir) / "last.pt"
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["epoch"] > cfg["epochs"]:
+        raise DistDiffError(f"{path} has {state['epoch']} epochs but --epochs is {cfg['epochs']}; "
+                            "use another output dir or delete the run")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state
+
+
+# ---------------------------------------------------------------------------
+# Loading a trained classifier (the guide)
+# ---------------------------------------------------------------------------
+
+def load_classifier(path, device="cpu", num_classes=None, arch=None):
+    """Rebuild a classifier from a checkpoint written by `fit`; returns (model, meta).
+
+    Mismatches with the expected class count or arch are clear errors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DistDiffError(f"classifier checkpoint {path} not found; train it with train_original.py")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        meta = state["meta"]
+    except Exception as err:  # a truncated or foreign file
+        raise DistDiffError(f"{path} is not a checkpoint written by this project ({err})") from None
+    if num_classes is not None and meta["num_classes"] != num_classes:
+        raise DistDiffError(f"{path} was trained for {meta['num_classes']} classes but the dataset "
+                            f"has {num_classes}; pass the guide trained on this dataset")
+    if arch is not None and meta["arch"] != arch:
+        raise DistDiffError(f"{path} holds arch {meta['arch']!r}, not {arch!r}")
+    try:
+        model = create_classifier(meta["arch"], meta["num_classes"])
+    except UnknownArch as err:
+        raise DistDiffError(str(err)) from None
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), meta

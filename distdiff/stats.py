@@ -1,0 +1,39 @@
+"""Aggregation over seeds: mean ± std, and paired differences with t intervals."""
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def mean_std(values):
+    """(mean, sample std with ddof=1, n); std is nan for a single value, all nan when empty."""
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(values) == 0:
+        return math.nan, math.nan, 0
+    std = values.std(ddof=1) if len(values) > 1 else math.nan
+    return float(values.mean()), float(std), len(values)
+
+
+def paired_difference(treated, control, confidence=0.95):
+    """Mean of per-seed differences treated-control with a Student-t confidence interval.
+
+    `treated` and `control` map seed -> value; only seeds present in both are paired.
+    Returns dict(mean, low, high, n, seeds).
+    """
+    seeds = sorted(set(treated) & set(control))
+    diffs = np.array([treated[s] - control[s] for s in seeds], dtype=float)
+    n = len(diffs)
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0, "seeds": []}
+    mean = float(diffs.mean())
+    if n == 1:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": 1, "seeds": seeds}
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "seeds": seeds}
+
+
+def fmt_mean_std(mean, std, digits=2):
+    """'83.09 ± 0.41' (or just the mean when std is undefined)."""
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"

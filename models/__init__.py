@@ -1,0 +1,1 @@
+"""Model definitions: guide/retrain classifiers (timm registry) and the tiny SD prior builder."""

@@ -1,0 +1,213 @@
+"""Builders for a small Stable-Diffusion-shaped text-to-image latent diffusion model.
+
+Every component is the class Stable Diffusion 1.4 uses (AutoencoderKL, UNet2DConditionModel,
+DDIMScheduler, CLIPTextModel, CLIPTokenizer), so a folder written by `save_pipeline` loads with
+`StableDiffusionImg2ImgPipeline.from_pretrained(path)` exactly like an SD checkpoint. Only the
+sizes differ. Nothing here touches the Hub: the tokenizer vocabulary is learned from the
+prompts it must encode.
+"""
+import json
+import logging
+import re
+import tempfile
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+logger = logging.getLogger(__name__)
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+END_OF_WORD = "</w>"
+# SD-1.4's noise schedule; the DDIM flags are the ones SD's scheduler config carries.
+SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                    beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+                    set_alpha_to_one=False, steps_offset=1)
+# The same word split CLIP's tokenizer uses ([\p{L}]+ | one digit | other non-space runs),
+# written with Python's `re` classes.
+_WORD_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer: byte-level BPE learned from the prompts
+# ---------------------------------------------------------------------------
+
+def bytes_to_unicode():
+    """GPT-2/CLIP byte -> printable character table, so every byte has a visible vocab symbol."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    table, shift = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            # Control and whitespace bytes move to unused code points above 255.
+            table[byte] = chr(256 + shift)
+            shift += 1
+    return table
+
+
+def prompt_words(prompts):
+    """Normalise prompts the way CLIPTokenizer does and split them into words."""
+    words = []
+    for prompt in prompts:
+        text = unicodedata.normalize("NFC", prompt)
+        words += _WORD_RE.findall(re.sub(r"\s+", " ", text).lower())
+    return words
+
+
+def learn_bpe(prompts):
+    """Learn BPE merges from the prompts until every word is a single token.
+
+    Returns (vocab dict token -> id, list of merge pairs). The vocabulary holds all 256 byte
+    symbols (plus their end-of-word forms) so any text tokenizes without unknown tokens; the
+    merges only make the prompt words compact.
+    """
+    byte_chars = bytes_to_unicode()
+    counts = Counter(prompt_words(prompts))
+    words = {}
+    for word in counts:
+        symbols = [byte_chars[b] for b in word.encode("utf-8")]
+        symbols[-1] += END_OF_WORD
+        words[word] = symbols
+    merges = []
+    while True:
+        pairs = Counter()
+        for word, symbols in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += counts[word]
+        if not pairs:
+            break
+        # Most frequent pair first; ties broken alphabetically so the vocabulary is reproducible.
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        words = {word: _merge_pair(symbols, best) for word, symbols in words.items()}
+    base = list(byte_chars.values())
+    tokens = base + [c + END_OF_WORD for c in base] + ["".join(pair) for pair in merges]
+    tokens = list(dict.fromkeys(tokens)) + [BOS, EOS]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def _merge_pair(symbols, pair):
+    """Replace every adjacent occurrence of `pair` in a symbol list by its concatenation."""
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+def write_tokenizer_files(out_dir, prompts):
+    """Write vocab.json and merges.txt (CLIP's file formats) learned from `prompts`."""
+    vocab, merges = learn_bpe(prompts)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+    (out_dir / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def build_tokenizer(prompts, max_length=77):
+    """A CLIPTokenizer whose vocabulary is learned offline from `prompts`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer_files(tmp, prompts)
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length)
+
+
+# ---------------------------------------------------------------------------
+# Model components
+# ---------------------------------------------------------------------------
+
+def build_text_encoder(tokenizer, width=64, layers=2, heads=4):
+    """A CLIP text transformer sized to the tokenizer (position table = model_max_length)."""
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width,
+                            intermediate_size=4 * width, num_hidden_layers=layers,
+                            num_attention_heads=heads, projection_dim=width,
+                            max_position_embeddings=tokenizer.model_max_length,
+                            pad_token_id=tokenizer.pad_token_id,
+                            bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id)
+    return CLIPTextModel(config)
+
+
+def build_vae(channels=(32, 64, 64), latent_channels=4, image_size=32, layers_per_block=1,
+              norm_groups=16):
+    """AutoencoderKL that downsamples by 2**(len(channels)-1) (32 px -> 8x8 latents by default)."""
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         down_block_types=("DownEncoderBlock2D",) * len(channels),
+                         up_block_types=("UpDecoderBlock2D",) * len(channels),
+                         block_out_channels=tuple(channels), layers_per_block=layers_per_block,
+                         norm_num_groups=norm_groups, sample_size=image_size)
+
+
+def build_unet(channels=(64, 128), sample_size=8, in_channels=4, cross_attention_dim=64,
+               layers_per_block=1, heads=4, norm_groups=32):
+    """UNet2DConditionModel with cross-attention at every resolution, as in SD."""
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=in_channels,
+                                out_channels=in_channels,
+                                down_block_types=("CrossAttnDownBlock2D",) * len(channels),
+                                up_block_types=("CrossAttnUpBlock2D",) * len(channels),
+                                block_out_channels=tuple(channels),
+                                layers_per_block=layers_per_block,
+                                cross_attention_dim=cross_attention_dim,
+                                attention_head_dim=heads, norm_num_groups=norm_groups)
+
+
+def build_scheduler():
+    """DDIMScheduler with SD-1.4's training schedule."""
+    return DDIMScheduler(**SD_SCHEDULER)
+
+
+def build_components(prompts, image_size=32, vae_channels=(32, 64, 64), latent_channels=4,
+                     unet_channels=(64, 128), text_width=64, text_layers=2, max_length=77,
+                     vae_norm_groups=16, unet_norm_groups=32, heads=4):
+    """All five pipeline components (untrained), sized consistently with each other."""
+    scale = 2 ** (len(vae_channels) - 1)
+    if image_size % scale:
+        raise ValueError(f"image_size {image_size} must be a multiple of the VAE scale {scale}")
+    tokenizer = build_tokenizer(prompts, max_length)
+    return dict(
+        vae=build_vae(vae_channels, latent_channels, image_size, norm_groups=vae_norm_groups),
+        text_encoder=build_text_encoder(tokenizer, text_width, text_layers, heads),
+        tokenizer=tokenizer,
+        unet=build_unet(unet_channels, image_size // scale, latent_channels, text_width,
+                        heads=heads, norm_groups=unet_norm_groups),
+        scheduler=build_scheduler(),
+    )
+
+
+def make_pipeline(components, pipeline_cls=StableDiffusionImg2ImgPipeline):
+    """Wrap components in an SD pipeline class without a safety checker."""
+    parts = {k: components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    return pipeline_cls(**parts, safety_checker=None, feature_extractor=None,
+                        requires_safety_checker=False)
+
+
+def save_pipeline(components, out_dir):
+    """Save the components as an SD-style folder (model_index.json + one folder per part)."""
+    make_pipeline(components).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def build_tiny_pipeline(out_dir, prompts, seed=0, image_size=16, vae_channels=(8, 16),
+                        unet_channels=(32, 64), text_width=32, text_layers=1, max_length=16):
+    """Save an untrained ~1M-parameter pipeline to `out_dir` quickly (for tests)."""
+    torch.manual_seed(seed)
+    components = build_components(prompts, image_size, vae_channels, 4, unet_channels,
+                                  text_width, text_layers, max_length, vae_norm_groups=8,
+                                  unet_norm_groups=16, heads=2)
+    return save_pipeline(components, out_dir)
+
+
+def num_parameters(module):
+    """Parameter count of one component."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,46 @@
+"""Summarise finished training runs: mean ± std over seeds, one row per experiment.
+
+    python parse_logs.py checkpoint/digits/resnet_small_unpretrained_lr0.1 --multi
+    python parse_logs.py checkpoint/digits --multi           # every experiment below
+    python parse_logs.py checkpoint/digits/resnet_small_unpretrained_lr0.1   # per-seed rows
+
+Reads each seed<N>/results.json. Seeds without results.json are counted as incomplete and
+left out of the mean. The std is the sample std (ddof=1). best_acc is the paper's number
+(best test accuracy over epochs); last_acc and test_at_best_val do not peek at test.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from distdiff import DistDiffError
+from distdiff.results import experiment_row, find_experiments, markdown_table, seed_rows, to_csv
+from distdiff.fileio import atomic_write_text, run_cli
+
+
+def main(args):
+    root = Path(args.path)
+    if not root.is_dir():
+        raise DistDiffError(f"{root} is not a directory")
+    experiments = find_experiments(root)
+    if not experiments:
+        raise DistDiffError(f"no seed<N>/ run directories found under {root}")
+    if args.multi:
+        rows = [experiment_row(exp, root) for exp in experiments]
+        print(markdown_table(rows))
+    else:
+        rows = [row for exp in experiments for row in seed_rows(exp)]
+        print(to_csv(rows), end="")
+    csv_path = Path(args.csv) if args.csv else root / ("summary_multi.csv" if args.multi else "summary_seeds.csv")
+    atomic_write_text(csv_path, to_csv(rows))
+    incomplete = sum(r.get("incomplete", 0) for r in rows) if args.multi else \
+        sum(1 for r in rows if r.get("status") == "incomplete")
+    if incomplete:
+        print(f"warning: {incomplete} incomplete seed run(s) excluded (no results.json)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="an experiment dir (with seed<N>/ children) or any parent of them")
+    parser.add_argument("--multi", action="store_true", help="aggregate seeds: mean ± std per experiment")
+    parser.add_argument("--csv", default=None, help="CSV output path (default: inside `path`)")
+    run_cli(main, parser.parse_args())

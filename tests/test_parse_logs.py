@@ -1,0 +1,65 @@
+"""parse_logs.py on fabricated run dirs: exact mean/std, incomplete seeds flagged."""
+import csv
+import json
+import math
+
+import numpy as np
+
+from conftest import run_script
+from distdiff.stats import mean_std, paired_difference
+
+
+def fake_run(exp, seed, best, last, tbv=None):
+    run = exp / f"seed{seed}"
+    run.mkdir(parents=True)
+    res = {"best_acc": best, "last_acc": last, "epochs": 3, "seed": seed, "n_train": 30}
+    if tbv is not None:
+        res["test_at_best_val"] = tbv
+    (run / "results.json").write_text(json.dumps(res))
+
+
+def test_multi_gives_exact_mean_and_sample_std(tmp_path):
+    exp = tmp_path / "digits" / "resnet_small_unpretrained_lr0.1"
+    for seed, (best, last) in enumerate([(80.0, 78.0), (82.0, 79.0), (84.0, 83.0)], start=1):
+        fake_run(exp, seed, best, last, tbv=last - 1)
+    (exp / "seed4").mkdir()  # started, never finished
+    proc = run_script("parse_logs.py", exp, "--multi")
+    assert "82.00 ± 2.00" in proc.stdout            # best: mean 82, sample std 2
+    assert "80.00 ± 2.65" in proc.stdout            # last: std of (78, 79, 83) = 2.6458
+    assert "warning: 1 incomplete" in proc.stderr
+    rows = list(csv.DictReader(open(exp / "summary_multi.csv")))
+    assert rows[0]["n"] == "3" and rows[0]["incomplete"] == "1"
+    assert math.isclose(float(rows[0]["last_acc_std"]), np.std([78, 79, 83], ddof=1))
+
+
+def test_parent_dir_gives_one_row_per_experiment(tmp_path):
+    for name, base in (("resnet_small_unpretrained_lr0.1", 70.0), ("resnet_small_unpretrained_sd_lr0.1", 90.0)):
+        for seed in (1, 2):
+            fake_run(tmp_path / "digits" / name, seed, base + seed, base)
+    proc = run_script("parse_logs.py", tmp_path / "digits", "--multi", "--csv", tmp_path / "all.csv")
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| resnet")]
+    assert len(table) == 2 and "71.50 ± 0.71" in table[0] and "91.50 ± 0.71" in table[1]
+    assert len(list(csv.DictReader(open(tmp_path / "all.csv")))) == 2
+
+
+def test_without_multi_lists_seeds(tmp_path):
+    exp = tmp_path / "exp"
+    fake_run(exp, 1, 50.0, 40.0)
+    fake_run(exp, 2, 60.0, 45.0)
+    proc = run_script("parse_logs.py", exp)
+    assert proc.stdout.count("\n") == 3 and "60.0" in proc.stdout
+
+
+def test_paired_difference_matches_hand_computation():
+    treated, control = {1: 91.0, 2: 92.0, 3: 90.0, 4: 93.0}, {1: 90.0, 2: 90.5, 3: 90.0, 4: 91.0}
+    res = paired_difference(treated, control)
+    diffs = np.array([1.0, 1.5, 0.0, 2.0])
+    half = 3.182446305284263 * diffs.std(ddof=1) / 2.0  # t(0.975, df=3)
+    assert math.isclose(res["mean"], 1.125) and res["n"] == 4
+    assert math.isclose(res["high"] - res["mean"], half, rel_tol=1e-9)
+    assert mean_std([]) [2] == 0 and math.isnan(mean_std([5.0])[1])
+
+
+def test_empty_dir_is_an_error(tmp_path):
+    proc = run_script("parse_logs.py", tmp_path, "--multi", check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("error: no seed")
