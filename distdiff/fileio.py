@@ -61,8 +61,8 @@ def save_args(run_dir, args, extra=None):
     atomic_write_text(Path(run_dir) / "args.yaml", yaml.safe_dump(resolved, sort_keys=True))
 
 
-def setup_logging(run_dir=None, rank=0):
-    """Log to stdout and <run_dir>/log.txt on rank 0; other ranks only log warnings."""
+def setup_logging(run_dir=None, rank=0, filename="log.txt"):
+    """Log to stdout and <run_dir>/<filename> on rank 0; other ranks only log warnings."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -70,7 +70,7 @@ def setup_logging(run_dir=None, rank=0):
     handlers = [logging.StreamHandler(sys.stdout)]
     if run_dir is not None and rank == 0:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(run_dir) / "log.txt"))
+        handlers.append(logging.FileHandler(Path(run_dir) / filename))
     fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     for handler in handlers:
         handler.setFormatter(fmt)

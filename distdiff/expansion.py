@@ -1,0 +1,163 @@
+"""Orchestration of one expansion shard: inputs, prototypes, the sampling loop and outputs."""
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from distdiff import DistDiffError
+from distdiff import datasets as ds
+from distdiff import shards
+from distdiff.engine import load_classifier
+from distdiff.features import GuideInput, extract_features
+from distdiff.fileio import atomic_write_text
+from distdiff.prototypes import compute_prototypes, fingerprint, prepare_prototypes
+from distdiff.sampler import GuidedSampler, draw_item
+
+logger = logging.getLogger(__name__)
+
+# Settings that change output bytes: one output dir must be produced with one set of them.
+GENERATION_KEYS = ("dataset", "model", "guide_ckpt", "expand_ratio", "seed", "num_steps", "strength",
+                   "cfg_scale", "resolution", "guidance", "guidance_step", "lookahead_steps",
+                   "step_size", "radius", "lambda_class", "lambda_group", "normalize_features",
+                   "guidance_repeats", "guidance_interval", "cluster", "num_groups", "precision",
+                   "batch_size")
+
+
+def check_or_write_args(out_dir, args):
+    """Write <out>/args.yaml, or refuse when it records different generation settings."""
+    path = Path(out_dir) / "args.yaml"
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())}
+    if path.is_file():
+        previous = yaml.safe_load(path.read_text()) or {}
+        changed = [k for k in GENERATION_KEYS if k in previous and previous[k] != resolved.get(k)]
+        if changed:
+            diffs = ", ".join(f"{k}: {previous[k]!r} -> {resolved.get(k)!r}" for k in changed[:4])
+            raise DistDiffError(f"{out_dir} was generated with other settings ({diffs}); "
+                                "use a new --out to keep runs separate")
+    shared = {k: v for k, v in resolved.items() if k not in ("split", "total_split", "verify")}
+    atomic_write_text(path, yaml.safe_dump(shared, sort_keys=True))
+
+
+def load_sources(spec):
+    """The training split as an ImageFolder of PIL images (every file opened once)."""
+    return ds.load_split(spec, spec.train_split, transform=None, verify=True)
+
+
+def build_prototypes(args, spec, sources, guide, meta, device):
+    """Load or compute prototypes.npz for this guide, split, cluster method and K."""
+    root = spec.split_dir(spec.train_split)
+    files = [str(Path(p).relative_to(root)) for p, _ in sources.samples]
+    fprint = fingerprint(args.guide_ckpt, files, args.cluster, args.num_groups)
+
+    def compute():
+        transform = ds.test_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
+        dataset = ds.load_split(spec, spec.train_split, transform, verify=False)
+        features, labels = extract_features(guide, dataset, device)
+        class_p, group_p, mask = compute_prototypes(features.numpy(), labels.numpy(), len(sources.classes),
+                                                    args.num_groups, args.cluster, args.seed)
+        return {"class_protos": class_p, "group_protos": group_p, "group_mask": mask,
+                "class_names": sources.classes}
+
+    protos = prepare_prototypes(args.prototypes, fprint, compute)
+    ds.check_same_classes(sources.classes, protos["class_names"], f"prototypes {args.prototypes}")
+    return protos
+
+
+def load_guide(args, num_classes, device):
+    """The frozen guide classifier and its input mapping."""
+    guide, meta = load_classifier(args.guide_ckpt, device, num_classes=num_classes)
+    guide.requires_grad_(False)
+    return guide, GuideInput(meta).to(device), meta
+
+
+class SourceLatents:
+    """VAE posteriors of the sources, computed once, in fixed blocks of source indices (so the
+    encoder batch, and so the bytes, never depend on the shard)."""
+
+    BLOCK = 8
+
+    def __init__(self, sampler, sources):
+        self.sampler, self.sources, self.cache = sampler, sources, {}
+
+    def get(self, index):
+        """(mean, std) latents of one source."""
+        block = index // self.BLOCK
+        if block not in self.cache:
+            ids = range(block * self.BLOCK, min((block + 1) * self.BLOCK, len(self.sources)))
+            mean, std = self.sampler.encode_sources([self.sources[i][0] for i in ids])
+            self.cache[block] = {i: (mean[j], std[j]) for j, i in enumerate(ids)}
+        return self.cache[block][index]
+
+
+def run_blocks(sampler, sources, my_blocks, args, out_dir, manifest, repeats):
+    """Sample every unfinished block of this shard; returns summary counters."""
+    latents = SourceLatents(sampler, sources)
+    counters = {"written": 0, "skipped": 0, "nonfinite": 0, "seconds": 0.0, "before": [], "after": []}
+    total = sum(len(b) for _, b in my_blocks)
+    bar = tqdm(total=total, desc=f"expand shard {args.split}/{args.total_split}", dynamic_ncols=True)
+    for _, block in my_blocks:
+        todo = shards.missing_items(block, out_dir, sources.classes)
+        if not todo:
+            counters["skipped"] += len(block)
+            bar.update(len(block))
+            continue
+        start = time.time()
+        posts = [latents.get(it.index) for it in block]
+        draws = [draw_item(shards.item_generator(args.seed, it.index, it.k), sampler.latent_shape(),
+                           repeats) for it in block]
+        images, stats = sampler.sample(torch.stack([p[0] for p in posts]),
+                                       torch.stack([p[1] for p in posts]),
+                                       torch.tensor([it.label for it in block]), draws)
+        seconds = (time.time() - start) / len(block)
+        before, after = _per_item(stats["energy_before"]), _per_item(stats["energy_after"])
+        records = [_record(it, j, out_dir, sources.classes, before, after, seconds)
+                   for j, it in enumerate(block) if it in todo]
+        shards.append_manifest(manifest, records)
+        for j, it in enumerate(block):
+            if it in todo:
+                shards.save_image_atomic(images[j], it.output_path(out_dir, sources.classes))
+        counters["written"] += len(todo)
+        counters["skipped"] += len(block) - len(todo)
+        counters["nonfinite"] += stats["nonfinite"]
+        counters["seconds"] += time.time() - start
+        counters["before"] += [r["energy_before"] for r in records if r["energy_before"] is not None]
+        counters["after"] += [r["energy_after"] for r in records if r["energy_after"] is not None]
+        bar.update(len(block))
+    bar.close()
+    return counters
+
+
+def _per_item(per_application):
+    """Per-item energies of the first (before) or last (after) guidance application."""
+    return per_application[0].tolist() if per_application else None
+
+
+def _record(item, j, out_dir, class_names, before, after, seconds):
+    """One manifest line (source paths relative to the split dir, so manifests are portable)."""
+    path = item.output_path(out_dir, class_names)
+    return {"source": str(Path(item.source).relative_to(Path(item.source).parents[1])), "index": item.index, "k": item.k, "class": class_names[item.label],
+            "path": str(path.relative_to(out_dir)), "seconds": round(seconds, 4),
+            "energy_before": None if before is None else round(before[j], 6),
+            "energy_after": None if after is None else round(after[j], 6)}
+
+
+def summary_line(counters):
+    """images written / skipped, images/s, energy before -> after and fraction that dropped."""
+    line = (f"written {counters['written']}, skipped {counters['skipped']}, "
+            f"{counters['written'] / max(counters['seconds'], 1e-9):.2f} images/s")
+    if counters["before"]:
+        before, after = np.array(counters["before"]), np.array(counters["after"])
+        line += (f", energy {before.mean():.4f} -> {after.mean():.4f} "
+                 f"(dropped for {100 * np.mean(after < before):.1f} % of items)")
+    return line + f", non-finite energies {counters['nonfinite']}"
+
+
+def build_sampler(pipe, guide, guide_input, protos, spec, classes, sample_cfg, guidance_cfg, device):
+    """The GuidedSampler with one prompt per class from the dataset template."""
+    prompts = [spec.prompt(name) for name in classes]
+    logger.info("prompts: %s%s", prompts[:3], " ..." if len(prompts) > 3 else "")
+    return GuidedSampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance_cfg, device)

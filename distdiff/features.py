@@ -1,0 +1,44 @@
+"""Guide-model features: batched extraction for prototypes, and the differentiable image
+mapping used inside the guidance energy."""
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from models.classifiers import penultimate_features
+
+
+class GuideInput(torch.nn.Module):
+    """Map decoded images in [-1, 1] to the guide's input exactly as at test time:
+    Resize(resize_size) -> CenterCrop(image_size) -> Normalize(mean, std). Differentiable."""
+
+    def __init__(self, meta):
+        super().__init__()
+        self.resize_size, self.image_size = meta["resize_size"], meta["image_size"]
+        self.register_buffer("mean", torch.tensor(meta["mean"]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(meta["std"]).view(1, 3, 1, 1))
+
+    def forward(self, images):
+        x = ((images.float() + 1) / 2).clamp(0, 1)
+        x = TF.resize(x, [self.resize_size] if isinstance(self.resize_size, int) else self.resize_size,
+                      antialias=True)
+        x = TF.center_crop(x, [self.image_size, self.image_size])
+        return (x - self.mean) / self.std
+
+
+def guide_features(guide, guide_input, images, normalize=True):
+    """Penultimate guide features of decoded images ([-1, 1]); L2-normalised if asked."""
+    features = penultimate_features(guide, guide_input(images))
+    return F.normalize(features, dim=1) if normalize else features
+
+
+@torch.no_grad()
+def extract_features(guide, dataset, device, batch_size=64):
+    """L2-normalised penultimate features [N, D] and labels [N] of a dataset (eval transform)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    feats, labels = [], []
+    for images, targets in tqdm(loader, desc="features", leave=False, dynamic_ncols=True):
+        feats.append(F.normalize(penultimate_features(guide, images.to(device)), dim=1).cpu())
+        labels.append(targets)
+    return torch.cat(feats), torch.cat(labels)

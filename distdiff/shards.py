@@ -1,0 +1,132 @@
+"""The expansion work list, its split into shards, atomic image writes and manifests.
+
+Items are (source index i, copy k), ordered by source then copy. They are cut into fixed
+blocks of `batch_size` consecutive items and block b belongs to shard b % N. A block is always
+sampled whole, so its batch composition, and hence every output byte, is the same whether one
+shard or many run it, and whether or not it was interrupted before.
+"""
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distdiff import DistDiffError
+from distdiff.fileio import atomic_path
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One output image: copy `k` of source `index` (position in the sorted training split)."""
+    index: int
+    k: int
+    label: int
+    source: str
+
+    def output_path(self, out_dir, class_names):
+        """<out>/<class>/<source stem>_expand_<k>.png"""
+        return Path(out_dir) / class_names[self.label] / f"{Path(self.source).stem}_expand_{self.k}.png"
+
+
+def item_seed(seed, index, k):
+    """A 63-bit seed from (seed, source index, copy k), independent of shards and batches."""
+    digest = hashlib.sha256(f"distdiff:{seed}:{index}:{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def item_generator(seed, index, k):
+    """A CPU generator for one item (CPU draws are identical on every machine)."""
+    return torch.Generator(device="cpu").manual_seed(item_seed(seed, index, k))
+
+
+def select_sources(samples, limit=None):
+    """Indices of the sources to expand; `limit` keeps the first n in class-interleaved order
+    (so a quick run still covers every class) while items keep their full-split index."""
+    indices = list(range(len(samples)))
+    if limit is None or limit >= len(indices):
+        return indices
+    rank, seen = {}, {}
+    for i, (_, label) in enumerate(samples):
+        rank[i] = seen.get(label, 0)
+        seen[label] = rank[i] + 1
+    interleaved = sorted(indices, key=lambda i: (rank[i], samples[i][1], i))
+    return sorted(interleaved[:limit])
+
+
+def work_items(samples, ratio, limit=None):
+    """All items in canonical order: by source index, then copy k."""
+    return [WorkItem(i, k, samples[i][1], samples[i][0])
+            for i in select_sources(samples, limit) for k in range(ratio)]
+
+
+def blocks(items, batch_size):
+    """Consecutive fixed-size blocks of the work list."""
+    return [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+
+
+def shard_blocks(all_blocks, split, total_split):
+    """The blocks owned by shard `split` of `total_split` (round robin), with block ids."""
+    return [(b, block) for b, block in enumerate(all_blocks) if b % total_split == split]
+
+
+def resolve_shard(split=None, total_split=None, env=None):
+    """(split, total) from the flags, else RANK/WORLD_SIZE, else SLURM array variables, else (0, 1)."""
+    env = os.environ if env is None else env
+    if split is None and total_split is None:
+        if "WORLD_SIZE" in env and "RANK" in env:
+            split, total_split = int(env["RANK"]), int(env["WORLD_SIZE"])
+        elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+            split = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            total_split = int(env["SLURM_ARRAY_TASK_COUNT"])
+    split = 0 if split is None else split
+    total_split = 1 if total_split is None else total_split
+    if total_split < 1 or not 0 <= split < total_split:
+        raise DistDiffError(f"--split {split} must be in [0, --total_split {total_split})")
+    return split, total_split
+
+
+def save_image_atomic(image, path):
+    """PNG write via temp file + os.replace: a finished file is always a whole image."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def append_manifest(path, records):
+    """Append JSON lines and fsync, before the images they describe are written."""
+    with open(path, "a") as f:
+        for record in records:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_manifests(out_dir):
+    """All manifest records, last one per (source, k) winning; torn lines are skipped."""
+    records = {}
+    for path in sorted(Path(out_dir).glob("manifest_shard*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill; its item is recomputed on rerun
+            records[(record["source"], record["k"])] = record
+    return list(records.values())
+
+
+def missing_items(items, out_dir, class_names):
+    """Items whose output file does not exist yet."""
+    return [it for it in items if not it.output_path(out_dir, class_names).is_file()]
+
+
+def verify_report(items, out_dir, class_names, batch_size, total_split):
+    """(missing count, per-class missing counts, shard ids that own missing items)."""
+    missing = set(missing_items(items, out_dir, class_names))
+    per_class, shards = {}, set()
+    for b, block in enumerate(blocks(items, batch_size)):
+        for item in block:
+            if item in missing:
+                per_class[class_names[item.label]] = per_class.get(class_names[item.label], 0) + 1
+                shards.add(b % total_split)
+    return len(missing), per_class, sorted(shards)

@@ -1,0 +1,166 @@
+"""Stages 2-3: hierarchical prototypes, then prototype-guided Stable Diffusion img2img.
+
+    # embedded demo (digits, the tiny prior from scripts/train_prior.py)
+    python expand_distdiff.py --dataset digits --expand_ratio 5
+    # paper setting: SD-1.4, one of 4 shards (the seed README's launcher does this per GPU)
+    python expand_distdiff.py --dataset caltech-101 --model CompVis/stable-diffusion-v1-4 \
+        --guide_ckpt checkpoint/caltech-101/resnet50_unpretrained_lr0.1/seed1/model_best.pth.tar \
+        --expand_ratio 5 --split 0 --total_split 4 --device cuda --precision fp16
+    python expand_distdiff.py --dataset digits --verify     # what is missing, which shards to rerun
+
+Writes <out>/<class>/<stem>_expand_<k>.png (an ImageFolder), prototypes.npz, args.yaml,
+log.txt and manifest_shard<i>.jsonl. Without --split/--total_split the shard comes from
+RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT. Rerunning resumes; every image
+depends only on (seed, source, copy), never on the shard count or a resume point.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from distdiff import DistDiffError
+from distdiff import datasets as ds
+from distdiff import expansion as ex
+from distdiff import shards
+from distdiff.fileio import run_cli, setup_logging
+from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
+from distdiff.prototypes import CLUSTER_METHODS
+from distdiff.runs import (autocast_dtype, configure_cpu, dataset_dirname, resolve_args, resolve_device,
+                           seed_everything, str2bool, train_run_dir)
+from distdiff.sampler import SampleConfig, load_pipeline
+
+
+def resolve_paths(args):
+    """Fill in the default guide checkpoint, experiment name, output dir and prototypes path."""
+    if args.guide_ckpt is None:
+        args.guide_ckpt = str(train_run_dir(args.checkpoint_root, args.dataset, args.guide_arch, False,
+                                            0.1, 1) / "model_best.pth.tar")
+    if args.exp is None:
+        name = {"transform": "distdiff", "none": "sd"}.get(args.guidance, args.guidance)
+        args.exp = f"{name}_x{args.expand_ratio}"
+    if args.out is None:
+        args.out = str(Path(args.checkpoint_root) / dataset_dirname(args.dataset) / "expansions" / args.exp)
+    if args.prototypes is None:
+        args.prototypes = str(Path(args.out) / "prototypes.npz")
+    return args
+
+
+def guidance_config(args):
+    """GuidanceConfig from the flags."""
+    return GuidanceConfig(mode=args.guidance, guidance_step=args.guidance_step,
+                          lookahead_steps=args.lookahead_steps, step_size=args.step_size,
+                          radius=args.radius, lambda_class=args.lambda_class,
+                          lambda_group=args.lambda_group, normalize_features=args.normalize_features,
+                          repeats=args.guidance_repeats, interval=args.guidance_interval,
+                          record_energy=args.record_energy)
+
+
+def verify(args, sources, items):
+    """Report missing outputs per class and the shard ids that own them; exit 1 if any."""
+    missing, per_class, owners = shards.verify_report(items, args.out, sources.classes,
+                                                      args.batch_size, args.total_split)
+    print(f"{len(items) - missing}/{len(items)} images present in {args.out}")
+    if missing:
+        for name, count in sorted(per_class.items()):
+            print(f"  {name}: {count} missing")
+        print(f"rerun shards {owners} of --total_split {args.total_split} (same command, --split <id>)")
+        sys.exit(1)
+
+
+def main(args):
+    args = resolve_paths(args)
+    args.split, args.total_split = shards.resolve_shard(args.split, args.total_split)
+    spec = ds.get_dataset(args.dataset)
+    ds.ensure_prepared(spec)
+    sources = ex.load_sources(spec)
+    items = shards.work_items(sources.samples, args.expand_ratio, args.limit)
+    if args.verify:
+        return verify(args, sources, items)
+    device = resolve_device(args.device, args.gpu)
+    configure_cpu(args.threads)
+    seed_everything(args.seed)
+    dtype = autocast_dtype(args.precision) or torch.float32
+    if dtype != torch.float32 and device.type != "cuda":
+        raise DistDiffError(f"--precision {args.precision} needs --device cuda; use fp32 on the CPU")
+    guide, guide_input, meta = ex.load_guide(args, len(sources.classes), device)
+    out = Path(args.out)
+    ex.check_or_write_args(out, args)
+    setup_logging(out, filename="log.txt" if args.split == 0 else f"log_shard{args.split}.txt")
+    protos = ex.build_prototypes(args, spec, sources, guide, meta, device)
+    if args.prepare_only:
+        return print(f"prototypes ready at {args.prototypes}")
+    pipe = load_pipeline(args.model, device, dtype)
+    if args.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.vae.enable_gradient_checkpointing()
+    sample_cfg = SampleConfig(args.num_steps, args.strength, args.cfg_scale, args.resolution)
+    sampler = ex.build_sampler(pipe, guide, guide_input, protos, spec, sources.classes, sample_cfg,
+                               guidance_config(args), device)
+    my_blocks = shards.shard_blocks(shards.blocks(items, args.batch_size), args.split, args.total_split)
+    counters = ex.run_blocks(sampler, sources, my_blocks, args, out,
+                             out / f"manifest_shard{args.split}.jsonl", args.guidance_repeats)
+    import logging
+    logging.getLogger("distdiff").info("shard %d/%d done: %s", args.split, args.total_split,
+                                       ex.summary_line(counters))
+
+
+def radius_type(value):
+    """A float, or 'none' for no L-inf projection."""
+    return None if str(value).lower() == "none" else float(value)
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    # data, models, outputs
+    add("--dataset", default=None, help=f"one of {', '.join(ds.dataset_names())}")
+    add("--model", default="CompVis/stable-diffusion-v1-4", help="diffusers hub id or local folder")
+    add("--guide_ckpt", "--guide-ckpt", default=None,
+        help="guide classifier (default: checkpoint/<dataset>/<guide_arch>_unpretrained_lr0.1/seed1/model_best.pth.tar)")
+    add("--guide_arch", "--guide-arch", default="resnet50", help="arch of the default guide checkpoint path")
+    add("--checkpoint_root", "--checkpoint-root", default="checkpoint", help="root for default paths")
+    add("--exp", default=None, help="experiment name (default: distdiff_x<R>, sd_x<R> for --guidance none)")
+    add("--out", default=None, help="output dir (default: checkpoint/<dataset>/expansions/<exp>)")
+    add("--prototypes", default=None, help="prototypes file (default: <out>/prototypes.npz)")
+    add("--expand_ratio", "--expand-ratio", type=int, default=5, help="new images per source image")
+    add("--limit", type=int, default=None, help="expand only n source images (class-interleaved)")
+    add("--seed", type=int, default=42, help="base seed; item (i, k) uses a generator seeded by (seed, i, k)")
+    # img2img
+    add("--num_steps", "--num-steps", type=int, default=50, help="DDIM steps")
+    add("--strength", type=float, default=0.5, help="img2img strength (denoising starts at step T*(1-s))")
+    add("--cfg_scale", "--cfg-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    add("--resolution", type=int, default=None, help="sampling size (default: the model's native size)")
+    # distribution-aware guidance
+    add("--guidance", default="transform", choices=GUIDANCE_MODES, help="transform | direct | none (plain SD)")
+    add("--guidance_step", "--guidance-step", type=int, default=20, help="M: guide at timesteps[T-M]")
+    add("--lookahead_steps", "--lookahead-steps", type=int, default=2, help="P look-ahead DDIM steps")
+    add("--step_size", "--step-size", "--rho", type=float, default=10.0, help="rho: gradient step size")
+    add("--radius", type=radius_type, default=0.2, help="L-inf projection radius, or 'none'")
+    add("--lambda_class", "--lambda-class", type=float, default=1.0, help="weight of the class prototype term")
+    add("--lambda_group", "--lambda-group", type=float, default=1.0, help="weight of the group prototype term")
+    add("--normalize_features", "--normalize-features", type=str2bool, default=True,
+        help="L2-normalise guide features before the energy")
+    add("--guidance_repeats", "--guidance-repeats", type=int, default=1, help="number of guidance applications")
+    add("--guidance_interval", "--guidance-interval", type=int, default=1, help="steps between applications")
+    add("--record_energy", "--record-energy", type=str2bool, default=True,
+        help="measure the energy before and after guidance (2P extra UNet calls per application)")
+    add("--cluster", default="kmeans", choices=CLUSTER_METHODS, help="group prototype clustering")
+    add("--num_groups", "--num-groups", "--K", type=int, default=3, help="K group prototypes per class")
+    # execution
+    add("--split", "--shard_id", "--shard-id", type=int, default=None, help="this shard's id")
+    add("--total_split", "--num_shards", "--num-shards", type=int, default=None, help="number of shards")
+    add("--batch_size", "--batch-size", type=int, default=8, help="items sampled together")
+    add("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
+    add("--gpu", default=None, help="GPU index (the authors' launcher argument)")
+    add("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="pipeline dtype (CUDA only)")
+    add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
+        help="recompute activations in the look-ahead backward (saves memory at SD scale)")
+    add("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add("--prepare_only", "--prepare-only", action="store_true", help="build prototypes, then exit")
+    add("--verify", action="store_true", help="report missing images and the shards to rerun")
+    return p
+
+
+if __name__ == "__main__":
+    run_cli(main, resolve_args(get_parser(), sys.argv[1:], section="expand"))
