@@ -3,6 +3,7 @@
     python parse_logs.py checkpoint/digits/resnet_small_unpretrained_lr0.1 --multi
     python parse_logs.py checkpoint/digits --multi           # every experiment below
     python parse_logs.py checkpoint/digits/resnet_small_unpretrained_lr0.1   # per-seed rows
+    python parse_logs.py checkpoint/digits --multi --paired resnet_small_unpretrained_sd_x5_lr0.1
 
 Reads each seed<N>/results.json. Seeds without results.json are counted as incomplete and
 left out of the mean. The std is the sample std (ddof=1). best_acc is the paper's number
@@ -13,7 +14,8 @@ import sys
 from pathlib import Path
 
 from distdiff import DistDiffError
-from distdiff.results import experiment_row, find_experiments, markdown_table, seed_rows, to_csv
+from distdiff.results import (add_paired, experiment_row, find_experiments, markdown_table, paired_table,
+                              seed_rows, to_csv)
 from distdiff.fileio import atomic_write_text, run_cli
 
 
@@ -27,6 +29,12 @@ def main(args):
     if args.multi:
         rows = [experiment_row(exp, root) for exp in experiments]
         print(markdown_table(rows))
+        if args.paired:
+            if not add_paired(rows, experiments, args.paired):
+                raise DistDiffError(f"--paired {args.paired!r} is not among the experiments: "
+                                    f"{[r['experiment'] for r in rows]}")
+            print()
+            print(paired_table(rows, args.paired))
     else:
         rows = [row for exp in experiments for row in seed_rows(exp)]
         print(to_csv(rows), end="")
@@ -42,5 +50,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="an experiment dir (with seed<N>/ children) or any parent of them")
     parser.add_argument("--multi", action="store_true", help="aggregate seeds: mean ± std per experiment")
+    parser.add_argument("--paired", default=None, metavar="EXPERIMENT",
+                        help="with --multi: add same-seed differences vs this experiment (95%% t interval)")
     parser.add_argument("--csv", default=None, help="CSV output path (default: inside `path`)")
     run_cli(main, parser.parse_args())

@@ -4,7 +4,7 @@ import io
 import json
 from pathlib import Path
 
-from distdiff.stats import fmt_mean_std, mean_std
+from distdiff.stats import fmt_mean_std, mean_std, paired_difference
 
 METRICS = ("best_acc", "last_acc", "test_at_best_val")
 
@@ -76,3 +76,39 @@ def to_csv(rows):
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def add_paired(rows, experiments, baseline, metrics=("last_acc", "test_at_best_val")):
+    """Add paired (same-seed) differences against the `baseline` experiment to each row."""
+    by_name = {row["experiment"]: exp for row, exp in zip(rows, experiments)}
+    if baseline not in by_name:
+        return False
+    base, _ = load_seed_results(by_name[baseline])
+    for row, exp in zip(rows, experiments):
+        done, _ = load_seed_results(exp)
+        for metric in metrics:
+            diff = paired_difference({s: r[metric] for s, r in done.items() if metric in r},
+                                     {s: r[metric] for s, r in base.items() if metric in r})
+            row[f"d_{metric}"], row[f"d_{metric}_low"], row[f"d_{metric}_high"] = \
+                diff["mean"], diff["low"], diff["high"]
+            row[f"d_{metric}_n"] = diff["n"]
+    return True
+
+
+def paired_table(rows, baseline, metrics=("last_acc", "test_at_best_val")):
+    """Markdown table of paired differences vs the baseline with 95 % t intervals."""
+    lines = [f"| experiment | " + " | ".join(f"Δ{m} vs {baseline} [95% CI]" for m in metrics) + " | pairs |",
+             "|---|" + "---|" * len(metrics) + "---|"]
+    for row in rows:
+        cells = [fmt_interval(row[f"d_{m}"], row[f"d_{m}_low"], row[f"d_{m}_high"]) for m in metrics]
+        lines.append(f"| {row['experiment']} | " + " | ".join(cells) + f" | {row[f'd_{metrics[0]}_n']} |")
+    return "\n".join(lines)
+
+
+def fmt_interval(mean, low, high):
+    """'+1.20 [-0.30, +2.70]'."""
+    if mean != mean:  # nan
+        return "-"
+    if low != low:
+        return f"{mean:+.2f}"
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"

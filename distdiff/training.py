@@ -1,5 +1,6 @@
 """The one training entry point behind train_original.py and train_expand.py."""
 import logging
+import math
 
 from torch.utils.data import ConcatDataset
 
@@ -22,7 +23,8 @@ def build_transforms(args):
 
 
 def build_datasets(spec, args, expanded_dirs=()):
-    """(train, val, test) datasets; expanded ImageFolders are concatenated to the train split."""
+    """(train, val, test, classes, n_original); expanded ImageFolders are concatenated to the
+    original train split."""
     train_tf, test_tf = build_transforms(args)
     train = ds.load_split(spec, spec.train_split, train_tf)
     parts = [train]
@@ -35,7 +37,14 @@ def build_datasets(spec, args, expanded_dirs=()):
     for name, split in (("val", val), ("test", test)):
         if split is not None:
             ds.check_same_classes(train.classes, split.classes, f"{name} split of {spec.name}")
-    return (ConcatDataset(parts) if len(parts) > 1 else train), val, test, train.classes
+    return (ConcatDataset(parts) if len(parts) > 1 else train), val, test, train.classes, len(train)
+
+
+def equal_iteration_epochs(epochs, n_original, n_total, batch_size):
+    """Epochs on the expanded set that give the optimizer as many steps as `epochs` on the
+    original set (the paper instead keeps epochs fixed, so expansion also buys iterations)."""
+    steps = epochs * math.ceil(n_original / batch_size)
+    return max(1, round(steps / math.ceil(n_total / batch_size)))
 
 
 def classifier_meta(args, classes):
@@ -46,7 +55,7 @@ def classifier_meta(args, classes):
             "std": list(ds.IMAGENET_STD), "pretrained": args.pretrained}
 
 
-def train_classifier(args, exp=None, expanded_dirs=()):
+def train_classifier(args, exp=None, expanded_dirs=(), equal_iterations=False):
     """Train (or resume, or skip if complete) one run; returns its results dict."""
     spec = ds.get_dataset(args.dataset)
     run_dir = train_run_dir(args.output, args.dataset, args.arch, args.pretrained, args.lr,
@@ -59,7 +68,9 @@ def train_classifier(args, exp=None, expanded_dirs=()):
     configure_cpu(args.threads)
     ds.ensure_prepared(spec)
     seed_everything(args.seed)
-    train, val, test, classes = build_datasets(spec, args, expanded_dirs)
+    train, val, test, classes, n_original = build_datasets(spec, args, expanded_dirs)
+    if equal_iterations:
+        args.epochs = equal_iteration_epochs(args.epochs, n_original, len(train), args.batch_size)
     try:
         model = create_classifier(args.arch, len(classes), args.pretrained)
     except UnknownArch as err:

@@ -63,3 +63,16 @@ def test_paired_difference_matches_hand_computation():
 def test_empty_dir_is_an_error(tmp_path):
     proc = run_script("parse_logs.py", tmp_path, "--multi", check=False)
     assert proc.returncode != 0 and proc.stderr.strip().startswith("error: no seed")
+
+
+def test_paired_differences_against_a_baseline(tmp_path):
+    for seed, (sd, dd) in enumerate([(90.0, 91.0), (92.0, 92.5), (91.0, 93.0)], start=1):
+        fake_run(tmp_path / "a_distdiff", seed, dd + 1, dd, tbv=dd)
+        fake_run(tmp_path / "b_sd", seed, sd + 1, sd, tbv=sd)
+    proc = run_script("parse_logs.py", tmp_path, "--multi", "--paired", "b_sd")
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| a_distdiff") and "[" in line)
+    diffs = np.array([1.0, 0.5, 2.0])
+    half = 4.302652729911275 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, df=2)
+    assert f"+{diffs.mean():.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}]" in row
+    bad = run_script("parse_logs.py", tmp_path, "--multi", "--paired", "nope", check=False)
+    assert bad.returncode != 0 and "nope" in bad.stderr

@@ -79,3 +79,10 @@ def test_sigkill_then_rerun_resumes_to_same_result(tmp_path, digits_ready):
     # Same data order, augmentation RNG and optimizer state: the accuracies match exactly.
     assert [r["test_acc"] for r in resumed] == [r["test_acc"] for r in straight]
     assert not list(run_dir(killed).glob(".*.tmp"))
+
+
+def test_equal_iteration_epochs():
+    from distdiff.training import equal_iteration_epochs
+    assert equal_iteration_epochs(100, 30, 180, 64) == 33   # 100 steps / 3 steps per epoch
+    assert equal_iteration_epochs(100, 30, 54, 64) == 100   # still one step per epoch
+    assert equal_iteration_epochs(10, 3030, 18180, 64) == 2  # 480 steps / 285 per epoch -> 2

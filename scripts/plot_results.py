@@ -1,0 +1,108 @@
+"""Figures from finished runs: accuracy bars with error bars, and a grid of expanded samples.
+
+    python scripts/plot_results.py --dataset digits --arch resnet_small
+writes figure/accuracy.png (original vs SD vs DistDiff, mean ± std over seeds, from the
+results.json files) and figure/expansion_grid.png (per class: a source image, its guided copies
+and its unguided copies made with the same seeds).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from distdiff import DistDiffError  # noqa: E402
+from distdiff.datasets import get_dataset  # noqa: E402
+from distdiff.fileio import run_cli  # noqa: E402
+from distdiff.results import experiment_row  # noqa: E402
+from distdiff.runs import dataset_dirname  # noqa: E402
+
+METRICS = (("last_acc", "last epoch"), ("test_at_best_val", "test @ best val"), ("best_acc", "best test (paper)"))
+
+
+def experiment_dirs(args):
+    """(label, experiment dir) for the three headline conditions and their controls."""
+    base = Path(args.checkpoint) / dataset_dirname(args.dataset)
+    stem = f"{args.arch}_{'pretrained' if args.pretrained else 'unpretrained'}"
+    conditions = [("original", f"{stem}_lr{args.lr:g}"),
+                  (f"SD x{args.ratio}", f"{stem}_sd_x{args.ratio}_lr{args.lr:g}"),
+                  (f"DistDiff x{args.ratio}", f"{stem}_distdiff_x{args.ratio}_lr{args.lr:g}"),
+                  (f"SD x{args.ratio}\n(equal iters)", f"{stem}_sd_x{args.ratio}_eqiter_lr{args.lr:g}"),
+                  (f"DistDiff x{args.ratio}\n(equal iters)", f"{stem}_distdiff_x{args.ratio}_eqiter_lr{args.lr:g}")]
+    return [(label, base / name) for label, name in conditions if (base / name).is_dir()]
+
+
+def plot_accuracy(args, path):
+    """Grouped bars: one group per condition, one bar per metric, std error bars, n in labels."""
+    rows = [(label, experiment_row(exp)) for label, exp in experiment_dirs(args)]
+    rows = [(label, row) for label, row in rows if row["n"] > 0]
+    if not rows:
+        raise DistDiffError(f"no finished runs for {args.dataset}/{args.arch}; run single_exp.sh first")
+    fig, ax = plt.subplots(figsize=(1.9 * len(rows) + 2, 3.6))
+    width = 0.8 / len(METRICS)
+    for m, (metric, name) in enumerate(METRICS):
+        means = [row[f"{metric}_mean"] for _, row in rows]
+        stds = [0 if row[f"{metric}_std"] != row[f"{metric}_std"] else row[f"{metric}_std"] for _, row in rows]
+        xs = [i + (m - 1) * width for i in range(len(rows))]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+    ax.set_xticks(range(len(rows)), [f"{label}\n(n={row['n']})" for label, row in rows], fontsize=8)
+    low = min(row[f"{m}_mean"] for _, row in rows for m, _ in METRICS if row[f"{m}_mean"] == row[f"{m}_mean"])
+    ax.set_ylim(max(0, low - 15), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{args.dataset}, {args.arch}: mean ± std over seeds")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_grid(args, path, classes_shown=5):
+    """Rows: source | guided copies | unguided copies, for the first source of a few classes."""
+    spec = get_dataset(args.dataset)
+    base = Path(args.checkpoint) / dataset_dirname(args.dataset) / "expansions"
+    guided, unguided = base / f"distdiff_x{args.ratio}", base / f"sd_x{args.ratio}"
+    if not (guided.is_dir() and unguided.is_dir()):
+        raise DistDiffError(f"expansions {guided} and {unguided} are needed for the sample grid")
+    train_root = spec.split_dir(spec.train_split)
+    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
+    picks = classes[:: max(1, len(classes) // classes_shown)][:classes_shown]
+    cols = 1 + 2 * args.ratio
+    fig, axes = plt.subplots(len(picks), cols, figsize=(cols * 0.9, len(picks) * 0.95))
+    for r, name in enumerate(picks):
+        source = sorted((train_root / name).iterdir())[0]
+        images = [source] + [d / name / f"{source.stem}_expand_{k}.png"
+                             for d in (guided, unguided) for k in range(args.ratio)]
+        for c, img_path in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(Image.open(img_path).convert("RGB"))
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title("source" if c == 0 else ("DistDiff" if c <= args.ratio else "SD"), fontsize=7)
+    fig.suptitle("same seed per column pair: guided (DistDiff) vs unguided (SD) img2img", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args):
+    out = Path(args.figure_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(args, out / "accuracy.png")
+    plot_grid(args, out / "expansion_grid.png")
+    print(f"wrote {out / 'accuracy.png'} and {out / 'expansion_grid.png'}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--arch", default="resnet_small")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--pretrained", action="store_true", help="plot the pretrained runs")
+    parser.add_argument("--ratio", type=int, default=5, help="expansion ratio of the runs to plot")
+    parser.add_argument("--checkpoint", default="checkpoint", help="checkpoint root")
+    parser.add_argument("--figure_dir", default="figure", help="where the PNGs go")
+    run_cli(main, parser.parse_args())

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The whole DistDiff pipeline in one command. With no arguments it runs the embedded demo on
+# 2 CPU cores: 3-shot digits, the tiny SD prior, 5x expansion with DistDiff and with plain img2img
+# (the paper's "SD" row), retraining on each for 5 seeds, then the results table and figures.
+#
+#   bash single_exp.sh                                           # embedded digits demo
+#   DATASET=caltech-101 ARCH=resnet50 GPUS="0 1 2 3" SEEDS="1 2 3" bash single_exp.sh
+#
+# Environment: DATASET (digits), ARCH (the dataset YAML's arch), LR (0.1), RATIO (5),
+# SEEDS ("1 2 3 4 5"), GPUS (empty: one process; "0 1 2 3": one expansion shard per GPU),
+# PRETRAINED (False), MODEL (the dataset YAML's model; e.g. CompVis/stable-diffusion-v1-4), JOBS (parallel CPU
+# training runs, 2), EQITER (1: also run the equal-iterations control), CHECKPOINT (output
+# root, checkpoint), FIGURE_DIR (figure). Quick runs: EPOCHS, LIMIT (source images expanded)
+# and EXPAND_FLAGS (more expand_distdiff.py flags, e.g. "--num_steps 10 --guidance_step 4").
+# Every stage skips work that is already finished, so rerunning after a crash resumes.
+set -euo pipefail
+cd "$(dirname "$0")"
+DATASET=${DATASET:-digits}
+LR=${LR:-0.1}
+RATIO=${RATIO:-5}
+SEEDS=${SEEDS:-1 2 3 4 5}
+GPUS=${GPUS:-}
+JOBS=${JOBS:-2}
+EQITER=${EQITER:-1}
+CHECKPOINT=${CHECKPOINT:-checkpoint}
+FIGURE_DIR=${FIGURE_DIR:-figure}
+PY=.venv/bin/python
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-$([ "$DATASET" = digits ] && echo 1 || echo 0)}
+start=$(date +%s)
+stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
+
+stage "1/8 environment"
+bash scripts/setup.sh
+# The arch comes from configs/<dataset>.yaml unless ARCH is set (resnet50 for the paper's datasets).
+ARCH=${ARCH:-$($PY -c "import sys, yaml, pathlib; p = pathlib.Path('configs', sys.argv[1] + '.yaml')
+print(((yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}).get('train', {}).get('arch', 'resnet50'))" "$DATASET")}
+PRETRAINED=${PRETRAINED:-False}
+TRAIN_ARGS=("$DATASET" --arch "$ARCH" --lr "$LR" --pretrained "$PRETRAINED" --output "$CHECKPOINT")
+EXPAND_ARGS=(--dataset "$DATASET" --guide_arch "$ARCH" --expand_ratio "$RATIO" --checkpoint_root "$CHECKPOINT")
+[ -n "${MODEL:-}" ] && EXPAND_ARGS+=(--model "$MODEL")
+[ -n "${EPOCHS:-}" ] && TRAIN_ARGS+=(--epochs "$EPOCHS")
+[ -n "${LIMIT:-}" ] && EXPAND_ARGS+=(--limit "$LIMIT")
+# shellcheck disable=SC2206
+[ -n "${EXPAND_FLAGS:-}" ] && EXPAND_ARGS+=($EXPAND_FLAGS)
+[ -n "$GPUS" ] && TRAIN_ARGS+=(--device cuda) && EXPAND_ARGS+=(--device cuda)
+
+stage "2/8 data and diffusion prior"
+if [ "$DATASET" = digits ] || [ "$DATASET" = digits10 ]; then
+  $PY scripts/prepare_digits.py
+  [ -n "${MODEL:-}" ] || $PY scripts/train_prior.py   # says "complete" when checkpoint/prior/digits exists
+fi
+
+# run_jobs CMD...: run the given command lines (one per argument) with at most $JOBS at a time.
+run_jobs() {
+  local pids=() status=0
+  for cmd in "$@"; do
+    bash -c "$cmd" &
+    pids+=($!)
+    if [ "${#pids[@]}" -ge "$JOBS" ]; then wait "${pids[0]}" || status=1; pids=("${pids[@]:1}"); fi
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  return $status
+}
+
+stage "3/8 guide classifier and original-only baseline (seeds: $SEEDS)"
+$PY train_original.py "${TRAIN_ARGS[@]}" --seed 1          # seed 1 is the guide
+cmds=()
+for s in $SEEDS; do [ "$s" = 1 ] || cmds+=("$PY train_original.py ${TRAIN_ARGS[*]} --seed $s"); done
+[ "${#cmds[@]}" -eq 0 ] || run_jobs "${cmds[@]}"
+
+expand() {  # expand EXP GUIDANCE: all shards, then --verify
+  local exp=$1 guidance=$2
+  local args=("${EXPAND_ARGS[@]}" --exp "$exp" --guidance "$guidance")
+  if [ -n "$GPUS" ]; then
+    GPUS="$GPUS" bash scripts/expand_multi_gpu.sh "${args[@]}"
+  else
+    $PY expand_distdiff.py "${args[@]}"
+    $PY expand_distdiff.py "${args[@]}" --verify
+  fi
+}
+
+stage "4/8 prototypes + 5/8 DistDiff expansion (x$RATIO)"
+expand "distdiff_x$RATIO" transform
+stage "5/8 unguided img2img expansion (x$RATIO, the paper's SD row)"
+expand "sd_x$RATIO" none
+
+stage "6/8 retraining on original + expanded (seeds: $SEEDS)"
+cmds=()
+for exp in "distdiff_x$RATIO" "sd_x$RATIO"; do
+  for s in $SEEDS; do
+    cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s")
+    [ "$EQITER" = 1 ] && cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s --equal_iterations")
+  done
+done
+run_jobs "${cmds[@]}"
+
+stage "7/8 results (mean ± std over seeds; paired differences vs unguided SD)"
+tag=$([ "$PRETRAINED" = True ] && echo pretrained || echo unpretrained)
+$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --paired "${ARCH}_${tag}_sd_x${RATIO}_lr${LR}"
+
+stage "8/8 figures"
+$PY scripts/plot_results.py --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --ratio "$RATIO" \
+  --checkpoint "$CHECKPOINT" --figure_dir "$FIGURE_DIR" $([ "$PRETRAINED" = True ] && echo --pretrained)
+stage "done in $(( $(date +%s) - start ))s"
