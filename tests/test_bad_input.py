@@ -70,3 +70,12 @@ def test_folder_dataset_trains_on_a_temp_tree(tmp_path):
     run_script("train_original.py", f"folder:{root}", *TINY, "--output", tmp_path / "out")
     results = list((tmp_path / "out").rglob("results.json"))
     assert len(results) == 1 and "folder_tree" in str(results[0])
+
+
+def test_train_expand_rejects_mismatched_classes(tmp_path):
+    root = make_tree(tmp_path / "tree", classes=("cat", "dog"))
+    expanded = make_tree(tmp_path / "exp", classes=("cat", "emu")) / "train"
+    proc = run_script("train_expand.py", f"folder:{root}", *TINY, "--exp", "x", "--expanded_dir", expanded,
+                      "--output", tmp_path / "out", check=False)
+    assert_one_line_error(proc, "expanded set", "dog", "emu")
+    assert not (tmp_path / "out").exists()
