@@ -14,21 +14,21 @@ RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT. Rerunning resumes
 depends only on (seed, source, copy), never on the shard count or a resume point.
 """
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff import expansion as ex
 from distdiff import shards
 from distdiff.fileio import run_cli, setup_logging
 from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
 from distdiff.prototypes import CLUSTER_METHODS
-from distdiff.runs import (autocast_dtype, configure_cpu, dataset_dirname, resolve_args, resolve_device,
+from distdiff.runs import (configure_cpu, pipeline_dtype, dataset_dirname, resolve_args, resolve_device,
                            seed_everything, str2bool, train_run_dir)
 from distdiff.sampler import SampleConfig, load_pipeline
+
+logger = logging.getLogger("distdiff.expand")
 
 
 def resolve_paths(args):
@@ -80,9 +80,7 @@ def main(args):
     device = resolve_device(args.device, args.gpu)
     configure_cpu(args.threads)
     seed_everything(args.seed)
-    dtype = autocast_dtype(args.precision) or torch.float32
-    if dtype != torch.float32 and device.type != "cuda":
-        raise DistDiffError(f"--precision {args.precision} needs --device cuda; use fp32 on the CPU")
+    dtype = pipeline_dtype(args.precision, device)
     guide, guide_input, meta = ex.load_guide(args, len(sources.classes), device)
     out = Path(args.out)
     ex.check_or_write_args(out, args)
@@ -100,8 +98,7 @@ def main(args):
     my_blocks = shards.shard_blocks(shards.blocks(items, args.batch_size), args.split, args.total_split)
     counters = ex.run_blocks(sampler, sources, my_blocks, args, out,
                              out / f"manifest_shard{args.split}.jsonl", args.guidance_repeats)
-    import logging
-    logging.getLogger("distdiff").info("shard %d/%d done: %s", args.split, args.total_split,
+    logger.info("shard %d/%d done: %s", args.split, args.total_split,
                                        ex.summary_line(counters))
 
 

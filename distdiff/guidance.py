@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 GUIDANCE_MODES = ("transform", "direct", "none")
 
@@ -82,14 +83,16 @@ def guide_step(z, lookahead_energy, cfg, draw_a=None, draw_b=None):
             a = draw_a.detach().clone().requires_grad_(True)
             b = draw_b.detach().clone().requires_grad_(True)
             values = lookahead_energy(z * (1 + a) + b)
-            grad_a, grad_b = torch.autograd.grad(values.sum(), [a, b])
+            with record_function("guidance_backward"):
+                grad_a, grad_b = torch.autograd.grad(values.sum(), [a, b])
             a, b = a - cfg.step_size * grad_a, b - cfg.step_size * grad_b
             z_new = z * (1 + a) + b
             ok = _finite_rows(values, grad_a, grad_b)
         elif cfg.mode == "direct":
             z_var = z.detach().clone().requires_grad_(True)
             values = lookahead_energy(z_var)
-            (grad,) = torch.autograd.grad(values.sum(), [z_var])
+            with record_function("guidance_backward"):
+                (grad,) = torch.autograd.grad(values.sum(), [z_var])
             z_new = z - cfg.step_size * grad
             ok = _finite_rows(values, grad)
         else:

@@ -128,6 +128,14 @@ def autocast_dtype(precision):
     return choices[precision]
 
 
+def pipeline_dtype(precision, device):
+    """Diffusion pipeline dtype; half precision only on CUDA (CPU kernels are fp32-first)."""
+    dtype = autocast_dtype(precision) or torch.float32
+    if dtype != torch.float32 and device.type != "cuda":
+        raise DistDiffError(f"--precision {precision} needs --device cuda; use fp32 on the CPU")
+    return dtype
+
+
 def atomic_torch_save(obj, path):
     """torch.save to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from distdiff import DistDiffError
 from distdiff.features import guide_features
@@ -115,7 +116,8 @@ class GuidedSampler:
         """VAE posterior (mean, std) of source PIL images, each [C, h, w], scaled latents."""
         pixels = self.pipe.image_processor.preprocess(images, height=self.resolution,
                                                       width=self.resolution)
-        posterior = self.pipe.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        with record_function("vae_encode"):
+            posterior = self.pipe.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
         return posterior.mean * self.scaling, posterior.std * self.scaling
 
     def latent_shape(self):
@@ -142,9 +144,12 @@ class GuidedSampler:
         total = 0.0
         for p in range(cfg.lookahead_steps):
             t = self.timesteps[index + p]
-            out = self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents)
-            features = guide_features(self.guide, self.guide_input, self.decode(out.pred_original_sample),
-                                      cfg.normalize_features)
+            with record_function("lookahead_unet"):
+                out = self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents)
+            with record_function("lookahead_vae_decode"):
+                images = self.decode(out.pred_original_sample)
+            with record_function("guide_forward"):
+                features = guide_features(self.guide, self.guide_input, images, cfg.normalize_features)
             total = total + energy(features, self.protos["class_protos"][labels],
                                    self.protos["group_protos"][labels],
                                    self.protos["group_mask"][labels],
@@ -170,8 +175,10 @@ class GuidedSampler:
             if index in self.guidance_at:
                 latents = self._guide(latents, index, embeds, labels, draws, stats)
             t = self.timesteps[index]
-            latents = self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents).prev_sample
-        images = self.pipe.image_processor.postprocess(self.decode(latents), output_type="pil")
+            with record_function("denoise_unet"):
+                latents = self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents).prev_sample
+        with record_function("final_decode"):
+            images = self.pipe.image_processor.postprocess(self.decode(latents), output_type="pil")
         return images, stats
 
     def _guide(self, latents, index, embeds, labels, draws, stats):
@@ -185,10 +192,13 @@ class GuidedSampler:
             return self.lookahead_energy(z, index, embeds, labels)
 
         if cfg.record_energy:
-            stats["energy_before"].append(lookahead(latents).float().cpu())
-        new_latents, ok = guide_step(latents, lookahead, cfg, a, b)
+            with record_function("energy_measurement"):
+                stats["energy_before"].append(lookahead(latents).float().cpu())
+        with record_function("guidance_step"):
+            new_latents, ok = guide_step(latents, lookahead, cfg, a, b)
         if cfg.record_energy:
-            stats["energy_after"].append(lookahead(new_latents).float().cpu())
+            with record_function("energy_measurement"):
+                stats["energy_after"].append(lookahead(new_latents).float().cpu())
         bad = int((~ok).sum())
         if bad:
             logger.warning("non-finite guidance energy for %d item(s) at step %d: kept unguided", bad, index)

@@ -1,0 +1,194 @@
+"""Expansion throughput: plain img2img vs DistDiff guidance, per batch size, in one process.
+
+    python scripts/bench_expand.py                         # digits prior, batch 1/4/8/16, 3 repeats
+    python scripts/bench_expand.py --quick                 # CI smoke mode: batch 1 and 2, 1 repeat
+    python scripts/bench_expand.py --model CompVis/stable-diffusion-v1-4 --dataset caltech-101 \
+        --device cuda --precision fp16 --batch_sizes 1 4 8
+
+Same pipeline, same source images, a warm-up batch per configuration, then --repeats timed runs
+of --items images each; the table reports the median. Guidance is timed without the energy
+measurement (--record_energy false), i.e. the paper's algorithm. A per-stage breakdown of one
+guided batch comes from torch.profiler over the sampler's record_function labels. Peak memory is
+the RSS high-water mark during each configuration (a polling thread) on the CPU, and
+torch.cuda.max_memory_allocated on CUDA. Results go to bench/expand.json.
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from distdiff import datasets as ds  # noqa: E402  (first: sets the OpenMP wait policy)
+from distdiff import expansion as ex  # noqa: E402
+from distdiff import shards  # noqa: E402
+from distdiff.fileio import atomic_write_json, run_cli, setup_logging  # noqa: E402
+from distdiff.guidance import GuidanceConfig  # noqa: E402
+from distdiff.runs import configure_cpu, pipeline_dtype, resolve_device, train_run_dir  # noqa: E402
+from distdiff.sampler import SampleConfig, draw_item, load_pipeline  # noqa: E402
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+STAGES = ("vae_encode", "denoise_unet", "guidance_step", "lookahead_unet", "lookahead_vae_decode",
+          "guide_forward", "guidance_backward", "final_decode", "image_write")
+
+
+class PeakRSS:
+    """Highest resident set size (MB) seen while the context is open, polled every 5 ms."""
+
+    def __enter__(self):
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def build(args, device):
+    """Sources, guide, prototypes and one sampler per guidance mode, all sharing the pipeline."""
+    spec = ds.get_dataset(args.dataset)
+    ds.ensure_prepared(spec)
+    sources = ex.load_sources(spec)
+    guide_args = SimpleNamespace(guide_ckpt=args.guide_ckpt, cluster="kmeans", num_groups=3, seed=42,
+                                 prototypes=str(Path(tempfile.mkdtemp()) / "prototypes.npz"))
+    guide, guide_input, meta = ex.load_guide(guide_args, len(sources.classes), device)
+    protos = ex.build_prototypes(guide_args, spec, sources, guide, meta, device)
+    pipe = load_pipeline(args.model, device, pipeline_dtype(args.precision, device))
+    sample_cfg = SampleConfig(resolution=args.resolution)
+    samplers = {mode: ex.build_sampler(pipe, guide, guide_input, protos, spec, sources.classes, sample_cfg,
+                                       GuidanceConfig(mode=mode, record_energy=False), device)
+                for mode in ("none", "transform")}
+    return sources, samplers
+
+
+def make_batches(sampler, sources, items, batch_size):
+    """Inputs for `items` work items (copies of the first sources) cut into batches."""
+    latents = ex.SourceLatents(sampler, sources)
+    work = shards.work_items(sources.samples, ratio=1)[:items]
+    batches = []
+    for block in shards.blocks(work, batch_size):
+        posts = [latents.get(it.index) for it in block]
+        draws = [draw_item(shards.item_generator(0, it.index, 0), sampler.latent_shape(), 1) for it in block]
+        batches.append((torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
+                        torch.tensor([it.label for it in block]), draws))
+    return batches
+
+
+def timed_run(sampler, batches, device):
+    """Seconds to sample every batch (images are produced, not written)."""
+    sync(device)
+    start = time.perf_counter()
+    for batch in batches:
+        sampler.sample(*batch)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(sampler, sources, args, batch_size, device):
+    """Median images/s over repeats after a warm-up batch, and peak memory (MB)."""
+    batches = make_batches(sampler, sources, args.items, batch_size)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as rss:
+        sampler.sample(*batches[0])  # warm-up: allocator, kernels, caches
+        seconds = [timed_run(sampler, batches, device) for _ in range(args.repeats)]
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss.peak
+    return {"images_per_s": args.items / statistics.median(seconds), "seconds": seconds, "peak_mb": peak}
+
+
+def stage_breakdown(sampler, sources, batch_size, out_dir):
+    """Self-inclusive wall time (ms) per labelled stage for one guided batch, plus image writes."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        sampler_fresh_cache = make_batches(sampler, sources, batch_size, batch_size)  # times vae_encode
+        images, _ = sampler.sample(*sampler_fresh_cache[0])
+    totals = {}
+    for event in prof.key_averages():
+        if event.key in STAGES:
+            totals[event.key] = event.cpu_time_total / 1000.0
+    start = time.perf_counter()
+    for j, image in enumerate(images):
+        shards.save_image_atomic(image, Path(out_dir) / f"{j}.png")
+    totals["image_write"] = 1000.0 * (time.perf_counter() - start)
+    return totals
+
+
+def table(results, batch_sizes):
+    """Markdown table: images/s guided and unguided, ratio, batch scaling, peak memory."""
+    lines = ["| batch | SD img2img (img/s) | DistDiff (img/s) | time ratio guided/unguided | "
+             "DistDiff batch-N / batch-1 | peak MB (SD / DistDiff) |", "|---|---|---|---|---|---|"]
+    base = results["transform"][str(batch_sizes[0])]["images_per_s"]
+    for bs in batch_sizes:
+        plain, guided = results["none"][str(bs)], results["transform"][str(bs)]
+        lines.append(f"| {bs} | {plain['images_per_s']:.2f} | {guided['images_per_s']:.2f} | "
+                     f"{plain['images_per_s'] / guided['images_per_s']:.2f} | "
+                     f"{guided['images_per_s'] / base:.2f} | {plain['peak_mb']:.0f} / {guided['peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(args):
+    setup_logging()
+    if args.quick:
+        args.batch_sizes, args.repeats, args.items = [1, 2], 1, 2
+    if args.guide_ckpt is None:
+        args.guide_ckpt = str(train_run_dir("checkpoint", args.dataset, args.guide_arch, False, 0.1, 1)
+                              / "model_best.pth.tar")
+    device = resolve_device(args.device)
+    configure_cpu(args.threads)
+    sources, samplers = build(args, device)
+    results = {mode: {str(bs): measure(samplers[mode], sources, args, bs, device) for bs in args.batch_sizes}
+               for mode in ("none", "transform")}
+    with tempfile.TemporaryDirectory() as tmp:
+        stages = stage_breakdown(samplers["transform"], sources, max(args.batch_sizes), tmp)
+    report = {"device": str(device), "threads": torch.get_num_threads(), "model": args.model,
+              "items": args.items, "repeats": args.repeats, "results": results,
+              "stages_ms_one_guided_batch": stages, "stage_batch_size": max(args.batch_sizes),
+              "torch": torch.__version__}
+    atomic_write_json(args.out, report)
+    print(table(results, args.batch_sizes))
+    print(f"\nstage breakdown, one guided batch of {max(args.batch_sizes)} (ms, nested stages overlap):")
+    for name in STAGES:
+        if name in stages:
+            print(f"  {name:22s} {stages[name]:9.1f}")
+    print(f"\nwritten {args.out}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits", help="source images come from its train split")
+    parser.add_argument("--model", default="checkpoint/prior/digits", help="diffusers folder or hub id")
+    parser.add_argument("--guide_ckpt", default=None, help="guide (default: the dataset's seed-1 guide)")
+    parser.add_argument("--guide_arch", default="resnet_small", help="arch of the default guide path")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--items", type=int, default=32, help="images per timed run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median)")
+    parser.add_argument("--resolution", type=int, default=None, help="sampling size (default: native)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 2, 2 items, 1 repeat")
+    parser.add_argument("--out", default="bench/expand.json")
+    run_cli(main, parser.parse_args())
