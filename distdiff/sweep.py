@@ -157,17 +157,19 @@ def expand_grid(grid):
     """All cells: controls first, then guided cells in grid order, each paired with a control.
 
     Cells with `guidance: none` in the grid are controls; controls with the same unguided
-    settings are merged (the first name wins), and a missing control is added automatically.
+    settings are merged (the first explicit `name` wins), and a missing control is added.
     """
     requested = [{"name": None, "flags": dict(zip(grid.axes, values))}
                  for values in itertools.product(*grid.axes.values())] if grid.axes else []
     requested += grid.cells
-    controls, cells = {}, []
+    controls, named, cells = {}, set(), []
     # Grid-defined controls first, so their names win over automatic ones.
     for req in requested:
         flags = {**grid.base, **req["flags"]}
-        if is_unguided(flags) and unguided_key(flags) not in controls:
-            controls[unguided_key(flags)] = make_control(grid.base, flags, req["name"])
+        key = unguided_key(flags) if is_unguided(flags) else None
+        if key is not None and (key not in controls or (req["name"] and key not in named)):
+            controls[key] = make_control(grid.base, flags, req["name"])
+            named.update([key] if req["name"] else [])
     for req in requested:
         flags = {**grid.base, **req["flags"]}
         if is_unguided(flags):
@@ -229,14 +231,16 @@ def _format_value(value):
 
 
 def _canonical(value):
-    """A comparable form of a flag value: none-likes -> None, numbers -> float, else str."""
+    """A comparable form of a flag value (YAML or command-line text): none-likes -> None,
+    booleans -> bool, numbers -> float, anything else -> str."""
     if value is None or str(value).lower() == "none":
         return None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
+    if isinstance(value, bool) or str(value).lower() in ("true", "false"):
+        return str(value).lower() == "true"
+    try:
         return float(value)
-    return str(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def cli_value(value):
@@ -270,6 +274,17 @@ def check_passthrough(tokens, owned, grid_flags, what):
             raise DistDiffError(f"{what} sets --{name}, which the grid also sets; set it in one place")
 
 
+def passthrough_values(tokens):
+    """{flag: text} of the sweepable flags a pass-through list sets (`--flag v` or `--flag=v`)."""
+    values = {}
+    for i, token in enumerate(tokens):
+        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        name = name.replace("-", "_")
+        if name in SWEEPABLE and (eq or (i + 1 < len(tokens) and not tokens[i + 1].startswith("--"))):
+            values[name] = value if eq else tokens[i + 1]
+    return values
+
+
 def grid_flag_names(cells):
     """Every flag any cell sets."""
     return {k for cell in cells for k in cell.flags}
@@ -280,7 +295,7 @@ def grid_flag_names(cells):
 # ---------------------------------------------------------------------------
 
 def recorded_mismatch(out_dir, flags):
-    """The first grid flag whose value differs from <out>/args.yaml, or None when all match."""
+    """The first flag whose value differs from <out>/args.yaml, or None when all match."""
     recorded = yaml.safe_load((Path(out_dir) / "args.yaml").read_text()) or {}
     for flag, value in flags.items():
         if flag not in recorded or _canonical(recorded[flag]) != _canonical(value):
@@ -291,7 +306,11 @@ def recorded_mismatch(out_dir, flags):
 def expansion_complete(out_dir, flags, samples, class_names):
     """True when <out>/args.yaml records these flags and every expected image exists."""
     out_dir = Path(out_dir)
-    if not (out_dir / "args.yaml").is_file() or recorded_mismatch(out_dir, flags):
+    if not (out_dir / "args.yaml").is_file():
+        return False
+    changed = recorded_mismatch(out_dir, flags)
+    if changed:
+        logger.info("%s records another %s than the grid; the expander will check it", out_dir, changed)
         return False
     recorded = yaml.safe_load((out_dir / "args.yaml").read_text())
     items = shards.work_items(samples, recorded["expand_ratio"], recorded.get("limit"))
@@ -314,14 +333,13 @@ def accuracy_metrics(exp_dir, seeds, control_dir=None):
     for metric in ACC_METRICS:
         mean, std, _ = mean_std(r.get(metric) for r in done.values())
         row[f"{metric}_mean"], row[f"{metric}_std"] = _clean(mean), _clean(std)
-    if control_dir is not None:
-        control = _seed_values(control_dir, seeds)
-        for metric in PAIRED_METRICS:
-            diff = paired_difference({s: r[metric] for s, r in done.items() if metric in r},
-                                     {s: r[metric] for s, r in control.items() if metric in r})
-            row[f"d_{metric}"], row[f"d_{metric}_low"], row[f"d_{metric}_high"] = \
-                _clean(diff["mean"]), _clean(diff["low"]), _clean(diff["high"])
-            row[f"d_{metric}_n"] = diff["n"]
+    control = None if control_dir is None else _seed_values(control_dir, seeds)
+    for metric in PAIRED_METRICS:  # blank for a control, so every row has the same columns
+        diff = {} if control is None else paired_difference(
+            {s: r[metric] for s, r in done.items() if metric in r},
+            {s: r[metric] for s, r in control.items() if metric in r})
+        for suffix, key in (("", "mean"), ("_low", "low"), ("_high", "high"), ("_n", "n")):
+            row[f"d_{metric}{suffix}"] = _clean(diff.get(key))
     return row
 
 

@@ -1,0 +1,254 @@
+"""scripts/sweep.py: a 2-cell grid end to end on a tiny pipeline (with its automatic control and a
+resumed rerun), the metrics maths on fabricated runs and manifests, grid expansion, bad grids."""
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import REPO, assert_one_line_error, run_script, script_env
+from distdiff import DistDiffError
+from distdiff import sweep as sw
+
+T975 = {2: 4.302652729749462}  # Student t quantile, 97.5 %, by degrees of freedom
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, digits_ready):
+    """tiny.yaml on an untrained tiny pipeline, a 1-epoch guide, 1 seed of 1-epoch training."""
+    from models.prior import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("sweep")
+    ckpt = root / "ckpt"
+    # The guide trains in a subprocess while this process builds the pipeline.
+    guide = subprocess.Popen([sys.executable, "train_original.py", "digits", "--epochs", "1", "--batch_size", "8",
+                              "--threads", "1", "--output", str(ckpt)], cwd=REPO, env=script_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pipe = build_tiny_pipeline(root / "pipe", [digits_ready.prompt(str(d)) for d in range(10)])
+    out, _ = guide.communicate(timeout=600)
+    assert guide.returncode == 0, out[-3000:]
+    # Two expansions at once: each subprocess spends most of its time importing on one core.
+    args = ["scripts/sweep.py", "configs/sweeps/tiny.yaml", "--dataset", "digits", "--seeds", "1", "--jobs", "1",
+            "--expand_jobs", "2", "--checkpoint_root", ckpt, "--expand_flags", f"--model {pipe}",
+            "--train_flags", "--epochs 1 --threads 1", "--figure", root / "fig.png"]
+    first = run_script(*args)
+    return {"root": root, "dir": ckpt / "digits" / "sweeps" / "tiny", "args": args, "first": first}
+
+
+def read_rows(sweep_dir):
+    with open(sweep_dir / "sweep.csv") as f:
+        return {row["cell"]: row for row in csv.DictReader(f)}
+
+
+def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
+    rows = read_rows(sweep["dir"])
+    assert set(rows) == {"control", "r0.2", "r-none"}  # the two grid cells and the automatic control
+    for name in ("r0.2", "r-none"):
+        row = rows[name]
+        assert row["status"] == "done" and row["control"] == "control" and row["n"] == "1"
+        assert row["d_last_acc"] != "" and row["d_test_at_best_val"] != "" and row["d_last_acc_n"] == "1"
+        assert float(row["pixel_change_vs_control"]) > 0
+        assert float(row["energy_before"]) > 0 and 0 <= float(row["energy_drop_frac"]) <= 1
+        assert 0 <= float(row["guide_agreement"]) <= 1 and float(row["sec_per_img"]) > 0
+        assert row["n_images"] == "20"
+    control = rows["control"]
+    assert control["guidance"] == "none" and control["d_last_acc"] == "" and control["energy_before"] == ""
+    assert float(control["pixel_change_vs_control"]) == 0
+    assert float(control["pixel_change_vs_source"]) > 0
+    table = [line for line in (sweep["dir"] / "sweep.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 3 and "| r-none | radius=none | 1 |" in sweep["first"].stdout
+    figure = sweep["root"] / "fig.png"
+    assert 1000 < figure.stat().st_size < 300_000
+
+
+def test_rerun_starts_no_subprocess_for_complete_cells(sweep):
+    ckpt = sweep["root"] / "ckpt" / "digits"
+    results = sorted(ckpt.rglob("results.json"))
+    assert len(results) == 4  # the guide and one seed per cell
+    watched = results + sorted((ckpt / "expansions").rglob("*.png")) + sorted((sweep["dir"] / "logs").iterdir())
+    before = {p: os.stat(p).st_mtime_ns for p in watched}
+    out = run_script(*sweep["args"]).stdout
+    assert out.count("complete (expansion verified, 1/1 seeds have results.json); skipped") == 3, out[-3000:]
+    assert out.count("metrics from cache") == 3
+    assert "start (" not in out
+    assert {p: os.stat(p).st_mtime_ns for p in watched} == before  # logs untouched: nothing was launched
+    assert read_rows(sweep["dir"]).keys() == {"control", "r0.2", "r-none"}
+
+
+# ---------------------------------------------------------------------------
+# Metrics maths on fabricated runs (no subprocesses)
+# ---------------------------------------------------------------------------
+
+def fake_results(exp_dir, seed, last, tbv, best):
+    run = exp_dir / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"last_acc": last, "test_at_best_val": tbv, "best_acc": best}))
+
+
+def fake_image(path, value, size=16):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), (value, value, value)).save(path)
+
+
+def manifest_line(source, k, before, after, seconds):
+    path = f"{source.split('/')[0]}/{Path(source).stem}_expand_{k}.png"
+    return json.dumps({"source": source, "k": k, "path": path, "energy_before": before,
+                       "energy_after": after, "seconds": seconds}) + "\n"
+
+
+@pytest.fixture
+def fabricated(tmp_path):
+    """A guided and a control cell: results for seeds 1-5, manifests with a stale record and a
+    torn line, constant-colour images, and constant sources."""
+    guided_exp, control_exp = tmp_path / "exp_guided", tmp_path / "exp_control"
+    for seed, last, tbv, best in ((1, 80, 79, 81), (2, 82, 82, 83), (3, 84, 85, 86), (4, 86, 86, 87), (5, 0, 0, 0)):
+        fake_results(guided_exp, seed, last, tbv, best)
+    for seed, last, tbv in ((1, 79, 80), (2, 80, 80), (3, 81, 80), (5, 99, 99)):
+        fake_results(control_exp, seed, last, tbv, 90)
+    (control_exp / "seed4").mkdir()  # started, never finished: no pair for seed 4
+    sources = tmp_path / "train"
+    fake_image(sources / "0" / "a.png", 0, size=32)
+    fake_image(sources / "1" / "b.png", 0, size=32)
+    guided, control = tmp_path / "guided", tmp_path / "control"
+    guided.mkdir()
+    (guided / "manifest_shard0.jsonl").write_text(
+        manifest_line("0/a.png", 0, 2.0, 1.5, 0.1) + manifest_line("0/a.png", 1, 1.0, 1.5, 0.1)
+        + manifest_line("1/b.png", 1, 9.0, 0.0, 9.0))  # stale: replaced by shard1's record below
+    (guided / "manifest_shard1.jsonl").write_text(
+        manifest_line("1/b.png", 0, 3.0, 2.0, 0.3) + manifest_line("1/b.png", 1, 2.0, 2.5, 0.3) + '{"source": "1/b')
+    for source, k, value in (("0/a", 0, 102), ("0/a", 1, 102), ("1/b", 0, 102), ("1/b", 1, 255)):
+        fake_image(guided / f"{source}_expand_{k}.png", value)
+    control.mkdir()
+    (control / "manifest_shard0.jsonl").write_text(  # no (1/b.png, 1): that image has no pair
+        "".join(manifest_line(s, k, None, None, 0.05) for s, k in (("0/a.png", 0), ("0/a.png", 1), ("1/b.png", 0))))
+    for source, k in (("0/a", 0), ("0/a", 1), ("1/b", 0)):
+        fake_image(control / f"{source}_expand_{k}.png", 51)
+    cell = sw.Cell("r0.5", {"radius": 0.5}, {"radius": 0.5}, "control", ("radius",))
+    control_cell = sw.Cell("control", {"guidance": "none"}, {"guidance": "none"}, None, ())
+    return {"cell": cell, "control_cell": control_cell, "guided": guided, "control": control,
+            "guided_exp": guided_exp, "control_exp": control_exp, "sources": sources}
+
+
+def test_metrics_match_hand_computation(fabricated):
+    f = fabricated
+    row = sw.cell_row(f["cell"], f["guided_exp"], f["guided"], [1, 2, 3, 4], (f["control_exp"], f["control"]),
+                      judge=None, source_root=f["sources"])
+    # Accuracy over the requested seeds 1-4 (seed 5 is not requested).
+    assert row["n"] == 4 and row["last_acc_mean"] == 83.0
+    assert math.isclose(row["last_acc_std"], math.sqrt(20 / 3))  # deviations -3, -1, 1, 3; ddof=1
+    assert row["test_at_best_val_mean"] == 83.0 and row["best_acc_mean"] == 84.25
+    # Paired: seeds 1-3 only (control seed 4 is incomplete). last: diffs 1, 2, 3 -> mean 2, sd 1.
+    half = T975[2] * 1.0 / math.sqrt(3)
+    assert row["d_last_acc"] == 2.0 and row["d_last_acc_n"] == 3
+    assert math.isclose(row["d_last_acc_low"], 2 - half) and math.isclose(row["d_last_acc_high"], 2 + half)
+    # test_at_best_val: diffs -1, 2, 5 -> mean 2, sd 3.
+    assert row["d_test_at_best_val"] == 2.0
+    assert math.isclose(row["d_test_at_best_val_high"] - 2.0, 3 * half)
+    # Manifests: last record per (source, k) wins; the torn line is ignored.
+    assert row["n_images"] == 4
+    assert row["energy_before"] == 2.0 and row["energy_after"] == 1.875 and row["energy_drop_frac"] == 0.5
+    assert math.isclose(row["sec_per_img"], 0.2)
+    # Pixels: 102/255 vs 51/255 on the 3 paired images (the unpaired 255 image is left out);
+    # vs the black sources: 0.4, 0.4, 0.4 and 1.0.
+    assert math.isclose(row["pixel_change_vs_control"], 0.2, abs_tol=1e-12)
+    assert math.isclose(row["pixel_change_vs_source"], 0.55, abs_tol=1e-12)
+    assert row["guide_agreement"] is None
+    table = sw.markdown_table([{**row, "cell": "r0.5"}])
+    assert f"+2.00 [{2 - half:+.2f}, {2 + half:+.2f}]" in table and "2.0000 → 1.8750 | 50%" in table
+
+
+def test_control_row_has_blank_paired_columns_and_zero_pixel_change(fabricated):
+    f = fabricated
+    row = sw.cell_row(f["control_cell"], f["control_exp"], f["control"], [1, 2, 3], None, None, f["sources"])
+    assert row["n"] == 3 and row["last_acc_mean"] == 80.0 and row["last_acc_std"] == 1.0
+    assert row["d_last_acc"] is None and row["d_test_at_best_val_low"] is None
+    assert row["energy_before"] is None and row["energy_drop_frac"] is None
+    assert row["pixel_change_vs_control"] == 0.0 and math.isclose(row["sec_per_img"], 0.05)
+    assert math.isclose(row["pixel_change_vs_source"], 0.2, abs_tol=1e-12)
+    assert "(control)" in sw.markdown_table([row])
+
+
+def test_metrics_cache_matches_on_signature_only(tmp_path):
+    path, signature = tmp_path / "m.json", {"flags": {"radius": 0.5}, "seeds": (1, 2)}
+    sw.store_row(path, signature, {"n": 2})
+    assert sw.cached_row(path, signature) == {"n": 2}
+    assert sw.cached_row(path, {**signature, "seeds": (1, 2, 3)}) is None
+
+
+# ---------------------------------------------------------------------------
+# Grids
+# ---------------------------------------------------------------------------
+
+def write_grid(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_study_grid_pairs_every_guided_cell_with_a_matching_control():
+    cells = sw.expand_grid(sw.load_grid(REPO / "configs" / "sweeps" / "digits_study.yaml"))
+    guided = [c for c in cells if not c.is_control]
+    by_name = {c.name: c for c in cells}
+    assert len(cells) >= 12 and len(by_name) == len(cells)
+    for cell in guided:
+        control = by_name[cell.control]
+        assert control.is_control and control.flags["guidance"] == "none"
+        assert sw.unguided_key(control.flags) == sw.unguided_key(cell.flags)
+    assert by_name["s0.7"].control == "control_s0.7" and by_name["r0.5"].control == "control"
+    swept = {k for c in guided for k in c.overrides}
+    assert swept >= {"radius", "step_size", "guidance_step", "guidance_repeats", "guidance_interval",
+                     "normalize_features", "lambda_class", "lambda_group", "num_groups", "cluster",
+                     "strength", "guidance"}
+    assert {c.flags.get("radius") for c in guided} >= {0.2, 0.5, 1.0, "none"}
+
+
+def test_unguided_grid_cells_merge_into_one_control(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", "base: {num_steps: 10}\naxes:\n  guidance: [transform, none]\n"
+                                           "  radius: [0.2, 0.5]\ncells:\n  - {name: sd, guidance: none}\n")
+    cells = sw.expand_grid(sw.load_grid(grid))
+    assert [c.name for c in cells] == ["sd", "transform_r0.2", "transform_r0.5"]  # the grid's name wins
+    assert cells[0].flags == {"num_steps": 10, "guidance": "none"}
+    assert sw.cell_cli(cells[2]) == ["--num_steps", "10", "--guidance", "transform", "--radius", "0.5"]
+
+
+def test_every_sweepable_flag_is_an_expander_flag():
+    import expand_distdiff  # the same text `expand_distdiff.py --help` prints
+    help_text = expand_distdiff.get_parser().format_help()
+    missing = [flag for flag in sw.SWEEPABLE if f"--{flag} " not in help_text and f"--{flag}," not in help_text]
+    assert not missing, missing
+
+
+def test_dry_run_lists_cells_and_commands_and_runs_nothing(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("sweep_script", REPO / "scripts" / "sweep.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.argparse.Namespace(grid=str(REPO / "configs" / "sweeps" / "tiny.yaml"), dataset=None, seeds=[1, 2],
+                                     jobs=2, expand_jobs=1, checkpoint_root=str(tmp_path), name=None, guide_ckpt=None,
+                                     expand_flags="", train_flags="--epochs 1", figure=str(tmp_path / "f.png"),
+                                     threads=1, dry_run=True)
+    script.main(args)
+    out = capsys.readouterr().out
+    assert out.count("expand_distdiff.py --dataset digits") == 3 and out.count("train_expand.py") == 6
+    assert "--exp sweep_tiny_r-none" in out and "--radius none" in out and "(paired with control)" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_grids_give_one_line_errors(tmp_path):
+    grid = write_grid(tmp_path / "bad.yaml", "base: {num_steps: 10}\naxes:\n  radius: [0.2]\n  bogus_flag: [1]\n")
+    proc = run_script("scripts/sweep.py", grid, "--dataset", "digits", "--checkpoint_root", tmp_path, check=False)
+    assert_one_line_error(proc, "unknown flag", "bogus_flag", "valid flags", "step_size", "radius")
+    with pytest.raises(DistDiffError, match="not found"):
+        sw.load_grid(tmp_path / "missing.yaml")
+    with pytest.raises(DistDiffError, match="defines no cells"):
+        sw.load_grid(write_grid(tmp_path / "empty.yaml", "base: {radius: 0.2}\n"))
+    with pytest.raises(DistDiffError, match="lists belong in"):
+        sw.load_grid(write_grid(tmp_path / "list.yaml", "cells:\n  - {radius: [0.2, 0.5]}\n"))
+    with pytest.raises(DistDiffError, match="sets --strength, which the grid also sets"):
+        sw.check_passthrough(["--strength", "0.7"], sw.EXPAND_OWNED, {"strength"}, "--expand_flags")
+    with pytest.raises(DistDiffError, match="must not set --out"):
+        sw.check_passthrough(["--out=x"], sw.EXPAND_OWNED, set(), "--expand_flags")
