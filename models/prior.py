@@ -139,8 +139,8 @@ def build_text_encoder(tokenizer, width=64, layers=2, heads=4):
     return CLIPTextModel(config)
 
 
-def build_vae(channels=(32, 64, 64), latent_channels=4, image_size=32, layers_per_block=1,
-              norm_groups=16):
+def build_vae(channels=(16, 32, 64), latent_channels=4, image_size=32, layers_per_block=1,
+              norm_groups=8):
     """AutoencoderKL that downsamples by 2**(len(channels)-1) (32 px -> 8x8 latents by default)."""
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
                          down_block_types=("DownEncoderBlock2D",) * len(channels),
@@ -149,13 +149,19 @@ def build_vae(channels=(32, 64, 64), latent_channels=4, image_size=32, layers_pe
                          norm_num_groups=norm_groups, sample_size=image_size)
 
 
-def build_unet(channels=(64, 128), sample_size=8, in_channels=4, cross_attention_dim=64,
-               layers_per_block=1, heads=4, norm_groups=32):
-    """UNet2DConditionModel with cross-attention at every resolution, as in SD."""
+def build_unet(channels=(32, 64, 64), sample_size=8, in_channels=4, cross_attention_dim=64,
+               attention=None, layers_per_block=1, heads=4, norm_groups=16):
+    """UNet2DConditionModel; `attention[i]` puts cross-attention blocks at level i (default: all).
+
+    The middle block always cross-attends, as in SD.
+    """
+    attention = tuple(attention) if attention is not None else (True,) * len(channels)
+    if len(attention) != len(channels):
+        raise ValueError(f"attention {attention} needs one flag per UNet level {channels}")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention))
     return UNet2DConditionModel(sample_size=sample_size, in_channels=in_channels,
-                                out_channels=in_channels,
-                                down_block_types=("CrossAttnDownBlock2D",) * len(channels),
-                                up_block_types=("CrossAttnUpBlock2D",) * len(channels),
+                                out_channels=in_channels, down_block_types=down, up_block_types=up,
                                 block_out_channels=tuple(channels),
                                 layers_per_block=layers_per_block,
                                 cross_attention_dim=cross_attention_dim,
@@ -167,9 +173,10 @@ def build_scheduler():
     return DDIMScheduler(**SD_SCHEDULER)
 
 
-def build_components(prompts, image_size=32, vae_channels=(32, 64, 64), latent_channels=4,
-                     unet_channels=(64, 128), text_width=64, text_layers=2, max_length=77,
-                     vae_norm_groups=16, unet_norm_groups=32, heads=4):
+def build_components(prompts, image_size=32, vae_channels=(16, 32, 64), latent_channels=4,
+                     unet_channels=(32, 64, 64), text_width=64, text_layers=2, max_length=77,
+                     unet_attention=(False, True, True), vae_norm_groups=8, unet_norm_groups=16,
+                     heads=4):
     """All five pipeline components (untrained), sized consistently with each other."""
     scale = 2 ** (len(vae_channels) - 1)
     if image_size % scale:
@@ -180,7 +187,7 @@ def build_components(prompts, image_size=32, vae_channels=(32, 64, 64), latent_c
         text_encoder=build_text_encoder(tokenizer, text_width, text_layers, heads),
         tokenizer=tokenizer,
         unet=build_unet(unet_channels, image_size // scale, latent_channels, text_width,
-                        heads=heads, norm_groups=unet_norm_groups),
+                        unet_attention, heads=heads, norm_groups=unet_norm_groups),
         scheduler=build_scheduler(),
     )
 

@@ -1,0 +1,124 @@
+"""The embedded diffusion prior: a smoke run of the real training script, loaded the way SD-1.4 is."""
+import logging
+import re
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_script
+from distdiff.datasets import get_dataset
+
+SMOKE = ["--vae_steps", "6", "--steps", "6", "--batch_size", "4", "--vae_batch_size", "4",
+         "--latent_copies", "1", "--eval_per_class", "0", "--ckpt_every", "3", "--device", "cpu"]
+# What diffusers and transformers log when checkpoint keys and model parameters disagree.
+WEIGHT_PROBLEMS = re.compile(r"missing|unexpected|not used|newly initialized|not initialized",
+                             re.IGNORECASE)
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+               "beta_schedule": "scaled_linear", "prediction_type": "epsilon",
+               "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+class Collect(logging.Handler):
+    """Keeps every record logged while attached."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def load_pipeline(folder):
+    """StableDiffusionImg2ImgPipeline.from_pretrained(folder) plus the library log messages."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+    handler = Collect()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    for lib_logger in loggers:
+        lib_logger.addHandler(handler)
+    try:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(folder))
+    finally:
+        for lib_logger in loggers:
+            lib_logger.removeHandler(handler)
+    return pipe, [m for m in handler.messages if WEIGHT_PROBLEMS.search(m)]
+
+
+def class_prompts_and_images(spec):
+    """One prompt and one 3-shot train image per class, in label order."""
+    folders = sorted(p for p in (spec.root / "train").iterdir() if p.is_dir())
+    prompts = [spec.prompt(f.name) for f in folders]
+    images = [Image.open(sorted(f.glob("*.png"))[0]).convert("RGB") for f in folders]
+    return prompts, images
+
+
+@pytest.fixture(scope="module")
+def smoke_prior(tmp_path_factory, digits_ready):
+    """Train a prior for a few steps with the real script (all other flags from configs/prior.yaml)."""
+    out = tmp_path_factory.mktemp("prior")
+    proc = run_script("scripts/train_prior.py", *SMOKE, "--out", out)
+    return out, proc
+
+
+def test_smoke_prior_loads_like_stable_diffusion(smoke_prior, digits_ready):
+    out, proc = smoke_prior
+    folder, work = out / "digits", out / "digits.work"
+    assert f"-> {folder}" in proc.stdout
+    for name in ("args.yaml", "log.txt", "state.pt", "latents.pt"):
+        assert (work / name).is_file(), name
+    assert sorted(p.name for p in out.iterdir()) == ["digits", "digits.work"]  # no temp dir left
+
+    pipe, problems = load_pipeline(folder)
+    assert problems == []
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert {k: pipe.scheduler.config[k] for k in SD_SCHEDULE} == SD_SCHEDULE
+    assert pipe.safety_checker is None
+    # The latent scale was measured, not left at SD's default.
+    assert pipe.vae.config.scaling_factor != pytest.approx(0.18215)
+
+    prompts, images = class_prompts_and_images(digits_ready)
+    result = pipe(prompts, image=images, strength=0.5, num_inference_steps=4,
+                  generator=torch.Generator().manual_seed(0)).images
+    assert len(result) == len(prompts) == 10
+    assert all(img.size == images[0].size == (32, 32) for img in result)
+
+
+def test_weight_check_flags_a_damaged_folder(smoke_prior, tmp_path):
+    """The no-missing-keys assertion above can fail: a renamed UNet key is reported."""
+    from safetensors.torch import load_file, save_file
+    broken = tmp_path / "broken"
+    shutil.copytree(smoke_prior[0] / "digits", broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state["renamed.weight"] = state.pop("conv_in.weight")
+    save_file(state, weights, metadata={"format": "pt"})
+    _, problems = load_pipeline(broken)
+    assert any("conv_in.weight" in m for m in problems), problems
+
+
+def test_rerun_of_a_finished_prior_is_a_noop(smoke_prior):
+    out, _ = smoke_prior
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    proc = run_script("scripts/train_prior.py", *SMOKE, "--out", out)
+    assert "is complete" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_tokenizer_round_trips_every_class_prompt(tmp_path, digits_ready):
+    from models.prior import build_tokenizer, write_tokenizer_files
+    prompts, _ = class_prompts_and_images(digits_ready)
+    write_tokenizer_files(tmp_path, prompts)
+    assert (tmp_path / "merges.txt").read_text().startswith("#version")
+    tokenizer = build_tokenizer(prompts)
+    for prompt in prompts:
+        ids = tokenizer(prompt).input_ids
+        # CLIP's unk token is its end-of-text token, so look for it among the word tokens only.
+        words = tokenizer(prompt, add_special_tokens=False).input_ids
+        assert ids == [tokenizer.bos_token_id, *words, tokenizer.eos_token_id]
+        assert tokenizer.unk_token_id not in words
+        assert len(words) == len(prompt.split())  # the learned merges make every word one token
+        assert tokenizer.decode(ids, skip_special_tokens=True) == prompt
+    # Different classes must differ in their ids (else conditioning is impossible).
+    assert len({tuple(tokenizer(p).input_ids) for p in prompts}) == len(prompts)
