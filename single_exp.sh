@@ -50,15 +50,16 @@ if [ "$DATASET" = digits ] || [ "$DATASET" = digits10 ]; then
   [ -n "${MODEL:-}" ] || $PY scripts/train_prior.py   # says "complete" when checkpoint/prior/digits exists
 fi
 
-# run_jobs CMD...: run the given command lines (one per argument) with at most $JOBS at a time.
+# run_jobs CMD...: run the given command lines (one per argument), at most $JOBS at a time; a
+# new one starts as soon as any running one ends (wait -n), so short runs never idle a core.
 run_jobs() {
-  local pids=() status=0
+  local running=0 status=0
   for cmd in "$@"; do
+    if [ "$running" -ge "$JOBS" ]; then wait -n || status=1; running=$((running - 1)); fi
     bash -c "$cmd" &
-    pids+=($!)
-    if [ "${#pids[@]}" -ge "$JOBS" ]; then wait "${pids[0]}" || status=1; pids=("${pids[@]:1}"); fi
+    running=$((running + 1))
   done
-  for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+  while [ "$running" -gt 0 ]; do wait -n || status=1; running=$((running - 1)); done
   return $status
 }
 

@@ -210,7 +210,8 @@ def build_tiny_pipeline(out_dir, prompts, seed=0, image_size=16, vae_channels=(8
     """Save an untrained ~1M-parameter pipeline to `out_dir` quickly (for tests)."""
     torch.manual_seed(seed)
     components = build_components(prompts, image_size, vae_channels, 4, unet_channels,
-                                  text_width, text_layers, max_length, vae_norm_groups=8,
+                                  text_width, text_layers, max_length,
+                                  unet_attention=(True,) * len(unet_channels), vae_norm_groups=8,
                                   unet_norm_groups=16, heads=2)
     return save_pipeline(components, out_dir)
 
