@@ -113,7 +113,7 @@ def run_blocks(sampler, sources, my_blocks, args, out_dir, manifest, repeats):
                                        torch.stack([p[1] for p in posts]),
                                        torch.tensor([it.label for it in block]), draws)
         seconds = (time.time() - start) / len(block)
-        before, after = _per_item(stats["energy_before"]), _per_item(stats["energy_after"])
+        before, after = _per_item(stats["energy_before"], 0), _per_item(stats["energy_after"], -1)
         records = [_record(it, j, out_dir, sources.classes, before, after, seconds)
                    for j, it in enumerate(block) if it in todo]
         shards.append_manifest(manifest, records)
@@ -131,9 +131,10 @@ def run_blocks(sampler, sources, my_blocks, args, out_dir, manifest, repeats):
     return counters
 
 
-def _per_item(per_application):
-    """Per-item energies of the first (before) or last (after) guidance application."""
-    return per_application[0].tolist() if per_application else None
+def _per_item(per_application, which):
+    """Per-item energies of one guidance application: the first for "before", the last for
+    "after", so with repeated guidance the manifest spans all applications."""
+    return per_application[which].tolist() if per_application else None
 
 
 def _record(item, j, out_dir, class_names, before, after, seconds):
