@@ -61,21 +61,21 @@ def save_args(run_dir, args, extra=None):
     atomic_write_text(Path(run_dir) / "args.yaml", yaml.safe_dump(resolved, sort_keys=True))
 
 
-def setup_logging(run_dir=None, rank=0, filename="log.txt"):
-    """Log to stdout and <run_dir>/<filename> on rank 0; other ranks only log warnings."""
+def setup_logging(run_dir=None, filename="log.txt"):
+    """Log to stdout and, given a run dir, to <run_dir>/<filename>."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     handlers = [logging.StreamHandler(sys.stdout)]
-    if run_dir is not None and rank == 0:
+    if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(Path(run_dir) / filename))
     fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)
-    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    root.setLevel(logging.INFO)
     return logger
 
 
