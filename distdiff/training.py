@@ -15,9 +15,10 @@ logger = logging.getLogger(__name__)
 
 
 def build_transforms(args):
-    """(train, eval) transforms from the resolved args."""
+    """((train head, train tail), eval) transforms from the resolved args."""
     norm = dict(mean=ds.IMAGENET_MEAN, std=ds.IMAGENET_STD)
-    train = ds.train_transform(args.image_size, args.resize_size, args.rotation, args.hflip, **norm)
+    train = ds.train_transform(args.image_size, args.resize_size, args.rotation, args.hflip,
+                               split=True, **norm)
     test = ds.test_transform(args.image_size, args.resize_size, **norm)
     return train, test
 
@@ -25,19 +26,19 @@ def build_transforms(args):
 def build_datasets(spec, args, expanded_dirs=()):
     """(train, val, test, classes, n_original); expanded ImageFolders are concatenated to the
     original train split."""
-    train_tf, test_tf = build_transforms(args)
-    train = ds.load_split(spec, spec.train_split, train_tf)
-    parts = [train]
+    (head, tail), test_tf = build_transforms(args)
+    train = ds.load_split(spec, spec.train_split)
+    parts = [ds.preload(train, head, tail)]
     for folder in expanded_dirs:
-        expanded = ds.image_folder(folder, train_tf, hint="run expand_distdiff.py first")
+        expanded = ds.image_folder(folder, hint="run expand_distdiff.py first")
         ds.check_same_classes(train.classes, expanded.classes, f"expanded set {folder}")
-        parts.append(expanded)
+        parts.append(ds.preload(expanded, head, tail))
     val = ds.load_split(spec, spec.val_split, test_tf)
     test = ds.load_split(spec, spec.test_split, test_tf)
     for name, split in (("val", val), ("test", test)):
         if split is not None:
             ds.check_same_classes(train.classes, split.classes, f"{name} split of {spec.name}")
-    return (ConcatDataset(parts) if len(parts) > 1 else train), val, test, train.classes, len(train)
+    return (ConcatDataset(parts) if len(parts) > 1 else parts[0]), val, test, train.classes, len(train)
 
 
 def equal_iteration_epochs(epochs, n_original, n_total, batch_size):
