@@ -7,7 +7,6 @@ sizes differ. Nothing here touches the Hub: the tokenizer vocabulary is learned 
 prompts it must encode.
 """
 import json
-import logging
 import re
 import tempfile
 import unicodedata
@@ -18,8 +17,6 @@ import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline,
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-logger = logging.getLogger(__name__)
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -105,15 +102,30 @@ def _merge_pair(symbols, pair):
     return out
 
 
-def write_tokenizer_files(out_dir, prompts):
-    """Write vocab.json and merges.txt (CLIP's file formats) learned from `prompts`."""
-    vocab, merges = learn_bpe(prompts)
+def write_vocab_files(out_dir, vocab, merges):
+    """Write vocab.json and merges.txt in the formats of CLIP's (and SD's) tokenizer folder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
     (out_dir / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out_dir
+
+
+def write_tokenizer_files(out_dir, prompts):
+    """Learn the BPE vocabulary from `prompts` and write vocab.json + merges.txt."""
+    return write_vocab_files(out_dir, *learn_bpe(prompts))
+
+
+def export_vocab_files(tokenizer, out_dir):
+    """Write a loaded tokenizer's vocabulary as vocab.json + merges.txt.
+
+    transformers 5 saves only tokenizer.json; the two classic files let older transformers
+    (slow CLIPTokenizer) load the same folder.
+    """
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return write_vocab_files(out_dir, model["vocab"], merges)
 
 
 def build_tokenizer(prompts, max_length=77):
@@ -202,6 +214,7 @@ def make_pipeline(components, pipeline_cls=StableDiffusionImg2ImgPipeline):
 def save_pipeline(components, out_dir):
     """Save the components as an SD-style folder (model_index.json + one folder per part)."""
     make_pipeline(components).save_pretrained(out_dir)
+    export_vocab_files(components["tokenizer"], Path(out_dir) / "tokenizer")
     return Path(out_dir)
 
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distdiff import DistDiffError  # noqa: E402
 from distdiff.datasets import ensure_prepared, get_dataset, load_split  # noqa: E402
 from distdiff.fileio import atomic_write_json, run_cli, setup_logging  # noqa: E402
-from distdiff.runs import (REPO_ROOT, atomic_torch_save, configure_cpu, resolve_device,  # noqa: E402
-                           seed_everything)
+from distdiff.runs import (REPO_ROOT, atomic_torch_save, configure_cpu,  # noqa: E402
+                           resolve_device, seed_everything)
 from models.classifiers import create_classifier  # noqa: E402
 
 logger = logging.getLogger("distdiff.eval_prior")
@@ -113,7 +113,7 @@ def train_evaluator(images, labels, num_classes, epochs, batch_size, seed, devic
 
 
 def get_evaluator(spec, cache, epochs, seed, device, batch_size=64):
-    """Load the cached evaluator if it was trained with the same settings, else train and cache it."""
+    """The cached evaluator if it was trained with the same settings, else train and cache one."""
     images, labels, classes = load_images(spec, "prior", EVAL_SIZE)
     meta = {"dataset": spec.name, "classes": classes, "epochs": epochs, "seed": seed,
             "n_prior": len(images)}
@@ -181,7 +181,7 @@ def text_to_image(pipe, prompts, per_class, steps, guidance, seed, batch_size):
     images = []
     for start in tqdm(range(0, len(labels), batch_size), desc="text-to-image", dynamic_ncols=True):
         chunk = labels[start:start + batch_size]
-        gen = torch.Generator().manual_seed(seed + start)  # per batch: reproducible at any batch size split
+        gen = torch.Generator().manual_seed(seed + start)  # per batch: independent of earlier calls
         out = pipe([prompts[k] for k in chunk], num_inference_steps=steps, guidance_scale=guidance,
                    generator=gen, output_type="pt").images
         images.append(out.float().cpu())
@@ -248,7 +248,8 @@ def evaluate_prior(model_dir, spec, evaluator_cache, device, cfg, figure_path=No
                                            cfg["guidance"], cfg["seed"], cfg["batch_size"])
     t2i_acc, t2i_per_class = accuracy(predict(evaluator, samples), sample_labels, classes)
 
-    sources, source_labels, train_classes = load_images(spec, spec.train_split, native_size(img2img))
+    size = native_size(img2img)
+    sources, source_labels, train_classes = load_images(spec, spec.train_split, size)
     if train_classes != classes:
         raise DistDiffError(f"{spec.name}: train and prior splits have different class folders")
     sources = sources.repeat_interleave(cfg["per_image"], 0)
@@ -257,14 +258,14 @@ def evaluate_prior(model_dir, spec, evaluator_cache, device, cfg, figure_path=No
                             cfg["num_steps"], cfg["guidance"], cfg["seed"], cfg["batch_size"])
     i2i_acc, i2i_per_class = accuracy(predict(evaluator, edited), source_labels, classes)
 
-    recon_images, _, _ = load_images(spec, spec.val_split, native_size(img2img))
+    recon_images, _, _ = load_images(spec, spec.val_split, size)
     mse = vae_recon_mse(img2img.vae, recon_images)
     speed = {f"batch{b}": img2img_throughput(img2img, sources[0], prompts[int(source_labels[0])],
                                              b, cfg["strength"], cfg["num_steps"],
                                              cfg["guidance"], repeats=3 if b == 1 else 1)
              for b in (1, 16)}
     if figure_path:
-        real, real_labels, _ = load_images(spec, "prior", native_size(img2img))
+        real, real_labels, _ = load_images(spec, "prior", size)
         step = cfg["per_image"]  # one output per source image, next to its source
         save_figure(figure_path, classes, [
             ("real (prior split)", real, real_labels),
@@ -351,7 +352,8 @@ def main(args):
     if not model.is_dir() and (model.is_absolute() or args.model.count("/") != 1):
         raise DistDiffError(f"{model} not found; train it with: python scripts/train_prior.py")
     device = resolve_device(args.device)
-    cache = Path(args.evaluator_cache) if args.evaluator_cache else default_cache(args.model, spec.name)
+    cache = (Path(args.evaluator_cache) if args.evaluator_cache
+             else default_cache(args.model, spec.name))
     figure = Path(args.figure_path) if args.figure else None
     quality = evaluate_prior(args.model, spec, cache, device, eval_config(args), figure)
     quality["model"] = str(args.model)
@@ -364,35 +366,37 @@ def main(args):
 
 
 def add_eval_flags(parser):
-    """The protocol flags (train_prior.py reuses the defaults)."""
-    parser.add_argument("--per_class", type=int, default=20, help="text-to-image samples per class prompt")
-    parser.add_argument("--per_image", type=int, default=2, help="img2img outputs per train image")
-    parser.add_argument("--num_steps", type=int, default=50, help="DDIM inference steps")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
-    parser.add_argument("--strength", type=float, default=0.5, help="img2img strength")
-    parser.add_argument("--evaluator_epochs", type=int, default=12,
-                        help="epochs of the evaluator classifier on the prior split")
-    parser.add_argument("--eval_batch_size", dest="batch_size", type=int, default=100,
-                        help="prompts per pipeline call")
+    """The protocol flags (train_prior.py reuses their defaults)."""
+    add = parser.add_argument
+    add("--per_class", type=int, default=20, help="text-to-image samples per class prompt")
+    add("--per_image", type=int, default=2, help="img2img outputs per train image")
+    add("--num_steps", type=int, default=50, help="DDIM inference steps")
+    add("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    add("--strength", type=float, default=0.5, help="img2img strength")
+    add("--evaluator_epochs", type=int, default=12,
+        help="epochs of the evaluator classifier on the prior split")
+    add("--eval_batch_size", dest="batch_size", type=int, default=100,
+        help="prompts per pipeline call")
     return parser
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="checkpoint/prior/digits",
-                        help="pipeline folder (or any SD model id, e.g. CompVis/stable-diffusion-v1-4)")
-    parser.add_argument("--dataset", default="digits", help="dataset whose prompts and splits are used")
+    add = parser.add_argument
+    add("--model", default="checkpoint/prior/digits",
+        help="pipeline folder, or an SD model id such as CompVis/stable-diffusion-v1-4")
+    add("--dataset", default="digits", help="dataset whose prompts and splits are used")
     add_eval_flags(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the samplers and the evaluator")
-    parser.add_argument("--evaluator_cache", default=None,
-                        help="evaluator weights file (default: <model>.work/evaluator.pt)")
-    parser.add_argument("--output", default=None, help="quality.json path (default: <model>/quality.json)")
-    parser.add_argument("--figure", action="store_true", help="also write the samples figure")
-    parser.add_argument("--figure_path", default=str(REPO_ROOT / "figure" / "prior_samples.png"),
-                        help="where --figure writes")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<i>")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    add("--seed", type=int, default=0, help="seed of the samplers and the evaluator")
+    add("--evaluator_cache", default=None,
+        help="evaluator weights file (default: <model>.work/evaluator.pt)")
+    add("--output", default=None, help="quality.json path (default: <model>/quality.json)")
+    add("--figure", action="store_true", help="also write the samples figure")
+    add("--figure_path", default=str(REPO_ROOT / "figure" / "prior_samples.png"),
+        help="where --figure writes")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:<i>")
+    add("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     return parser
 
 

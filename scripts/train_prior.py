@@ -1,29 +1,29 @@
 """Train the embedded diffusion prior: a small Stable-Diffusion-shaped latent diffusion model.
 
-    python scripts/train_prior.py                   # -> checkpoint/prior/digits (~8 min, 2 CPU cores)
+    python scripts/train_prior.py       # -> checkpoint/prior/digits (~7 min on 2 CPU cores)
     python scripts/train_prior.py --steps 20 --vae_steps 20 --batch_size 8 --out /tmp/prior
 
 SD-1.4 cannot run on this machine, so the prior is the same architecture family at toy size,
 trained offline on the digits `prior` split only (never train/val/test): AutoencoderKL,
 UNet2DConditionModel with cross-attention, DDIMScheduler with SD's 1000-step scaled-linear
-schedule (epsilon prediction), CLIPTextModel + CLIPTokenizer. The result is saved with
-`StableDiffusionImg2ImgPipeline.save_pretrained`, so later stages load it with the same
-`from_pretrained` call as SD-1.4.
+schedule (epsilon prediction), CLIPTextModel + CLIPTokenizer (vocabulary learned from the
+prompts). The result is saved with `StableDiffusionImg2ImgPipeline.save_pretrained`, so later
+stages load it with the same `from_pretrained` call as SD-1.4. Defaults: configs/prior.yaml.
 
 Recipe:
   1. VAE: reconstruction MSE + a small KL term on lightly augmented prior images.
   2. Latent cache: every prior image is encoded in several augmented copies once; the UNet
      samples from these posteriors, so the VAE encoder never runs inside the UNet loop.
      `scaling_factor` = 1 / std of the latents, stored in the VAE config as SD does.
-  3. UNet + text encoder on the scaled latents with the epsilon objective. Prompts are the
-     dataset's class prompts (`spec.prompt(folder)`); a fraction are replaced by "" so
-     classifier-free guidance has an unconditional branch.
+  3. UNet + text encoder on the scaled latents: epsilon objective with Min-SNR-5 weights.
+     Prompts are the dataset's class prompts (`spec.prompt(folder)`); 10 % are replaced by ""
+     so classifier-free guidance has an unconditional branch.
 
-The text encoder is trained jointly with the UNet rather than frozen: there is no pretrained
-CLIP here, and a frozen random encoder maps the ten prompts (which differ in one token out of
-eight) to nearly identical embeddings, so conditioning emerges much later. Jointly training
-its ~0.14M parameters costs almost nothing, because it only ever encodes the 11 distinct
-prompts per step.
+The text encoder is trained jointly with the UNet instead of frozen as in SD. SD freezes a CLIP
+that was pretrained on captions; there is none here, and a frozen random encoder leaves the UNet
+to untangle fixed random prompt embeddings on its own: with it frozen, the same 600-step run reached
+26 % text-to-image class accuracy, against 100 % trained jointly. Training it costs ~30 ms a
+step, because only the 11 distinct prompts are encoded and then indexed per sample.
 
 A training state is saved atomically in <out>/<name>.work/ every --ckpt_every steps; rerunning
 the same command resumes from it. The final folder is written to a temp dir and renamed, so
@@ -55,15 +55,15 @@ from distdiff import DistDiffError  # noqa: E402
 from distdiff.datasets import ensure_prepared, get_dataset  # noqa: E402
 from distdiff.fileio import (atomic_write_json, load_yaml_config, run_cli, save_args,  # noqa: E402
                              setup_logging)
-from distdiff.runs import (REPO_ROOT, atomic_torch_save, configure_cpu, resolve_device,  # noqa: E402
-                           seed_everything)
+from distdiff.runs import (REPO_ROOT, atomic_torch_save, configure_cpu,  # noqa: E402
+                           resolve_device, seed_everything)
 from models.prior import build_components, num_parameters, save_pipeline  # noqa: E402
 from scripts import eval_prior  # noqa: E402
 
 logger = logging.getLogger("distdiff.train_prior")
-# Settings that shape the weights: a resumed state must have been made with the same ones.
+# Settings that shape the weights or the cached latents: a resumed state must share them.
 RECIPE_KEYS = ("dataset", "image_size", "vae_channels", "unet_channels", "unet_attention",
-               "text_width", "text_layers", "seed")
+               "text_width", "text_layers", "seed", "vae_steps", "latent_copies")
 
 
 # ---------------------------------------------------------------------------
@@ -145,6 +145,19 @@ def cosine_schedule(opt, total, warmup):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def snr_weight(alpha_bar, gamma):
+    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR (1 if gamma=0).
+
+    Low-noise steps (high SNR) can be denoised without reading the prompt; capping their weight
+    (Min-SNR, Hang et al. 2023) made class conditioning emerge sooner here: 74 % vs 33 %
+    text-to-image accuracy after 400 steps.
+    """
+    if not gamma:
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
+
+
 def prompt_ids(tokenizer, prompts):
     """Token ids [len(prompts)+1, max_length] of the class prompts plus the empty prompt (last)."""
     return tokenizer(list(prompts) + [""], padding="max_length", truncation=True,
@@ -179,10 +192,11 @@ def train_unet(parts, latents, labels, ids, state, args, device, save):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
         z, noise, t = z.to(device), noise.to(device), t.to(device)
         a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * z + (1 - a).sqrt() * noise  # scheduler.add_noise, inlined for the device
+        noisy = a.sqrt() * z + (1 - a).sqrt() * noise  # scheduler.add_noise; `a` is reused below
         # Encode each distinct prompt once and index: the batch only holds 11 different prompts.
         context = text_encoder(ids)[0][which.to(device)]
-        loss = F.mse_loss(unet(noisy, t, context).sample, noise)
+        err = F.mse_loss(unet(noisy, t, context).sample, noise, reduction="none").mean((1, 2, 3))
+        loss = (snr_weight(a.flatten(), args.snr_gamma) * err).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -242,6 +256,7 @@ def state_saver(path, parts):
 def finalize(parts, final, spec, work, device, args):
     """Save the pipeline to a temp dir, evaluate it there, then rename it onto `final`."""
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the final folder is an ordinary shared one
     try:
         save_pipeline(parts, tmp)
         if args.eval_per_class > 0:
@@ -335,60 +350,71 @@ def main(args):
     print(f"-> {final}")
 
 
-def load_config_defaults(parser, argv):
-    """Use the YAML file named by --config as defaults (unknown keys are an error)."""
+def parse_args(argv):
+    """Command line over the --config YAML over the built-in defaults; bad configs exit 2."""
+    parser = get_parser()
     known, _ = parser.parse_known_args(argv)
+    if not Path(known.config).is_file():
+        parser.error(f"config file {known.config} not found")
     cfg = load_yaml_config(known.config)
     dests = {a.dest for a in parser._actions} - {"help", "config"}
     unknown = sorted(set(cfg) - dests)
     if unknown:
-        raise DistDiffError(f"{known.config}: unknown key(s) {unknown}")
+        parser.error(f"{known.config}: unknown key(s) {unknown}")
     parser.set_defaults(**cfg)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    scale = 2 ** (len(args.vae_channels) - 1)
+    if len(args.vae_channels) < 2 or args.image_size % scale:
+        parser.error(f"--image_size {args.image_size} must be a multiple of the VAE scale {scale} "
+                     "(and --vae_channels needs at least 2 levels)")
+    if len(args.unet_attention) != len(args.unet_channels):
+        parser.error("--unet_attention needs one 0/1 per --unet_channels level")
+    return args
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "prior.yaml"),
-                        help="YAML file with defaults for the flags below")
-    parser.add_argument("--dataset", default="digits", help="dataset whose `prior` split is used")
-    parser.add_argument("--name", default=None, help="output folder name (default: the dataset)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "checkpoint" / "prior"),
-                        help="root of <name>/ and <name>.work/")
-    parser.add_argument("--image_size", type=int, default=32, help="training image side")
-    parser.add_argument("--vae_channels", type=int, nargs="+", default=[16, 32, 64],
-                        help="AutoencoderKL block widths (scale factor 2**(n-1))")
-    parser.add_argument("--unet_channels", type=int, nargs="+", default=[32, 64, 64],
-                        help="UNet block widths")
-    parser.add_argument("--unet_attention", type=int, nargs="+", default=[0, 1, 1],
-                        help="1/0 per UNet level: cross-attention blocks there or plain ResNet blocks")
-    parser.add_argument("--text_width", type=int, default=64, help="text encoder width = cross-attention dim")
-    parser.add_argument("--text_layers", type=int, default=2, help="text encoder layers")
-    parser.add_argument("--vae_steps", type=int, default=250, help="VAE optimisation steps")
-    parser.add_argument("--vae_batch_size", type=int, default=32, help="VAE batch size")
-    parser.add_argument("--vae_lr", type=float, default=2e-3, help="VAE peak learning rate")
-    parser.add_argument("--kl_weight", type=float, default=1e-4, help="weight of the per-pixel KL term")
-    parser.add_argument("--latent_copies", type=int, default=8,
-                        help="augmented copies of the prior split in the latent cache")
-    parser.add_argument("--steps", type=int, default=800, help="UNet optimisation steps")
-    parser.add_argument("--batch_size", type=int, default=64, help="UNet batch size")
-    parser.add_argument("--lr", type=float, default=3e-3, help="UNet + text encoder peak learning rate")
-    parser.add_argument("--warmup", type=int, default=50, help="UNet warm-up steps")
-    parser.add_argument("--uncond_prob", type=float, default=0.1,
-                        help="fraction of empty prompts (classifier-free guidance)")
-    parser.add_argument("--max_shift", type=float, default=2.0, help="augmentation: max shift in px")
-    parser.add_argument("--max_degrees", type=float, default=10.0, help="augmentation: max rotation")
-    parser.add_argument("--eval_per_class", type=int, default=20,
-                        help="text-to-image samples per class in the final quality check (0: skip it)")
-    parser.add_argument("--ckpt_every", type=int, default=100, help="save the training state every N steps")
-    parser.add_argument("--log_every", type=int, default=50, help="log the loss every N steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, batches and noise")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<i>")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    add = parser.add_argument
+    add("--config", default=str(REPO_ROOT / "configs" / "prior.yaml"),
+        help="YAML file with defaults for the flags below")
+    add("--dataset", default="digits", help="dataset whose `prior` split is used")
+    add("--name", default=None, help="output folder name (default: the dataset)")
+    add("--out", default=str(REPO_ROOT / "checkpoint" / "prior"),
+        help="root of <name>/ and <name>.work/")
+    add("--image_size", type=int, default=32, help="training image side")
+    add("--vae_channels", type=int, nargs="+", default=[16, 32, 64],
+        help="AutoencoderKL block widths (scale factor 2**(n-1))")
+    add("--unet_channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
+    add("--unet_attention", type=int, nargs="+", default=[0, 1, 1],
+        help="1/0 per UNet level: cross-attention blocks there, or plain ResNet blocks")
+    add("--text_width", type=int, default=64, help="text encoder width = cross-attention dim")
+    add("--text_layers", type=int, default=2, help="text encoder layers")
+    add("--vae_steps", type=int, default=200, help="VAE optimisation steps")
+    add("--vae_batch_size", type=int, default=32, help="VAE batch size")
+    add("--vae_lr", type=float, default=2e-3, help="VAE peak learning rate")
+    add("--kl_weight", type=float, default=1e-4, help="weight of the per-pixel KL term")
+    add("--latent_copies", type=int, default=8,
+        help="augmented copies of the prior split in the latent cache")
+    add("--steps", type=int, default=700, help="UNet optimisation steps")
+    add("--batch_size", type=int, default=64, help="UNet batch size")
+    add("--lr", type=float, default=3e-3, help="UNet + text encoder peak learning rate")
+    add("--warmup", type=int, default=50, help="UNet warm-up steps")
+    add("--snr_gamma", type=float, default=5.0,
+        help="Min-SNR loss weighting cap (0: plain epsilon MSE)")
+    add("--uncond_prob", type=float, default=0.1,
+        help="fraction of empty prompts (classifier-free guidance)")
+    add("--max_shift", type=float, default=2.0, help="augmentation: max shift in px")
+    add("--max_degrees", type=float, default=10.0, help="augmentation: max rotation")
+    add("--eval_per_class", type=int, default=20,
+        help="text-to-image samples per class in the final quality check (0: skip it)")
+    add("--ckpt_every", type=int, default=100, help="save the training state every N steps")
+    add("--log_every", type=int, default=50, help="log the loss every N steps")
+    add("--seed", type=int, default=0, help="seed of weights, batches and noise")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:<i>")
+    add("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     return parser
 
 
 if __name__ == "__main__":
-    parser = get_parser()
-    run_cli(main, run_cli(lambda argv: load_config_defaults(parser, argv), sys.argv[1:]))
+    run_cli(main, parse_args(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""The embedded diffusion prior: a smoke run of the real training script, loaded the way SD-1.4 is."""
+"""The embedded diffusion prior: a smoke run of the real training script, loaded like SD-1.4."""
 import logging
 import re
 import shutil
@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 from conftest import run_script
-from distdiff.datasets import get_dataset
 
 SMOKE = ["--vae_steps", "6", "--steps", "6", "--batch_size", "4", "--vae_batch_size", "4",
          "--latent_copies", "1", "--eval_per_class", "0", "--ckpt_every", "3", "--device", "cpu"]
@@ -56,7 +55,7 @@ def class_prompts_and_images(spec):
 
 @pytest.fixture(scope="module")
 def smoke_prior(tmp_path_factory, digits_ready):
-    """Train a prior for a few steps with the real script (all other flags from configs/prior.yaml)."""
+    """A few steps of the real script; every other setting comes from configs/prior.yaml."""
     out = tmp_path_factory.mktemp("prior")
     proc = run_script("scripts/train_prior.py", *SMOKE, "--out", out)
     return out, proc
@@ -69,6 +68,9 @@ def test_smoke_prior_loads_like_stable_diffusion(smoke_prior, digits_ready):
     for name in ("args.yaml", "log.txt", "state.pt", "latents.pt"):
         assert (work / name).is_file(), name
     assert sorted(p.name for p in out.iterdir()) == ["digits", "digits.work"]  # no temp dir left
+    # SD's tokenizer folder files, learned offline, next to transformers 5's tokenizer.json.
+    assert (folder / "tokenizer" / "merges.txt").read_text().startswith("#version")
+    assert (folder / "tokenizer" / "vocab.json").is_file()
 
     pipe, problems = load_pipeline(folder)
     assert problems == []
