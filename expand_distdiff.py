@@ -26,7 +26,7 @@ from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
 from distdiff.prototypes import CLUSTER_METHODS
 from distdiff.runs import (configure_cpu, pipeline_dtype, dataset_dirname, resolve_args, resolve_device,
                            seed_everything, str2bool, train_run_dir)
-from distdiff.sampler import SampleConfig, load_pipeline
+from distdiff.sampler import SampleConfig, load_pipeline, speed_up
 
 logger = logging.getLogger("distdiff.expand")
 
@@ -88,7 +88,7 @@ def main(args):
     protos = ex.build_prototypes(args, spec, sources, guide, meta, device)
     if args.prepare_only:
         return print(f"prototypes ready at {args.prototypes}")
-    pipe = load_pipeline(args.model, device, dtype)
+    pipe = speed_up(load_pipeline(args.model, device, dtype), args.channels_last, args.compile)
     if args.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.vae.enable_gradient_checkpointing()
@@ -153,6 +153,10 @@ def get_parser():
     add("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="pipeline dtype (CUDA only)")
     add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
         help="recompute activations in the look-ahead backward (saves memory at SD scale)")
+    add("--channels_last", "--channels-last", type=str2bool, default=False,
+        help="NHWC memory format for the UNet and VAE (see README, Performance)")
+    add("--compile", type=str2bool, default=False,
+        help="torch.compile the UNet and VAE decoder (CUDA; compile time dominates short CPU runs)")
     add("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     add("--prepare_only", "--prepare-only", action="store_true", help="build prototypes, then exit")
     add("--verify", action="store_true", help="report missing images and the shards to rerun")

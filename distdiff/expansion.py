@@ -24,7 +24,7 @@ GENERATION_KEYS = ("dataset", "model", "guide_ckpt", "expand_ratio", "seed", "nu
                    "cfg_scale", "resolution", "guidance", "guidance_step", "lookahead_steps",
                    "step_size", "radius", "lambda_class", "lambda_group", "normalize_features",
                    "guidance_repeats", "guidance_interval", "cluster", "num_groups", "precision",
-                   "batch_size")
+                   "batch_size", "channels_last", "compile")
 
 
 def check_or_write_args(out_dir, args):
@@ -99,36 +99,49 @@ def run_blocks(sampler, sources, my_blocks, args, out_dir, manifest, repeats):
     counters = {"written": 0, "skipped": 0, "nonfinite": 0, "seconds": 0.0, "before": [], "after": []}
     total = sum(len(b) for _, b in my_blocks)
     bar = tqdm(total=total, desc=f"expand shard {args.split}/{args.total_split}", dynamic_ncols=True)
-    for _, block in my_blocks:
-        todo = shards.missing_items(block, out_dir, sources.classes)
-        if not todo:
-            counters["skipped"] += len(block)
+    with shards.BackgroundWriter() as writer:  # PNG encoding overlaps with the next batch
+        for _, block in my_blocks:
+            todo = set(shards.missing_items(block, out_dir, sources.classes))
+            if todo:
+                start = time.time()
+                images, stats = sample_block(sampler, latents, block, args.seed, repeats)
+                records = _block_records(block, todo, stats, out_dir, sources.classes,
+                                         (time.time() - start) / len(block))
+                shards.append_manifest(manifest, records)
+                keep = [j for j, it in enumerate(block) if it in todo]
+                writer.submit(_write_images, sampler, images[keep],
+                              [block[j].output_path(out_dir, sources.classes) for j in keep])
+                counters["written"] += len(todo)
+                counters["nonfinite"] += stats["nonfinite"]
+                counters["seconds"] += time.time() - start
+                counters["before"] += [r["energy_before"] for r in records if r["energy_before"] is not None]
+                counters["after"] += [r["energy_after"] for r in records if r["energy_after"] is not None]
+            counters["skipped"] += len(block) - len(todo)
             bar.update(len(block))
-            continue
-        start = time.time()
-        posts = [latents.get(it.index) for it in block]
-        draws = [draw_item(shards.item_generator(args.seed, it.index, it.k), sampler.latent_shape(),
-                           repeats) for it in block]
-        images, stats = sampler.sample(torch.stack([p[0] for p in posts]),
-                                       torch.stack([p[1] for p in posts]),
-                                       torch.tensor([it.label for it in block]), draws)
-        seconds = (time.time() - start) / len(block)
-        before, after = _per_item(stats["energy_before"], 0), _per_item(stats["energy_after"], -1)
-        records = [_record(it, j, out_dir, sources.classes, before, after, seconds)
-                   for j, it in enumerate(block) if it in todo]
-        shards.append_manifest(manifest, records)
-        for j, it in enumerate(block):
-            if it in todo:
-                shards.save_image_atomic(images[j], it.output_path(out_dir, sources.classes))
-        counters["written"] += len(todo)
-        counters["skipped"] += len(block) - len(todo)
-        counters["nonfinite"] += stats["nonfinite"]
-        counters["seconds"] += time.time() - start
-        counters["before"] += [r["energy_before"] for r in records if r["energy_before"] is not None]
-        counters["after"] += [r["energy_after"] for r in records if r["energy_after"] is not None]
-        bar.update(len(block))
     bar.close()
     return counters
+
+
+def sample_block(sampler, latents, block, seed, repeats):
+    """Decoded images [B, 3, H, W] and stats of one block; every item draws from its own seed."""
+    posts = [latents.get(it.index) for it in block]
+    draws = [draw_item(shards.item_generator(seed, it.index, it.k), sampler.latent_shape(), repeats)
+             for it in block]
+    return sampler.sample(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
+                          torch.tensor([it.label for it in block]), draws)
+
+
+def _block_records(block, todo, stats, out_dir, class_names, seconds):
+    """Manifest records of the block's items that were missing."""
+    before, after = _per_item(stats["energy_before"], 0), _per_item(stats["energy_after"], -1)
+    return [_record(it, j, out_dir, class_names, before, after, seconds)
+            for j, it in enumerate(block) if it in todo]
+
+
+def _write_images(sampler, images, paths):
+    """PIL conversion and atomic PNG writes of one batch (runs on the writer thread)."""
+    for image, path in zip(sampler.to_pil(images), paths):
+        shards.save_image_atomic(image, path)
 
 
 def _per_item(per_application, which):

@@ -8,6 +8,7 @@ shard or many run it, and whether or not it was interrupted before.
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,36 @@ def save_image_atomic(image, path):
     """PNG write via temp file + os.replace: a finished file is always a whole image."""
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+class BackgroundWriter:
+    """Runs write jobs on one thread so PNG encoding overlaps with sampling.
+
+    At most `max_pending` jobs wait (bounded memory); a failed job re-raises in the sampling
+    thread at the next submit or on exit. A kill loses only unwritten images, which are missing
+    files and so are regenerated on rerun (every write is atomic).
+    """
+
+    def __init__(self, max_pending=4):
+        self.max_pending, self.pending = max_pending, []
+
+    def __enter__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-writer")
+        return self
+
+    def submit(self, fn, *args):
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.max_pending or (self.pending and self.pending[0].done()):
+            self.pending.pop(0).result()
+
+    def __exit__(self, exc_type, *exc):
+        # On an error in the sampler, finish what is queued anyway: those images are complete.
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True)
+        return False
 
 
 def append_manifest(path, records):

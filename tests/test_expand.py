@@ -190,3 +190,20 @@ def test_corrupt_source_image(setup, tmp_path):
     args = expand_args(setup, tmp_path / "o")
     args[args.index("--dataset") + 1] = f"folder:{tree}"
     assert_one_line_error(run_script(*args, check=False), "ring9.png")
+
+
+def test_background_writer_reraises_a_failed_write_and_finishes_the_rest(tmp_path):
+    from distdiff.shards import BackgroundWriter
+
+    def write(name):
+        if name == "bad":
+            raise OSError("disk full")
+        (tmp_path / name).write_text("ok")
+
+    with pytest.raises(OSError, match="disk full"):
+        with BackgroundWriter(max_pending=1) as writer:
+            writer.submit(write, "a")
+            writer.submit(write, "bad")
+            writer.submit(write, "b")
+            writer.submit(write, "c")
+    assert (tmp_path / "a").is_file()
