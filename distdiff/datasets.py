@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 
-from distdiff import DistDiffError
+from distdiff import DistDiffError, augment
 from distdiff.runs import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -99,18 +99,21 @@ def ensure_prepared(spec):
 # ---------------------------------------------------------------------------
 
 def train_transform(image_size=224, resize_size=256, rotation=15.0, hflip=True,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False):
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False, aug="default"):
     """The paper's training augmentation, ending in a normalised float tensor.
 
     With split=True it returns (head, tail): the deterministic decode-and-resize head, which
     `preload` runs once per image, and the random tail that runs every epoch. Composing the
     two gives exactly the unsplit transform, because the image is a tensor from the first step.
+    `aug` adds a per-image augmentation (distdiff/augment.py) to the random tail.
     """
     head = [v2.ToImage(), v2.Resize(resize_size)]
     tail = [v2.RandomRotation(rotation), v2.RandomCrop(image_size)]
     if hflip:
         tail.append(v2.RandomHorizontalFlip())
+    tail += augment.uint8_transforms(aug)  # AutoAugment/RandAugment work on uint8 images
     tail += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    tail += augment.normalized_transforms(aug, image_size)  # erased pixels become the mean (0)
     return (v2.Compose(head), v2.Compose(tail)) if split else v2.Compose(head + tail)
 
 

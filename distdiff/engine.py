@@ -62,17 +62,28 @@ def build_optimizer(model, lr, momentum=0.9, weight_decay=1e-4):
                            weight_decay=weight_decay)
 
 
-def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=None, desc="train"):
-    """One pass over `loader`; returns (mean loss, accuracy)."""
+def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=None, desc="train",
+                    batch_transform=None):
+    """One pass over `loader`; returns (mean loss, accuracy).
+
+    `batch_transform(images, labels) -> (images, soft targets [B, C])` (MixUp, CutMix) turns
+    the step into soft-label cross-entropy; accuracy then counts agreement with the argmax of
+    the mixed target, i.e. with the class that dominates the mixed image.
+    """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     # A per-batch bar only where an epoch is long enough to need one.
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                                disable=len(loader) < 20):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if batch_transform is not None:
+            images, targets = batch_transform(images, labels)
+            labels = targets.argmax(1)
+        else:
+            targets = labels
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, targets)  # class indices or probabilities
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -146,12 +157,13 @@ def write_results(run_dir, results):
 # The training loop with resume
 # ---------------------------------------------------------------------------
 
-def fit(run_dir, model, train_set, val_set, test_set, cfg, meta, device):
+def fit(run_dir, model, train_set, val_set, test_set, cfg, meta, device, batch_transform=None):
     """Train with the paper recipe, resuming from <run_dir>/last.pt; returns results.json dict.
 
     `cfg` needs epochs, batch_size, lr, momentum, weight_decay, seed, workers, precision dtype
     (`amp_dtype`). `meta` (arch, classes, transform sizes) is stored in every checkpoint so
-    the guide can be rebuilt without the training script's arguments.
+    the guide can be rebuilt without the training script's arguments. `batch_transform` is
+    MixUp/CutMix (see train_one_epoch); it draws from torch's global RNG, which last.pt stores.
     """
     run_dir = Path(run_dir)
     model.to(device)
@@ -173,7 +185,8 @@ def fit(run_dir, model, train_set, val_set, test_set, cfg, meta, device):
         loader = make_loader(train_set, cfg["batch_size"], True, cfg["workers"],
                              seed=cfg["seed"] * 100003 + epoch)
         lr = optimizer.param_groups[0]["lr"]
-        loss, train_acc = train_one_epoch(model, loader, optimizer, device, amp_dtype, scaler)
+        loss, train_acc = train_one_epoch(model, loader, optimizer, device, amp_dtype, scaler,
+                                          batch_transform=batch_transform)
         scheduler.step()
         val_acc, test_acc = (evaluate(model, ld, device, amp_dtype) for ld in eval_loaders)
         elapsed += time.time() - start

@@ -5,6 +5,7 @@ script exposes, so that train_original.py and train_expand.py cannot drift apart
 Defaults are the paper's (ResNet-50 from scratch, SGD lr 0.1, 100 epochs, batch 64);
 configs/<dataset>.yaml overrides them per dataset, and the command line overrides both.
 """
+from distdiff import augment
 from distdiff.runs import str2bool
 
 # (flags, argparse keyword arguments)
@@ -26,6 +27,9 @@ TRAIN_OPTIONS = [
     (("--resize_size", "--resize-size"), dict(type=int, default=256, help="resize before cropping")),
     (("--rotation",), dict(type=float, default=15.0, help="RandomRotation degrees")),
     (("--hflip",), dict(type=str2bool, default=True, help="RandomHorizontalFlip (off for digits)")),
+    (("--aug",), dict(default="default", metavar="NAME",
+                      help="extra augmentation (checked by distdiff/augment.py, so YAML values are checked "
+                           "too): " + augment.help_text())),
     (("--workers",), dict(type=int, default=0, help="DataLoader workers (0 = main process)")),
     (("--threads",), dict(type=int, default=0, help="torch CPU threads (0 = torch default)")),
     (("--output",), dict(default="checkpoint", help="root of all run directories")),

@@ -64,11 +64,27 @@ def str2bool(value):
 # Run directories
 # ---------------------------------------------------------------------------
 
-def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None):
-    """checkpoint/<dataset>/<arch>_<pretrained|unpretrained>[_<exp>]_lr<lr>/seed<N>."""
+def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug="default"):
+    """checkpoint/<dataset>/<arch>_<pretrained|unpretrained>[_<exp>]_lr<lr>[_aug-<aug>]/seed<N>.
+
+    The augmentation appears only when it is not the paper's default, so run dirs made before
+    --aug existed keep their names and stay valid.
+    """
     tag = "pretrained" if pretrained else "unpretrained"
     name = f"{arch}_{tag}" + (f"_{exp}" if exp else "") + f"_lr{lr:g}"
+    if aug and aug != "default":
+        name += f"_aug-{aug}"
     return Path(output) / dataset_dirname(dataset) / name / f"seed{seed}"
+
+
+def default_guide_ckpt(root, dataset, config_dir=CONFIG_DIR):
+    """expand_distdiff.py's default guide: seed 1 of configs/<dataset>.yaml's expand.guide_arch
+    (resnet50 without one), unpretrained, lr 0.1, default augmentation."""
+    path = Path(config_dir) / f"{dataset}.yaml"
+    known = not dataset.startswith("folder:") and path.is_file()
+    expand = (load_yaml_config(path).get("expand") or {}) if known else {}
+    arch = expand.get("guide_arch", "resnet50")
+    return train_run_dir(root, dataset, arch, False, 0.1, 1) / "model_best.pth.tar"
 
 
 def dataset_dirname(dataset):

@@ -6,6 +6,7 @@ from torch.utils.data import ConcatDataset
 
 from distdiff import DistDiffError
 from distdiff import datasets as ds
+from distdiff.augment import batch_transform, check_aug
 from distdiff.engine import fit, is_complete, read_results
 from distdiff.fileio import save_args, setup_logging
 from distdiff.runs import autocast_dtype, configure_cpu, resolve_device, seed_everything, train_run_dir
@@ -18,7 +19,7 @@ def build_transforms(args):
     """((train head, train tail), eval) transforms from the resolved args."""
     norm = dict(mean=ds.IMAGENET_MEAN, std=ds.IMAGENET_STD)
     train = ds.train_transform(args.image_size, args.resize_size, args.rotation, args.hflip,
-                               split=True, **norm)
+                               split=True, aug=args.aug, **norm)
     test = ds.test_transform(args.image_size, args.resize_size, **norm)
     return train, test
 
@@ -59,8 +60,9 @@ def classifier_meta(args, classes):
 def train_classifier(args, exp=None, expanded_dirs=(), equal_iterations=False):
     """Train (or resume, or skip if complete) one run; returns its results dict."""
     spec = ds.get_dataset(args.dataset)
+    check_aug(args.aug)  # before the run dir name is built from it
     run_dir = train_run_dir(args.output, args.dataset, args.arch, args.pretrained, args.lr,
-                            args.seed, exp)
+                            args.seed, exp, args.aug)
     setup_logging()  # stdout only until the inputs are known to be good: no stray run dirs
     if is_complete(run_dir):
         logger.info("%s is complete (results.json exists); nothing to do", run_dir)
@@ -84,6 +86,7 @@ def train_classifier(args, exp=None, expanded_dirs=(), equal_iterations=False):
     cfg = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
                                          "weight_decay", "seed", "workers")}
     cfg["amp_dtype"] = autocast_dtype(args.precision) if device.type == "cuda" else None
-    results = fit(run_dir, model, train, val, test, cfg, classifier_meta(args, classes), device)
+    results = fit(run_dir, model, train, val, test, cfg, classifier_meta(args, classes), device,
+                  batch_transform=batch_transform(args.aug, len(classes)))
     logger.info("results: %s", {k: results[k] for k in sorted(results)})
     return results

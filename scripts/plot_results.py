@@ -19,21 +19,22 @@ from distdiff import DistDiffError  # noqa: E402
 from distdiff.datasets import get_dataset  # noqa: E402
 from distdiff.fileio import run_cli  # noqa: E402
 from distdiff.results import experiment_row  # noqa: E402
-from distdiff.runs import dataset_dirname  # noqa: E402
+from distdiff.runs import dataset_dirname, train_run_dir  # noqa: E402
 
 METRICS = (("last_acc", "last epoch"), ("test_at_best_val", "test @ best val"), ("best_acc", "best test (paper)"))
 
 
 def experiment_dirs(args):
     """(label, experiment dir) for the three headline conditions and their controls."""
-    base = Path(args.checkpoint) / dataset_dirname(args.dataset)
-    stem = f"{args.arch}_{'pretrained' if args.pretrained else 'unpretrained'}"
-    conditions = [("original", f"{stem}_lr{args.lr:g}"),
-                  (f"SD x{args.ratio}", f"{stem}_sd_x{args.ratio}_lr{args.lr:g}"),
-                  (f"DistDiff x{args.ratio}", f"{stem}_distdiff_x{args.ratio}_lr{args.lr:g}"),
-                  (f"SD x{args.ratio}\n(equal iters)", f"{stem}_sd_x{args.ratio}_eqiter_lr{args.lr:g}"),
-                  (f"DistDiff x{args.ratio}\n(equal iters)", f"{stem}_distdiff_x{args.ratio}_eqiter_lr{args.lr:g}")]
-    return [(label, base / name) for label, name in conditions if (base / name).is_dir()]
+    conditions = [("original", None),
+                  (f"SD x{args.ratio}", f"sd_x{args.ratio}"),
+                  (f"DistDiff x{args.ratio}", f"distdiff_x{args.ratio}"),
+                  (f"SD x{args.ratio}\n(equal iters)", f"sd_x{args.ratio}_eqiter"),
+                  (f"DistDiff x{args.ratio}\n(equal iters)", f"distdiff_x{args.ratio}_eqiter")]
+    # The training scripts' own naming rule, so the --aug suffix is placed exactly as they place it.
+    dirs = [(label, train_run_dir(args.checkpoint, args.dataset, args.arch, args.pretrained, args.lr, 1, exp,
+                                  args.aug).parent) for label, exp in conditions]
+    return [(label, exp_dir) for label, exp_dir in dirs if exp_dir.is_dir()]
 
 
 def plot_accuracy(args, path):
@@ -53,7 +54,8 @@ def plot_accuracy(args, path):
     low = min(row[f"{m}_mean"] for _, row in rows for m, _ in METRICS if row[f"{m}_mean"] == row[f"{m}_mean"])
     ax.set_ylim(max(0, low - 15), 100)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{args.dataset}, {args.arch}: mean ± std over seeds")
+    aug = "" if args.aug == "default" else f", --aug {args.aug}"
+    ax.set_title(f"{args.dataset}, {args.arch}{aug}: mean ± std over seeds")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -91,9 +93,10 @@ def plot_grid(args, path, classes_shown=5):
 def main(args):
     out = Path(args.figure_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot_accuracy(args, out / "accuracy.png")
+    accuracy = out / ("accuracy.png" if args.aug == "default" else f"accuracy_aug-{args.aug}.png")
+    plot_accuracy(args, accuracy)
     plot_grid(args, out / "expansion_grid.png")
-    print(f"wrote {out / 'accuracy.png'} and {out / 'expansion_grid.png'}")
+    print(f"wrote {accuracy} and {out / 'expansion_grid.png'}")
 
 
 if __name__ == "__main__":
@@ -103,6 +106,7 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--pretrained", action="store_true", help="plot the pretrained runs")
     parser.add_argument("--ratio", type=int, default=5, help="expansion ratio of the runs to plot")
+    parser.add_argument("--aug", default="default", help="plot the runs trained with this --aug (figure accuracy_aug-<aug>.png)")
     parser.add_argument("--checkpoint", default="checkpoint", help="checkpoint root")
     parser.add_argument("--figure_dir", default="figure", help="where the PNGs go")
     run_cli(main, parser.parse_args())

@@ -33,10 +33,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from distdiff import DistDiffError  # noqa: E402
 from distdiff import sweep as sw  # noqa: E402
-from distdiff.fileio import atomic_write_text, load_yaml_config, run_cli, setup_logging  # noqa: E402
+from distdiff.fileio import atomic_write_text, run_cli, setup_logging  # noqa: E402
 from distdiff.options import TRAIN_OPTIONS, add_options  # noqa: E402
 from distdiff.results import to_csv  # noqa: E402
-from distdiff.runs import CONFIG_DIR, configure_cpu, dataset_config, dataset_dirname, train_run_dir  # noqa: E402
+from distdiff.runs import (configure_cpu, dataset_config, dataset_dirname, default_guide_ckpt,  # noqa: E402
+                           train_run_dir)
 
 logger = logging.getLogger("distdiff")
 
@@ -91,7 +92,7 @@ def make_plan(args):
     return argparse.Namespace(
         grid=grid, dataset=dataset, name=name, cells=cells, by_name={c.name: c for c in cells},
         root=root, sweep_dir=root / dataset_dirname(dataset) / "sweeps" / name, seeds=sorted(set(args.seeds)),
-        jobs=args.jobs, expand_jobs=args.expand_jobs, guide=str(args.guide_ckpt or default_guide(root, dataset)),
+        jobs=args.jobs, expand_jobs=args.expand_jobs, guide=str(args.guide_ckpt or default_guide_ckpt(root, dataset)),
         expand_tokens=expand_tokens, train_tokens=train_tokens,
         train=train_settings(dataset, train_tokens))
 
@@ -102,13 +103,6 @@ def split_flags(text, what):
         return shlex.split(text)
     except ValueError as err:  # an unbalanced quote
         raise DistDiffError(f"{what} {text!r}: {err}") from None
-
-
-def default_guide(root, dataset):
-    """expand_distdiff.py's default guide: seed 1 of the dataset YAML's guide_arch (else resnet50)."""
-    path = CONFIG_DIR / f"{dataset}.yaml"
-    expand = (load_yaml_config(path).get("expand") or {}) if path.is_file() else {}
-    return train_run_dir(root, dataset, expand.get("guide_arch", "resnet50"), False, 0.1, 1) / "model_best.pth.tar"
 
 
 def train_settings(dataset, tokens):
@@ -141,7 +135,7 @@ def experiment_dir(plan, cell):
     """The train_expand.py experiment dir holding the cell's seed<N>/ runs."""
     t = plan.train
     exp = exp_name(plan, cell) + ("_eqiter" if t.equal_iterations else "")
-    return train_run_dir(plan.root, plan.dataset, t.arch, t.pretrained, t.lr, 1, exp).parent
+    return train_run_dir(plan.root, plan.dataset, t.arch, t.pretrained, t.lr, 1, exp, t.aug).parent
 
 
 def expand_command(plan, cell):

@@ -1,0 +1,124 @@
+"""Transform-based augmentations stacked on the paper's recipe (`--aug`, the paper's Tab. 1).
+
+Per-image augmentations join the random tail of the training transform: AutoAugment and
+RandAugment work on uint8 images, so they run before the float conversion; RandomErasing and
+GridMask blank regions of the normalised tensor (the erased value 0 is the dataset mean).
+MixUp and CutMix mix whole batches, so the training step applies them (`batch_transform`) and
+trains on the soft targets they return. Every draw comes from torch's global RNG, which the
+engine seeds and stores in last.pt, so augmented runs resume exactly like plain ones.
+"""
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from distdiff import DistDiffError
+
+# name -> what it adds to the paper's Resize/RandomRotation/RandomCrop/Flip recipe
+AUGMENTATIONS = {
+    "default": "the paper's recipe only",
+    "autoaug": "AutoAugment, ImageNet policy (uint8, before ToDtype)",
+    "randaug": "RandAugment, 2 ops at magnitude 9 (uint8, before ToDtype)",
+    "randerasing": "RandomErasing p=0.5, area 2-33 %, filled with the mean (after Normalize)",
+    "gridmask": "GridMask r=0.6, unit 43-100 % of the side, p=0.8 (after Normalize)",
+    "mixup": "MixUp alpha=1 on each batch, soft-label cross-entropy",
+    "cutmix": "CutMix alpha=1 on each batch, soft-label cross-entropy",
+}
+BATCH_AUGMENTATIONS = ("mixup", "cutmix")
+
+
+def check_aug(name):
+    """Return `name` if it is a known augmentation, else a one-line DistDiffError."""
+    if name not in AUGMENTATIONS:
+        raise DistDiffError(f"unknown --aug {name!r}; choose from {', '.join(AUGMENTATIONS)}")
+    return name
+
+
+def help_text():
+    """The --aug help string: every choice with what it does."""
+    return "; ".join(f"{name}: {what}" for name, what in AUGMENTATIONS.items())
+
+
+def uint8_transforms(name):
+    """Per-image augmentations that expect uint8 images (inserted before ToDtype)."""
+    if check_aug(name) == "autoaug":
+        return [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]
+    if name == "randaug":
+        return [v2.RandAugment(num_ops=2, magnitude=9)]
+    return []
+
+
+def normalized_transforms(name, image_size):
+    """Per-image augmentations applied to the normalised float tensor (after Normalize)."""
+    if check_aug(name) == "randerasing":
+        return [v2.RandomErasing(p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0)]
+    if name == "gridmask":
+        # The paper's ImageNet setting (d in [96, 224] at 224 px), scaled to the crop size.
+        return [GridMask(d_min=max(2, round(image_size * 96 / 224)), d_max=image_size, ratio=0.6, p=0.8)]
+    return []
+
+
+def batch_transform(name, num_classes):
+    """MixUp or CutMix over a batch (images, int labels) -> (images, soft targets); else None."""
+    if check_aug(name) == "mixup":
+        return v2.MixUp(alpha=1.0, num_classes=num_classes)
+    if name == "cutmix":
+        return v2.CutMix(alpha=1.0, num_classes=num_classes)
+    return None
+
+
+def _is_image(inpt):
+    """GridMask touches images only: tv_tensors.Image and plain tensors, not masks or boxes."""
+    return isinstance(inpt, tv_tensors.Image) or type(inpt) is torch.Tensor
+
+
+class GridMask(v2.Transform):
+    """GridMask (Chen et al., 2020): zero a regular grid of square blocks of the image.
+
+    One draw picks the unit size d uniformly from the integers [d_min, d_max] and a random
+    offset (dy, dx) in [0, d); within every d x d unit a square of side s = round((1 - r) d)
+    is set to 0, tiled periodically over the whole image. r is the paper's ratio of the
+    shorter kept (gray) edge of a unit, so the paper's keep ratio is k = 1 - (1 - r)^2 and,
+    because the offset is uniform and the grid covers the image, every pixel is masked with
+    probability (s / d)^2 ~ (1 - r)^2. The mask is applied with probability p, so the expected
+    masked fraction is p (1 - r)^2 (r = 0.6, p = 0.8: 12.8 %). The paper also rotates the mask
+    and raises p during training; both are left out, so a draw never depends on the epoch.
+
+    Parameters: d_min, d_max (unit size range in pixels), ratio (r in [0, 1)), p (probability).
+    """
+
+    _transformed_types = (_is_image,)
+
+    def __init__(self, d_min, d_max, ratio=0.6, p=0.8):
+        super().__init__()
+        if not 1 <= d_min <= d_max:
+            raise ValueError(f"GridMask needs 1 <= d_min <= d_max, got {d_min}, {d_max}")
+        if not 0.0 <= ratio < 1.0 or not 0.0 <= p <= 1.0:
+            raise ValueError(f"GridMask needs 0 <= ratio < 1 and 0 <= p <= 1, got {ratio}, {p}")
+        self.d_min, self.d_max, self.ratio, self.p = int(d_min), int(d_max), float(ratio), float(p)
+
+    def block_side(self, d):
+        """Side of the masked square in a unit of size d."""
+        return round((1.0 - self.ratio) * d)
+
+    def expected_masked_fraction(self):
+        """Exact expectation of the masked pixel fraction, including the integer rounding of s."""
+        units = range(self.d_min, self.d_max + 1)
+        return self.p * sum((self.block_side(d) / d) ** 2 for d in units) / len(units)
+
+    def make_params(self, flat_inputs):
+        height, width = next(x for x in flat_inputs if isinstance(x, torch.Tensor)).shape[-2:]
+        if torch.rand(1).item() >= self.p:
+            return {"mask": None}
+        d = int(torch.randint(self.d_min, self.d_max + 1, (1,)).item())
+        offset_y, offset_x = torch.randint(0, d, (2,)).tolist()
+        side = self.block_side(d)
+        rows = (torch.arange(height) - offset_y).remainder(d) < side
+        cols = (torch.arange(width) - offset_x).remainder(d) < side
+        return {"mask": rows[:, None] & cols[None, :]}
+
+    def transform(self, inpt, params):
+        if params["mask"] is None:
+            return inpt
+        masked = inpt.masked_fill(params["mask"].to(inpt.device), 0)
+        # Plain tensor ops drop the tv_tensor type; keep it for the transforms that follow.
+        return tv_tensors.wrap(masked, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else masked

@@ -1,0 +1,120 @@
+"""--aug: every choice trains one tiny epoch and changes training, per-image augmentations sit
+where their input type is, GridMask masks the fraction its docstring states, CutMix runs resume
+exactly, both training scripts take the flag, and a bad name is a one-line error."""
+import argparse
+import csv
+
+import pytest
+import torch
+import yaml
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+import distdiff.engine as engine
+from conftest import assert_one_line_error, run_script
+from distdiff.augment import AUGMENTATIONS, GridMask
+from distdiff.datasets import train_transform
+from distdiff.options import TRAIN_OPTIONS, TRAIN_POSITIONALS, add_options
+from distdiff.runs import resolve_args
+from distdiff.training import train_classifier
+
+QUICK = ["--batch_size", "8", "--threads", "1", "--epochs", "1"]  # 4 steps on the 30-image 3-shot set
+
+
+def train_args(out, *extra):
+    """train_original.py's resolved args (digits YAML applied), built in-process."""
+    parser = add_options(argparse.ArgumentParser(), TRAIN_OPTIONS, TRAIN_POSITIONALS)
+    return resolve_args(parser, ["digits", "--output", str(out), *QUICK, *extra], section="train")
+
+
+def run_dir(out, aug, exp=""):
+    name = "resnet_small_unpretrained" + (f"_{exp}" if exp else "") + "_lr0.1"
+    return out / "digits" / (name if aug == "default" else f"{name}_aug-{aug}") / "seed1"
+
+
+def summary(run):
+    with open(run / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def default_loss(tmp_path_factory, digits_ready):
+    """Epoch-1 training loss of the plain recipe (same seed and data order as every aug run)."""
+    out = tmp_path_factory.mktemp("default")
+    train_classifier(train_args(out))
+    return summary(run_dir(out, "default"))[0]["train_loss"]
+
+
+@pytest.mark.parametrize("aug", list(AUGMENTATIONS))
+def test_every_aug_trains_one_epoch(tmp_path, default_loss, aug):
+    results = train_classifier(train_args(tmp_path, "--aug", aug))
+    run = run_dir(tmp_path, aug)  # the suffix appears only for non-default augs
+    assert results["epochs"] == 1 and (run / "results.json").is_file()
+    assert yaml.safe_load((run / "args.yaml").read_text())["aug"] == aug
+    loss = summary(run)[0]["train_loss"]
+    # Same seed and batch order: only the augmentation can change the loss.
+    assert (loss == default_loss) == (aug == "default"), (aug, loss, default_loss)
+
+
+def test_per_image_augs_sit_where_their_input_type_is():
+    def kinds(aug):
+        return [type(t) for t in train_transform(32, 36, 15.0, False, split=True, aug=aug)[1].transforms]
+    for aug, cls in (("autoaug", v2.AutoAugment), ("randaug", v2.RandAugment)):
+        assert kinds(aug).index(cls) < kinds(aug).index(v2.ToDtype), aug  # uint8 ops
+    for aug, cls in (("randerasing", v2.RandomErasing), ("gridmask", GridMask)):
+        assert kinds(aug).index(cls) > kinds(aug).index(v2.Normalize), aug  # fill 0 = the mean
+    for aug in ("mixup", "cutmix"):  # batch-level: the per-image tail is the plain one
+        assert kinds(aug) == kinds("default")
+
+
+@pytest.mark.parametrize("ratio,p", [(0.6, 1.0), (0.5, 0.5)])
+def test_gridmask_masks_the_documented_fraction(ratio, p):
+    torch.manual_seed(0)
+    grid = GridMask(d_min=8, d_max=32, ratio=ratio, p=p)
+    image = tv_tensors.Image(torch.ones(3, 32, 32))
+    draws = [grid(image) for _ in range(3000)]
+    assert isinstance(draws[0], tv_tensors.Image)
+    assert all(torch.equal(d[0] == 0, d[2] == 0) for d in draws[:50])  # one mask for all channels
+    masked = torch.stack([(d[0] == 0).float().mean() for d in draws]).mean().item()
+    assert abs(masked - grid.expected_masked_fraction()) < 0.01, masked
+    assert abs(masked - p * (1 - ratio) ** 2) < 0.02, masked  # the docstring's p (1 - r)^2
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL in the middle of an epoch."""
+
+
+def test_cutmix_run_resumes_exactly(tmp_path, digits_ready, monkeypatch):
+    flags = ("--aug", "cutmix", "--epochs", "3")
+    train_classifier(train_args(tmp_path / "straight", *flags))
+    real_evaluate, calls = engine.evaluate, []
+
+    def crash_in_epoch_two(*args, **kwargs):  # val, test per epoch: call 3 is epoch 2's val
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(engine, "evaluate", crash_in_epoch_two)
+    with pytest.raises(Killed):
+        train_classifier(train_args(tmp_path / "killed", *flags))
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    assert len(summary(run_dir(tmp_path / "killed", "cutmix"))) == 1
+    train_classifier(train_args(tmp_path / "killed", *flags))  # resumes from last.pt after epoch 1
+    resumed, straight = (summary(run_dir(tmp_path / d, "cutmix")) for d in ("killed", "straight"))
+    key = [(r["train_loss"], r["train_acc"], r["test_acc"]) for r in straight]
+    assert [(r["train_loss"], r["train_acc"], r["test_acc"]) for r in resumed] == key
+
+
+def test_train_expand_takes_aug(tmp_path, digits_ready):
+    # The 3-shot train split doubles as a stand-in expanded set (same class folders).
+    run_script("train_expand.py", "digits", "--exp", "copy", "--expanded_dir", digits_ready.split_dir("train"),
+               "--aug", "mixup", "--output", tmp_path, *QUICK)
+    run = run_dir(tmp_path, "mixup", exp="copy")
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["aug"] == "mixup" and args["n_train"] == 60 and (run / "results.json").is_file()
+
+
+def test_unknown_aug_is_a_one_line_error(tmp_path, digits_ready):
+    proc = run_script("train_original.py", "digits", "--aug", "mixupp", "--output", tmp_path, *QUICK, check=False)
+    assert_one_line_error(proc, "unknown --aug 'mixupp'", "cutmix")
+    assert not any(tmp_path.iterdir())  # no run dir left behind
