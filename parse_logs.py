@@ -4,6 +4,7 @@
     python parse_logs.py checkpoint/digits --multi           # every experiment below
     python parse_logs.py checkpoint/digits/resnet_small_unpretrained_lr0.1   # per-seed rows
     python parse_logs.py checkpoint/digits --multi --paired resnet_small_unpretrained_sd_x5_lr0.1
+    python parse_logs.py checkpoint/digits --multi --seeds 1 2 3 --include 'resnet_small_unpretrained_lr0.1*'
 
 Reads each seed<N>/results.json. Seeds without results.json are counted as incomplete and
 left out of the mean. The std is the sample std (ddof=1). best_acc is the paper's number
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from distdiff import DistDiffError
 from distdiff.results import (add_paired, experiment_row, find_experiments, markdown_table, paired_table,
-                              seed_rows, to_csv)
+                              seed_rows, select_experiments, to_csv)
 from distdiff.fileio import atomic_write_text, run_cli
 
 
@@ -26,17 +27,21 @@ def main(args):
     experiments = find_experiments(root)
     if not experiments:
         raise DistDiffError(f"no seed<N>/ run directories found under {root}")
+    experiments = select_experiments(experiments, root, args.include)
+    if not experiments:
+        raise DistDiffError(f"no experiment under {root} matches --include {' '.join(args.include)}")
+    seeds = set(args.seeds) if args.seeds else None
     if args.multi:
-        rows = [experiment_row(exp, root) for exp in experiments]
+        rows = [experiment_row(exp, root, seeds) for exp in experiments]
         print(markdown_table(rows))
         if args.paired:
-            if not add_paired(rows, experiments, args.paired):
+            if not add_paired(rows, experiments, args.paired, seeds=seeds):
                 raise DistDiffError(f"--paired {args.paired!r} is not among the experiments: "
                                     f"{[r['experiment'] for r in rows]}")
             print()
             print(paired_table(rows, args.paired))
     else:
-        rows = [row for exp in experiments for row in seed_rows(exp)]
+        rows = [row for exp in experiments for row in seed_rows(exp, seeds)]
         print(to_csv(rows), end="")
     csv_path = Path(args.csv) if args.csv else root / ("summary_multi.csv" if args.multi else "summary_seeds.csv")
     atomic_write_text(csv_path, to_csv(rows))
@@ -53,4 +58,9 @@ if __name__ == "__main__":
     parser.add_argument("--paired", default=None, metavar="EXPERIMENT",
                         help="with --multi: add same-seed differences vs this experiment (95%% t interval)")
     parser.add_argument("--csv", default=None, help="CSV output path (default: inside `path`)")
+    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                        help="keep only experiments whose name (path below `path`) matches this shell "
+                             "pattern; repeatable, e.g. --include 'resnet_small_unpretrained_lr0.1*'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="aggregate only these seeds (so rows with extra seeds stay comparable)")
     run_cli(main, parser.parse_args())

@@ -1,5 +1,6 @@
 """Collect results.json files of training runs into per-experiment rows."""
 import csv
+import fnmatch
 import io
 import json
 from pathlib import Path
@@ -23,10 +24,26 @@ def find_experiments(root):
     return sorted({p.parent for p in root.rglob("seed*") if p.is_dir() and seed_dirs(p.parent)})
 
 
-def load_seed_results(exp_dir):
-    """({seed: results dict} of complete seeds, [names of incomplete seed dirs])."""
+def experiment_name(exp_dir, root=None):
+    """The experiment's name in tables: its path below `root`, else its own dir name."""
+    return str(Path(exp_dir).relative_to(root)) if root and Path(exp_dir) != Path(root) else Path(exp_dir).name
+
+
+def select_experiments(experiments, root, patterns):
+    """Experiments whose table name matches any of the shell-style `patterns` (all if none)."""
+    if not patterns:
+        return list(experiments)
+    return [exp for exp in experiments
+            if any(fnmatch.fnmatchcase(experiment_name(exp, root), pat) for pat in patterns)]
+
+
+def load_seed_results(exp_dir, seeds=None):
+    """({seed: results dict} of complete seeds, [names of incomplete seed dirs]), optionally
+    restricted to the given seeds."""
     done, incomplete = {}, []
     for run in seed_dirs(exp_dir):
+        if seeds is not None and int(run.name[4:]) not in seeds:
+            continue
         path = run / "results.json"
         if path.is_file():
             done[int(run.name[4:])] = json.loads(path.read_text())
@@ -35,11 +52,10 @@ def load_seed_results(exp_dir):
     return done, incomplete
 
 
-def experiment_row(exp_dir, root=None):
+def experiment_row(exp_dir, root=None, seeds=None):
     """One aggregated row: mean/std/n per metric plus the incomplete-seed count."""
-    done, incomplete = load_seed_results(exp_dir)
-    name = str(Path(exp_dir).relative_to(root)) if root and Path(exp_dir) != Path(root) else Path(exp_dir).name
-    row = {"experiment": name, "n": len(done), "incomplete": len(incomplete),
+    done, incomplete = load_seed_results(exp_dir, seeds)
+    row = {"experiment": experiment_name(exp_dir, root), "n": len(done), "incomplete": len(incomplete),
            "seeds": ",".join(str(s) for s in sorted(done))}
     for metric in METRICS:
         mean, std, _ = mean_std(r.get(metric) for r in done.values())
@@ -47,9 +63,9 @@ def experiment_row(exp_dir, root=None):
     return row
 
 
-def seed_rows(exp_dir):
+def seed_rows(exp_dir, seeds=None):
     """One row per seed run (complete or not)."""
-    done, incomplete = load_seed_results(exp_dir)
+    done, incomplete = load_seed_results(exp_dir, seeds)
     rows = [{"experiment": Path(exp_dir).name, "seed": s, **{m: r.get(m) for m in METRICS}}
             for s, r in sorted(done.items())]
     rows += [{"experiment": Path(exp_dir).name, "seed": name, "status": "incomplete"}
@@ -78,14 +94,14 @@ def to_csv(rows):
     return buf.getvalue()
 
 
-def add_paired(rows, experiments, baseline, metrics=("last_acc", "test_at_best_val")):
+def add_paired(rows, experiments, baseline, metrics=("last_acc", "test_at_best_val"), seeds=None):
     """Add paired (same-seed) differences against the `baseline` experiment to each row."""
     by_name = {row["experiment"]: exp for row, exp in zip(rows, experiments)}
     if baseline not in by_name:
         return False
-    base, _ = load_seed_results(by_name[baseline])
+    base, _ = load_seed_results(by_name[baseline], seeds)
     for row, exp in zip(rows, experiments):
-        done, _ = load_seed_results(exp)
+        done, _ = load_seed_results(exp, seeds)
         for metric in metrics:
             diff = paired_difference({s: r[metric] for s, r in done.items() if metric in r},
                                      {s: r[metric] for s, r in base.items() if metric in r})

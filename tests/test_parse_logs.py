@@ -76,3 +76,19 @@ def test_paired_differences_against_a_baseline(tmp_path):
     assert f"+{diffs.mean():.2f} [{diffs.mean() - half:+.2f}, {diffs.mean() + half:+.2f}]" in row
     bad = run_script("parse_logs.py", tmp_path, "--multi", "--paired", "nope", check=False)
     assert bad.returncode != 0 and "nope" in bad.stderr
+
+
+def test_include_and_seeds_keep_aug_rows_separate_and_comparable(tmp_path):
+    root = tmp_path / "digits"
+    for name, base in (("resnet_small_unpretrained_lr0.1", 70.0), ("resnet_small_unpretrained_lr0.1_aug-mixup", 80.0),
+                       ("resnet_small_unpretrained_sd_x5_lr0.1", 90.0)):
+        for seed in (1, 2, 3, 4):
+            fake_run(root / name, seed, base + seed, base + seed)
+    proc = run_script("parse_logs.py", root, "--multi", "--seeds", "1", "2", "3",
+                      "--include", "resnet_small_unpretrained_lr0.1", "--include", "resnet_small_unpretrained_lr0.1_aug-*")
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| resnet")]
+    assert [line.split(" | ")[0] for line in table] == ["| resnet_small_unpretrained_lr0.1",
+                                                       "| resnet_small_unpretrained_lr0.1_aug-mixup"]
+    assert "| 3 | 72.00 ± 1.00" in table[0] and "| 3 | 82.00 ± 1.00" in table[1]  # seed 4 left out
+    proc = run_script("parse_logs.py", root, "--multi", "--include", "nothing*", check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: no experiment")

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Transform-based augmentation with and without DistDiff (the paper's Tab. 1): original-only vs
+# original + DistDiff x5, each trained with every --aug choice for seeds 1 2 3, then one table.
+#
+#   bash scripts/exps/aug_compat.sh                                  # digits, 7 augs x 2 sets x 3 seeds
+#   AUGS="default mixup" SEEDS=1 EPOCHS=2 CHECKPOINT=/tmp/aug bash scripts/exps/aug_compat.sh   # quick check
+#
+# Environment: DATASET (digits), ARCH (resnet_small), LR (0.1), EXP (distdiff_x5), EXPANDED (the
+# expansion to train on: checkpoint/<dataset>/expansions/<exp>), AUGS (all seven), SEEDS ("1 2 3"),
+# JOBS (2 runs at a time), EPOCHS (the config's 100), CHECKPOINT (run root, checkpoint), EXTRA (more
+# training flags). The expansion must exist (bash single_exp.sh makes it). Finished runs are skipped,
+# so the default-aug rows reuse single_exp.sh's runs; run dirs of the other augs end in _aug-<name>.
+# Epochs are not part of a run dir's name: put reduced-epoch runs under another CHECKPOINT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+DATASET=${DATASET:-digits}
+ARCH=${ARCH:-resnet_small}
+LR=${LR:-0.1}
+EXP=${EXP:-distdiff_x5}
+EXPANDED=${EXPANDED:-checkpoint/$DATASET/expansions/$EXP}
+AUGS=${AUGS:-default autoaug randaug randerasing gridmask mixup cutmix}
+SEEDS=${SEEDS:-1 2 3}
+JOBS=${JOBS:-2}
+CHECKPOINT=${CHECKPOINT:-checkpoint}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+[ -d "$EXPANDED" ] || { echo "error: expansion $EXPANDED not found; run bash single_exp.sh first" >&2; exit 1; }
+ARGS=("$DATASET" --arch "$ARCH" --lr "$LR" --output "$CHECKPOINT")
+[ -n "${EPOCHS:-}" ] && ARGS+=(--epochs "$EPOCHS")
+
+# run_jobs CMD...: at most $JOBS command lines at a time; a new one starts as soon as any ends.
+run_jobs() {
+  local running=0 status=0
+  for cmd in "$@"; do
+    if [ "$running" -ge "$JOBS" ]; then wait -n || status=1; running=$((running - 1)); fi
+    bash -c "$cmd" &
+    running=$((running + 1))
+  done
+  while [ "$running" -gt 0 ]; do wait -n || status=1; running=$((running - 1)); done
+  return $status
+}
+
+cmds=()
+for aug in $AUGS; do
+  for s in $SEEDS; do
+    cmds+=("$PY train_original.py ${ARGS[*]} --aug $aug --seed $s ${EXTRA:-}")
+    cmds+=("$PY train_expand.py ${ARGS[*]} --exp $EXP --expanded_dir $EXPANDED --aug $aug --seed $s ${EXTRA:-}")
+  done
+done
+echo "aug_compat: ${#cmds[@]} training runs, $JOBS at a time"
+run_jobs "${cmds[@]}"
+
+# One row per (set, aug); only the seeds asked for, so rows with extra seeds stay comparable.
+stem="${ARCH}_unpretrained"
+# shellcheck disable=SC2086
+$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --seeds $SEEDS \
+  --include "${stem}_lr${LR}" --include "${stem}_lr${LR}_aug-*" \
+  --include "${stem}_${EXP}_lr${LR}" --include "${stem}_${EXP}_lr${LR}_aug-*"
