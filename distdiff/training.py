@@ -10,7 +10,7 @@ from distdiff.augment import batch_transform, check_aug
 from distdiff.engine import fit, is_complete, read_results
 from distdiff.fileio import save_args, setup_logging
 from distdiff.runs import autocast_dtype, configure_cpu, resolve_device, seed_everything, train_run_dir
-from models.classifiers import UnknownArch, create_classifier
+from models.classifiers import UnknownArch, WeightsUnavailable, create_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def train_classifier(args, exp=None, expanded_dirs=(), equal_iterations=False):
         args.epochs = equal_iteration_epochs(args.epochs, n_original, len(train), args.batch_size)
     try:
         model = create_classifier(args.arch, len(classes), args.pretrained)
-    except UnknownArch as err:
+    except (UnknownArch, WeightsUnavailable) as err:
         raise DistDiffError(str(err)) from None
     setup_logging(run_dir)
     save_args(run_dir, args, extra={"exp": exp, "expanded_dirs": [str(d) for d in expanded_dirs],

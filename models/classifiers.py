@@ -14,6 +14,17 @@ TIMM_ARCHS = {
     "resnext50": "resnext50_32x4d",
     "wideresnet50": "wide_resnet50_2",
     "mobilenetv2": "mobilenetv2_100",
+    "clip_vit_b32": "vit_base_patch32_clip_224.openai",  # CLIP ViT-B/32 image tower (OpenAI weights)
+}
+# Extra timm.create_model arguments per arch.
+TIMM_KWARGS = {
+    # The ViT is built for 224 px (a 7x7 grid of 32 px patches) and loads its pretrained weights at
+    # that grid; dynamic_img_size resamples the position embeddings to the input's patch grid at
+    # run time, so the same model (and checkpoint) runs on 32 px digits (a 1x1 grid) and on 224 px
+    # crops without threading the image size through every loader, and dynamic_img_pad pads sides
+    # that are not multiples of 32. For pretrained CLIP features on small images, upsample the input
+    # instead (--image_size 224 --resize_size 256): a 32 px image as one patch is far from what CLIP saw.
+    "clip_vit_b32": dict(dynamic_img_size=True, dynamic_img_pad=True),
 }
 SMALL_ARCHS = ("resnet_small",)
 ARCHS = tuple(sorted(TIMM_ARCHS)) + SMALL_ARCHS
@@ -21,6 +32,10 @@ ARCHS = tuple(sorted(TIMM_ARCHS)) + SMALL_ARCHS
 
 class UnknownArch(ValueError):
     """Raised for names outside ARCHS."""
+
+
+class WeightsUnavailable(RuntimeError):
+    """Raised when pretrained weights can be neither found in the local cache nor downloaded."""
 
 
 def small_resnet(num_classes, in_chans=3):
@@ -45,7 +60,30 @@ def create_classifier(arch, num_classes, pretrained=False):
         return small_resnet(num_classes)
     if arch not in TIMM_ARCHS:
         raise UnknownArch(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    return timm.create_model(TIMM_ARCHS[arch], pretrained=pretrained, num_classes=num_classes)
+    kwargs = dict(pretrained=pretrained, num_classes=num_classes, **TIMM_KWARGS.get(arch, {}))
+    if not pretrained:
+        return timm.create_model(TIMM_ARCHS[arch], **kwargs)
+    try:
+        return timm.create_model(TIMM_ARCHS[arch], **kwargs)
+    except OSError as err:  # offline, not cached, HTTP errors: huggingface_hub raises OSErrors
+        raise WeightsUnavailable(weights_hint(arch, err)) from None
+
+
+def hub_model_id(arch):
+    """The Hugging Face Hub repo timm downloads `arch`'s pretrained weights from."""
+    cfg = timm.models.get_pretrained_cfg(TIMM_ARCHS[arch])
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    return hub_id or f"timm/{TIMM_ARCHS[arch]}"
+
+
+def weights_hint(arch, err):
+    """One line: which weights are missing and how to bring them onto an offline machine."""
+    hub_id = hub_model_id(arch)
+    reason = " ".join(str(err).split()).split(". ")[0][:160]  # the first sentence says enough
+    return (f"cannot load pretrained weights for {arch} ({hub_id}) from the Hugging Face cache or the Hub "
+            f"({type(err).__name__}: {reason}); on a machine with internet run `hf download {hub_id}` "
+            f"(older huggingface_hub: `huggingface-cli download {hub_id}`), copy its Hugging Face cache "
+            f"(~/.cache/huggingface) here or point HF_HOME at the copy, or use --pretrained False")
 
 
 def penultimate_features(model, images):
