@@ -1,0 +1,122 @@
+"""scripts/eval_expansion.py on tiny folders with a random guide: identical sets give FID ~ 0 and
+precision = recall = 1, a shifted set scores worse, prototype distances match a direct computation,
+and the k-NN metrics behave at their extremes."""
+import importlib.util
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image, ImageEnhance, ImageFilter
+
+from conftest import REPO, run_script
+from distdiff import DistDiffError
+from distdiff import datasets as ds
+from distdiff.features import extract_features
+from distdiff.metrics import manifold_metrics
+from distdiff.prototypes import compute_prototypes, fingerprint, save_prototypes
+from models.classifiers import create_classifier
+
+CLASSES = [str(i) for i in range(10)]
+
+
+def save_guide(path):
+    """A random resnet_small in the checkpoint format engine.fit writes (what load_classifier reads)."""
+    torch.manual_seed(0)
+    model = create_classifier("resnet_small", len(CLASSES))
+    meta = {"arch": "resnet_small", "num_classes": len(CLASSES), "classes": CLASSES, "dataset": "digits",
+            "image_size": 32, "resize_size": 36, "mean": list(ds.IMAGENET_MEAN), "std": list(ds.IMAGENET_STD),
+            "pretrained": False}
+    torch.save({"model": model.state_dict(), "meta": meta}, path)
+    return model.eval()
+
+
+def train_features(model, spec):
+    """L2-normalised guide features and labels of the training split (as build_prototypes does)."""
+    transform = ds.test_transform(32, 36)
+    return extract_features(model, ds.load_split(spec, spec.train_split, transform), "cpu")
+
+
+def write_prototypes(folder, guide_path, spec, features, labels, fprint=None):
+    """prototypes.npz + args.yaml as expand_distdiff.py leaves them."""
+    root = spec.split_dir(spec.train_split)
+    files = [str(p.relative_to(root)) for p in sorted(root.rglob("*.png"))]
+    class_p, group_p, mask = compute_prototypes(features.numpy(), labels.numpy(), len(CLASSES), 3, "kmeans")
+    save_prototypes(folder / "prototypes.npz", class_p, group_p, mask, CLASSES,
+                    fprint or fingerprint(guide_path, files, "kmeans", 3))
+    (folder / "args.yaml").write_text(yaml.safe_dump({"dataset": "digits", "cluster": "kmeans", "num_groups": 3}))
+    return class_p
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, digits_ready):
+    """Run the script once on: A = val images, B = A brightened and blurred, reference = A."""
+    root = tmp_path_factory.mktemp("eval")
+    guide_path = root / "guide.pth.tar"
+    model = save_guide(guide_path)
+    same, shifted = root / "same", root / "shifted"
+    shutil.copytree(digits_ready.split_dir("val"), same)
+    for path in same.rglob("*.png"):
+        target = shifted / path.relative_to(same)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as img:
+            ImageEnhance.Brightness(img.convert("RGB")).enhance(1.6).filter(ImageFilter.GaussianBlur(1.5)).save(target)
+    features, labels = train_features(model, digits_ready)
+    class_protos = write_prototypes(same, guide_path, digits_ready, features, labels)
+    write_prototypes(shifted, guide_path, digits_ready, features, labels, fprint="from-another-guide")
+    out = root / "all.json"
+    proc = run_script("scripts/eval_expansion.py", same, shifted, "--guide_ckpt", guide_path, "--real", same,
+                      "--out", out, "--threads", "1")
+    rows = {row["set"]: row for row in json.loads(out.read_text())["rows"]}
+    return {"rows": rows, "proc": proc, "same": same, "features": features, "labels": labels,
+            "class_protos": class_protos}
+
+
+def test_identical_sets_give_zero_fid_and_full_precision_recall(evaluated):
+    row = evaluated["rows"]["same"]
+    assert row["n_images"] == 200 and abs(row["fid"]) < 1e-3, row
+    assert row["precision"] == 1.0 and row["recall"] == 1.0 and row["coverage"] == 1.0
+    assert 0.0 <= row["guide_acc"] <= 1.0
+    assert json.loads((evaluated["same"] / "eval_metrics.json").read_text())["fid"] == row["fid"]
+
+
+def test_shifted_set_scores_worse(evaluated):
+    same, shifted = evaluated["rows"]["same"], evaluated["rows"]["shifted"]
+    assert shifted["fid"] > 0.01 and shifted["fid"] > 100 * abs(same["fid"]), (shifted["fid"], same["fid"])
+    assert shifted["precision"] + shifted["recall"] < 2.0
+
+
+def test_prototype_distances_match_direct_computation(evaluated):
+    rows = evaluated["rows"]
+    # The original row scores the training split against the prototypes built from it.
+    features, labels = evaluated["features"], evaluated["labels"]
+    direct = np.linalg.norm(features.numpy() - evaluated["class_protos"][labels.numpy()], axis=1).mean()
+    assert rows["original"]["class_proto_dist"] == pytest.approx(direct, rel=1e-4)
+    assert rows["original"]["group_proto_dist"] <= rows["original"]["class_proto_dist"] + 1e-6  # K=3: own group
+    # A prototypes file from another guide is never used.
+    assert rows["shifted"]["class_proto_dist"] is None and "another guide" in evaluated["proc"].stderr
+    assert "| same |" in evaluated["proc"].stdout and "| original |" in evaluated["proc"].stdout
+
+
+def test_manifold_metrics_extremes():
+    torch.manual_seed(0)
+    real = torch.randn(50, 8)
+    assert manifold_metrics(real, real.clone()) == pytest.approx(
+        {"precision": 1.0, "recall": 1.0, "coverage": 1.0, "density": manifold_metrics(real, real)["density"]})
+    far = manifold_metrics(real, real + 100.0)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_bad_folders_are_clear_errors(tmp_path, digits_ready):
+    # In-process (a subprocess costs 8 s of imports); scripts print a DistDiffError as one line.
+    spec = importlib.util.spec_from_file_location("eval_expansion", REPO / "scripts" / "eval_expansion.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    parser = script.get_parser()
+    with pytest.raises(DistDiffError, match="nope not found"):
+        script.main(parser.parse_args([str(tmp_path / "nope"), "--dataset", "digits"]))
+    (tmp_path / "bare" / "0").mkdir(parents=True)
+    with pytest.raises(DistDiffError, match="pass --dataset"):  # no args.yaml names the dataset
+        script.main(parser.parse_args([str(tmp_path / "bare")]))
