@@ -46,3 +46,20 @@ def digits_ready():
     from distdiff.datasets import ensure_prepared, get_dataset
     ensure_prepared(get_dataset("digits"))
     return get_dataset("digits")
+
+
+def save_random_guide(path, classes=tuple(str(i) for i in range(10))):
+    """A randomly initialised resnet_small for 32 px digits, saved in the checkpoint format
+    engine.fit writes (what load_classifier reads): tests that only need *a* guide skip training."""
+    import torch
+
+    from distdiff import datasets as ds
+    from models.classifiers import create_classifier
+
+    torch.manual_seed(0)
+    model = create_classifier("resnet_small", len(classes))
+    meta = {"arch": "resnet_small", "num_classes": len(classes), "classes": list(classes), "dataset": "digits",
+            "image_size": 32, "resize_size": 36, "mean": list(ds.IMAGENET_MEAN), "std": list(ds.IMAGENET_STD),
+            "pretrained": False}
+    torch.save({"model": model.state_dict(), "meta": meta}, path)
+    return model.eval()

@@ -11,26 +11,14 @@ import torch
 import yaml
 from PIL import Image, ImageEnhance, ImageFilter
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, save_random_guide
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff.features import extract_features
 from distdiff.metrics import manifold_metrics
 from distdiff.prototypes import compute_prototypes, fingerprint, save_prototypes
-from models.classifiers import create_classifier
 
 CLASSES = [str(i) for i in range(10)]
-
-
-def save_guide(path):
-    """A random resnet_small in the checkpoint format engine.fit writes (what load_classifier reads)."""
-    torch.manual_seed(0)
-    model = create_classifier("resnet_small", len(CLASSES))
-    meta = {"arch": "resnet_small", "num_classes": len(CLASSES), "classes": CLASSES, "dataset": "digits",
-            "image_size": 32, "resize_size": 36, "mean": list(ds.IMAGENET_MEAN), "std": list(ds.IMAGENET_STD),
-            "pretrained": False}
-    torch.save({"model": model.state_dict(), "meta": meta}, path)
-    return model.eval()
 
 
 def train_features(model, spec):
@@ -55,7 +43,7 @@ def evaluated(tmp_path_factory, digits_ready):
     """Run the script once on: A = val images, B = A brightened and blurred, reference = A."""
     root = tmp_path_factory.mktemp("eval")
     guide_path = root / "guide.pth.tar"
-    model = save_guide(guide_path)
+    model = save_random_guide(guide_path)
     same, shifted = root / "same", root / "shifted"
     shutil.copytree(digits_ready.split_dir("val"), same)
     for path in same.rglob("*.png"):
