@@ -42,7 +42,8 @@ def small_resnet(num_classes, in_chans=3):
     """A 4-stage BasicBlock ResNet (about 0.3M params, 128-d features) for 32x32 inputs.
 
     timm's ImageNet stem (7x7 stride 2 + max-pool) would shrink 32 px to 8 px before the
-    first block, so the stem becomes one 3x3 stride-1 conv, as in CIFAR ResNets. The 'deep'
+    first block, so the stem becomes one 3x3 stride-2 conv without max-pool: layer1 sees 16 px,
+    a quarter of the compute of the stride-1 CIFAR stem, which matters on 2 CPU cores. The 'deep'
     stem type with width 8 only sets the stem's output width (16) that layer1 expects.
     """
     model = ResNet(BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_type="deep",
