@@ -50,18 +50,8 @@ if [ "$DATASET" = digits ] || [ "$DATASET" = digits10 ]; then
   [ -n "${MODEL:-}" ] || $PY scripts/train_prior.py   # says "complete" when checkpoint/prior/digits exists
 fi
 
-# run_jobs CMD...: run the given command lines (one per argument), at most $JOBS at a time; a
-# new one starts as soon as any running one ends (wait -n), so short runs never idle a core.
-run_jobs() {
-  local running=0 status=0
-  for cmd in "$@"; do
-    if [ "$running" -ge "$JOBS" ]; then wait -n || status=1; running=$((running - 1)); fi
-    bash -c "$cmd" &
-    running=$((running + 1))
-  done
-  while [ "$running" -gt 0 ]; do wait -n || status=1; running=$((running - 1)); done
-  return $status
-}
+# shellcheck source=scripts/run_jobs.sh
+source scripts/run_jobs.sh  # run_jobs: $JOBS command lines at a time (the cwd is the repo root here)
 
 stage "3/8 guide classifier and original-only baseline (seeds: $SEEDS)"
 $PY train_original.py "${TRAIN_ARGS[@]}" --seed 1          # seed 1 is the guide

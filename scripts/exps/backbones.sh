@@ -28,17 +28,8 @@ CHECKPOINT=${CHECKPOINT:-checkpoint/backbones}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 [ -d "$EXPANDED" ] || { echo "error: expansion $EXPANDED not found; run bash single_exp.sh first" >&2; exit 1; }
 
-# run_jobs CMD...: at most $JOBS command lines at a time; a new one starts as soon as any ends.
-run_jobs() {
-  local running=0 status=0
-  for cmd in "$@"; do
-    if [ "$running" -ge "$JOBS" ]; then wait -n || status=1; running=$((running - 1)); fi
-    bash -c "$cmd" &
-    running=$((running + 1))
-  done
-  while [ "$running" -gt 0 ]; do wait -n || status=1; running=$((running - 1)); done
-  return $status
-}
+# shellcheck source=scripts/run_jobs.sh
+source scripts/run_jobs.sh  # run_jobs: $JOBS command lines at a time (the cwd is the repo root here)
 
 cmds=()
 for arch in $ARCHS; do
