@@ -25,7 +25,7 @@ from distdiff.fileio import run_cli, setup_logging
 from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
 from distdiff.prototypes import CLUSTER_METHODS
 from distdiff.runs import (configure_cpu, pipeline_dtype, dataset_dirname, resolve_args, resolve_device,
-                           seed_everything, str2bool, train_run_dir)
+                           seed_everything, str2bool, default_guide_ckpt)
 from distdiff.sampler import SampleConfig, load_pipeline, speed_up
 
 logger = logging.getLogger("distdiff.expand")
@@ -34,8 +34,7 @@ logger = logging.getLogger("distdiff.expand")
 def resolve_paths(args):
     """Fill in the default guide checkpoint, experiment name, output dir and prototypes path."""
     if args.guide_ckpt is None:
-        args.guide_ckpt = str(train_run_dir(args.checkpoint_root, args.dataset, args.guide_arch, False,
-                                            0.1, 1) / "model_best.pth.tar")
+        args.guide_ckpt = str(default_guide_ckpt(args.checkpoint_root, args.dataset, args.guide_arch))
     if args.exp is None:
         name = {"transform": "distdiff", "none": "sd"}.get(args.guidance, args.guidance)
         args.exp = f"{name}_x{args.expand_ratio}"

@@ -77,13 +77,14 @@ def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug="de
     return Path(output) / dataset_dirname(dataset) / name / f"seed{seed}"
 
 
-def default_guide_ckpt(root, dataset, config_dir=CONFIG_DIR):
-    """expand_distdiff.py's default guide: seed 1 of configs/<dataset>.yaml's expand.guide_arch
-    (resnet50 without one), unpretrained, lr 0.1, default augmentation."""
-    path = Path(config_dir) / f"{dataset}.yaml"
-    known = not dataset.startswith("folder:") and path.is_file()
-    expand = (load_yaml_config(path).get("expand") or {}) if known else {}
-    arch = expand.get("guide_arch", "resnet50")
+def default_guide_ckpt(root, dataset, arch=None, config_dir=CONFIG_DIR):
+    """expand_distdiff.py's default guide: seed 1 of `arch` (default: configs/<dataset>.yaml's
+    expand.guide_arch, resnet50 without one), unpretrained, lr 0.1, default augmentation."""
+    if arch is None:
+        path = Path(config_dir) / f"{dataset}.yaml"
+        known = not dataset.startswith("folder:") and path.is_file()
+        expand = (load_yaml_config(path).get("expand") or {}) if known else {}
+        arch = expand.get("guide_arch", "resnet50")
     return train_run_dir(root, dataset, arch, False, 0.1, 1) / "model_best.pth.tar"
 
 

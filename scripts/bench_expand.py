@@ -28,7 +28,7 @@ from distdiff import expansion as ex  # noqa: E402
 from distdiff import shards  # noqa: E402
 from distdiff.fileio import atomic_write_json, run_cli, setup_logging  # noqa: E402
 from distdiff.guidance import GuidanceConfig  # noqa: E402
-from distdiff.runs import configure_cpu, pipeline_dtype, resolve_device, train_run_dir  # noqa: E402
+from distdiff.runs import configure_cpu, default_guide_ckpt, pipeline_dtype, resolve_device  # noqa: E402
 from distdiff.sampler import SampleConfig, draw_item, load_pipeline, speed_up  # noqa: E402
 
 import torch  # noqa: E402
@@ -156,8 +156,7 @@ def main(args):
     if args.quick:
         args.batch_sizes, args.repeats, args.items = [1, 2], 1, 2
     if args.guide_ckpt is None:
-        args.guide_ckpt = str(train_run_dir("checkpoint", args.dataset, args.guide_arch, False, 0.1, 1)
-                              / "model_best.pth.tar")
+        args.guide_ckpt = str(default_guide_ckpt("checkpoint", args.dataset, args.guide_arch))
     device = resolve_device(args.device)
     configure_cpu(args.threads)
     sources, samplers = build(args, device)
