@@ -61,12 +61,12 @@ def create_classifier(arch, num_classes, pretrained=False):
         return small_resnet(num_classes)
     if arch not in TIMM_ARCHS:
         raise UnknownArch(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-    kwargs = dict(pretrained=pretrained, num_classes=num_classes, **TIMM_KWARGS.get(arch, {}))
-    if not pretrained:
-        return timm.create_model(TIMM_ARCHS[arch], **kwargs)
     try:
-        return timm.create_model(TIMM_ARCHS[arch], **kwargs)
+        return timm.create_model(TIMM_ARCHS[arch], pretrained=pretrained, num_classes=num_classes,
+                                 **TIMM_KWARGS.get(arch, {}))
     except OSError as err:  # offline, not cached, HTTP errors: huggingface_hub raises OSErrors
+        if not pretrained:
+            raise
         raise WeightsUnavailable(weights_hint(arch, err)) from None
 
 
