@@ -6,7 +6,8 @@
         --device cuda --precision fp16 --batch_sizes 1 4 8
 
 Same pipeline, same source images, a warm-up batch per configuration, then --repeats timed runs
-of --items images each; the table reports the median. Guidance is timed without the energy
+of --items images each, interleaved across configurations (see measure_all); the table reports
+medians. Guidance is timed without the energy
 measurement (--record_energy false), i.e. the paper's algorithm. A per-stage breakdown of one
 guided batch comes from torch.profiler over the sampler's record_function labels. Peak memory is
 the RSS high-water mark during each configuration (a polling thread) on the CPU, and
@@ -110,16 +111,40 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(sampler, sources, args, batch_size, device):
-    """Median images/s over repeats after a warm-up batch, and peak memory (MB)."""
-    batches = make_batches(sampler, sources, args.items, batch_size)
+def measure_all(samplers, sources, args, device):
+    """Images/s per (mode, batch size) and the paired guided/unguided time ratio.
+
+    Repeats are interleaved: each repeat times every batch size, unguided then guided back to
+    back, so slow drift on a shared machine hits both modes of a pair alike. images/s is the
+    median over repeats; the ratio is the median of the per-repeat paired ratios. Peak memory
+    comes from the warm-up batch of each configuration, run in ascending footprint order (batch
+    size, then unguided before guided): freed memory stays mapped by the allocator, so a peak
+    taken after a larger configuration would report that configuration's footprint instead.
+    """
+    modes = ("none", "transform")
+    order = [(m, bs) for bs in sorted(args.batch_sizes) for m in modes]
+    batches = {key: make_batches(samplers[key[0]], sources, args.items, key[1]) for key in order}
+    peaks = {key: run_with_peak(samplers[key[0]], batches[key][:1], device)[1] for key in order}
+    seconds = {key: [] for key in order}
+    for _ in range(args.repeats):
+        for key in order:
+            seconds[key].append(timed_run(samplers[key[0]], batches[key], device))  # no RSS poller
+    results = {m: {str(bs): {"images_per_s": args.items / statistics.median(seconds[(m, bs)]),
+                             "seconds": seconds[(m, bs)], "peak_mb": peaks[(m, bs)]}
+                   for bs in args.batch_sizes} for m in modes}
+    ratios = {str(bs): statistics.median(g / p for g, p in zip(seconds[("transform", bs)],
+                                                                 seconds[("none", bs)]))
+              for bs in args.batch_sizes}
+    return results, ratios
+
+
+def run_with_peak(sampler, batches, device):
+    """(seconds, peak MB) for one run over `batches` (the RSS poller costs a little CPU)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
-        sampler.sample(*batches[0])  # warm-up: allocator, kernels, caches
-        seconds = [timed_run(sampler, batches, device) for _ in range(args.repeats)]
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss.peak
-    return {"images_per_s": args.items / statistics.median(seconds), "seconds": seconds, "peak_mb": peak}
+        took = timed_run(sampler, batches, device)
+    return took, (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss.peak)
 
 
 def stage_breakdown(sampler, sources, batch_size, out_dir):
@@ -138,15 +163,15 @@ def stage_breakdown(sampler, sources, batch_size, out_dir):
     return totals
 
 
-def table(results, batch_sizes):
-    """Markdown table: images/s guided and unguided, ratio, batch scaling, peak memory."""
+def table(results, ratios, batch_sizes):
+    """Markdown table: images/s guided and unguided, paired ratio, batch scaling, peak memory."""
     lines = ["| batch | SD img2img (img/s) | DistDiff (img/s) | time ratio guided/unguided | "
              "DistDiff batch-N / batch-1 | peak MB (SD / DistDiff) |", "|---|---|---|---|---|---|"]
     base = results["transform"][str(batch_sizes[0])]["images_per_s"]
     for bs in batch_sizes:
         plain, guided = results["none"][str(bs)], results["transform"][str(bs)]
         lines.append(f"| {bs} | {plain['images_per_s']:.2f} | {guided['images_per_s']:.2f} | "
-                     f"{plain['images_per_s'] / guided['images_per_s']:.2f} | "
+                     f"{ratios[str(bs)]:.2f} | "
                      f"{guided['images_per_s'] / base:.2f} | {plain['peak_mb']:.0f} / {guided['peak_mb']:.0f} |")
     return "\n".join(lines)
 
@@ -160,17 +185,17 @@ def main(args):
     device = resolve_device(args.device)
     configure_cpu(args.threads)
     sources, samplers = build(args, device)
-    results = {mode: {str(bs): measure(samplers[mode], sources, args, bs, device) for bs in args.batch_sizes}
-               for mode in ("none", "transform")}
+    results, ratios = measure_all(samplers, sources, args, device)
     with tempfile.TemporaryDirectory() as tmp:
         stages = stage_breakdown(samplers["transform"], sources, max(args.batch_sizes), tmp)
     report = {"device": str(device), "threads": torch.get_num_threads(), "model": args.model,
               "channels_last": args.channels_last, "compile": args.compile,
               "items": args.items, "repeats": args.repeats, "results": results,
+              "time_ratio_guided_unguided": ratios,
               "stages_ms_one_guided_batch": stages, "stage_batch_size": max(args.batch_sizes),
               "torch": torch.__version__}
     atomic_write_json(args.out, report)
-    print(table(results, args.batch_sizes))
+    print(table(results, ratios, args.batch_sizes))
     print(f"\nstage breakdown, one guided batch of {max(args.batch_sizes)} (ms, nested stages overlap):")
     for name in STAGES:
         if name in stages:

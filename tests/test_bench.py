@@ -24,4 +24,5 @@ def test_bench_quick_mode_writes_json(tmp_path, digits_ready):
     for stage in ("vae_encode", "denoise_unet", "lookahead_unet", "guide_forward", "guidance_backward",
                   "image_write"):
         assert stages[stage] > 0, stage
+    assert set(report["time_ratio_guided_unguided"]) == {"1", "2"}
     assert "| 2 |" in proc.stdout
