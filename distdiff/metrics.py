@@ -19,7 +19,7 @@ from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff.guidance import energy
 from distdiff.prototypes import fingerprint
-from models.classifiers import penultimate_features
+from models.classifiers import logits_from_penultimate, penultimate_features
 
 logger = logging.getLogger(__name__)
 
@@ -130,12 +130,16 @@ class FeatureSpaceEvaluator:
         return torch.cat(features), torch.cat(labels)
 
     def evaluate(self, folder_dir, protos=None):
-        """FID, precision/recall/density/coverage and (given prototypes) prototype distances."""
+        """FID, precision/recall/density/coverage, guide accuracy and (given prototypes) prototype
+        distances."""
         self.fid.reset()
         features, labels = self._features(folder_dir, real=False)
         if len(features) < 2:
             raise DistDiffError(f"{folder_dir} has {len(features)} image(s); FID needs at least 2")
         row = {"n_images": len(features), "fid": float(self.fid.compute())}
+        with torch.no_grad():  # the guide's accuracy on the images, from the same forward pass
+            logits = logits_from_penultimate(self.extractor.model, features)
+        row["guide_acc"] = float((logits.argmax(1) == labels).float().mean())
         row.update(manifold_metrics(self.real_features, features, self.k, self.real_radii))
         row.update(class_proto_dist=None, group_proto_dist=None)  # same keys in every row
         if protos is not None:

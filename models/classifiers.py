@@ -92,6 +92,11 @@ def penultimate_features(model, images):
     return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
+def logits_from_penultimate(model, features):
+    """Class logits from `penultimate_features` output: timm's forward_head ends in the classifier."""
+    return model.get_classifier()(features)
+
+
 def num_parameters(model):
     """Trainable parameter count."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

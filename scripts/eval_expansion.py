@@ -33,7 +33,7 @@ from distdiff.fileio import atomic_write_json, run_cli, setup_logging  # noqa: E
 from distdiff.metrics import FeatureSpaceEvaluator, InceptionFID, prototypes_match  # noqa: E402
 from distdiff.prototypes import load_prototypes  # noqa: E402
 from distdiff.runs import configure_cpu, default_guide_ckpt, str2bool  # noqa: E402
-from distdiff.sweep import guide_agreement, load_judge  # noqa: E402
+from distdiff.sweep import load_judge  # noqa: E402
 
 COLUMNS = (("n_images", "n", "{}"), ("fid", "FID (guide)", "{:.3f}"), ("precision", "precision", "{:.3f}"),
            ("recall", "recall", "{:.3f}"), ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
@@ -74,10 +74,9 @@ def folder_prototypes(folder, guide_ckpt, spec):
     return protos
 
 
-def evaluate_set(name, path, evaluator, judge, protos, inception, batch_size):
+def evaluate_set(name, path, evaluator, protos, inception):
     """One table row: every metric of one image folder."""
     row = {"set": name, "path": str(path), **evaluator.evaluate(path, protos)}
-    row["guide_acc"] = guide_agreement(path, judge, batch_size)
     row["fid_inception"] = None if inception is None else inception.score(path)
     return row
 
@@ -104,8 +103,7 @@ def main(args):
     ds.ensure_prepared(spec)
     configure_cpu(args.threads)
     guide_ckpt = Path(args.guide_ckpt or default_guide_ckpt(args.checkpoint_root, spec.name))
-    judge = load_judge(guide_ckpt, len(ds.class_names(spec)))
-    model, transform, classes = judge
+    model, transform, classes = load_judge(guide_ckpt, len(ds.class_names(spec)))
     reference = Path(args.real) if args.real else spec.split_dir(spec.test_split)
     inception = InceptionFID(reference) if args.inception else None  # fails fast when offline
     evaluator = FeatureSpaceEvaluator(model, transform, classes, reference, args.k, args.batch_size)
@@ -115,10 +113,10 @@ def main(args):
     rows = []
     if args.original:  # the real training images, against the same reference
         shared = next((p for p in protos.values() if p is not None), None)
-        rows.append(evaluate_set("original", spec.split_dir(spec.train_split), evaluator, judge, shared,
-                                 inception, args.batch_size))
+        rows.append(evaluate_set("original", spec.split_dir(spec.train_split), evaluator, shared,
+                                 inception))
     for folder in folders:
-        row = evaluate_set(folder.name, folder, evaluator, judge, protos[folder], inception, args.batch_size)
+        row = evaluate_set(folder.name, folder, evaluator, protos[folder], inception)
         atomic_write_json(folder / "eval_metrics.json", {**settings, **row})
         rows.append(row)
     print(f"reference: {reference}; guide: {guide_ckpt} ({settings['feature_dim']}-d features); k = {args.k}")

@@ -58,8 +58,8 @@ def evaluated(tmp_path_factory, digits_ready):
     proc = run_script("scripts/eval_expansion.py", same, shifted, "--guide_ckpt", guide_path, "--real", same,
                       "--out", out, "--threads", "1")
     rows = {row["set"]: row for row in json.loads(out.read_text())["rows"]}
-    return {"rows": rows, "proc": proc, "same": same, "features": features, "labels": labels,
-            "class_protos": class_protos}
+    return {"rows": rows, "proc": proc, "same": same, "shifted": shifted, "features": features,
+            "labels": labels, "class_protos": class_protos, "guide_path": guide_path}
 
 
 def test_identical_sets_give_zero_fid_and_full_precision_recall(evaluated):
@@ -68,6 +68,14 @@ def test_identical_sets_give_zero_fid_and_full_precision_recall(evaluated):
     assert row["precision"] == 1.0 and row["recall"] == 1.0 and row["coverage"] == 1.0
     assert 0.0 <= row["guide_acc"] <= 1.0
     assert json.loads((evaluated["same"] / "eval_metrics.json").read_text())["fid"] == row["fid"]
+
+
+def test_guide_acc_from_features_equals_a_full_classifier_pass(evaluated):
+    """The metric reuses the FID pass's features; the sweep's guide agreement runs the whole model."""
+    from distdiff.sweep import guide_agreement, load_judge
+    judge = load_judge(evaluated["guide_path"], len(CLASSES))
+    for name in ("same", "shifted"):
+        assert evaluated["rows"][name]["guide_acc"] == pytest.approx(guide_agreement(evaluated[name], judge))
 
 
 def test_shifted_set_scores_worse(evaluated):
