@@ -176,6 +176,33 @@ def table(results, ratios, batch_sizes):
     return "\n".join(lines)
 
 
+def plot(report, path):
+    """Throughput vs batch size (both modes) and the guided batch's stage times, side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for mode, label in (("none", "SD img2img (unguided)"), ("transform", "DistDiff (guided)")):
+        sizes = sorted(int(bs) for bs in report["results"][mode])
+        left.plot(sizes, [report["results"][mode][str(bs)]["images_per_s"] for bs in sizes], "o-", label=label)
+    left.set_xscale("log", base=2)
+    left.set_xticks(sizes, [str(bs) for bs in sizes])
+    left.set_xlabel("batch size")
+    left.set_ylabel("images / s")
+    left.set_ylim(bottom=0)
+    left.legend(fontsize=8)
+    left.set_title(f"{Path(report['model']).name}, {report['device']}, {report['threads']} threads", fontsize=9)
+    stages = [name for name in STAGES if name in report["stages_ms_one_guided_batch"]][::-1]
+    right.barh(stages, [report["stages_ms_one_guided_batch"][name] for name in stages])
+    right.set_xlabel("ms")
+    right.set_title(f"one guided batch of {report['stage_batch_size']} (nested stages overlap)", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(args):
     setup_logging()
     if args.quick:
@@ -195,6 +222,8 @@ def main(args):
               "stages_ms_one_guided_batch": stages, "stage_batch_size": max(args.batch_sizes),
               "torch": torch.__version__}
     atomic_write_json(args.out, report)
+    if args.figure:
+        plot(report, args.figure)
     print(table(results, ratios, args.batch_sizes))
     print(f"\nstage breakdown, one guided batch of {max(args.batch_sizes)} (ms, nested stages overlap):")
     for name in STAGES:
@@ -220,4 +249,5 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     parser.add_argument("--quick", action="store_true", help="batch 1 and 2, 2 items, 1 repeat")
     parser.add_argument("--out", default="bench/expand.json")
+    parser.add_argument("--figure", default=None, help="also plot the results here (e.g. figure/bench_expand.png)")
     run_cli(main, parser.parse_args())

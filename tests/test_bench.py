@@ -14,7 +14,7 @@ def test_bench_quick_mode_writes_json(tmp_path, digits_ready):
     save_random_guide(guide)  # throughput does not depend on what the guide has learned
     out = tmp_path / "bench.json"
     proc = run_script("scripts/bench_expand.py", "--quick", "--model", pipe, "--guide_ckpt", guide,
-                      "--threads", "1", "--out", out)
+                      "--threads", "1", "--out", out, "--figure", tmp_path / "bench.png")
     report = json.loads(out.read_text())
     for mode in ("none", "transform"):
         for bs in ("1", "2"):
@@ -25,4 +25,4 @@ def test_bench_quick_mode_writes_json(tmp_path, digits_ready):
                   "image_write"):
         assert stages[stage] > 0, stage
     assert set(report["time_ratio_guided_unguided"]) == {"1", "2"}
-    assert "| 2 |" in proc.stdout
+    assert "| 2 |" in proc.stdout and (tmp_path / "bench.png").stat().st_size > 0
