@@ -43,7 +43,8 @@ EXPAND_OWNED = ("dataset", "exp", "out", "checkpoint_root", "guide_ckpt", "guide
 TRAIN_OWNED = ("dataset", "exp", "output", "seed", "expanded_dir")
 GRID_KEYS = ("dataset", "base", "axes", "cells")
 ACC_METRICS = ("last_acc", "test_at_best_val", "best_acc")
-PAIRED_METRICS = ("last_acc", "test_at_best_val")
+# best_val_acc is the selection column: cells are chosen on val, then read on test.
+PAIRED_METRICS = ("last_acc", "test_at_best_val", "best_val_acc")
 # Short labels for automatic cell names ("r0.2_rho30"); other flags use their own name.
 ABBREV = {"radius": "r", "step_size": "rho", "guidance_step": "M", "lookahead_steps": "P",
           "guidance_repeats": "x", "guidance_interval": "every", "normalize_features": "norm",
@@ -412,36 +413,32 @@ def load_judge(ckpt, num_classes):
     return model, transform, list(meta["classes"])
 
 
-def guide_agreement(out_dir, judge, batch_size=64):
-    """Fraction of generated images the guide assigns to the class folder they were made for."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from distdiff import datasets as ds
-    model, transform, classes = judge
-    if not Path(out_dir).is_dir() or not any(p.is_dir() for p in Path(out_dir).iterdir()):
-        return None
-    folder = ds.image_folder(out_dir, transform, verify=False)
-    # A --limit run has folders for only some classes, so folder indices are not guide indices.
-    unknown = sorted(set(folder.classes) - set(classes))
-    if unknown:
-        raise DistDiffError(f"{out_dir}: class folders {unknown[:5]} are unknown to the guide classifier")
-    to_guide = torch.tensor([classes.index(name) for name in folder.classes])
-    correct = 0
-    with torch.no_grad():
-        for images, targets in DataLoader(folder, batch_size=batch_size, shuffle=False):
-            correct += int((model(images).argmax(1) == to_guide[targets]).sum())
-    return correct / len(folder) if len(folder) else None
+DISTRIBUTION_KEYS = ("fid_val", "precision", "recall", "coverage", "guide_agreement")
 
 
-def cell_row(cell, exp_dir, out_dir, seeds, control=None, judge=None, source_root=None):
+def distribution_metrics(out_dir, evaluator):
+    """Guide-feature FID, precision/recall/coverage against the evaluator's reference (the val
+    split in a sweep) and the guide's agreement with the class folders; blanks when there is no
+    evaluator or too few images for the k-NN metrics."""
+    blank = dict.fromkeys(DISTRIBUTION_KEYS)
+    if evaluator is None or not Path(out_dir).is_dir():
+        return blank
+    count = sum(1 for _ in Path(out_dir).rglob("*.png"))
+    if count <= evaluator.k:
+        return blank
+    metrics = evaluator.evaluate(out_dir)
+    return {"fid_val": metrics["fid"], "precision": metrics["precision"], "recall": metrics["recall"],
+            "coverage": metrics["coverage"], "guide_agreement": metrics["guide_acc"]}
+
+
+def cell_row(cell, exp_dir, out_dir, seeds, control=None, evaluator=None, source_root=None):
     """Every metric of one cell as a flat dict; `control` is (exp_dir, out_dir) of its pair."""
     row = {"cell": cell.name, "control": cell.control or "", "settings": settings_text(cell.overrides)}
     row.update(accuracy_metrics(exp_dir, seeds, None if control is None else control[0]))
     row.update(manifest_metrics(out_dir))
     row["pixel_change_vs_control"] = pixel_change(out_dir, out_dir if control is None else control[1])
     row["pixel_change_vs_source"] = None if source_root is None else source_change(out_dir, source_root)
-    row["guide_agreement"] = None if judge is None else guide_agreement(out_dir, judge)
+    row.update(distribution_metrics(out_dir, evaluator))
     return row
 
 
@@ -477,21 +474,23 @@ def _num(value, fmt="{:.3f}"):
 
 
 def markdown_table(rows):
-    """One line per cell: settings, accuracy, paired deltas, energy, pixel change, agreement."""
+    """One line per cell: settings, accuracy, paired deltas, energy, pixels, distribution metrics."""
     lines = ["| cell | settings | n | last_acc | test_at_best_val | best_acc (paper) | "
-             "Δlast_acc vs control [95% CI] | Δtest_at_best_val [95% CI] | energy before → after | "
-             "energy dropped | Δpx vs control | Δpx vs source | guide agrees | s/img |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Δlast_acc vs control [95% CI] | Δtest_at_best_val [95% CI] | Δbest val acc [95% CI] | "
+             "energy before → after | energy dropped | Δpx vs control | Δpx vs source | FID to val (guide) | "
+             "precision | recall | coverage | guide agrees | s/img |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         acc = [fmt_mean_std(_nan(row[f"{m}_mean"]), _nan(row[f"{m}_std"])) for m in ACC_METRICS]
         paired = [fmt_interval(_nan(row.get(f"d_{m}")), _nan(row.get(f"d_{m}_low")), _nan(row.get(f"d_{m}_high")))
-                  for m in PAIRED_METRICS] if row["control"] else ["(control)", "(control)"]
+                  for m in PAIRED_METRICS] if row["control"] else ["(control)"] * len(PAIRED_METRICS)
         energy = "-" if row["energy_before"] is None else f"{row['energy_before']:.4f} → {row['energy_after']:.4f}"
         cells = [row["cell"] + ("" if row.get("status", "done") == "done" else f" ({row['status']})"),
                  row["settings"], str(row["n"]), *acc, *paired, energy,
                  _num(row["energy_drop_frac"], "{:.0%}"), _num(row["pixel_change_vs_control"], "{:.4f}"),
-                 _num(row["pixel_change_vs_source"], "{:.4f}"), _num(row["guide_agreement"], "{:.1%}"),
-                 _num(row["sec_per_img"], "{:.2f}")]
+                 _num(row["pixel_change_vs_source"], "{:.4f}"), _num(row.get("fid_val"), "{:.2f}"),
+                 _num(row.get("precision")), _num(row.get("recall")), _num(row.get("coverage")),
+                 _num(row.get("guide_agreement"), "{:.1%}"), _num(row["sec_per_img"], "{:.2f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -8,8 +8,10 @@
 Each grid cell is one expand_distdiff.py run into <root>/<dataset>/expansions/sweep_<name>_<cell>,
 then one train_expand.py run per seed. Every guided cell is paired with a `guidance: none`
 control sharing its noise (added automatically), and the table reports same-seed accuracy
-differences vs that control with 95 % t intervals, the guidance energy before -> after, how far
-guidance moved the pixels, how often the guide classifier recognises the intended class, and
+differences vs that control with 95 % t intervals (test last_acc and test_at_best_val, and best
+val accuracy, the column to select cells on), the guidance energy before -> after, how far
+guidance moved the pixels, FID / precision / recall / coverage against the real val split in the
+guide's feature space, how often the guide classifier recognises the intended class, and
 seconds per image. Outputs go to <root>/<dataset>/sweeps/<name>/ (sweep.csv, sweep.md, log.txt,
 logs/ with every subprocess's output, metrics/ caching finished cells) plus the --figure.
 A rerun skips cells whose expansion is complete and whose seeds all have results.json.
@@ -272,7 +274,7 @@ def collect_rows(plan, failures):
     """One metrics row per cell; finished cells come from, or go to, metrics/<cell>.json."""
     complete = {c.name: cell_state(plan, c) for c in plan.cells}
     complete = {name: done and not todo for name, (done, todo) in complete.items()}
-    judge, rows, flags = None, [], list(dict.fromkeys(k for c in plan.cells for k in c.flags))
+    evaluator, rows, flags = None, [], list(dict.fromkeys(k for c in plan.cells for k in c.flags))
     for cell in plan.cells:
         control = plan.by_name.get(cell.control)
         finished = complete[cell.name] and (control is None or complete[control.name])
@@ -282,10 +284,10 @@ def collect_rows(plan, failures):
         if row is not None:
             logger.info("cell %s: metrics from cache %s", cell.name, cache)
         else:
-            judge = judge or sw.load_judge(plan.guide, len(plan.sources.classes))
+            evaluator = evaluator or make_evaluator(plan)
             pair = None if control is None else (experiment_dir(plan, control), expansion_dir(plan, control))
             row = sw.cell_row(cell, experiment_dir(plan, cell), expansion_dir(plan, cell), plan.seeds,
-                              pair, judge, plan.source_root)
+                              pair, evaluator, plan.source_root)
             if finished:
                 sw.store_row(cache, signature, row)
         status = "done" if complete[cell.name] else ("failed" if cell.name in failures else "incomplete")
@@ -295,9 +297,21 @@ def collect_rows(plan, failures):
     return rows
 
 
+def make_evaluator(plan):
+    """Distribution metrics in the guide's feature space against the real val split (the split
+    cells are selected on), or the test split for a dataset without one."""
+    from distdiff import datasets as ds
+    from distdiff.metrics import FeatureSpaceEvaluator
+    model, transform, classes = sw.load_judge(plan.guide, len(plan.sources.classes))
+    spec = ds.get_dataset(plan.dataset)
+    reference = spec.split_dir(spec.val_split or spec.test_split)
+    return FeatureSpaceEvaluator(model, transform, classes, reference)
+
+
 def cache_signature(plan, cell, control):
-    """Everything a cached row depends on; any change recomputes it."""
-    return {"flags": cell.flags, "control": None if control is None else [control.name, control.flags],
+    """Everything a cached row depends on; any change recomputes it (`metrics`: the row's
+    layout, so rows cached before a metric existed are recomputed)."""
+    return {"metrics": 2, "flags": cell.flags, "control": None if control is None else [control.name, control.flags],
             "seeds": plan.seeds, "guide": plan.guide, "expand_flags": plan.expand_tokens,
             "train_flags": plan.train_tokens, "experiment": str(experiment_dir(plan, cell))}
 
@@ -308,8 +322,9 @@ def write_tables(plan, rows):
             f"Grid {plan.grid.path}; base: {sw.settings_text(plan.grid.base)}; seeds {plan.seeds}.\n"
             "Δ columns: same-seed accuracy difference vs the cell's unguided control, 95 % t interval. "
             "Δpx: mean |pixel change| in [0, 1] vs the control's image with the same (source, k), and "
-            "vs the (resized) source image. Guide agrees: generated images the guide classifier assigns "
-            "to the intended class.\n\n" + sw.markdown_table(rows) + "\n")
+            "vs the (resized) source image. FID, precision, recall (k-NN, k = 3) and coverage: the "
+            "expansion against the real val split, in the guide classifier's feature space. Guide agrees: "
+            "generated images the guide classifier assigns to the intended class.\n\n" + sw.markdown_table(rows) + "\n")
     atomic_write_text(plan.sweep_dir / "sweep.csv", to_csv(rows))
     atomic_write_text(plan.sweep_dir / "sweep.md", text)
     logger.info("tables written to %s and %s", plan.sweep_dir / "sweep.csv", plan.sweep_dir / "sweep.md")

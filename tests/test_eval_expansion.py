@@ -71,11 +71,16 @@ def test_identical_sets_give_zero_fid_and_full_precision_recall(evaluated):
 
 
 def test_guide_acc_from_features_equals_a_full_classifier_pass(evaluated):
-    """The metric reuses the FID pass's features; the sweep's guide agreement runs the whole model."""
-    from distdiff.sweep import guide_agreement, load_judge
-    judge = load_judge(evaluated["guide_path"], len(CLASSES))
+    """The metric reuses the FID pass's pre-logits features; here the whole model runs again."""
+    from distdiff.sweep import load_judge
+    model, transform, classes = load_judge(evaluated["guide_path"], len(CLASSES))
     for name in ("same", "shifted"):
-        assert evaluated["rows"][name]["guide_acc"] == pytest.approx(guide_agreement(evaluated[name], judge))
+        folder = ds.image_folder(evaluated[name], transform, verify=False)
+        with torch.no_grad():
+            predicted = torch.cat([model(x).argmax(1) for x, _ in torch.utils.data.DataLoader(folder, batch_size=64)])
+        names = [folder.classes[t] for _, t in folder.samples]
+        expected = float(np.mean([classes[p] == n for p, n in zip(predicted.tolist(), names)]))
+        assert evaluated["rows"][name]["guide_acc"] == pytest.approx(expected)
 
 
 def test_shifted_set_scores_worse(evaluated):

@@ -53,10 +53,12 @@ def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
         row = rows[name]
         assert row["status"] == "done" and row["control"] == "control" and row["n"] == "1"
         assert row["d_last_acc"] != "" and row["d_test_at_best_val"] != "" and row["d_last_acc_n"] == "1"
+        assert row["d_best_val_acc"] != ""
         assert float(row["pixel_change_vs_control"]) > 0
         assert float(row["energy_before"]) > 0 and 0 <= float(row["energy_drop_frac"]) <= 1
         assert 0 <= float(row["guide_agreement"]) <= 1 and float(row["sec_per_img"]) > 0
         assert row["n_images"] == "20"
+        assert float(row["fid_val"]) > 0 and 0 <= float(row["recall"]) <= 1 and 0 <= float(row["coverage"]) <= 1
     control = rows["control"]
     assert control["guidance"] == "none" and control["d_last_acc"] == "" and control["energy_before"] == ""
     assert float(control["pixel_change_vs_control"]) == 0
@@ -138,7 +140,7 @@ def fabricated(tmp_path):
 def test_metrics_match_hand_computation(fabricated):
     f = fabricated
     row = sw.cell_row(f["cell"], f["guided_exp"], f["guided"], [1, 2, 3, 4], (f["control_exp"], f["control"]),
-                      judge=None, source_root=f["sources"])
+                      evaluator=None, source_root=f["sources"])
     # Accuracy over the requested seeds 1-4 (seed 5 is not requested).
     assert row["n"] == 4 and row["last_acc_mean"] == 83.0
     assert math.isclose(row["last_acc_std"], math.sqrt(20 / 3))  # deviations -3, -1, 1, 3; ddof=1
