@@ -118,15 +118,28 @@ def test_sigkill_then_rerun_gives_identical_files(setup, reference):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+def max_pixel_diffs(out, reference):
+    """Per image, the largest uint8 difference from the reference run's image of the same name."""
+    files = png_bytes(out)
+    assert files.keys() == reference["files"].keys()
+    return [np.abs(np.asarray(Image.open(out / name), np.int16) -
+                   np.asarray(Image.open(reference["out"] / name), np.int16)).max() for name in files]
+
+
 def test_batch_size_one_matches_within_rounding(setup, reference):
     out = setup["root"] / "batch1"
     run_script(*expand_args(setup, out, batch=1))
-    files = png_bytes(out)
-    assert files.keys() == reference["files"].keys()
-    diffs = [np.abs(np.asarray(Image.open(out / name), np.int16) -
-                    np.asarray(Image.open(reference["out"] / name), np.int16)).max() for name in files]
+    diffs = max_pixel_diffs(out, reference)
     # Batched matmuls round differently from single ones; after uint8 quantisation that is at
     # most a level or two, never a different image.
+    assert max(diffs) <= 2, diffs
+
+
+def test_channels_last_matches_within_rounding(setup, reference):
+    """NHWC convolutions are a speed option only: the same images up to float rounding."""
+    out = setup["root"] / "nhwc"
+    run_script(*expand_args(setup, out, "--channels_last", "True"))
+    diffs = max_pixel_diffs(out, reference)
     assert max(diffs) <= 2, diffs
 
 
