@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from distdiff import DistDiffError
 from distdiff import datasets as ds
+from distdiff.engine import load_classifier
 from distdiff.guidance import energy
 from distdiff.prototypes import fingerprint
 from models.classifiers import logits_from_penultimate, penultimate_features
@@ -91,6 +92,14 @@ def prototypes_match(protos, guide_ckpt, train_root, train_files, cluster, num_g
     """True when prototypes.npz was built from this guide checkpoint, training split, method and K."""
     files = [str(Path(p).relative_to(train_root)) for p in train_files]
     return str(protos["fingerprint"]) == fingerprint(guide_ckpt, files, cluster, num_groups)
+
+
+def load_eval_classifier(ckpt, num_classes):
+    """(classifier on the CPU, its test-time transform, its class names) from a checkpoint: the
+    model whose feature space and predictions the metrics use."""
+    model, meta = load_classifier(ckpt, "cpu", num_classes=num_classes)
+    transform = ds.test_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
+    return model, transform, list(meta["classes"])
 
 
 class FeatureSpaceEvaluator:

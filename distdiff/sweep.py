@@ -404,15 +404,6 @@ def source_change(out_dir, source_root):
     return float(np.mean(diffs)) if diffs else None
 
 
-def load_judge(ckpt, num_classes):
-    """The guide classifier and its eval transform, for guide agreement."""
-    from distdiff import datasets as ds
-    from distdiff.engine import load_classifier
-    model, meta = load_classifier(ckpt, "cpu", num_classes=num_classes)
-    transform = ds.test_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
-    return model, transform, list(meta["classes"])
-
-
 DISTRIBUTION_KEYS = ("fid_val", "precision", "recall", "coverage", "guide_agreement")
 
 

@@ -7,11 +7,12 @@
 
 Same pipeline, same source images, a warm-up batch per configuration, then --repeats timed runs
 of --items images each, interleaved across configurations (see measure_all); the table reports
-medians. Guidance is timed without the energy
+medians and the median paired guided/unguided ratio. Guidance is timed without the energy
 measurement (--record_energy false), i.e. the paper's algorithm. A per-stage breakdown of one
 guided batch comes from torch.profiler over the sampler's record_function labels. Peak memory is
-the RSS high-water mark during each configuration (a polling thread) on the CPU, and
-torch.cuda.max_memory_allocated on CUDA. Results go to bench/expand.json.
+the RSS high-water mark during each configuration's warm-up batch (a polling thread) on the CPU,
+and torch.cuda.max_memory_allocated on CUDA. Results go to bench/expand.json (and a plot to
+--figure).
 """
 import argparse
 import json

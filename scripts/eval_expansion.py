@@ -30,10 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from distdiff import DistDiffError  # noqa: E402
 from distdiff import datasets as ds  # noqa: E402
 from distdiff.fileio import atomic_write_json, run_cli, setup_logging  # noqa: E402
-from distdiff.metrics import FeatureSpaceEvaluator, InceptionFID, prototypes_match  # noqa: E402
+from distdiff.metrics import FeatureSpaceEvaluator, InceptionFID, load_eval_classifier, prototypes_match  # noqa: E402
 from distdiff.prototypes import load_prototypes  # noqa: E402
 from distdiff.runs import configure_cpu, default_guide_ckpt, str2bool  # noqa: E402
-from distdiff.sweep import load_judge  # noqa: E402
 
 COLUMNS = (("n_images", "n", "{}"), ("fid", "FID (guide)", "{:.3f}"), ("precision", "precision", "{:.3f}"),
            ("recall", "recall", "{:.3f}"), ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
@@ -103,7 +102,7 @@ def main(args):
     ds.ensure_prepared(spec)
     configure_cpu(args.threads)
     guide_ckpt = Path(args.guide_ckpt or default_guide_ckpt(args.checkpoint_root, spec.name))
-    model, transform, classes = load_judge(guide_ckpt, len(ds.class_names(spec)))
+    model, transform, classes = load_eval_classifier(guide_ckpt, len(ds.class_names(spec)))
     reference = Path(args.real) if args.real else spec.split_dir(spec.test_split)
     inception = InceptionFID(reference) if args.inception else None  # fails fast when offline
     evaluator = FeatureSpaceEvaluator(model, transform, classes, reference, args.k, args.batch_size)

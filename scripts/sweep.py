@@ -301,8 +301,8 @@ def make_evaluator(plan):
     """Distribution metrics in the guide's feature space against the real val split (the split
     cells are selected on), or the test split for a dataset without one."""
     from distdiff import datasets as ds
-    from distdiff.metrics import FeatureSpaceEvaluator
-    model, transform, classes = sw.load_judge(plan.guide, len(plan.sources.classes))
+    from distdiff.metrics import FeatureSpaceEvaluator, load_eval_classifier
+    model, transform, classes = load_eval_classifier(plan.guide, len(plan.sources.classes))
     spec = ds.get_dataset(plan.dataset)
     reference = spec.split_dir(spec.val_split or spec.test_split)
     return FeatureSpaceEvaluator(model, transform, classes, reference)

@@ -72,8 +72,8 @@ def test_identical_sets_give_zero_fid_and_full_precision_recall(evaluated):
 
 def test_guide_acc_from_features_equals_a_full_classifier_pass(evaluated):
     """The metric reuses the FID pass's pre-logits features; here the whole model runs again."""
-    from distdiff.sweep import load_judge
-    model, transform, classes = load_judge(evaluated["guide_path"], len(CLASSES))
+    from distdiff.metrics import load_eval_classifier
+    model, transform, classes = load_eval_classifier(evaluated["guide_path"], len(CLASSES))
     for name in ("same", "shifted"):
         folder = ds.image_folder(evaluated[name], transform, verify=False)
         with torch.no_grad():
