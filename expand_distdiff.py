@@ -15,18 +15,22 @@ depends only on (seed, source, copy), never on the shard count or a resume point
 """
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from distdiff import datasets as ds
+import torch
+
+from distdiff import DistDiffError
+from distdiff import registry
 from distdiff import expansion as ex
 from distdiff import shards
-from distdiff.fileio import run_cli, setup_logging
+from distdiff.config import dataset_section, parse_args, resolved_dict, str2bool
+from distdiff.devices import configure_cpu, pipeline_dtype, resolve_device, seed_everything
 from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
+from distdiff.options import add_runtime_flags, run_cli
+from distdiff.pipeline import load_pipeline, resolve_model, speed_up
 from distdiff.prototypes import CLUSTER_METHODS
-from distdiff.runs import (configure_cpu, pipeline_dtype, dataset_dirname, resolve_args, resolve_device,
-                           seed_everything, str2bool, default_guide_ckpt)
-from distdiff.sampler import SampleConfig, load_pipeline, speed_up
+from distdiff.runs import default_guide_ckpt, expansion_dir, setup_logging
+from distdiff.sampler import SampleConfig
 
 logger = logging.getLogger("distdiff.expand")
 
@@ -39,7 +43,7 @@ def resolve_paths(args):
         name = {"transform": "distdiff", "none": "sd"}.get(args.guidance, args.guidance)
         args.exp = f"{name}_x{args.expand_ratio}"
     if args.out is None:
-        args.out = str(Path(args.checkpoint_root) / dataset_dirname(args.dataset) / "expansions" / args.exp)
+        args.out = str(expansion_dir(args.checkpoint_root, args.dataset, args.exp))
     if args.prototypes is None:
         args.prototypes = str(Path(args.out) / "prototypes.npz")
     return args
@@ -64,41 +68,55 @@ def verify(args, sources, items):
         for name, count in sorted(per_class.items()):
             print(f"  {name}: {count} missing")
         print(f"rerun shards {owners} of --total_split {args.total_split} (same command, --split <id>)")
-        sys.exit(1)
+        return 1
+    return 0
 
 
-def main(args):
-    args = resolve_paths(args)
+def main(argv=None):
+    args = resolve_paths(parse_args(get_parser(), argv, config=dataset_section("expand")))
+    if not args.dataset:
+        raise DistDiffError("a dataset is required (--dataset)")
+    # Every input is checked before any heavy work, and before anything is written.
     args.split, args.total_split = shards.resolve_shard(args.split, args.total_split)
-    spec = ds.get_dataset(args.dataset)
-    ds.ensure_prepared(spec)
+    spec = registry.get_dataset(args.dataset)
+    registry.ensure_prepared(spec)
     sources = ex.load_sources(spec)
     items = shards.work_items(sources.samples, args.expand_ratio, args.limit)
     if args.verify:
         return verify(args, sources, items)
     device = resolve_device(args.device, args.gpu)
-    configure_cpu(args.threads)
-    seed_everything(args.seed)
     dtype = pipeline_dtype(args.precision, device)
-    guide, guide_input, meta = ex.load_guide(args, len(sources.classes), device)
+    configure_cpu(args.threads)
+    guide, guide_input, meta = ex.load_guide(args.guide_ckpt, len(sources.classes), device)
+    model_dir = resolve_model(args.model)
+    guidance = guidance_config(args)
+    sample_cfg = SampleConfig(args.num_steps, args.strength, args.cfg_scale, args.resolution)
+    sample_cfg.check_guidance(guidance)
     out = Path(args.out)
-    ex.check_or_write_args(out, args)
+    ex.check_or_write_args(out, resolved_dict(args))
     setup_logging(out, filename="log.txt" if args.split == 0 else f"log_shard{args.split}.txt")
-    protos = ex.build_prototypes(args, spec, sources, guide, meta, device)
+    my_blocks = shards.shard_blocks(shards.blocks(items, args.batch_size), args.split, args.total_split)
+    mine = sum(len(block) for _, block in my_blocks)
+    if not args.prepare_only and not any(shards.missing_items(b, out, sources.classes) for _, b in my_blocks):
+        logger.info("shard %d/%d done: written 0, skipped %d (every image present)", args.split, args.total_split, mine)
+        return 0
+    seed_everything(args.seed)
+    protos = ex.build_prototypes(args.prototypes, spec, sources, guide, meta, device, args.guide_ckpt,
+                                 args.cluster, args.num_groups, args.seed)
     if args.prepare_only:
-        return print(f"prototypes ready at {args.prototypes}")
-    pipe = speed_up(load_pipeline(args.model, device, dtype), args.channels_last, args.compile)
+        print(f"prototypes ready at {args.prototypes}")
+        return 0
+    pipe = speed_up(load_pipeline(model_dir, device, dtype), args.channels_last, args.compile)
     if args.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.vae.enable_gradient_checkpointing()
-    sample_cfg = SampleConfig(args.num_steps, args.strength, args.cfg_scale, args.resolution)
     sampler = ex.build_sampler(pipe, guide, guide_input, protos, spec, sources.classes, sample_cfg,
-                               guidance_config(args), device)
-    my_blocks = shards.shard_blocks(shards.blocks(items, args.batch_size), args.split, args.total_split)
-    counters = ex.run_blocks(sampler, sources, my_blocks, args, out,
-                             out / f"manifest_shard{args.split}.jsonl", args.guidance_repeats)
-    logger.info("shard %d/%d done: %s", args.split, args.total_split,
-                                       ex.summary_line(counters))
+                               guidance, device)
+    counters = ex.run_blocks(sampler, sources, my_blocks, out, out / f"manifest_shard{args.split}.jsonl",
+                             args.seed, args.guidance_repeats, desc=f"expand shard {args.split}/{args.total_split}")
+    peak = f", peak CUDA memory {torch.cuda.max_memory_allocated() >> 20} MB" if device.type == "cuda" else ""
+    logger.info("shard %d/%d done: %s%s", args.split, args.total_split, ex.summary_line(counters), peak)
+    return 0
 
 
 def radius_type(value):
@@ -110,7 +128,7 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     # data, models, outputs
-    add("--dataset", default=None, help=f"one of {', '.join(ds.dataset_names())}")
+    add("--dataset", default=None, help=f"one of {', '.join(registry.dataset_names())}")
     add("--model", default="CompVis/stable-diffusion-v1-4", help="diffusers hub id or local folder")
     add("--guide_ckpt", "--guide-ckpt", default=None,
         help="guide classifier (default: checkpoint/<dataset>/<guide_arch>_unpretrained_lr0.1/seed1/model_best.pth.tar)")
@@ -121,7 +139,6 @@ def get_parser():
     add("--prototypes", default=None, help="prototypes file (default: <out>/prototypes.npz)")
     add("--expand_ratio", "--expand-ratio", type=int, default=5, help="new images per source image")
     add("--limit", type=int, default=None, help="expand only n source images (class-interleaved)")
-    add("--seed", type=int, default=42, help="base seed; item (i, k) uses a generator seeded by (seed, i, k)")
     # img2img
     add("--num_steps", "--num-steps", type=int, default=50, help="DDIM steps")
     add("--strength", type=float, default=0.5, help="img2img strength (denoising starts at step T*(1-s))")
@@ -147,20 +164,19 @@ def get_parser():
     add("--split", "--shard_id", "--shard-id", type=int, default=None, help="this shard's id")
     add("--total_split", "--num_shards", "--num-shards", type=int, default=None, help="number of shards")
     add("--batch_size", "--batch-size", type=int, default=8, help="items sampled together")
-    add("--device", default="auto", help="auto | cpu | cuda | cuda:<i>")
     add("--gpu", default=None, help="GPU index (the authors' launcher argument)")
-    add("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="pipeline dtype (CUDA only)")
     add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
         help="recompute activations in the look-ahead backward (saves memory at SD scale)")
     add("--channels_last", "--channels-last", type=str2bool, default=False,
         help="NHWC memory format for the UNet and VAE (see README, Performance)")
     add("--compile", type=str2bool, default=False,
         help="torch.compile the UNet and VAE decoder (CUDA; compile time dominates short CPU runs)")
-    add("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     add("--prepare_only", "--prepare-only", action="store_true", help="build prototypes, then exit")
     add("--verify", action="store_true", help="report missing images and the shards to rerun")
+    add_runtime_flags(p, seed=42, seed_help="base seed; item (i, k) uses a generator seeded by (seed, i, k)",
+                      precision_help="pipeline dtype (CUDA only)")
     return p
 
 
 if __name__ == "__main__":
-    run_cli(main, resolve_args(get_parser(), sys.argv[1:], section="expand"))
+    run_cli(main)

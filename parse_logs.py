@@ -17,10 +17,27 @@ from pathlib import Path
 from distdiff import DistDiffError
 from distdiff.results import (add_paired, experiment_row, find_experiments, markdown_table, paired_table,
                               seed_rows, select_experiments, to_csv)
-from distdiff.fileio import atomic_write_text, run_cli
+from distdiff.fileio import atomic_write_text
+from distdiff.options import run_cli
 
 
-def main(args):
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="an experiment dir (with seed<N>/ children) or any parent of them")
+    parser.add_argument("--multi", action="store_true", help="aggregate seeds: mean ± std per experiment")
+    parser.add_argument("--paired", default=None, metavar="EXPERIMENT",
+                        help="with --multi: add same-seed differences vs this experiment (95%% t interval)")
+    parser.add_argument("--csv", default=None, help="CSV output path (default: inside `path`)")
+    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                        help="keep only experiments whose name (path below `path`) matches this shell "
+                             "pattern; repeatable, e.g. --include 'resnet_small_unpretrained_lr0.1*'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="aggregate only these seeds (so rows with extra seeds stay comparable)")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     root = Path(args.path)
     if not root.is_dir():
         raise DistDiffError(f"{root} is not a directory")
@@ -52,15 +69,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", help="an experiment dir (with seed<N>/ children) or any parent of them")
-    parser.add_argument("--multi", action="store_true", help="aggregate seeds: mean ± std per experiment")
-    parser.add_argument("--paired", default=None, metavar="EXPERIMENT",
-                        help="with --multi: add same-seed differences vs this experiment (95%% t interval)")
-    parser.add_argument("--csv", default=None, help="CSV output path (default: inside `path`)")
-    parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                        help="keep only experiments whose name (path below `path`) matches this shell "
-                             "pattern; repeatable, e.g. --include 'resnet_small_unpretrained_lr0.1*'")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="aggregate only these seeds (so rows with extra seeds stay comparable)")
-    run_cli(main, parser.parse_args())
+    run_cli(main)

@@ -26,6 +26,7 @@ CHECKPOINT=${CHECKPOINT:-checkpoint}
 FIGURE_DIR=${FIGURE_DIR:-figure}
 PY=.venv/bin/python
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-$([ "$DATASET" = digits ] && echo 1 || echo 0)}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # jobs share the cores: OpenMP threads must not spin
 start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 
@@ -46,47 +47,58 @@ EXPAND_ARGS=(--dataset "$DATASET" --guide_arch "$ARCH" --expand_ratio "$RATIO" -
 
 stage "2/8 data and diffusion prior"
 if [ "$DATASET" = digits ] || [ "$DATASET" = digits10 ]; then
-  $PY scripts/prepare_digits.py
-  [ -n "${MODEL:-}" ] || $PY scripts/train_prior.py   # says "complete" when checkpoint/prior/digits exists
+  [ -d data/digits/test ] || $PY scripts/prepare_digits.py
+  [ -n "${MODEL:-}" ] || [ -d checkpoint/prior/digits ] || $PY scripts/train_prior.py
 fi
 
 # shellcheck source=scripts/run_jobs.sh
 source scripts/run_jobs.sh  # run_jobs: $JOBS command lines at a time (the cwd is the repo root here)
 
+tag=$([ "$PRETRAINED" = True ] && echo pretrained || echo unpretrained)
+done_run() {  # done_run EXP SEED: the run's results.json exists (skip it without starting Python)
+  [ -f "$CHECKPOINT/$DATASET/${ARCH}_${tag}${1:+_$1}_lr${LR}/seed$2/results.json" ]
+}
+
 stage "3/8 guide classifier and original-only baseline (seeds: $SEEDS)"
-$PY train_original.py "${TRAIN_ARGS[@]}" --seed 1          # seed 1 is the guide
+done_run "" 1 || $PY train_original.py "${TRAIN_ARGS[@]}" --seed 1          # seed 1 is the guide
 cmds=()
-for s in $SEEDS; do [ "$s" = 1 ] || cmds+=("$PY train_original.py ${TRAIN_ARGS[*]} --seed $s"); done
+for s in $SEEDS; do
+  [ "$s" = 1 ] || done_run "" "$s" || cmds+=("$PY train_original.py ${TRAIN_ARGS[*]} --seed $s")
+done
 [ "${#cmds[@]}" -eq 0 ] || run_jobs "${cmds[@]}"
 
-expand() {  # expand EXP GUIDANCE: all shards, then --verify
+expand() {  # expand EXP GUIDANCE: one process (it ends by checking every image), or one per GPU
   local exp=$1 guidance=$2
   local args=("${EXPAND_ARGS[@]}" --exp "$exp" --guidance "$guidance")
   if [ -n "$GPUS" ]; then
     GPUS="$GPUS" bash scripts/expand_multi_gpu.sh "${args[@]}"
   else
     $PY expand_distdiff.py "${args[@]}"
-    $PY expand_distdiff.py "${args[@]}" --verify
   fi
 }
 
-stage "4/8 prototypes + 5/8 DistDiff expansion (x$RATIO)"
-expand "distdiff_x$RATIO" transform
-stage "5/8 unguided img2img expansion (x$RATIO, the paper's SD row)"
-expand "sd_x$RATIO" none
+stage "4/8 prototypes + 5/8 DistDiff expansion and unguided img2img (the paper's SD row), x$RATIO"
+if [ -n "$GPUS" ]; then  # each expansion already spans every GPU
+  expand "distdiff_x$RATIO" transform
+  expand "sd_x$RATIO" none
+else  # two processes side by side: each one's start-up (imports, model loading) overlaps the other's work
+  expand "distdiff_x$RATIO" transform & guided=$!
+  expand "sd_x$RATIO" none & unguided=$!
+  wait "$guided" && wait "$unguided"
+fi
 
 stage "6/8 retraining on original + expanded (seeds: $SEEDS)"
 cmds=()
 for exp in "distdiff_x$RATIO" "sd_x$RATIO"; do
   for s in $SEEDS; do
-    cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s")
-    [ "$EQITER" = 1 ] && cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s --equal_iterations")
+    done_run "$exp" "$s" || cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s")
+    [ "$EQITER" = 1 ] && ! done_run "${exp}_eqiter" "$s" && \
+      cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s --equal_iterations")
   done
 done
-run_jobs "${cmds[@]}"
+[ "${#cmds[@]}" -eq 0 ] || run_jobs "${cmds[@]}"
 
 stage "7/8 results (mean ± std over seeds; paired differences vs unguided SD)"
-tag=$([ "$PRETRAINED" = True ] && echo pretrained || echo unpretrained)
 $PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --paired "${ARCH}_${tag}_sd_x${RATIO}_lr${LR}"
 
 stage "8/8 figures"

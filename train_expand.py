@@ -10,35 +10,27 @@ checkpoint/<dataset>/<arch>_<pretrained|unpretrained>_<exp>_lr<lr>/seed<N>/ with
 recipe, resume and metrics as train_original.py.
 """
 import argparse
-import sys
-from pathlib import Path
 
-from distdiff.fileio import run_cli
-from distdiff.options import TRAIN_OPTIONS, TRAIN_POSITIONALS, add_options
-from distdiff.runs import dataset_dirname, resolve_args
-from distdiff.training import train_classifier
-
-
-def main(args):
-    expanded = args.expanded_dir or Path(args.output) / dataset_dirname(args.dataset) / "expansions" / args.exp
-    exp = args.exp + ("_eqiter" if args.equal_iterations else "")
-    train_classifier(args, exp=exp, expanded_dirs=[Path(expanded)], equal_iterations=args.equal_iterations)
+from distdiff.config import dataset_section, parse_args
+from distdiff.options import add_train_expand_flags, run_cli
+from distdiff.runs import expansion_dir
+from distdiff.training import TrainConfig, train_classifier
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    positionals = TRAIN_POSITIONALS[:3] + [("exp", str)] + TRAIN_POSITIONALS[3:]
-    add_options(parser, TRAIN_OPTIONS, positionals)
-    parser.add_argument("--exp", default=None, help="expansion name, e.g. distdiff_x5 or sd_x5 (required)")
-    parser.add_argument("--expanded_dir", "--expanded-dir", default=None,
-                        help="expanded ImageFolder (default: <output>/<dataset>/expansions/<exp>)")
-    parser.add_argument("--equal_iterations", "--equal-iterations", action="store_true",
-                        help="scale epochs so the optimizer takes as many steps as on the original set")
-    return parser
+    return add_train_expand_flags(parser)
+
+
+def main(argv=None):
+    args = parse_args(get_parser(), argv, config=dataset_section("train"))
+    if not args.dataset or not args.exp:
+        get_parser().error("a dataset and an experiment name are required (positional or --dataset/--exp)")
+    expanded = args.expanded_dir or expansion_dir(args.output, args.dataset, args.exp)
+    exp = args.exp + ("_eqiter" if args.equal_iterations else "")
+    return train_classifier(TrainConfig.from_args(args), exp=exp, expanded_dirs=[expanded],
+                            equal_iterations=args.equal_iterations)
 
 
 if __name__ == "__main__":
-    args = resolve_args(get_parser(), sys.argv[1:], section="train")
-    if not args.exp:
-        sys.exit("error: an experiment name is required (positional EXP or --exp)")
-    run_cli(main, args)
+    run_cli(main)

@@ -1,7 +1,6 @@
 """Stage 1: train a classifier on the original training set.
 
-Its best checkpoint is the guide model for expansion, and its accuracy is the
-original-only baseline.
+Its checkpoint is the guide model for expansion, and its accuracy is the original-only baseline.
 
     python train_original.py digits                                # embedded 3-shot benchmark
     python train_original.py caltech-101 resnet50 0.1 False 0       # seed README form
@@ -11,23 +10,23 @@ Outputs go to checkpoint/<dataset>/<arch>_<pretrained|unpretrained>_lr<lr>/seed<
 Rerunning resumes an interrupted run and skips a finished one.
 """
 import argparse
-import sys
 
-from distdiff.options import TRAIN_OPTIONS, TRAIN_POSITIONALS, add_options
-from distdiff.fileio import run_cli
-from distdiff.runs import resolve_args
-from distdiff.training import train_classifier
-
-
-def main(args):
-    train_classifier(args)
+from distdiff.config import dataset_section, parse_args
+from distdiff.options import add_train_flags, run_cli
+from distdiff.training import TrainConfig, train_classifier
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_options(parser, TRAIN_OPTIONS, TRAIN_POSITIONALS)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_train_flags(parser)
+
+
+def main(argv=None):
+    args = parse_args(get_parser(), argv, config=dataset_section("train"))
+    if not args.dataset:
+        get_parser().error("a dataset is required (positional or --dataset)")
+    return train_classifier(TrainConfig.from_args(args))
 
 
 if __name__ == "__main__":
-    run_cli(main, resolve_args(get_parser(), sys.argv[1:], section="train"))
+    run_cli(main)

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from distdiff import DistDiffError
+from distdiff.splits import per_class_split
 
 logger = logging.getLogger(__name__)
 SPLIT_SIZES = {"test": 50, "val": 20, "train10": 10}
@@ -24,18 +25,17 @@ IMAGE_SIZE = 32
 
 
 def make_splits(targets, seed=SPLIT_SEED):
-    """Seeded per-class split of sample indices; returns {split: sorted index list}."""
-    rng = np.random.default_rng(seed)
-    splits = {name: [] for name in SPLITS}
-    for label in np.unique(targets):
-        idx = rng.permutation(np.flatnonzero(targets == label))
-        start = 0
-        for name, size in SPLIT_SIZES.items():
-            splits[name].extend(idx[start:start + size].tolist())
-            start += size
-        splits["train"].extend(idx[start - SPLIT_SIZES["train10"]:][:SHOTS].tolist())
-        splits["prior"].extend(idx[start:].tolist())
-    return {name: sorted(int(i) for i in ids) for name, ids in splits.items()}
+    """Seeded per-class split of sample indices; returns {split: sorted index list}.
+
+    Per class: 50 test, 20 val, then the 10 train10 images whose first 3 are the 3-shot train
+    split, and the rest for the prior (one permutation per class, so the splits are disjoint).
+    """
+    sizes = [("test", SPLIT_SIZES["test"]), ("val", SPLIT_SIZES["val"]), ("train", SHOTS),
+             ("train10_more", SPLIT_SIZES["train10"] - SHOTS)]
+    chunks = per_class_split(targets, sizes, seed, rest="prior")
+    splits = {name: chunks[name] for name in ("test", "val", "train", "prior")}
+    splits["train10"] = sorted(chunks["train"] + chunks["train10_more"])
+    return {name: splits[name] for name in SPLITS}
 
 
 def read_splits(split_dir):

@@ -16,12 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from distdiff import DistDiffError
-from distdiff.fileio import atomic_write_json, atomic_write_text
-from distdiff.runs import atomic_torch_save
+from distdiff.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
 from models.classifiers import UnknownArch, create_classifier
 
 logger = logging.getLogger(__name__)
@@ -47,13 +46,6 @@ def make_loader(dataset, batch_size, shuffle, workers, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                       generator=generator, drop_last=False, persistent_workers=False)
-
-
-def cached(dataset):
-    """Decode and transform an evaluation set once: its transform is deterministic, and
-    re-reading hundreds of PNGs every epoch dominated the epoch time on small datasets."""
-    images, labels = zip(*(dataset[i] for i in range(len(dataset))))
-    return TensorDataset(torch.stack(images), torch.tensor(labels))
 
 
 def build_optimizer(model, lr, momentum=0.9, weight_decay=1e-4):
@@ -157,55 +149,57 @@ def write_results(run_dir, results):
 # The training loop with resume
 # ---------------------------------------------------------------------------
 
-def fit(run_dir, model, train_set, val_set, test_set, cfg, meta, device, batch_transform=None):
-    """Train with the paper recipe, resuming from <run_dir>/last.pt; returns results.json dict.
+def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, batch_size=64, lr=0.1,
+        momentum=0.9, weight_decay=1e-4, seed=1, workers=0, amp_dtype=None, batch_transform=None):
+    """Train with the paper recipe, resuming from <run_dir>/last.pt; returns the results.json dict.
 
-    `cfg` needs epochs, batch_size, lr, momentum, weight_decay, seed, workers, precision dtype
-    (`amp_dtype`). `meta` (arch, classes, transform sizes) is stored in every checkpoint so
-    the guide can be rebuilt without the training script's arguments. `batch_transform` is
-    MixUp/CutMix (see train_one_epoch); it draws from torch's global RNG, which last.pt stores.
+    `meta` (arch, classes, transform sizes) is stored in every checkpoint so the guide can be
+    rebuilt without the training script's arguments. `batch_transform` is MixUp/CutMix (see
+    train_one_epoch); it draws from torch's global RNG, which last.pt stores.
+
+    model_best.pth.tar (the guide that expansion uses) is the epoch with the best val accuracy
+    when there is a val split, and the last epoch otherwise: it is never selected on test.
     """
     run_dir = Path(run_dir)
     model.to(device)
-    optimizer = build_optimizer(model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
-    amp_dtype = cfg.get("amp_dtype")
+    optimizer = build_optimizer(model, lr, momentum, weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    run_args = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                    weight_decay=weight_decay, seed=seed, workers=workers)
     history, best_score, elapsed = [], -1.0, 0.0
-    state = _load_last(run_dir, model, optimizer, scheduler, cfg)
+    state = _load_last(run_dir, model, optimizer, scheduler, epochs)
     if state is not None:
         history, best_score, elapsed = state["history"], state["best_score"], state["seconds"]
         logger.info("resuming %s from epoch %d", run_dir, len(history))
-    eval_loaders = [make_loader(cached(s), 256, False, 0) if s else None
-                    for s in (val_set, test_set)]
-    bar = tqdm(range(len(history), cfg["epochs"]), desc=f"epochs {run_dir.name}",
-               initial=len(history), total=cfg["epochs"], dynamic_ncols=True)
+    eval_loaders = [make_loader(s, 256, False, workers) if s is not None else None for s in (val_set, test_set)]
+    bar = tqdm(range(len(history), epochs), desc=f"epochs {run_dir.name}",
+               initial=len(history), total=epochs, dynamic_ncols=True)
     for epoch in bar:
         start = time.time()
-        loader = make_loader(train_set, cfg["batch_size"], True, cfg["workers"],
-                             seed=cfg["seed"] * 100003 + epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        loader = make_loader(train_set, batch_size, True, workers, seed=seed * 100003 + epoch)
+        current_lr = optimizer.param_groups[0]["lr"]
         loss, train_acc = train_one_epoch(model, loader, optimizer, device, amp_dtype, scaler,
                                           batch_transform=batch_transform)
         scheduler.step()
         val_acc, test_acc = (evaluate(model, ld, device, amp_dtype) for ld in eval_loaders)
         elapsed += time.time() - start
-        history.append({"epoch": epoch + 1, "lr": lr, "train_loss": round(loss, 5),
+        history.append({"epoch": epoch + 1, "lr": current_lr, "train_loss": round(loss, 5),
                         "train_acc": round(train_acc, 3), "val_acc": val_acc, "test_acc": test_acc,
                         "seconds": round(time.time() - start, 3)})
-        # Selection uses val when it exists (never test); without val, the paper's best-test rule.
-        score = val_acc if val_acc is not None else test_acc
+        # Selection on val; without a val split, no selection at all (the last epoch).
+        score = val_acc if val_acc is not None else epoch
+        checkpoint = _checkpoint(model, optimizer, scheduler, history, max(score, best_score), elapsed,
+                                 run_args, meta)
         if score > best_score:
             best_score = score
-            atomic_torch_save(_checkpoint(model, optimizer, scheduler, history, best_score,
-                                          elapsed, cfg, meta), run_dir / "model_best.pth.tar")
-        atomic_torch_save(_checkpoint(model, optimizer, scheduler, history, best_score, elapsed,
-                                      cfg, meta), run_dir / "last.pt")
+            atomic_torch_save(checkpoint, run_dir / "model_best.pth.tar")
+        atomic_torch_save(checkpoint, run_dir / "last.pt")
         write_summary(run_dir, history)
         bar.set_postfix(loss=f"{loss:.3f}", val=val_acc, test=test_acc)
         logger.info("epoch %d/%d loss %.4f train %.1f val %s test %.2f (%.1fs)", epoch + 1,
-                    cfg["epochs"], loss, train_acc, _fmt(val_acc), test_acc, time.time() - start)
-    results = summarize(history, cfg["seed"], len(train_set), round(elapsed, 2))
+                    epochs, loss, train_acc, _fmt(val_acc), test_acc, time.time() - start)
+    results = summarize(history, seed, len(train_set), round(elapsed, 2))
     write_results(run_dir, results)
     return results
 
@@ -214,23 +208,22 @@ def _fmt(value):
     return "-" if value is None else f"{value:.2f}"
 
 
-def _checkpoint(model, optimizer, scheduler, history, best_score, seconds, cfg, meta):
+def _checkpoint(model, optimizer, scheduler, history, best_score, seconds, run_args, meta):
     """Everything needed to resume exactly: weights, optimizer, schedule, RNG and history."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": len(history), "history": history,
-            "best_score": best_score, "seconds": seconds, "meta": meta,
-            "args": {k: v for k, v in cfg.items() if k != "amp_dtype"},
+            "best_score": best_score, "seconds": seconds, "meta": meta, "args": run_args,
             "rng": torch.get_rng_state()}
 
 
-def _load_last(run_dir, model, optimizer, scheduler, cfg):
+def _load_last(run_dir, model, optimizer, scheduler, epochs):
     """Restore last.pt if present; an epoch budget change is an error, not a silent restart."""
     path = Path(run_dir) / "last.pt"
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["epoch"] > cfg["epochs"]:
-        raise DistDiffError(f"{path} has {state['epoch']} epochs but --epochs is {cfg['epochs']}; "
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["epoch"] > epochs:
+        raise DistDiffError(f"{path} has {state['epoch']} epochs but --epochs is {epochs}; "
                             "use another output dir or delete the run")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -252,7 +245,7 @@ def load_classifier(path, device="cpu", num_classes=None, arch=None):
     if not path.is_file():
         raise DistDiffError(f"classifier checkpoint {path} not found; train it with train_original.py")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         meta = state["meta"]
     except Exception as err:  # a truncated or foreign file
         raise DistDiffError(f"{path} is not a checkpoint written by this project ({err})") from None

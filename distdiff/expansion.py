@@ -13,7 +13,7 @@ from distdiff import datasets as ds
 from distdiff import shards
 from distdiff.engine import load_classifier
 from distdiff.features import GuideInput, extract_features
-from distdiff.fileio import atomic_write_text
+from distdiff.fileio import atomic_save_image, atomic_write_text
 from distdiff.prototypes import compute_prototypes, fingerprint, prepare_prototypes
 from distdiff.sampler import GuidedSampler, draw_item
 
@@ -27,10 +27,10 @@ GENERATION_KEYS = ("dataset", "model", "guide_ckpt", "expand_ratio", "seed", "nu
                    "batch_size", "channels_last", "compile")
 
 
-def check_or_write_args(out_dir, args):
-    """Write <out>/args.yaml, or refuse when it records different generation settings."""
+def check_or_write_args(out_dir, resolved):
+    """Write <out>/args.yaml (the resolved settings dict), or refuse when it records different
+    generation settings."""
     path = Path(out_dir) / "args.yaml"
-    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())}
     if path.is_file():
         previous = yaml.safe_load(path.read_text()) or {}
         changed = [k for k in GENERATION_KEYS if k in previous and previous[k] != resolved.get(k)]
@@ -47,29 +47,30 @@ def load_sources(spec):
     return ds.load_split(spec, spec.train_split, transform=None, verify=True)
 
 
-def build_prototypes(args, spec, sources, guide, meta, device):
-    """Load or compute prototypes.npz for this guide, split, cluster method and K."""
+def build_prototypes(path, spec, sources, guide, meta, device, guide_ckpt, cluster="kmeans", num_groups=3,
+                     seed=0):
+    """Load or compute the prototypes file at `path` for this guide, split, cluster method and K."""
     root = spec.split_dir(spec.train_split)
     files = [str(Path(p).relative_to(root)) for p, _ in sources.samples]
-    fprint = fingerprint(args.guide_ckpt, files, args.cluster, args.num_groups)
+    fprint = fingerprint(guide_ckpt, files, cluster, num_groups)
 
     def compute():
         transform = ds.test_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
         dataset = ds.load_split(spec, spec.train_split, transform, verify=False)
         features, labels = extract_features(guide, dataset, device)
         class_p, group_p, mask = compute_prototypes(features.numpy(), labels.numpy(), len(sources.classes),
-                                                    args.num_groups, args.cluster, args.seed)
+                                                    num_groups, cluster, seed)
         return {"class_protos": class_p, "group_protos": group_p, "group_mask": mask,
                 "class_names": sources.classes}
 
-    protos = prepare_prototypes(args.prototypes, fprint, compute)
-    ds.check_same_classes(sources.classes, protos["class_names"], f"prototypes {args.prototypes}")
+    protos = prepare_prototypes(path, fprint, compute)
+    ds.check_same_classes(sources.classes, protos["class_names"], f"prototypes {path}")
     return protos
 
 
-def load_guide(args, num_classes, device):
-    """The frozen guide classifier and its input mapping."""
-    guide, meta = load_classifier(args.guide_ckpt, device, num_classes=num_classes)
+def load_guide(guide_ckpt, num_classes, device):
+    """The frozen guide classifier, its input mapping and its checkpoint meta."""
+    guide, meta = load_classifier(guide_ckpt, device, num_classes=num_classes)
     guide.requires_grad_(False)
     return guide, GuideInput(meta).to(device), meta
 
@@ -93,18 +94,18 @@ class SourceLatents:
         return self.cache[block][index]
 
 
-def run_blocks(sampler, sources, my_blocks, args, out_dir, manifest, repeats):
+def run_blocks(sampler, sources, my_blocks, out_dir, manifest, seed, repeats, desc="expand"):
     """Sample every unfinished block of this shard; returns summary counters."""
     latents = SourceLatents(sampler, sources)
     counters = {"written": 0, "skipped": 0, "nonfinite": 0, "seconds": 0.0, "before": [], "after": []}
     total = sum(len(b) for _, b in my_blocks)
-    bar = tqdm(total=total, desc=f"expand shard {args.split}/{args.total_split}", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
     with shards.BackgroundWriter() as writer:  # PNG encoding overlaps with the next batch
         for _, block in my_blocks:
             todo = set(shards.missing_items(block, out_dir, sources.classes))
             if todo:
                 start = time.time()
-                images, stats = sample_block(sampler, latents, block, args.seed, repeats)
+                images, stats = sample_block(sampler, latents, block, seed, repeats)
                 records = _block_records(block, todo, stats, out_dir, sources.classes,
                                          (time.time() - start) / len(block))
                 shards.append_manifest(manifest, records)
@@ -141,7 +142,7 @@ def _block_records(block, todo, stats, out_dir, class_names, seconds):
 def _write_images(sampler, images, paths):
     """PIL conversion and atomic PNG writes of one batch (runs on the writer thread)."""
     for image, path in zip(sampler.to_pil(images), paths):
-        shards.save_image_atomic(image, path)
+        atomic_save_image(image, path)
 
 
 def _per_item(per_application, which):

@@ -1,58 +1,84 @@
-"""Command-line options shared by several scripts, as plain data.
+"""Command-line plumbing shared by the scripts: common flags, the training flags, run_cli.
 
-The scripts own their argparse parsers; this table only lists flags that more than one
-script exposes, so that train_original.py and train_expand.py cannot drift apart.
-Defaults are the paper's (ResNet-50 from scratch, SGD lr 0.1, 100 epochs, batch 64);
-configs/<dataset>.yaml overrides them per dataset, and the command line overrides both.
+The scripts own their parsers; this module only declares flags that more than one script
+exposes, so that they cannot drift apart. Defaults are the paper's (ResNet-50 from scratch, SGD
+lr 0.1, 100 epochs, batch 64); configs/<dataset>.yaml overrides them per dataset, and the
+command line overrides both (distdiff.config.parse_args).
 """
-from distdiff import augment
-from distdiff.runs import str2bool
+import sys
 
-# (flags, argparse keyword arguments)
-TRAIN_OPTIONS = [
-    (("--dataset",), dict(default=None, help="dataset name (see distdiff/datasets.py) or folder:<path>")),
-    (("--arch",), dict(default="resnet50", help="classifier architecture")),
-    (("--lr",), dict(type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")),
-    (("--pretrained",), dict(type=str2bool, default=False, help="start from ImageNet weights (timm)")),
-    (("--gpu",), dict(default=None, help="GPU index, the authors' positional; CPU when CUDA is absent")),
-    (("--device",), dict(default="auto", help="auto | cpu | cuda | cuda:<i>")),
-    (("--precision",), dict(default="fp32", choices=["fp32", "fp16", "bf16"],
-                            help="autocast dtype on CUDA (fp16 uses a GradScaler)")),
-    (("--epochs",), dict(type=int, default=100, help="training epochs")),
-    (("--batch_size", "--batch-size"), dict(type=int, default=64, help="batch size")),
-    (("--momentum",), dict(type=float, default=0.9, help="Nesterov momentum")),
-    (("--weight_decay", "--weight-decay"), dict(type=float, default=1e-4, help="weight decay")),
-    (("--seed",), dict(type=int, default=1, help="training seed (the paper averages seeds 1-3)")),
-    (("--image_size", "--image-size"), dict(type=int, default=224, help="crop size fed to the network")),
-    (("--resize_size", "--resize-size"), dict(type=int, default=256, help="resize before cropping")),
-    (("--rotation",), dict(type=float, default=15.0, help="RandomRotation degrees")),
-    (("--hflip",), dict(type=str2bool, default=True, help="RandomHorizontalFlip (off for digits)")),
-    (("--aug",), dict(default="default", metavar="NAME",
-                      help="extra augmentation (checked by distdiff/augment.py, so YAML values are checked "
-                           "too): " + augment.help_text())),
-    (("--workers",), dict(type=int, default=0, help="DataLoader workers (0 = main process)")),
-    (("--threads",), dict(type=int, default=0, help="torch CPU threads (0 = torch default)")),
-    (("--output",), dict(default="checkpoint", help="root of all run directories")),
-]
-# Positional forms from the seed README: `train_original.py caltech-101 resnet50 0.1 False 0`.
-TRAIN_POSITIONALS = [("dataset", str), ("arch", str), ("lr", float), ("pretrained", str2bool),
-                     ("gpu", str)]
+from distdiff import DistDiffError
+from distdiff.config import PRECISIONS, add_positional_twins, str2bool
 
 
-def add_options(parser, options, positionals=()):
-    """Register positional twins (default SUPPRESS, so absent ones never clobber) and flags."""
-    import argparse  # only to read the SUPPRESS sentinel; the parser belongs to the script
-    for name, kind in positionals:
-        parser.add_argument(name, nargs="?", type=_keep_suppress(kind), default=argparse.SUPPRESS,
-                            help=f"same as --{name}")
-    for flags, kwargs in options:
-        parser.add_argument(*flags, **kwargs)
+def _help(text):
+    """argparse %-formats help strings; literal percent signs must be doubled."""
+    return text.replace("%", "%%")
+
+
+def add_runtime_flags(parser, seed=None, seed_help="random seed", precision_help=None, threads=0):
+    """--device, --threads and, when given defaults/help, --seed and --precision."""
+    add = parser.add_argument
+    add("--device", default="auto", help="auto | cpu | cuda | cuda:<i> (auto: the GPU when there is one)")
+    add("--threads", type=int, default=threads, help="torch CPU threads (0 = torch's default)")
+    if precision_help:
+        add("--precision", default="fp32", choices=PRECISIONS, help=_help(precision_help))
+    if seed is not None:
+        add("--seed", type=int, default=seed, help=_help(seed_help))
     return parser
 
 
-def _keep_suppress(kind):
-    """argparse applies `type` to string defaults too, so let the SUPPRESS sentinel through."""
-    def convert(value):
-        return value if value == "==SUPPRESS==" else kind(value)
-    convert.__name__ = kind.__name__
-    return convert
+# Positional forms from the seed README: `train_original.py caltech-101 resnet50 0.1 False 0`.
+TRAIN_POSITIONALS = [("dataset", str), ("arch", str), ("lr", float), ("pretrained", str2bool), ("gpu", str)]
+
+
+def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
+    """Flags of train_original.py and train_expand.py (the paper's recipe as defaults)."""
+    from distdiff import augment  # torchvision: only the training scripts pay for it
+
+    add_positional_twins(parser, positionals)
+    add = parser.add_argument
+    add("--dataset", default=None, help="dataset name (see distdiff/datasets.py) or folder:<path>")
+    add("--arch", default="resnet50", help="classifier architecture (models/classifiers.py)")
+    add("--lr", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
+    add("--pretrained", type=str2bool, default=False, help="start from ImageNet weights (timm)")
+    add("--gpu", default=None, help="GPU index, the authors' positional; CPU when CUDA is absent")
+    add("--epochs", type=int, default=100, help="training epochs")
+    add("--batch_size", "--batch-size", type=int, default=64, help="batch size")
+    add("--momentum", type=float, default=0.9, help="Nesterov momentum")
+    add("--weight_decay", "--weight-decay", type=float, default=1e-4, help="weight decay")
+    add("--image_size", "--image-size", type=int, default=224, help="crop size fed to the network")
+    add("--resize_size", "--resize-size", type=int, default=256, help="resize (shorter side) before cropping")
+    add("--rotation", type=float, default=15.0, help="RandomRotation degrees")
+    add("--hflip", type=str2bool, default=True, help="RandomHorizontalFlip (off for digits)")
+    add("--aug", default="default", choices=list(augment.AUGMENTATIONS), metavar="NAME",
+        help=_help("extra augmentation: " + augment.help_text()))
+    add("--workers", type=int, default=0, help="DataLoader workers (0 = main process)")
+    add("--cache_mb", "--cache-mb", type=int, default=1024,
+        help="keep decoded, resized images in memory up to this many MB per split; larger "
+             "splits are decoded every epoch")
+    add("--output", default="checkpoint", help="root of all run directories")
+    add_runtime_flags(parser, seed=1, seed_help="training seed (the paper averages seeds 1-3)",
+                      precision_help="autocast dtype on CUDA (fp16 uses a GradScaler)")
+    return parser
+
+
+def add_train_expand_flags(parser):
+    """train_expand.py's flags: the training flags with EXP as a fourth positional, and the
+    expanded set."""
+    add_train_flags(parser, TRAIN_POSITIONALS[:3] + [("exp", str)] + TRAIN_POSITIONALS[3:])
+    parser.add_argument("--exp", default=None, help="expansion name, e.g. distdiff_x5 or sd_x5 (required)")
+    parser.add_argument("--expanded_dir", "--expanded-dir", default=None,
+                        help="expanded ImageFolder (default: <output>/<dataset>/expansions/<exp>)")
+    parser.add_argument("--equal_iterations", "--equal-iterations", action="store_true",
+                        help="scale epochs so the optimizer takes as many steps as on the original set")
+    return parser
+
+
+def run_cli(main, argv=None):
+    """Call main(argv); a DistDiffError ends the process with one 'error: ...' line, exit 1."""
+    try:
+        result = main(argv)
+    except DistDiffError as err:
+        sys.exit(f"error: {err}")
+    sys.exit(result if isinstance(result, int) else 0)

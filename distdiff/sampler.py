@@ -5,7 +5,6 @@ draws a, b) comes from that item's own generator, so a batch is just a stack of 
 items: outputs do not depend on which shard or batch an item lands in, up to float rounding.
 """
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -18,45 +17,6 @@ from distdiff.guidance import energy, guide_step
 logger = logging.getLogger(__name__)
 
 
-def load_pipeline(model, device, dtype=torch.float32):
-    """StableDiffusionImg2ImgPipeline from a hub id or local folder, with a DDIM scheduler."""
-    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
-
-    if os.path.sep in str(model) or str(model).startswith("."):
-        if not os.path.isdir(model):
-            raise DistDiffError(f"diffusion model folder {model} not found; train the embedded prior "
-                                "with scripts/train_prior.py or pass --model <hub id or SD folder>")
-    try:
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-            model, dtype=dtype, safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError, EnvironmentError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DistDiffError(f"cannot load diffusion model {model!r} ({first}); offline machines need "
-                            "a local folder, see INSTALL.md") from None
-    # The paper samples with DDIM; SD-1.4 ships PNDM, so swap it keeping the noise schedule.
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False).eval()
-    return pipe.to(device)
-
-
-def speed_up(pipe, channels_last=False, compile_models=False):
-    """Optional execution speed-ups; outputs change only at float-rounding level.
-
-    channels_last: NHWC convolutions for the UNet and VAE (faster with cuDNN/tensor cores).
-    compile_models: torch.compile the UNet and the VAE decoder, the two modules every step
-    calls; the first batch pays the compilation, so it pays off on long runs (CUDA) only.
-    """
-    if channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if compile_models:
-        pipe.unet = torch.compile(pipe.unet)
-        pipe.vae.decoder = torch.compile(pipe.vae.decoder)
-    return pipe
-
-
 @dataclass
 class SampleConfig:
     """img2img settings; the defaults are the paper's."""
@@ -64,6 +24,21 @@ class SampleConfig:
     strength: float = 0.5
     cfg_scale: float = 7.5
     resolution: int | None = None  # None: the model's native size (512 for SD-1.4)
+
+    @property
+    def start(self):
+        """Index of the first denoised step (diffusers' img2img rule)."""
+        return self.num_steps - min(int(self.num_steps * self.strength), self.num_steps)
+
+    def check_guidance(self, guidance_cfg):
+        """Guidance must fall inside the denoised steps, with room for the look-ahead."""
+        lookahead = guidance_cfg.lookahead_steps
+        for index in guidance_cfg.indices(self.num_steps):
+            if not self.start <= index <= self.num_steps - lookahead:
+                raise DistDiffError(
+                    f"guidance at step index {index} is outside the denoised steps "
+                    f"[{self.start}, {self.num_steps - lookahead}] (strength {self.strength}, "
+                    f"M={guidance_cfg.guidance_step}, P={lookahead}); lower --guidance_step or raise --strength")
 
 
 @dataclass
@@ -96,10 +71,9 @@ class GuidedSampler:
         self.scheduler = pipe.scheduler
         self.scheduler.set_timesteps(sample_cfg.num_steps, device=device)
         self.timesteps = self.scheduler.timesteps
-        self.start = sample_cfg.num_steps - min(int(sample_cfg.num_steps * sample_cfg.strength),
-                                                sample_cfg.num_steps)
+        self.start = sample_cfg.start
         self.guidance_at = set(guidance_cfg.indices(sample_cfg.num_steps))
-        self._check_schedule()
+        sample_cfg.check_guidance(guidance_cfg)
         self.resolution = sample_cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.scaling = pipe.vae.config.scaling_factor
         self.prompt_embeds = self._encode_prompts(prompts)  # [C, 2, L, E]: (uncond, cond)
@@ -107,17 +81,6 @@ class GuidedSampler:
                        for k in ("class_protos", "group_protos", "group_mask")}
 
     # -- set-up --------------------------------------------------------------
-    def _check_schedule(self):
-        """Guidance must fall inside the denoised part, with room for the look-ahead."""
-        num, lookahead = self.sample_cfg.num_steps, self.guidance_cfg.lookahead_steps
-        for index in sorted(self.guidance_at):
-            if not self.start <= index <= num - lookahead:
-                raise DistDiffError(
-                    f"guidance at step index {index} is outside the denoised steps "
-                    f"[{self.start}, {num - lookahead}] (strength {self.sample_cfg.strength}, "
-                    f"M={self.guidance_cfg.guidance_step}, P={lookahead}); lower "
-                    "--guidance_step or raise --strength")
-
     @torch.no_grad()
     def _encode_prompts(self, prompts):
         """Text embeddings once per class: [C, 2, L, E] with (unconditional, conditional)."""

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from distdiff import DistDiffError
-from distdiff.fileio import atomic_path
 
 
 @dataclass(frozen=True)
@@ -86,12 +85,6 @@ def resolve_shard(split=None, total_split=None, env=None):
     if total_split < 1 or not 0 <= split < total_split:
         raise DistDiffError(f"--split {split} must be in [0, --total_split {total_split})")
     return split, total_split
-
-
-def save_image_atomic(image, path):
-    """PNG write via temp file + os.replace: a finished file is always a whole image."""
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
 
 
 class BackgroundWriter:

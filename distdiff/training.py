@@ -1,44 +1,81 @@
 """The one training entry point behind train_original.py and train_expand.py."""
 import logging
 import math
+from dataclasses import dataclass
 
 from torch.utils.data import ConcatDataset
 
 from distdiff import DistDiffError
 from distdiff import datasets as ds
+from distdiff import registry
 from distdiff.augment import batch_transform, check_aug
+from distdiff.config import save_args
+from distdiff.devices import autocast_dtype, configure_cpu, resolve_device, seed_everything
 from distdiff.engine import fit, is_complete, read_results
-from distdiff.fileio import save_args, setup_logging
-from distdiff.runs import autocast_dtype, configure_cpu, resolve_device, seed_everything, train_run_dir
-from models.classifiers import UnknownArch, WeightsUnavailable, create_classifier
+from distdiff.runs import setup_logging, train_run_dir
+from models.classifiers import UnknownArch, WeightsUnavailable, check_arch, create_classifier
 
 logger = logging.getLogger(__name__)
 
 
-def build_transforms(args):
-    """((train head, train tail), eval) transforms from the resolved args."""
-    norm = dict(mean=ds.IMAGENET_MEAN, std=ds.IMAGENET_STD)
-    train = ds.train_transform(args.image_size, args.resize_size, args.rotation, args.hflip,
-                               split=True, aug=args.aug, **norm)
-    test = ds.test_transform(args.image_size, args.resize_size, **norm)
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; the defaults are the paper's recipe (see distdiff/options.py)."""
+    dataset: str
+    arch: str = "resnet50"
+    lr: float = 0.1
+    pretrained: bool = False
+    epochs: int = 100
+    batch_size: int = 64
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    image_size: int = 224
+    resize_size: int = 256
+    rotation: float = 15.0
+    hflip: bool = True
+    aug: str = "default"
+    seed: int = 1
+    output: str = "checkpoint"
+    device: str = "auto"
+    gpu: str | None = None
+    precision: str = "fp32"
+    threads: int = 0
+    workers: int = 0
+    cache_mb: int = 1024
+
+    @classmethod
+    def from_args(cls, args):
+        """The fields of a parsed namespace (extra attributes are ignored)."""
+        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
+
+
+def build_transforms(cfg):
+    """((train head, train tail), (eval head, eval tail)) transforms."""
+    norm = dict(mean=registry.IMAGENET_MEAN, std=registry.IMAGENET_STD)
+    train = ds.train_transform(cfg.image_size, cfg.resize_size, cfg.rotation, cfg.hflip,
+                               split=True, aug=cfg.aug, **norm)
+    test = ds.test_transform(cfg.image_size, cfg.resize_size, split=True, **norm)
     return train, test
 
 
-def build_datasets(spec, args, expanded_dirs=()):
+def build_datasets(spec, cfg, expanded_dirs=()):
     """(train, val, test, classes, n_original); expanded ImageFolders are concatenated to the
-    original train split."""
-    (head, tail), test_tf = build_transforms(args)
+    original train split. Every image is opened once here, before any training."""
+    (head, tail), (eval_head, eval_tail) = build_transforms(cfg)
     train = ds.load_split(spec, spec.train_split)
-    parts = [ds.preload(train, head, tail)]
+    expanded = []
     for folder in expanded_dirs:
-        expanded = ds.image_folder(folder, hint="run expand_distdiff.py first")
-        ds.check_same_classes(train.classes, expanded.classes, f"expanded set {folder}")
-        parts.append(ds.preload(expanded, head, tail))
-    val = ds.load_split(spec, spec.val_split, test_tf)
-    test = ds.load_split(spec, spec.test_split, test_tf)
+        expanded.append(ds.image_folder(folder, hint="run expand_distdiff.py first"))
+        ds.check_same_classes(train.classes, expanded[-1].classes, f"expanded set {folder}")
+    val = ds.load_split(spec, spec.val_split)
+    test = ds.load_split(spec, spec.test_split)
     for name, split in (("val", val), ("test", test)):
         if split is not None:
             ds.check_same_classes(train.classes, split.classes, f"{name} split of {spec.name}")
+    # The memory budget goes to the training images first: they are read every step.
+    budget = ds.CacheBudget(cfg.cache_mb)
+    parts = [budget.preload(folder, head, tail) for folder in [train, *expanded]]
+    val, test = (budget.preload(s, eval_head, eval_tail) if s is not None else None for s in (val, test))
     return (ConcatDataset(parts) if len(parts) > 1 else parts[0]), val, test, train.classes, len(train)
 
 
@@ -49,44 +86,50 @@ def equal_iteration_epochs(epochs, n_original, n_total, batch_size):
     return max(1, round(steps / math.ceil(n_total / batch_size)))
 
 
-def classifier_meta(args, classes):
+def classifier_meta(cfg, classes):
     """What a later stage needs to rebuild the classifier and its exact input transform."""
-    return {"arch": args.arch, "num_classes": len(classes), "classes": list(classes),
-            "dataset": args.dataset, "image_size": args.image_size,
-            "resize_size": args.resize_size, "mean": list(ds.IMAGENET_MEAN),
-            "std": list(ds.IMAGENET_STD), "pretrained": args.pretrained}
+    return {"arch": cfg.arch, "num_classes": len(classes), "classes": list(classes),
+            "dataset": cfg.dataset, "image_size": cfg.image_size,
+            "resize_size": cfg.resize_size, "mean": list(registry.IMAGENET_MEAN),
+            "std": list(registry.IMAGENET_STD), "pretrained": cfg.pretrained}
 
 
-def train_classifier(args, exp=None, expanded_dirs=(), equal_iterations=False):
+def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     """Train (or resume, or skip if complete) one run; returns its results dict."""
-    spec = ds.get_dataset(args.dataset)
-    check_aug(args.aug)  # before the run dir name is built from it
-    run_dir = train_run_dir(args.output, args.dataset, args.arch, args.pretrained, args.lr,
-                            args.seed, exp, args.aug)
+    spec = registry.get_dataset(cfg.dataset)
+    check_aug(cfg.aug)
+    try:
+        check_arch(cfg.arch, cfg.pretrained)
+    except UnknownArch as err:
+        raise DistDiffError(str(err)) from None
+    run_dir = train_run_dir(cfg.output, cfg.dataset, cfg.arch, cfg.pretrained, cfg.lr, cfg.seed, exp, cfg.aug)
     setup_logging()  # stdout only until the inputs are known to be good: no stray run dirs
     if is_complete(run_dir):
         logger.info("%s is complete (results.json exists); nothing to do", run_dir)
         return read_results(run_dir)
-    device = resolve_device(args.device, args.gpu)
-    configure_cpu(args.threads)
-    ds.ensure_prepared(spec)
-    seed_everything(args.seed)
-    train, val, test, classes, n_original = build_datasets(spec, args, expanded_dirs)
+    device = resolve_device(cfg.device, cfg.gpu)
+    amp_dtype = autocast_dtype(cfg.precision) if device.type == "cuda" else None
+    configure_cpu(cfg.threads)
+    registry.ensure_prepared(spec)
+    seed_everything(cfg.seed)
+    train, val, test, classes, n_original = build_datasets(spec, cfg, expanded_dirs)
+    epochs = cfg.epochs
     if equal_iterations:
-        args.epochs = equal_iteration_epochs(args.epochs, n_original, len(train), args.batch_size)
+        epochs = equal_iteration_epochs(cfg.epochs, n_original, len(train), cfg.batch_size)
     try:
-        model = create_classifier(args.arch, len(classes), args.pretrained)
+        model = create_classifier(cfg.arch, len(classes), cfg.pretrained)
     except (UnknownArch, WeightsUnavailable) as err:
         raise DistDiffError(str(err)) from None
     setup_logging(run_dir)
-    save_args(run_dir, args, extra={"exp": exp, "expanded_dirs": [str(d) for d in expanded_dirs],
-                                    "n_train": len(train), "device": str(device)})
-    logger.info("%s: %d train images (%d classes), val %s, test %d, device %s", run_dir,
-                len(train), len(classes), len(val) if val else "-", len(test), device)
-    cfg = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum",
-                                         "weight_decay", "seed", "workers")}
-    cfg["amp_dtype"] = autocast_dtype(args.precision) if device.type == "cuda" else None
-    results = fit(run_dir, model, train, val, test, cfg, classifier_meta(args, classes), device,
-                  batch_transform=batch_transform(args.aug, len(classes)))
+    save_args(run_dir, cfg, extra={"exp": exp, "expanded_dirs": [str(d) for d in expanded_dirs],
+                                   "equal_iterations": equal_iterations, "epochs_run": epochs,
+                                   "n_train": len(train), "device_resolved": str(device),
+                                   "guide_selection": "best_val" if val is not None else "last_epoch"})
+    logger.info("%s: %d train images (%d classes), val %s, test %d, %d epochs, device %s", run_dir,
+                len(train), len(classes), len(val) if val else "-", len(test), epochs, device)
+    results = fit(run_dir, model, train, val, test, device, meta=classifier_meta(cfg, classes),
+                  epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                  weight_decay=cfg.weight_decay, seed=cfg.seed, workers=cfg.workers, amp_dtype=amp_dtype,
+                  batch_transform=batch_transform(cfg.aug, len(classes)))
     logger.info("results: %s", {k: results[k] for k in sorted(results)})
     return results

@@ -53,14 +53,19 @@ def small_resnet(num_classes, in_chans=3):
     return model
 
 
+def check_arch(arch, pretrained=False):
+    """Raise UnknownArch for names outside ARCHS (and pretrained weights that do not exist)."""
+    if arch not in ARCHS:
+        raise UnknownArch(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    if pretrained and arch in SMALL_ARCHS:
+        raise UnknownArch(f"{arch} has no pretrained weights; use --pretrained False")
+
+
 def create_classifier(arch, num_classes, pretrained=False):
     """Build a registered classifier with a fresh `num_classes` head."""
+    check_arch(arch, pretrained)
     if arch in SMALL_ARCHS:
-        if pretrained:
-            raise UnknownArch(f"{arch} has no pretrained weights; use --pretrained False")
         return small_resnet(num_classes)
-    if arch not in TIMM_ARCHS:
-        raise UnknownArch(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
     try:
         return timm.create_model(TIMM_ARCHS[arch], pretrained=pretrained, num_classes=num_classes,
                                  **TIMM_KWARGS.get(arch, {}))

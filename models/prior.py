@@ -7,10 +7,7 @@ sizes differ. Nothing here touches the Hub: the tokenizer vocabulary is learned 
 prompts it must encode.
 """
 import json
-import re
 import tempfile
-import unicodedata
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -24,82 +21,39 @@ END_OF_WORD = "</w>"
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                     beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
                     set_alpha_to_one=False, steps_offset=1)
-# The same word split CLIP's tokenizer uses ([\p{L}]+ | one digit | other non-space runs),
-# written with Python's `re` classes.
-_WORD_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
+# CLIP's word split (its tokenizer's pre-tokenizer regex): letters, single digits, other runs.
+CLIP_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 # ---------------------------------------------------------------------------
-# Tokenizer: byte-level BPE learned from the prompts
+# Tokenizer: CLIP's byte-level BPE layout, with merges learned from the prompts
 # ---------------------------------------------------------------------------
-
-def bytes_to_unicode():
-    """GPT-2/CLIP byte -> printable character table, so every byte has a visible vocab symbol."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    table, shift = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            # Control and whitespace bytes move to unused code points above 255.
-            table[byte] = chr(256 + shift)
-            shift += 1
-    return table
-
-
-def prompt_words(prompts):
-    """Normalise prompts the way CLIPTokenizer does and split them into words."""
-    words = []
-    for prompt in prompts:
-        text = unicodedata.normalize("NFC", prompt)
-        words += _WORD_RE.findall(re.sub(r"\s+", " ", text).lower())
-    return words
-
 
 def learn_bpe(prompts):
-    """Learn BPE merges from the prompts until every word is a single token.
+    """Learn BPE merges from the prompts with `tokenizers`' BpeTrainer, CLIP-style.
 
-    Returns (vocab dict token -> id, list of merge pairs). The vocabulary holds all 256 byte
-    symbols (plus their end-of-word forms) so any text tokenizes without unknown tokens; the
-    merges only make the prompt words compact.
+    The normaliser and word split are CLIP's, and the trainer runs until no pair is left, so every
+    prompt word becomes a single token. Returns (vocab dict token -> id, list of merge pairs) in
+    CLIP's order: the 256 byte symbols, their end-of-word forms (so any text tokenizes without
+    unknown tokens), the merged tokens, then the two special tokens.
     """
-    byte_chars = bytes_to_unicode()
-    counts = Counter(prompt_words(prompts))
-    words = {}
-    for word in counts:
-        symbols = [byte_chars[b] for b in word.encode("utf-8")]
-        symbols[-1] += END_OF_WORD
-        words[word] = symbols
-    merges = []
-    while True:
-        pairs = Counter()
-        for word, symbols in words.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] += counts[word]
-        if not pairs:
-            break
-        # Most frequent pair first; ties broken alphabetically so the vocabulary is reproducible.
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
-        merges.append(best)
-        words = {word: _merge_pair(symbols, best) for word, symbols in words.items()}
-    base = list(byte_chars.values())
-    tokens = base + [c + END_OF_WORD for c in base] + ["".join(pair) for pair in merges]
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix=END_OF_WORD))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                                 normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_WORDS), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    # Sorted by code point = CLIP's order: printable bytes are themselves, the rest follow above 255.
+    byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=1 << 20, initial_alphabet=byte_symbols, show_progress=False,
+                                  end_of_word_suffix=END_OF_WORD)
+    tokenizer.train_from_iterator(list(prompts), trainer)
+    merges = [tuple(m) for m in json.loads(tokenizer.to_str())["model"]["merges"]]
+    tokens = byte_symbols + [c + END_OF_WORD for c in byte_symbols] + ["".join(m) for m in merges]
     tokens = list(dict.fromkeys(tokens)) + [BOS, EOS]
     return {token: i for i, token in enumerate(tokens)}, merges
-
-
-def _merge_pair(symbols, pair):
-    """Replace every adjacent occurrence of `pair` in a symbol list by its concatenation."""
-    out, i = [], 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
-            out.append(symbols[i] + symbols[i + 1])
-            i += 2
-        else:
-            out.append(symbols[i])
-            i += 1
-    return out
 
 
 def write_vocab_files(out_dir, vocab, merges):
@@ -152,13 +106,14 @@ def build_text_encoder(tokenizer, width=64, layers=2, heads=4):
 
 
 def build_vae(channels=(16, 32, 64), latent_channels=4, image_size=32, layers_per_block=1,
-              norm_groups=8):
+              norm_groups=8, mid_attention=True):
     """AutoencoderKL that downsamples by 2**(len(channels)-1) (32 px -> 8x8 latents by default)."""
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
                          down_block_types=("DownEncoderBlock2D",) * len(channels),
                          up_block_types=("UpDecoderBlock2D",) * len(channels),
                          block_out_channels=tuple(channels), layers_per_block=layers_per_block,
-                         norm_num_groups=norm_groups, sample_size=image_size)
+                         norm_num_groups=norm_groups, sample_size=image_size,
+                         mid_block_add_attention=mid_attention)
 
 
 def build_unet(channels=(32, 64, 64), sample_size=8, in_channels=4, cross_attention_dim=64,
@@ -188,14 +143,15 @@ def build_scheduler():
 def build_components(prompts, image_size=32, vae_channels=(16, 32, 64), latent_channels=4,
                      unet_channels=(32, 64, 64), text_width=64, text_layers=2, max_length=77,
                      unet_attention=(False, True, True), vae_norm_groups=8, unet_norm_groups=16,
-                     heads=4):
+                     heads=4, vae_mid_attention=True):
     """All five pipeline components (untrained), sized consistently with each other."""
     scale = 2 ** (len(vae_channels) - 1)
     if image_size % scale:
         raise ValueError(f"image_size {image_size} must be a multiple of the VAE scale {scale}")
     tokenizer = build_tokenizer(prompts, max_length)
     return dict(
-        vae=build_vae(vae_channels, latent_channels, image_size, norm_groups=vae_norm_groups),
+        vae=build_vae(vae_channels, latent_channels, image_size, norm_groups=vae_norm_groups,
+                      mid_attention=vae_mid_attention),
         text_encoder=build_text_encoder(tokenizer, text_width, text_layers, heads),
         tokenizer=tokenizer,
         unet=build_unet(unet_channels, image_size // scale, latent_channels, text_width,

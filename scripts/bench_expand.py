@@ -15,26 +15,25 @@ and torch.cuda.max_memory_allocated on CUDA. Results go to bench/expand.json (an
 --figure).
 """
 import argparse
-import json
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distdiff import datasets as ds  # noqa: E402  (first: sets the OpenMP wait policy)
-from distdiff import expansion as ex  # noqa: E402
-from distdiff import shards  # noqa: E402
-from distdiff.fileio import atomic_write_json, run_cli, setup_logging  # noqa: E402
-from distdiff.guidance import GuidanceConfig  # noqa: E402
-from distdiff.runs import configure_cpu, default_guide_ckpt, pipeline_dtype, resolve_device  # noqa: E402
-from distdiff.sampler import SampleConfig, draw_item, load_pipeline, speed_up  # noqa: E402
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from distdiff import registry
+from distdiff import expansion as ex
+from distdiff import shards
+from distdiff.devices import configure_cpu, pipeline_dtype, resolve_device
+from distdiff.fileio import atomic_save_image, atomic_write_json
+from distdiff.guidance import GuidanceConfig
+from distdiff.options import run_cli
+from distdiff.pipeline import load_pipeline, speed_up
+from distdiff.runs import default_guide_ckpt, setup_logging
+from distdiff.sampler import SampleConfig, draw_item
 
 STAGES = ("vae_encode", "denoise_unet", "guidance_step", "lookahead_unet", "lookahead_vae_decode",
           "guide_forward", "guidance_backward", "final_decode", "image_write")
@@ -67,13 +66,12 @@ class PeakRSS:
 
 def build(args, device):
     """Sources, guide, prototypes and one sampler per guidance mode, all sharing the pipeline."""
-    spec = ds.get_dataset(args.dataset)
-    ds.ensure_prepared(spec)
+    spec = registry.get_dataset(args.dataset)
+    registry.ensure_prepared(spec)
     sources = ex.load_sources(spec)
-    guide_args = SimpleNamespace(guide_ckpt=args.guide_ckpt, cluster="kmeans", num_groups=3, seed=42,
-                                 prototypes=str(Path(tempfile.mkdtemp()) / "prototypes.npz"))
-    guide, guide_input, meta = ex.load_guide(guide_args, len(sources.classes), device)
-    protos = ex.build_prototypes(guide_args, spec, sources, guide, meta, device)
+    guide, guide_input, meta = ex.load_guide(args.guide_ckpt, len(sources.classes), device)
+    protos = ex.build_prototypes(Path(tempfile.mkdtemp()) / "prototypes.npz", spec, sources, guide, meta, device,
+                                 args.guide_ckpt)
     pipe = speed_up(load_pipeline(args.model, device, pipeline_dtype(args.precision, device)),
                     args.channels_last, args.compile)
     sample_cfg = SampleConfig(resolution=args.resolution)
@@ -159,7 +157,7 @@ def stage_breakdown(sampler, sources, batch_size, out_dir):
             totals[event.key] = event.cpu_time_total / 1000.0
     start = time.perf_counter()
     for j, image in enumerate(sampler.to_pil(images)):
-        shards.save_image_atomic(image, Path(out_dir) / f"{j}.png")
+        atomic_save_image(image, Path(out_dir) / f"{j}.png")
     totals["image_write"] = 1000.0 * (time.perf_counter() - start)
     return totals
 
@@ -204,7 +202,8 @@ def plot(report, path):
     plt.close(fig)
 
 
-def main(args):
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     setup_logging()
     if args.quick:
         args.batch_sizes, args.repeats, args.items = [1, 2], 1, 2
@@ -231,9 +230,10 @@ def main(args):
         if name in stages:
             print(f"  {name:22s} {stages[name]:9.1f}")
     print(f"\nwritten {args.out}")
+    return 0
 
 
-if __name__ == "__main__":
+def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits", help="source images come from its train split")
     parser.add_argument("--model", default="checkpoint/prior/digits", help="diffusers folder or hub id")
@@ -251,4 +251,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="batch 1 and 2, 2 items, 1 repeat")
     parser.add_argument("--out", default="bench/expand.json")
     parser.add_argument("--figure", default=None, help="also plot the results here (e.g. figure/bench_expand.png)")
-    run_cli(main, parser.parse_args())
+    return parser
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -17,41 +17,30 @@ sees a batch of 2 per image):
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from distdiff.fileio import run_cli  # noqa: E402
-from models.classifiers import create_classifier, penultimate_features  # noqa: E402
-
-# Architecture of CompVis/stable-diffusion-v1-4 (unet/config.json and vae/config.json), written
-# out so the count needs no download; every other key is the diffusers default.
-SD14_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
-                 attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-SD14_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                block_out_channels=(128, 256, 512, 512), sample_size=512,
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-SD14_TEXT = dict(tokens=77, width=768)
-
+from distdiff.options import run_cli
+from models.classifiers import create_classifier, penultimate_features
+from models.sd_shapes import SHAPES, build_shape
 
 def build(prior):
-    """(unet, vae, latent side, image side, text tokens, text width) on the meta device."""
+    """(unet, vae, latent side, image side, text tokens, text width) on the meta device: SD-1.4's
+    published shapes (models/sd_shapes.py) when `prior` is None, else a local folder's configs."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    with torch.device("meta"):
-        if prior is None:
-            unet, vae, text = UNet2DConditionModel(**SD14_UNET), AutoencoderKL(**SD14_VAE), SD14_TEXT
-        else:
+    if prior is None:
+        parts = build_shape("sd14", device="meta")
+        unet, vae = parts["unet"], parts["vae"]
+        text = dict(tokens=SHAPES["sd14"]["text"]["max_position_embeddings"], width=unet.config.cross_attention_dim)
+    else:
+        with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(Path(prior, "unet")))
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(Path(prior, "vae")))
-            text_cfg = json.loads(Path(prior, "text_encoder", "config.json").read_text())
-            text = dict(tokens=text_cfg["max_position_embeddings"], width=unet.config.cross_attention_dim)
+        text_cfg = json.loads(Path(prior, "text_encoder", "config.json").read_text())
+        text = dict(tokens=text_cfg["max_position_embeddings"], width=unet.config.cross_attention_dim)
     # Frozen as in the sampler: the backward then computes input gradients only, no weight grads.
     unet.requires_grad_(False)
     vae.requires_grad_(False)
@@ -114,7 +103,22 @@ def summary(name, flops, steps, ratio):
             "guided_gflop": round(guided / 1e9, 1), "predicted_ratio": round(guided / unguided, 3)}
 
 
-def main(args):
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prior", default="checkpoint/prior/digits", help="local diffusers folder to compare")
+    parser.add_argument("--guide_arch", default="resnet_small", help="guide of the local model")
+    parser.add_argument("--guide_size", type=int, default=32, help="guide input side of the local model")
+    parser.add_argument("--sd_guide", default="resnet50", help="guide at SD scale (the paper's ResNet-50)")
+    parser.add_argument("--num_classes", type=int, default=10, help="classes of the guide's head")
+    parser.add_argument("--num_steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--strength", type=float, default=0.5, help="img2img strength")
+    parser.add_argument("--expand_ratio", type=int, default=5, help="copies per source (encode cost is shared)")
+    parser.add_argument("--out", default="bench/flops.json", help="JSON report")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     steps = int(args.num_steps * args.strength)
     rows = []
     for name, prior, guide_arch, guide_size in (
@@ -136,17 +140,8 @@ def main(args):
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", default="checkpoint/prior/digits", help="local diffusers folder to compare")
-    parser.add_argument("--guide_arch", default="resnet_small", help="guide of the local model")
-    parser.add_argument("--guide_size", type=int, default=32, help="guide input side of the local model")
-    parser.add_argument("--sd_guide", default="resnet50", help="guide at SD scale (the paper's ResNet-50)")
-    parser.add_argument("--num_classes", type=int, default=10)
-    parser.add_argument("--num_steps", type=int, default=50)
-    parser.add_argument("--strength", type=float, default=0.5)
-    parser.add_argument("--expand_ratio", type=int, default=5)
-    parser.add_argument("--out", default="bench/flops.json")
-    run_cli(main, parser.parse_args())
+    run_cli(main)

@@ -18,21 +18,21 @@ The guide defaults to the dataset's default guide checkpoint (the one expand_dis
 Each folder's row goes to <folder>/eval_metrics.json; --out also writes all rows to one file.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the guide and the data are local; never reach for the Hub
+import yaml
 
-import yaml  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distdiff import DistDiffError  # noqa: E402
-from distdiff import datasets as ds  # noqa: E402
-from distdiff.fileio import atomic_write_json, run_cli, setup_logging  # noqa: E402
-from distdiff.metrics import FeatureSpaceEvaluator, InceptionFID, load_eval_classifier, prototypes_match  # noqa: E402
-from distdiff.prototypes import load_prototypes  # noqa: E402
-from distdiff.runs import configure_cpu, default_guide_ckpt, str2bool  # noqa: E402
+from distdiff import DistDiffError
+from distdiff import datasets as ds
+from distdiff import registry
+from distdiff.config import str2bool
+from distdiff.devices import configure_cpu
+from distdiff.fileio import atomic_write_json
+from distdiff.metrics import FeatureSpaceEvaluator, InceptionFID, load_eval_classifier, prototypes_match
+from distdiff.options import run_cli
+from distdiff.prototypes import load_prototypes
+from distdiff.runs import default_guide_ckpt, setup_logging
 
 COLUMNS = (("n_images", "n", "{}"), ("fid", "FID (guide)", "{:.3f}"), ("precision", "precision", "{:.3f}"),
            ("recall", "recall", "{:.3f}"), ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
@@ -90,7 +90,8 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def main(args):
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     setup_logging()
     folders = [Path(f) for f in args.folders]
     if args.k < 1:
@@ -98,11 +99,11 @@ def main(args):
     for folder in folders:
         if not folder.is_dir():
             raise DistDiffError(f"expanded folder {folder} not found")
-    spec = ds.get_dataset(resolve_dataset(args, folders))
-    ds.ensure_prepared(spec)
+    spec = registry.get_dataset(resolve_dataset(args, folders))
+    registry.ensure_prepared(spec)
     configure_cpu(args.threads)
     guide_ckpt = Path(args.guide_ckpt or default_guide_ckpt(args.checkpoint_root, spec.name))
-    model, transform, classes = load_eval_classifier(guide_ckpt, len(ds.class_names(spec)))
+    model, transform, classes = load_eval_classifier(guide_ckpt, len(registry.class_names(spec)))
     reference = Path(args.real) if args.real else spec.split_dir(spec.test_split)
     inception = InceptionFID(reference) if args.inception else None  # fails fast when offline
     evaluator = FeatureSpaceEvaluator(model, transform, classes, reference, args.k, args.batch_size)
@@ -122,6 +123,7 @@ def main(args):
     print(markdown_table(rows))
     if args.out:
         atomic_write_json(Path(args.out), {**settings, "rows": rows})
+    return 0
 
 
 def get_parser():
@@ -146,4 +148,4 @@ def get_parser():
 
 
 if __name__ == "__main__":
-    run_cli(main, get_parser().parse_args())
+    run_cli(main)

@@ -6,20 +6,17 @@ results.json files) and figure/expansion_grid.png (per class: a source image, it
 and its unguided copies made with the same seeds).
 """
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distdiff import DistDiffError  # noqa: E402
-from distdiff.datasets import get_dataset  # noqa: E402
-from distdiff.fileio import run_cli  # noqa: E402
-from distdiff.results import experiment_row  # noqa: E402
-from distdiff.runs import dataset_dirname, train_run_dir  # noqa: E402
+from distdiff import DistDiffError
+from distdiff.registry import get_dataset
+from distdiff.options import run_cli
+from distdiff.results import experiment_row
+from distdiff.runs import dataset_dirname, train_run_dir
 
 METRICS = (("last_acc", "last epoch"), ("test_at_best_val", "test @ best val"), ("best_acc", "best test (paper)"))
 
@@ -90,23 +87,30 @@ def plot_grid(args, path, classes_shown=5):
     plt.close(fig)
 
 
-def main(args):
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits", help="dataset whose runs are plotted")
+    parser.add_argument("--arch", default="resnet_small", help="classifier arch of the runs")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate of the runs (part of their dir name)")
+    parser.add_argument("--pretrained", action="store_true", help="plot the pretrained runs")
+    parser.add_argument("--ratio", type=int, default=5, help="expansion ratio of the runs to plot")
+    parser.add_argument("--aug", default="default", help="plot the runs trained with this --aug (figure accuracy_aug-<aug>.png)")
+    parser.add_argument("--checkpoint", default="checkpoint", help="checkpoint root")
+    parser.add_argument("--figure_dir", default="figure", help="where the PNGs go")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    matplotlib.use("Agg")  # files only, no display
     out = Path(args.figure_dir)
     out.mkdir(parents=True, exist_ok=True)
     accuracy = out / ("accuracy.png" if args.aug == "default" else f"accuracy_aug-{args.aug}.png")
     plot_accuracy(args, accuracy)
     plot_grid(args, out / "expansion_grid.png")
     print(f"wrote {accuracy} and {out / 'expansion_grid.png'}")
+    return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--arch", default="resnet_small")
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--pretrained", action="store_true", help="plot the pretrained runs")
-    parser.add_argument("--ratio", type=int, default=5, help="expansion ratio of the runs to plot")
-    parser.add_argument("--aug", default="default", help="plot the runs trained with this --aug (figure accuracy_aug-<aug>.png)")
-    parser.add_argument("--checkpoint", default="checkpoint", help="checkpoint root")
-    parser.add_argument("--figure_dir", default="figure", help="where the PNGs go")
-    run_cli(main, parser.parse_args())
+    run_cli(main)

@@ -3,23 +3,28 @@
     python scripts/prepare_digits.py            # idempotent: existing splits are kept
 """
 import argparse
-import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from distdiff.datasets import REGISTRY  # noqa: E402
-from distdiff.digits import export_digits  # noqa: E402
+from distdiff.registry import REGISTRY
+from distdiff.digits import export_digits
+from distdiff.options import run_cli
+from distdiff.runs import setup_logging
 
 
-def main(args):
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--root", default=str(REGISTRY["digits"].root), help="output directory")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logging()
     splits = export_digits(Path(args.root))
     for name, ids in splits.items():
         print(f"{name:8s} {len(ids):5d} images")
+    return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--root", default=str(REGISTRY["digits"].root), help="output directory")
-    main(parser.parse_args())
+    run_cli(main)

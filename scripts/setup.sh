@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Create .venv and install requirements.txt, once. Reruns are a no-op while requirements.txt
-# is unchanged (a hash stamp inside .venv records what was installed).
+# Create .venv, install requirements.txt, then this repository itself in editable mode (so
+# scripts/*.py import distdiff from anywhere), once. Reruns are a no-op while requirements.txt and
+# pyproject.toml are unchanged (a hash stamp inside .venv records what was installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -14,7 +15,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 echo "setup: installing requirements.txt into .venv (torch is large; this takes a few minutes once)"
-.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet --upgrade pip setuptools
 .venv/bin/python -m pip install --quiet -r requirements.txt
+# --no-deps: requirements.txt above is the dependency list; --no-build-isolation: no download
+# of a build backend (setuptools is in .venv).
+.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "setup: done"

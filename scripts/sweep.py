@@ -18,6 +18,7 @@ A rerun skips cells whose expansion is complete and whose seeds all have results
 """
 import argparse
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -27,30 +28,31 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from distdiff import DistDiffError  # noqa: E402
-from distdiff import sweep as sw  # noqa: E402
-from distdiff.fileio import atomic_write_text, run_cli, setup_logging  # noqa: E402
-from distdiff.options import TRAIN_OPTIONS, add_options  # noqa: E402
-from distdiff.results import to_csv  # noqa: E402
-from distdiff.runs import (configure_cpu, dataset_config, dataset_dirname, default_guide_ckpt,  # noqa: E402
-                           train_run_dir)
+from distdiff import DistDiffError, registry
+from distdiff.config import REPO_ROOT as REPO
+from distdiff.config import dataset_section, parse_args
+from distdiff.devices import configure_cpu
+from distdiff.fileio import atomic_write_text
+from distdiff.options import add_train_expand_flags, run_cli
+from distdiff.results import to_csv
+from distdiff.runs import dataset_dirname, default_guide_ckpt, setup_logging, train_run_dir
+from studies import sweep as sw
 
 logger = logging.getLogger("distdiff")
 
 
-def main(args):
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    matplotlib.use("Agg")  # files only, no display
     plan = make_plan(args)
     if args.dry_run:
         return print_plan(plan)
     from distdiff import datasets as ds  # torchvision is slow to import; a dry run or a bad grid needs none
-    spec = ds.get_dataset(plan.dataset)
-    ds.ensure_prepared(spec)
+    spec = registry.get_dataset(plan.dataset)
+    registry.ensure_prepared(spec)
     if not Path(plan.guide).is_file():
         raise DistDiffError(f"guide classifier {plan.guide} not found; train it with "
                             f"train_original.py {plan.dataset} --seed 1 --output {plan.root}, or pass --guide_ckpt")
@@ -108,19 +110,17 @@ def split_flags(text, what):
 
 
 def train_settings(dataset, tokens):
-    """train_expand.py's resolved arch/lr/pretrained/equal_iterations, to find its run dirs."""
-    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    add_options(parser, TRAIN_OPTIONS)
-    parser.add_argument("--expanded_dir", "--expanded-dir", default=None)
-    parser.add_argument("--equal_iterations", "--equal-iterations", action="store_true")
-    parser.set_defaults(**dataset_config(dataset, "train", {a.dest for a in parser._actions}))
+    """train_expand.py's resolved arch/lr/pretrained/equal_iterations (its own flags, YAML and
+    precedence), to find its run dirs."""
+    parser = add_train_expand_flags(argparse.ArgumentParser(add_help=False, exit_on_error=False))
+    argv = ["--dataset", dataset, *tokens]
     try:
-        settings, unknown = parser.parse_known_args(["--dataset", dataset, *tokens])
+        _, unknown = parser.parse_known_args(argv)
     except argparse.ArgumentError as err:
         raise DistDiffError(f"--train_flags: {err}") from None
     if unknown:
         raise DistDiffError(f"--train_flags: train_expand.py does not take {unknown}")
-    return settings
+    return parse_args(parser, argv, config=dataset_section("train"))
 
 
 def exp_name(plan, cell):
@@ -260,7 +260,9 @@ def run_logged(cmd, log_path, what):
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        # Several runs share the cores: OpenMP threads must sleep, not spin, while they wait.
+        env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if code:
         lines = [line for line in log_path.read_text().splitlines() if line.strip()]
         raise DistDiffError(f"{what} exited with {code}: {lines[-1] if lines else '(no output)'} (log {log_path})")
@@ -300,10 +302,9 @@ def collect_rows(plan, failures):
 def make_evaluator(plan):
     """Distribution metrics in the guide's feature space against the real val split (the split
     cells are selected on), or the test split for a dataset without one."""
-    from distdiff import datasets as ds
     from distdiff.metrics import FeatureSpaceEvaluator, load_eval_classifier
     model, transform, classes = load_eval_classifier(plan.guide, len(plan.sources.classes))
-    spec = ds.get_dataset(plan.dataset)
+    spec = registry.get_dataset(plan.dataset)
     reference = spec.split_dir(spec.val_split or spec.test_split)
     return FeatureSpaceEvaluator(model, transform, classes, reference)
 
@@ -381,7 +382,7 @@ def _half(row, metric, side):
     return mean - bound if side == "low" else bound - mean
 
 
-if __name__ == "__main__":
+def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", help="grid YAML (base + axes and/or cells), e.g. configs/sweeps/digits_study.yaml")
     parser.add_argument("--dataset", default=None, help="dataset (default: the grid's `dataset:` key)")
@@ -404,4 +405,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads for the metrics in this process (the expander's come from the grid)")
     parser.add_argument("--dry_run", "--dry-run", action="store_true", help="print the cells and commands only")
-    run_cli(main, parser.parse_args())
+    return parser
+
+
+if __name__ == "__main__":
+    run_cli(main)

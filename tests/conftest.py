@@ -1,4 +1,7 @@
-"""Shared fixtures: run the real scripts in subprocesses, offline, with small settings."""
+"""Shared fixtures. Scripts run in-process through their main(argv) wherever no separate process
+is needed (each subprocess pays several seconds of imports); subprocesses are kept for SIGKILL,
+the shell launchers and the paper-path rehearsal."""
+import importlib
 import os
 import subprocess
 import sys
@@ -7,23 +10,31 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+DIGITS = tuple(str(i) for i in range(10))
+
+
+def script(name):
+    """A script's module by name: 'train_original' (top level) or 'scripts.sweep'."""
+    return importlib.import_module(name)
+
+
+def run_main(name, *argv):
+    """Call a script's main(argv) in-process, with every argument as a string."""
+    return script(name).main([str(a) for a in argv])
 
 
 def script_env():
     """Environment for script subprocesses: offline, one thread, repo importable."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO), TQDM_DISABLE="1")
-    return env
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+                OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO), TQDM_DISABLE="1")
 
 
 def run_script(*args, check=True, timeout=600, cwd=REPO):
     """Run `python <script> args...` from the repo root; returns CompletedProcess."""
     cmd = [sys.executable, *[str(a) for a in args]]
-    proc = subprocess.run(cmd, cwd=cwd, env=script_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=script_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -40,26 +51,55 @@ def assert_one_line_error(proc, *needles):
     return last
 
 
-@pytest.fixture(scope="session")
-def digits_ready():
-    """The embedded digits dataset exported under data/digits (idempotent)."""
-    from distdiff.datasets import ensure_prepared, get_dataset
-    ensure_prepared(get_dataset("digits"))
-    return get_dataset("digits")
+def copy_repo(dest):
+    """A fresh-clone-like copy of the repository: the files git tracks (or would track), nothing
+    generated (no .venv, data trees or checkpoints)."""
+    import shutil
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
 
 
-def save_random_guide(path, classes=tuple(str(i) for i in range(10))):
-    """A randomly initialised resnet_small for 32 px digits, saved in the checkpoint format
-    engine.fit writes (what load_classifier reads): tests that only need *a* guide skip training."""
+def save_random_guide(path, classes=DIGITS, image_size=32, resize_size=36):
+    """A randomly initialised resnet_small saved in the checkpoint format engine.fit writes (what
+    load_classifier reads): tests that only need *a* guide skip training. Returns the model."""
     import torch
 
-    from distdiff import datasets as ds
+    from distdiff import registry
     from models.classifiers import create_classifier
 
     torch.manual_seed(0)
     model = create_classifier("resnet_small", len(classes))
     meta = {"arch": "resnet_small", "num_classes": len(classes), "classes": list(classes), "dataset": "digits",
-            "image_size": 32, "resize_size": 36, "mean": list(ds.IMAGENET_MEAN), "std": list(ds.IMAGENET_STD),
-            "pretrained": False}
-    torch.save({"model": model.state_dict(), "meta": meta}, path)
+            "image_size": image_size, "resize_size": resize_size, "mean": list(registry.IMAGENET_MEAN),
+            "std": list(registry.IMAGENET_STD), "pretrained": False}
+    torch.save({"model": model.state_dict(), "meta": meta, "epoch": 0}, path)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits_ready():
+    """The embedded digits dataset exported under data/digits (idempotent)."""
+    from distdiff.registry import ensure_prepared, get_dataset
+    ensure_prepared(get_dataset("digits"))
+    return get_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tmp_path_factory, digits_ready):
+    """An untrained ~1M-parameter SD-shaped pipeline at 16 px with the digits prompts, built once."""
+    from models.prior import build_tiny_pipeline
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_pipe") / "pipe",
+                               [digits_ready.prompt(d) for d in DIGITS])
+
+
+@pytest.fixture(scope="session")
+def random_guide(tmp_path_factory):
+    """A random resnet_small guide for the digits classes, saved once."""
+    path = tmp_path_factory.mktemp("guide") / "guide.pth.tar"
+    save_random_guide(path)
+    return path

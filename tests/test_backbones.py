@@ -1,16 +1,12 @@
 """clip_vit_b32 (CLIP ViT-B/32 through timm) as a retrain backbone and as a guide at 32 px, and a
 clear one-line error when its pretrained weights cannot be loaded offline."""
-import argparse
-
 import pytest
 import torch
 
 from distdiff import DistDiffError
-from distdiff.datasets import IMAGENET_MEAN, IMAGENET_STD
+from distdiff.registry import IMAGENET_MEAN, IMAGENET_STD
 from distdiff.features import GuideInput, guide_features
-from distdiff.options import TRAIN_OPTIONS, TRAIN_POSITIONALS, add_options
-from distdiff.runs import resolve_args
-from distdiff.training import train_classifier
+from conftest import run_main
 from models.classifiers import ARCHS, create_classifier, penultimate_features
 
 
@@ -45,11 +41,9 @@ def test_clip_vit_b32_as_guide_is_differentiable(clip_model):
 def test_pretrained_clip_offline_names_the_hub_model(tmp_path, digits_ready):
     # conftest sets HF_HUB_OFFLINE=1 and the cache is empty, as on an offline machine. The scripts
     # print a DistDiffError as its one line (run_cli), so one line in, one line out.
-    parser = add_options(argparse.ArgumentParser(), TRAIN_OPTIONS, TRAIN_POSITIONALS)
-    args = resolve_args(parser, ["digits", "--arch", "clip_vit_b32", "--pretrained", "True", "--epochs", "1",
-                                 "--threads", "1", "--output", str(tmp_path)], section="train")
     with pytest.raises(DistDiffError) as err:
-        train_classifier(args)
+        run_main("train_original", "digits", "--arch", "clip_vit_b32", "--pretrained", "True", "--epochs", "1",
+                 "--threads", "1", "--output", tmp_path)
     message = str(err.value)
     assert "\n" not in message and "timm/vit_base_patch32_clip_224.openai" in message
     assert "hf download" in message and "HF_HOME" in message

@@ -1,20 +1,18 @@
 """The expansion benchmark runs in quick mode and writes a complete JSON report (no timing asserts)."""
 import json
 
-from conftest import run_script, save_random_guide
+import pytest
+
+from conftest import run_main
 
 
-def test_bench_quick_mode_writes_json(tmp_path, digits_ready):
-    from distdiff.datasets import get_dataset
-    from models.prior import build_tiny_pipeline
-
-    spec = get_dataset("digits")
-    pipe = build_tiny_pipeline(tmp_path / "pipe", [spec.prompt(str(d)) for d in range(10)])
-    guide = tmp_path / "guide.pth.tar"
-    save_random_guide(guide)  # throughput does not depend on what the guide has learned
+@pytest.mark.slow
+def test_bench_quick_mode_writes_json(tmp_path, tiny_pipe, random_guide, capsys):
+    # Throughput does not depend on what the guide has learned: a random one will do.
     out = tmp_path / "bench.json"
-    proc = run_script("scripts/bench_expand.py", "--quick", "--model", pipe, "--guide_ckpt", guide,
-                      "--threads", "1", "--out", out, "--figure", tmp_path / "bench.png")
+    run_main("scripts.bench_expand", "--quick", "--model", tiny_pipe, "--guide_ckpt", random_guide,
+             "--threads", "1", "--out", out, "--figure", tmp_path / "bench.png")
+    stdout = capsys.readouterr().out
     report = json.loads(out.read_text())
     for mode in ("none", "transform"):
         for bs in ("1", "2"):
@@ -25,4 +23,4 @@ def test_bench_quick_mode_writes_json(tmp_path, digits_ready):
                   "image_write"):
         assert stages[stage] > 0, stage
     assert set(report["time_ratio_guided_unguided"]) == {"1", "2"}
-    assert "| 2 |" in proc.stdout and (tmp_path / "bench.png").stat().st_size > 0
+    assert "| 2 |" in stdout and (tmp_path / "bench.png").stat().st_size > 0

@@ -1,9 +1,11 @@
 """scripts/eval_expansion.py on tiny folders with a random guide: identical sets give FID ~ 0 and
 precision = recall = 1, a shifted set scores worse, prototype distances match a direct computation,
 and the k-NN metrics behave at their extremes."""
-import importlib.util
+import contextlib
+import io
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 import yaml
 from PIL import Image, ImageEnhance, ImageFilter
 
-from conftest import REPO, run_script, save_random_guide
+from conftest import run_main, save_random_guide
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff.features import extract_features
@@ -55,8 +57,11 @@ def evaluated(tmp_path_factory, digits_ready):
     class_protos = write_prototypes(same, guide_path, digits_ready, features, labels)
     write_prototypes(shifted, guide_path, digits_ready, features, labels, fprint="from-another-guide")
     out = root / "all.json"
-    proc = run_script("scripts/eval_expansion.py", same, shifted, "--guide_ckpt", guide_path, "--real", same,
-                      "--out", out, "--threads", "1")
+    stdout, stderr = io.StringIO(), io.StringIO()  # a module fixture has no capsys
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        run_main("scripts.eval_expansion", same, shifted, "--guide_ckpt", guide_path, "--real", same,
+                 "--out", out, "--threads", "1")
+    proc = SimpleNamespace(stdout=stdout.getvalue(), stderr=stderr.getvalue())
     rows = {row["set"]: row for row in json.loads(out.read_text())["rows"]}
     return {"rows": rows, "proc": proc, "same": same, "shifted": shifted, "features": features,
             "labels": labels, "class_protos": class_protos, "guide_path": guide_path}
@@ -104,20 +109,18 @@ def test_prototype_distances_match_direct_computation(evaluated):
 def test_manifold_metrics_extremes():
     torch.manual_seed(0)
     real = torch.randn(50, 8)
-    assert manifold_metrics(real, real.clone()) == pytest.approx(
-        {"precision": 1.0, "recall": 1.0, "coverage": 1.0, "density": manifold_metrics(real, real)["density"]})
+    # Identical sets: every sample lies in its own ball and, on average, in the balls of the k
+    # samples whose k-NN radius reaches it, so density is (k + 1) / k.
+    for k in (3, 5):
+        assert manifold_metrics(real, real.clone(), k=k) == pytest.approx(
+            {"precision": 1.0, "recall": 1.0, "coverage": 1.0, "density": (k + 1) / k})
     far = manifold_metrics(real, real + 100.0)
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
 
 
 def test_bad_folders_are_clear_errors(tmp_path, digits_ready):
-    # In-process (a subprocess costs 8 s of imports); scripts print a DistDiffError as one line.
-    spec = importlib.util.spec_from_file_location("eval_expansion", REPO / "scripts" / "eval_expansion.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    parser = script.get_parser()
     with pytest.raises(DistDiffError, match="nope not found"):
-        script.main(parser.parse_args([str(tmp_path / "nope"), "--dataset", "digits"]))
+        run_main("scripts.eval_expansion", tmp_path / "nope", "--dataset", "digits")
     (tmp_path / "bare" / "0").mkdir(parents=True)
     with pytest.raises(DistDiffError, match="pass --dataset"):  # no args.yaml names the dataset
-        script.main(parser.parse_args([str(tmp_path / "bare")]))
+        run_main("scripts.eval_expansion", tmp_path / "bare")

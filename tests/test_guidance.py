@@ -50,14 +50,17 @@ def test_energy_by_hand():
 def test_guide_step_lowers_a_quadratic_energy_and_respects_radius():
     torch.manual_seed(0)
     z = torch.randn(3, 4, 2, 2)
-    target = torch.zeros_like(z)
-    lookahead = lambda latents: ((latents - target) ** 2).flatten(1).sum(1)
-    for mode in ("transform", "direct"):
-        cfg = GuidanceConfig(mode=mode, step_size=0.05, radius=0.2)
-        new, ok = guide_step(z, lookahead, cfg, torch.rand(3, 4, 1, 1), torch.randn(3, 4, 1, 1))
-        assert ok.all() and (new - z).abs().max() <= 0.2 + 1e-6
-        if mode == "direct":
-            assert (lookahead(new) < lookahead(z)).all()
+    lookahead = lambda latents: (latents ** 2).flatten(1).sum(1)  # noqa: E731
+    a0, b0 = torch.rand(3, 4, 1, 1), torch.randn(3, 4, 1, 1)
+    # Transform: one step on (a, b) lowers the energy of the perturbed latent z (1 + a) + b.
+    new, ok = guide_step(z, lookahead, GuidanceConfig(mode="transform", step_size=0.01, radius=None), a0, b0)
+    assert ok.all() and (lookahead(new) < lookahead(z * (1 + a0) + b0)).all()
+    # Direct: one step on z lowers the energy of z itself.
+    new, ok = guide_step(z, lookahead, GuidanceConfig(mode="direct", step_size=0.05, radius=None))
+    assert ok.all() and (lookahead(new) < lookahead(z)).all()
+    for mode in ("transform", "direct"):  # the projection bounds the move from the unguided z
+        new, ok = guide_step(z, lookahead, GuidanceConfig(mode=mode, step_size=10.0, radius=0.2), a0, b0)
+        assert ok.all() and (new - z).abs().max() <= 0.2 + 1e-6 and (new - z).abs().max() > 0.19
 
 
 def test_nonfinite_energy_keeps_unguided_latent():

@@ -1,6 +1,5 @@
-"""scripts/prepare_data.py: conversion functions on a fake in-memory dataset, plus its errors."""
-import argparse
-import importlib.util
+"""Dataset preparation (distdiff/prepare.py, scripts/prepare_data.py): conversion on a fake
+in-memory dataset, seeded val carving, the Caltech-101 rules, and the errors."""
 import json
 
 import numpy as np
@@ -8,22 +7,11 @@ import pytest
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from conftest import REPO, assert_one_line_error, run_script
+from conftest import run_main
 from distdiff import DistDiffError
-from distdiff.datasets import DatasetSpec, get_dataset
-
-SCRIPT = REPO / "scripts" / "prepare_data.py"
-
-
-def load_script():
-    """Import the script as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("prepare_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prep = load_script()
+from distdiff import registry
+from distdiff import prepare as prep
+from distdiff.splits import per_class_split
 
 
 class FakeDataset:
@@ -56,22 +44,57 @@ def read_pixel(path):
 
 def caltech_like_splits(dataset, per_class):
     """train = per_class drawn per class, test = the rest, both from one dataset."""
-    return {"train": (dataset, prep.Rule({}, "drawn", per_class)),
-            "test": (dataset, prep.Rule({}, "rest", per_class))}
+    draw = (("train", per_class),)
+    return {"train": (dataset, prep.Rule({}, "train", draw)), "test": (dataset, prep.Rule({}, "rest", draw))}
 
 
 # ---------------------------------------------------------------------------
 
-def test_per_class_draw_counts_and_seed():
+def test_per_class_split_counts_and_seed():
     labels = np.repeat([0, 1, 2], [5, 7, 9])
-    drawn, rest = prep.per_class_draw(labels, 3, seed=0)
+    chunks = per_class_split(labels, [("train", 3)], seed=0)
+    drawn, rest = chunks["train"], chunks["rest"]
     assert np.bincount(labels[drawn]).tolist() == [3, 3, 3]
     assert np.bincount(labels[rest]).tolist() == [2, 4, 6]
     assert sorted(drawn + rest) == list(range(len(labels)))
-    assert prep.per_class_draw(labels, 3, seed=0) == (drawn, rest)
-    assert prep.per_class_draw(labels, 3, seed=1)[0] != drawn
-    with pytest.raises(DistDiffError, match="fewer than 6"):
-        prep.per_class_draw(labels, 6, seed=0)
+    assert per_class_split(labels, [("train", 3)], seed=0) == chunks
+    assert per_class_split(labels, [("train", 3)], seed=1)["train"] != drawn
+    # A second chunk comes from the same permutation: the first chunk does not change.
+    two = per_class_split(labels, [("train", 3), ("val", 1)], seed=0)
+    assert two["train"] == drawn and not set(two["val"]) & set(drawn)
+    assert sorted(two["train"] + two["val"] + two["rest"]) == list(range(len(labels)))
+    with pytest.raises(DistDiffError, match="fewer than the 6"):
+        per_class_split(labels, [("train", 6)], seed=0)
+
+
+def test_carved_val_is_disjoint_from_train_and_test(tmp_path):
+    dataset = FakeDataset(["a", "b"], [12, 15])
+    test = FakeDataset(["a", "b"], [3, 3])
+    splits = {name: (test if rule.kwargs == {"split": "test"} else dataset, rule)
+              for name, rule in prep._carve({"split": "train"}, {"split": "test"}, 4).items()}
+    info = prep.build_tree(tmp_path / "ds", splits, seed=0, ext="png")
+    train, val = ImageFolder(tmp_path / "ds" / "train"), ImageFolder(tmp_path / "ds" / "val")
+    assert np.bincount(val.targets).tolist() == [4, 4] and np.bincount(train.targets).tolist() == [8, 11]
+    stems = lambda folder: {p.rsplit("/", 1)[1] for p, _ in folder.samples}  # noqa: E731
+    assert not stems(train) & stems(val)
+    assert info["splits"]["val"]["images"] == 8 and info["splits"]["test"]["images"] == 6
+
+
+def test_every_registered_real_dataset_selects_on_val_except_caltech():
+    for name, source in prep.SOURCES.items():
+        has_val = "val" in source.splits
+        assert has_val == (registry.get_dataset(name).val_split == "val"), name
+        assert has_val or name == "caltech-101", name
+
+
+def test_caltech_drops_background_and_faces_easy_and_shots_resize_the_draw():
+    source = prep.SOURCES["caltech-101"]
+    assert set(source.exclude) == {"BACKGROUND_Google", "Faces_easy"}
+    three = prep.with_options(source, shots=3)
+    assert three.splits["train"].draw == (("train", 3),) and three.splits["test"].draw == (("train", 3),)
+    assert prep.with_options(source, keep=("Faces_easy",)).exclude == ("BACKGROUND_Google",)
+    with pytest.raises(DistDiffError, match="few-shot datasets only"):
+        prep.with_options(prep.SOURCES["dtd"], shots=3)
 
 
 def test_labels_without_targets_attribute_are_read_from_items():
@@ -84,7 +107,7 @@ def test_tree_is_an_imagefolder_with_the_right_classes(tmp_path):
     dataset = FakeDataset(classes, [6, 8, 5, 7])
     root = tmp_path / "caltech-like"
     info = prep.build_tree(root, caltech_like_splits(dataset, 3), seed=0, ext="png",
-                           exclude=("BACKGROUND_Google",), meta={"torchvision_class": "Fake"})
+                           exclude=("BACKGROUND_Google",), meta={"torchvision_class": "Fake"})  # keeps Faces_easy
 
     train, test = ImageFolder(root / "train"), ImageFolder(root / "test")
     assert train.classes == test.classes == ["Faces_easy", "airplanes", "wild_cat"]
@@ -134,7 +157,7 @@ def test_unsafe_class_names_are_sanitised(tmp_path):
     assert folders == ["Ram_C_V_Cargo_Van", "a_b", "colts_foot"]
     assert ImageFolder(tmp_path / "cars" / "train").classes == folders
     # Prompts turn the underscores back into spaces.
-    assert get_dataset("stanford_cars").prompt_name(folders[0]) == "Ram C V Cargo Van"
+    assert registry.get_dataset("stanford_cars").prompt_name(folders[0]) == "Ram C V Cargo Van"
 
 
 def test_second_call_is_a_noop(tmp_path):
@@ -162,54 +185,41 @@ def test_failed_conversion_leaves_nothing_and_foreign_dirs_are_refused(tmp_path)
         prep.build_tree(tmp_path / "mine", {"train": (train, prep.Rule({}))})
 
 
-def test_main_converts_caltech_and_then_does_nothing(tmp_path, monkeypatch, capsys):
+def test_prepare_converts_caltech_and_then_does_nothing(tmp_path, capsys):
     root = tmp_path / "caltech-101"
-    fake = FakeDataset(["Faces_easy", "Leopards", "ant"], [31, 33, 40])
-    monkeypatch.setattr(prep, "get_dataset", lambda name: DatasetSpec(name, root))
+    fake = FakeDataset(["BACKGROUND_Google", "Faces_easy", "Leopards", "ant"], [35, 31, 33, 40])
     opened = []
-    monkeypatch.setattr(prep, "open_dataset",
-                        lambda source, rule, src, download: opened.append(rule.kwargs) or fake)
-    args = argparse.Namespace(name="caltech-101", download=False, source=str(tmp_path), seed=0)
 
-    assert prep.main(args) == 0
+    def open_fn(source, rule, src, download):
+        opened.append(rule.kwargs)
+        return fake
+
+    info = prep.prepare("caltech-101", root, tmp_path, open_fn=open_fn)
     assert opened == [{}]  # train and test come from one torchvision dataset
-    info = json.loads((root / "prepare.json").read_text())
-    assert info["torchvision_class"] == "Caltech101"
-    assert info["splits"]["train"]["images"] == 90 and info["splits"]["test"]["images"] == 14
-    assert np.bincount(ImageFolder(root / "train").targets).tolist() == [30, 30, 30]
-
-    capsys.readouterr()
-    assert prep.main(args) == 0
-    assert "already prepared" in capsys.readouterr().out
-    assert opened == [{}]  # nothing was opened the second time
-    prep.main(argparse.Namespace(**dict(vars(args), seed=3)))
-    assert "drawn with --seed 0, not 3" in capsys.readouterr().out
+    assert info["torchvision_class"] == "Caltech101" and info["num_classes"] == 2
+    assert info["splits"]["train"]["images"] == 60 and info["splits"]["test"]["images"] == 13
+    assert np.bincount(ImageFolder(root / "train").targets).tolist() == [30, 30]
+    assert prep.prepare("caltech-101", root, tmp_path, open_fn=open_fn) is None  # complete: nothing opened
+    assert opened == [{}]
 
 
-def first_unprepared():
-    """A convertible dataset whose data/<name> is not prepared on this machine."""
-    for name in sorted(prep.SOURCES):
-        if not prep.is_complete(get_dataset(name).root):
-            return name
-    pytest.skip("every dataset is prepared here; the missing-source path cannot run")
+def test_script_reports_an_existing_tree_and_a_seed_mismatch(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "caltech-101"
+    prep.build_tree(root, caltech_like_splits(FakeDataset(["a", "b"], [5, 5]), 2), seed=0, ext="png")
+    monkeypatch.setattr(registry, "REGISTRY", {**registry.REGISTRY, "caltech-101": registry.DatasetSpec("caltech-101", root)})
+    assert run_main("scripts.prepare_data", "caltech-101", "--seed", "3") == 0
+    out = capsys.readouterr().out
+    assert "already prepared" in out and "drawn with --seed 0, not 3" in out
 
 
-def test_missing_source_is_a_one_line_error():
-    name = first_unprepared()
-    proc = run_script(SCRIPT, name, check=False, timeout=120)
-    assert_one_line_error(proc, "--download", "--source")
-
-
-def test_absent_source_dir_and_non_torchvision_names_are_refused(tmp_path, monkeypatch):
-    # In-process: each script subprocess pays a multi-second torch import; the one above
-    # already checks that a DistDiffError reaches the terminal as one line.
-    monkeypatch.setattr(prep, "get_dataset", lambda name: DatasetSpec(name, tmp_path / name))
-    args = argparse.Namespace(name="dtd", download=False, source=str(tmp_path / "absent"), seed=0)
+def test_missing_or_absent_source_and_other_names_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "REGISTRY", {**registry.REGISTRY, "dtd": registry.DatasetSpec("dtd", tmp_path / "dtd")})
+    with pytest.raises(DistDiffError, match="no source for dtd: pass --download .* or --source DIR"):
+        run_main("scripts.prepare_data", "dtd")
     with pytest.raises(DistDiffError, match="does not exist.*--download"):
-        prep.main(args)
+        run_main("scripts.prepare_data", "dtd", "--source", tmp_path / "absent")
     assert not (tmp_path / "dtd").exists()
-    monkeypatch.setattr(prep, "get_dataset", get_dataset)
     with pytest.raises(DistDiffError, match="prepare_digits.py"):
-        prep.main(argparse.Namespace(name="digits", download=False, source=None, seed=0))
+        run_main("scripts.prepare_data", "digits")
     with pytest.raises(DistDiffError, match="unknown dataset 'cifar10'; choose from caltech-101"):
-        prep.main(argparse.Namespace(name="cifar10", download=False, source=None, seed=0))
+        run_main("scripts.prepare_data", "cifar10")

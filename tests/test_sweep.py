@@ -1,43 +1,42 @@
 """scripts/sweep.py: a 2-cell grid end to end on a tiny pipeline (with its automatic control and a
 resumed rerun), the metrics maths on fabricated runs and manifests, grid expansion, bad grids."""
+import contextlib
 import csv
-import importlib.util
+import io
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import REPO, assert_one_line_error, run_script, script_env
+from conftest import REPO, run_main
 from distdiff import DistDiffError
-from distdiff import sweep as sw
+from studies import sweep as sw
 
 T975 = {2: 4.302652729749462}  # Student t quantile, 97.5 %, by degrees of freedom
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, digits_ready):
-    """tiny.yaml on an untrained tiny pipeline, a 1-epoch guide, 1 seed of 1-epoch training."""
-    from models.prior import build_tiny_pipeline
+def run_sweep(args):
+    """scripts/sweep.py in-process (it starts the cells' expand and train processes); returns stdout."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run_main("scripts.sweep", *args)
+    return out.getvalue()
 
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_pipe, random_guide):
+    """tiny.yaml on an untrained tiny pipeline and a random guide, 1 seed of 1-epoch training."""
     root = tmp_path_factory.mktemp("sweep")
     ckpt = root / "ckpt"
-    # The guide trains in a subprocess while this process builds the pipeline.
-    guide = subprocess.Popen([sys.executable, "train_original.py", "digits", "--epochs", "1", "--batch_size", "8",
-                              "--threads", "1", "--output", str(ckpt)], cwd=REPO, env=script_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    pipe = build_tiny_pipeline(root / "pipe", [digits_ready.prompt(str(d)) for d in range(10)])
-    out, _ = guide.communicate(timeout=600)
-    assert guide.returncode == 0, out[-3000:]
-    # Two expansions at once: each subprocess spends most of its time importing on one core.
-    args = ["scripts/sweep.py", "configs/sweeps/tiny.yaml", "--dataset", "digits", "--seeds", "1", "--jobs", "1",
-            "--expand_jobs", "2", "--checkpoint_root", ckpt, "--expand_flags", f"--model {pipe}",
-            "--train_flags", "--epochs 1 --threads 1", "--figure", root / "fig.png"]
-    first = run_script(*args)
+    # Two processes at once: each spends most of its time importing on one core.
+    args = ["configs/sweeps/tiny.yaml", "--dataset", "digits", "--seeds", "1", "--jobs", "2",
+            "--expand_jobs", "2", "--checkpoint_root", ckpt, "--guide_ckpt", random_guide,
+            "--expand_flags", f"--model {tiny_pipe}", "--train_flags", "--epochs 1 --threads 1",
+            "--figure", root / "fig.png"]
+    first = run_sweep(args)
     return {"root": root, "dir": ckpt / "digits" / "sweeps" / "tiny", "args": args, "first": first}
 
 
@@ -46,6 +45,7 @@ def read_rows(sweep_dir):
         return {row["cell"]: row for row in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
     rows = read_rows(sweep["dir"])
     assert set(rows) == {"control", "r0.2", "r-none"}  # the two grid cells and the automatic control
@@ -64,18 +64,19 @@ def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
     assert float(control["pixel_change_vs_control"]) == 0
     assert float(control["pixel_change_vs_source"]) > 0
     table = [line for line in (sweep["dir"] / "sweep.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 3 and "| r-none | radius=none | 1 |" in sweep["first"].stdout
+    assert len(table) == 1 + 3 and "| r-none | radius=none | 1 |" in sweep["first"]
     figure = sweep["root"] / "fig.png"
     assert 1000 < figure.stat().st_size < 300_000
 
 
+@pytest.mark.slow
 def test_rerun_starts_no_subprocess_for_complete_cells(sweep):
     ckpt = sweep["root"] / "ckpt" / "digits"
     results = sorted(ckpt.rglob("results.json"))
-    assert len(results) == 4  # the guide and one seed per cell
+    assert len(results) == 3  # one seed per cell
     watched = results + sorted((ckpt / "expansions").rglob("*.png")) + sorted((sweep["dir"] / "logs").iterdir())
     before = {p: os.stat(p).st_mtime_ns for p in watched}
-    out = run_script(*sweep["args"]).stdout
+    out = run_sweep(sweep["args"])
     assert out.count("complete (expansion verified, 1/1 seeds have results.json); skipped") == 3, out[-3000:]
     assert out.count("metrics from cache") == 3
     assert "start (" not in out
@@ -225,16 +226,9 @@ def test_every_sweepable_flag_is_an_expander_flag():
     assert not missing, missing
 
 
-def test_dry_run_lists_cells_and_commands_and_runs_nothing(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("sweep_script", REPO / "scripts" / "sweep.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    args = script.argparse.Namespace(grid=str(REPO / "configs" / "sweeps" / "tiny.yaml"), dataset=None, seeds=[1, 2],
-                                     jobs=2, expand_jobs=1, checkpoint_root=str(tmp_path), name=None, guide_ckpt=None,
-                                     expand_flags="", train_flags="--epochs 1", figure=str(tmp_path / "f.png"),
-                                     threads=1, dry_run=True)
-    script.main(args)
-    out = capsys.readouterr().out
+def test_dry_run_lists_cells_and_commands_and_runs_nothing(tmp_path):
+    out = run_sweep([REPO / "configs" / "sweeps" / "tiny.yaml", "--seeds", "1", "2", "--checkpoint_root", tmp_path,
+                     "--train_flags", "--epochs 1", "--figure", tmp_path / "f.png", "--dry_run"])
     assert out.count("expand_distdiff.py --dataset digits") == 3 and out.count("train_expand.py") == 6
     assert "--exp sweep_tiny_r-none" in out and "--radius none" in out and "(paired with control)" in out
     assert not any(tmp_path.iterdir())
@@ -242,8 +236,8 @@ def test_dry_run_lists_cells_and_commands_and_runs_nothing(tmp_path, capsys):
 
 def test_bad_grids_give_one_line_errors(tmp_path):
     grid = write_grid(tmp_path / "bad.yaml", "base: {num_steps: 10}\naxes:\n  radius: [0.2]\n  bogus_flag: [1]\n")
-    proc = run_script("scripts/sweep.py", grid, "--dataset", "digits", "--checkpoint_root", tmp_path, check=False)
-    assert_one_line_error(proc, "unknown flag", "bogus_flag", "valid flags", "step_size", "radius")
+    with pytest.raises(DistDiffError, match="unknown flag.*bogus_flag.*valid flags.*step_size"):
+        run_main("scripts.sweep", grid, "--dataset", "digits", "--checkpoint_root", tmp_path)
     with pytest.raises(DistDiffError, match="not found"):
         sw.load_grid(tmp_path / "missing.yaml")
     with pytest.raises(DistDiffError, match="defines no cells"):

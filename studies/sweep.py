@@ -20,7 +20,8 @@ from PIL import Image
 
 from distdiff import DistDiffError
 from distdiff import shards
-from distdiff.fileio import atomic_write_json, load_yaml_config
+from distdiff.config import load_yaml_config
+from distdiff.fileio import atomic_write_json
 from distdiff.guidance import GUIDANCE_MODES
 from distdiff.results import fmt_interval, load_seed_results
 from distdiff.stats import fmt_mean_std, mean_std, paired_difference

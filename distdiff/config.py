@@ -1,0 +1,156 @@
+"""Configuration: paper defaults (argparse) < configs/<dataset>.yaml (or --config) < command line.
+
+There is one merger, `parse_args`, for every script. It parses the command line once with every
+default suppressed, so it knows exactly which flags the user typed, and only those beat the
+YAML. Positional twins of named flags (`train_original.py digits resnet18` vs `--dataset digits
+--arch resnet18`, the seed README's form) are registered with the dest `<name>_positional` and
+merged into `<name>`; giving both with different values is an error.
+"""
+import argparse
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from distdiff import DistDiffError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+POSITIONAL_SUFFIX = "_positional"
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def str2bool(value):
+    """Parse the authors' 'True'/'False' positional strings (and 1/0, yes/no)."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "1", "yes", "y"):
+        return True
+    if lowered in ("false", "0", "no", "n"):
+        return False
+    raise ValueError(f"expected True or False, got {value!r}")
+
+
+def load_yaml_config(path):
+    """Read a YAML config into a dict (empty file -> {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistDiffError(f"config file {path} not found")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise DistDiffError(f"{path} must hold a mapping of flag names to values")
+    return data
+
+
+def dataset_yaml(dataset, config_dir=CONFIG_DIR):
+    """configs/<dataset>.yaml as a dict; {} for folder:<path> datasets and datasets without one."""
+    path = Path(config_dir) / f"{dataset}.yaml"
+    if not dataset or dataset.startswith("folder:") or not path.is_file():
+        return {}
+    return load_yaml_config(path)
+
+
+def dataset_section(section, config_dir=CONFIG_DIR):
+    """A `config` callable for parse_args: the `section` of the chosen dataset's YAML."""
+    def config(settings):
+        dataset = getattr(settings, "dataset", None)
+        where = Path(config_dir) / f"{dataset}.yaml"
+        return dataset_yaml(dataset, config_dir).get(section) or {}, f"{where} [{section}]"
+    return config
+
+
+def add_positional_twins(parser, twins):
+    """Register `name` positionals (nargs='?') that mean the same as `--name`."""
+    for name, kind in twins:
+        parser.add_argument(name + POSITIONAL_SUFFIX, metavar=name, nargs="?", type=_keep_suppress(kind),
+                            default=argparse.SUPPRESS, help=f"same as --{name}")
+    return parser
+
+
+def _keep_suppress(kind):
+    """argparse applies `type` to a positional's string default too; let SUPPRESS through."""
+    def convert(value):
+        return value if value == argparse.SUPPRESS else kind(value)
+    convert.__name__ = kind.__name__  # argparse names the type in its error messages
+    return convert
+
+
+def explicit_args(parser, argv):
+    """{dest: value} of what the command line sets, with positional twins merged."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        given = vars(parser.parse_args(argv))
+    finally:
+        for action, default in saved:
+            action.default = default
+    for key in [k for k in given if k.endswith(POSITIONAL_SUFFIX)]:
+        name, value = key[:-len(POSITIONAL_SUFFIX)], given.pop(key)
+        if name in given and given[name] != value:
+            raise DistDiffError(f"{name} given twice with different values ({value!r} positionally, "
+                                f"{given[name]!r} as --{name}); keep one")
+        given[name] = value
+    return given
+
+
+def _named_actions(parser):
+    return {a.dest: a for a in parser._actions
+            if a.dest != "help" and not a.dest.endswith(POSITIONAL_SUFFIX)}
+
+
+def check_config_values(parser, values, where):
+    """Reject unknown keys; convert string values with the flag's type and check its choices."""
+    actions = _named_actions(parser)
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise DistDiffError(f"{where}: unknown key(s) {unknown}; keys are flag names such as "
+                            f"{sorted(actions)[:6]}")
+    checked = {}
+    for key, value in values.items():
+        action = actions[key]
+        if isinstance(value, str) and action.type is not None:
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError) as err:
+                raise DistDiffError(f"{where}: {key}: {err}") from None
+        if action.choices is not None and value not in action.choices:
+            raise DistDiffError(f"{where}: {key}={value!r} is not one of {list(action.choices)}")
+        checked[key] = value
+    return checked
+
+
+def parse_args(parser, argv=None, config=None):
+    """Parse `argv` with precedence argparse default < config < command line.
+
+    `config(settings) -> (values, where)` returns the YAML values given the defaults and the
+    explicit flags (e.g. the dataset's section); `where` names the file in error messages.
+    """
+    explicit = explicit_args(parser, argv)
+    defaults = {dest: action.default for dest, action in _named_actions(parser).items()
+                if action.default is not argparse.SUPPRESS}
+    values = {}
+    if config is not None:
+        raw, where = config(argparse.Namespace(**{**defaults, **explicit}))
+        values = check_config_values(parser, raw, where)
+    return argparse.Namespace(**{**defaults, **values, **explicit})
+
+
+def resolved_dict(args, extra=None):
+    """A namespace, dataclass or dict as a YAML-safe dict (paths as strings), plus `extra`."""
+    if dataclasses.is_dataclass(args):
+        args = dataclasses.asdict(args)
+    items = args.items() if isinstance(args, dict) else vars(args).items()
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(items)}
+    resolved.update(extra or {})
+    return resolved
+
+
+def save_args(run_dir, args, extra=None):
+    """Write the fully resolved config to <run_dir>/args.yaml (atomically)."""
+    from distdiff.fileio import atomic_write_text
+
+    text = yaml.safe_dump(resolved_dict(args, extra), sort_keys=True)
+    atomic_write_text(Path(run_dir) / "args.yaml", text)

@@ -1,0 +1,86 @@
+"""The one Stable Diffusion pipeline loader: a local diffusers folder, or a Hub id.
+
+    resolve_model("checkpoint/prior/digits")          -> that folder
+    resolve_model("CompVis/stable-diffusion-v1-4")    -> its snapshot in the Hugging Face cache
+                                                         (downloaded first when online)
+
+Hub ids go through diffusers' own download (`DiffusionPipeline.download`), which reads the
+cache and honours HF_HUB_OFFLINE, so a model cached on a machine without network loads offline.
+Resolution is cheap and happens before any heavy work; a model that is neither a folder nor in
+the cache is one error line naming the id, the cache dir and the download command.
+"""
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from distdiff import DistDiffError
+
+logger = logging.getLogger(__name__)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(model):
+    """True for 'owner/name' strings that are not an existing path."""
+    return bool(HUB_ID.match(str(model))) and not Path(model).exists()
+
+
+def resolve_model(model):
+    """The local folder holding `model` (a diffusers folder path, or a Hub id resolved through
+    the Hugging Face cache)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise DistDiffError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        return path
+    if not is_hub_id(model):
+        raise DistDiffError(f"diffusion model folder {model} not found; train the embedded prior with "
+                            "scripts/train_prior.py, or pass --model <Hub id or diffusers folder>")
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    try:
+        return Path(DiffusionPipeline.download(model))
+    except (OSError, ValueError, RuntimeError) as err:
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        first = " ".join(str(err).split())[:200]
+        raise DistDiffError(f"diffusion model {model} is not in the Hugging Face cache {constants.HF_HUB_CACHE}"
+                            f"{offline} and could not be downloaded ({first}); on a machine with internet run "
+                            f"`hf download {model}` and copy the cache here (or point HF_HOME at it), or "
+                            "pass --model <local diffusers folder>") from None
+
+
+def load_pipeline(model, device, dtype=torch.float32):
+    """StableDiffusionImg2ImgPipeline from a folder or Hub id, with a DDIM scheduler, frozen."""
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    folder = resolve_model(model)
+    try:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistDiffError(f"cannot load the diffusion model {model!r} from {folder} ({first})") from None
+    # The paper samples with DDIM; SD-1.4 ships PNDM, so swap it keeping the noise schedule.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False).eval()
+    return pipe.to(device)
+
+
+def speed_up(pipe, channels_last=False, compile_models=False):
+    """Optional execution speed-ups; outputs change only at float-rounding level.
+
+    channels_last: NHWC convolutions for the UNet and VAE (faster with cuDNN/tensor cores).
+    compile_models: torch.compile the UNet and the VAE decoder, the two modules every step
+    calls; the first batch pays the compilation, so it pays off on long runs (CUDA) only.
+    """
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile_models:
+        pipe.unet = torch.compile(pipe.unet)
+        pipe.vae.decoder = torch.compile(pipe.vae.decoder)
+    return pipe

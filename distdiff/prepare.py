@@ -1,0 +1,296 @@
+"""Convert a torchvision dataset into data/<name>/{train,val,test}/<class>/<id>.jpg|png.
+
+Split conventions (INSTALL.md and data/README.md list the sizes):
+  caltech-101      30 per class drawn with the seed -> train, the rest -> test; no val (the 30-shot
+                   train set is too small to carve: the guide is the last epoch). BACKGROUND_Google
+                   and Faces_easy are dropped, as in the authors' code (100 classes)
+  cifar100-subset  100 per class drawn from the train split -> train, 50 more per class -> val;
+                   the test split -> test
+  stanford_cars    train minus 5 per class (-> val) / test
+  dtd              partition 1: train / val / test (the official splits)
+  oxford_flowers   train / val / test (the official splits)
+  oxford_pets      trainval minus 10 per class (-> val) / test
+  imagenette       160px: train minus 50 per class (-> val) / val -> test
+
+Carved val splits never touch test, so checkpoints are selected on val for every dataset that has
+one. The tree appears whole or not at all (written to a temp dir, then renamed); a complete tree
+(one with prepare.json) is left alone.
+"""
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from distdiff import DistDiffError
+from distdiff.fileio import atomic_write_json
+from distdiff.splits import per_class_split
+
+JPEG_QUALITY = 95  # the sources are JPEGs already; 95 keeps re-encoding loss invisible
+DTD_NOTE = ("train1 only, so that val1 stays a held-out set for model selection "
+            "(written to data/dtd/val); merging it would leave no honest validation split")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one output split is made from one torchvision split.
+
+    `draw` is an ordered tuple of (chunk name, per-class count) drawn with the seed from that
+    torchvision split (see splits.per_class_split); `part` names the chunk this output takes,
+    "rest" for what the draw leaves, or "all" (no draw). Rules that read the same torchvision
+    split must share `draw`, so that their parts are disjoint.
+    """
+    kwargs: dict
+    part: str = "all"
+    draw: tuple = ()
+
+
+@dataclass(frozen=True)
+class Source:
+    """A torchvision dataset class and the output splits built from it."""
+    tv_class: str
+    splits: dict            # output split name -> Rule
+    ext: str = "jpg"
+    common: dict = field(default_factory=dict)  # constructor arguments shared by every split
+    layout: str = ""        # what --source must contain, for error messages
+    exclude: tuple = ()     # class names never written
+    shots_chunk: str = ""   # the drawn chunk whose size --shots sets (few-shot datasets)
+
+
+def _carve(kwargs_train, kwargs_test, val_per_class, train_part="rest"):
+    """train minus `val_per_class` per class (-> val), and the test split."""
+    draw = (("val", val_per_class),)
+    return {"train": Rule(kwargs_train, train_part, draw), "val": Rule(kwargs_train, "val", draw),
+            "test": Rule(kwargs_test)}
+
+
+CALTECH_DRAW = (("train", 30),)
+CIFAR_DRAW = (("train", 100), ("val", 50))
+SOURCES = {
+    "caltech-101": Source(
+        "Caltech101", {"train": Rule({}, "train", CALTECH_DRAW), "test": Rule({}, "rest", CALTECH_DRAW)},
+        common={"target_type": "category"}, layout="caltech101/101_ObjectCategories/<class>/image_0001.jpg",
+        exclude=("BACKGROUND_Google", "Faces_easy"), shots_chunk="train"),
+    "cifar100-subset": Source(
+        "CIFAR100", {"train": Rule({"train": True}, "train", CIFAR_DRAW),
+                     "val": Rule({"train": True}, "val", CIFAR_DRAW), "test": Rule({"train": False})},
+        ext="png", layout="cifar-100-python/", shots_chunk="train"),  # 32x32: lossless PNG costs little
+    "stanford_cars": Source(
+        "StanfordCars", _carve({"split": "train"}, {"split": "test"}, 5),
+        layout="stanford_cars/{devkit,cars_train,cars_test,cars_test_annos_withlabels.mat} "
+               "(torchvision cannot download it any more; fetch it by hand)"),
+    "dtd": Source(
+        "DTD", {"train": Rule({"split": "train"}), "val": Rule({"split": "val"}),
+                "test": Rule({"split": "test"})},
+        common={"partition": 1}, layout="dtd/dtd/{images,labels}/"),
+    "oxford_flowers": Source(
+        "Flowers102", {"train": Rule({"split": "train"}), "val": Rule({"split": "val"}),
+                       "test": Rule({"split": "test"})},
+        layout="flowers-102/{jpg,imagelabels.mat,setid.mat}"),
+    "oxford_pets": Source(
+        "OxfordIIITPet", _carve({"split": "trainval"}, {"split": "test"}, 10),
+        common={"target_types": "category"}, layout="oxford-iiit-pet/{images,annotations}/"),
+    "imagenette": Source(
+        "Imagenette", _carve({"split": "train"}, {"split": "val"}, 50),
+        common={"size": "160px"}, layout="imagenette2-160/{train,val}/"),
+}
+
+
+def with_options(source, shots=None, keep=()):
+    """`source` with the few-shot chunk resized to `shots` and the classes in `keep` written."""
+    splits = source.splits
+    if shots is not None:
+        if not source.shots_chunk:
+            raise DistDiffError("--shots applies to the few-shot datasets only "
+                                f"({', '.join(n for n, s in SOURCES.items() if s.shots_chunk)})")
+        splits = {name: Rule(rule.kwargs, rule.part,
+                             tuple((c, shots if c == source.shots_chunk else n) for c, n in rule.draw))
+                  for name, rule in splits.items()}
+    exclude = tuple(c for c in source.exclude if c not in keep)
+    return Source(source.tv_class, splits, source.ext, source.common, source.layout, exclude,
+                  source.shots_chunk)
+
+
+# ---------------------------------------------------------------------------
+# Dataset-agnostic conversion
+# ---------------------------------------------------------------------------
+
+def safe_class_name(name):
+    """A readable, filesystem-safe folder name ("Ram C/V Van" -> "Ram_C_V_Van")."""
+    if isinstance(name, (tuple, list)):  # Imagenette lists synonyms; the first is the common one
+        name = name[0]
+    text = str(name).replace("'", "")  # "colt's foot" -> "colts foot", not "colt s foot" in prompts
+    # Underscores, not spaces: prompts turn them back into spaces, and shells need no quoting.
+    text = re.sub(r"[^\w.+-]+", "_", text.strip()).strip("._")
+    if not text:
+        raise DistDiffError(f"class name {name!r} has no usable characters for a folder name")
+    return text
+
+
+def folder_names(names):
+    """Sanitise every class name; two classes mapping to one folder would merge them, so fail."""
+    folders = [safe_class_name(n) for n in names]
+    seen = {}
+    for name, folder in zip(names, folders):
+        other = seen.setdefault(folder.lower(), name)  # lower(): case-insensitive filesystems
+        if other != name:
+            raise DistDiffError(f"class names {other!r} and {name!r} both map to folder {folder!r}")
+    return folders
+
+
+def class_names_of(dataset):
+    """Class names in label order (torchvision uses `classes`, Caltech101 `categories`)."""
+    names = getattr(dataset, "classes", None) or getattr(dataset, "categories", None)
+    if not names:
+        raise DistDiffError(f"{type(dataset).__name__} exposes no class names")
+    return list(names)
+
+
+def labels_of(dataset):
+    """All labels without decoding images where torchvision keeps them in a list."""
+    for attr in ("targets", "y", "_labels"):
+        if getattr(dataset, attr, None) is not None:
+            return np.asarray(getattr(dataset, attr), dtype=np.int64)
+    if getattr(dataset, "_samples", None) is not None:
+        return np.asarray([label for _, label in dataset._samples], dtype=np.int64)
+    return np.asarray([dataset[i][1] for i in range(len(dataset))], dtype=np.int64)
+
+
+def select_indices(labels, rule, seed, keep_labels):
+    """Indices of one output split, restricted to the labels being written."""
+    labels = np.asarray(labels)
+    kept = np.flatnonzero(np.isin(labels, list(keep_labels)))
+    if rule.part == "all":
+        return kept.tolist()
+    chunks = per_class_split(labels[kept], rule.draw, seed)
+    return kept[chunks[rule.part]].tolist()
+
+
+def iter_samples(dataset, indices, folders):
+    """Yield (file stem, PIL image, class folder); the stem is the torchvision index."""
+    width = max(5, len(str(len(dataset))))
+    for i in indices:
+        image, label = dataset[i]
+        yield f"{i:0{width}d}", image, folders[label]
+
+
+def write_images(samples, split_dir, ext, total=None, desc=None):
+    """Save (stem, image, class) triples as split_dir/<class>/<stem>.<ext>; returns class counts."""
+    counts = {}
+    for stem, image, folder in tqdm(samples, total=total, desc=desc, unit="img"):
+        (split_dir / folder).mkdir(parents=True, exist_ok=True)
+        rgb = image.convert("RGB")  # the pipeline reads RGB; JPEG cannot store L/P/RGBA modes
+        options = {"quality": JPEG_QUALITY} if ext == "jpg" else {}
+        rgb.save(split_dir / folder / f"{stem}.{ext}", **options)
+        image.close()
+        counts[folder] = counts.get(folder, 0) + 1
+    return counts
+
+
+def is_complete(root):
+    """prepare.json is written last inside the temp tree, so its presence means complete."""
+    return (Path(root) / "prepare.json").is_file()
+
+
+def build_tree(root, splits, seed=0, ext="jpg", exclude=(), meta=None):
+    """Write every split into a temp dir next to `root`, then rename it into place.
+
+    `splits` maps output split -> (dataset, Rule). Returns the prepare.json dict, or None
+    when `root` is already complete.
+    """
+    root = Path(root)
+    if is_complete(root):
+        return None
+    if root.exists():
+        raise DistDiffError(f"{root} exists but has no prepare.json (not written by this script); "
+                            "move it away and rerun, or use it as folder:<path>")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.partial-"))
+    try:
+        counts = {name: _write_split(tmp / name, dataset, rule, seed, ext, exclude)
+                  for name, (dataset, rule) in splits.items()}
+        _check_same_classes(counts)
+        info = dict(meta or {}, seed=seed, ext=ext, num_classes=len(next(iter(counts.values()))),
+                    splits={name: {"images": sum(c.values()), "part": splits[name][1].part,
+                                   "draw": [list(d) for d in splits[name][1].draw],
+                                   "torchvision_kwargs": splits[name][1].kwargs}
+                            for name, c in counts.items()},
+                    excluded_classes=list(exclude))
+        atomic_write_json(tmp / "prepare.json", info)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the tree is an ordinary shared folder
+        os.replace(tmp, root)  # the tree appears whole or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def _write_split(split_dir, dataset, rule, seed, ext, exclude):
+    """Select and write one split; returns counts per class folder."""
+    names = class_names_of(dataset)
+    folders = folder_names(names)
+    keep = [i for i, n in enumerate(names) if n not in exclude]
+    indices = select_indices(labels_of(dataset), rule, seed, keep)
+    samples = iter_samples(dataset, indices, folders)
+    return write_images(samples, split_dir, ext, total=len(indices), desc=split_dir.name)
+
+
+def _check_same_classes(counts):
+    """Every split must hold every class, or ImageFolder labels would disagree between splits."""
+    splits = list(counts)
+    first = sorted(counts[splits[0]])
+    for name in splits[1:]:
+        if sorted(counts[name]) != first:
+            differ = sorted(set(first) ^ set(counts[name]))
+            raise DistDiffError(f"splits {splits[0]!r} and {name!r} have different classes "
+                                f"(e.g. {differ[:5]})")
+
+
+# ---------------------------------------------------------------------------
+# torchvision side
+# ---------------------------------------------------------------------------
+
+def open_dataset(source, rule, root, download):
+    """Instantiate the torchvision dataset for one split; its failures become one-line errors."""
+    from torchvision import datasets as tv_datasets
+
+    cls = getattr(tv_datasets, source.tv_class)
+    try:
+        return cls(str(root), download=download, **source.common, **rule.kwargs)
+    except (RuntimeError, ValueError, OSError, ImportError) as err:
+        hint = ("the download failed; fetch the files by hand and pass --source DIR" if download
+                else "pass --download, or --source DIR")
+        raise DistDiffError(f"torchvision {source.tv_class} could not load {root}: "
+                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}; "
+                            f"{hint} (expected {source.layout})") from None
+
+
+def open_splits(source, root, download, open_fn=open_dataset):
+    """One torchvision dataset per distinct split (Caltech-101 train and test share one)."""
+    opened, splits = {}, {}
+    for name, rule in source.splits.items():
+        key = json.dumps(rule.kwargs, sort_keys=True)
+        if key not in opened:
+            opened[key] = open_fn(source, rule, root, download)
+        splits[name] = (opened[key], rule)
+    return splits
+
+
+def prepare(name, root, source_root, download=False, seed=0, shots=None, keep=(), open_fn=open_dataset):
+    """Convert dataset `name` into `root`; returns prepare.json's dict, or None if already complete."""
+    import torchvision
+
+    if is_complete(root):
+        return None
+    source = with_options(SOURCES[name], shots, keep)
+    splits = open_splits(source, source_root, download, open_fn)
+    # The torchvision version is recorded because its split files may change between releases.
+    meta = {"dataset": name, "torchvision_class": source.tv_class,
+            "torchvision_version": torchvision.__version__, "torchvision_common_kwargs": source.common}
+    if name == "dtd":
+        meta["note"] = DTD_NOTE
+    return build_tree(root, splits, seed, source.ext, source.exclude, meta)

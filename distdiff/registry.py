@@ -1,0 +1,107 @@
+"""Dataset registry: names, on-disk roots, class names and prompt templates. No torch import, so
+light tools (parse_logs.py, plot_results.py) stay fast; distdiff/datasets.py loads the images.
+
+Every dataset is an ImageFolder tree `<DATA_ROOT>/<name>/<split>/<class>/*`. Class order is the
+sorted folder order (torchvision's rule), so labels are stable across machines.
+"""
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distdiff import DistDiffError
+from distdiff.config import REPO_ROOT
+
+# Where dataset trees live; DISTDIFF_DATA_ROOT moves them (e.g. to a larger disk, or a scratch
+# folder for scripts/gpu_check.sh).
+DATA_ROOT = Path(os.environ.get("DISTDIFF_DATA_ROOT", REPO_ROOT / "data"))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+PROMPT_SETS = ("project", "authors")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the scripts need to know about one dataset."""
+    name: str
+    root: Path
+    template: str = "a photo of a {}"
+    train_split: str = "train"
+    val_split: str | None = None
+    test_split: str = "test"
+    prompt_words: dict = field(default_factory=dict)  # folder name -> word used in prompts
+    prepare_hint: str = ""
+    # The authors' template (their dataloader.py CUSTOM_TEMPLATES, with the full stop); None where
+    # they have none (flowers and pets crash there; digits is ours): the project's is used.
+    authors_template: str | None = None
+
+    def split_dir(self, split):
+        """Directory of one split (train/val/test/...)."""
+        return self.root / split
+
+    def prompt_name(self, class_folder):
+        """The class name as it appears in a prompt ("Faces_easy" -> "Faces easy")."""
+        return self.prompt_words.get(class_folder, class_folder.replace("_", " "))
+
+    def prompt(self, class_folder, prompts="project"):
+        """The full text prompt for one class, from the project's or the authors' template."""
+        if prompts not in PROMPT_SETS:
+            raise DistDiffError(f"unknown prompt set {prompts!r}; choose from {PROMPT_SETS}")
+        template = self.authors_template if prompts == "authors" and self.authors_template else self.template
+        return template.format(self.prompt_name(class_folder))
+
+
+def _real(name, template, authors_template=None, val=True, hint="python scripts/prepare_data.py {name}"):
+    """A dataset prepared by scripts/prepare_data.py; every one but caltech-101 has a val split."""
+    return DatasetSpec(name=name, root=DATA_ROOT / name, template=template, val_split="val" if val else None,
+                       prepare_hint=hint.format(name=name), authors_template=authors_template)
+
+
+_DIGIT_WORDS = {str(i): w for i, w in enumerate(DIGIT_WORDS)}
+_DIGITS_HINT = "python scripts/prepare_digits.py"
+REGISTRY = {
+    "digits": DatasetSpec("digits", DATA_ROOT / "digits", "a photo of the digit {}", "train",
+                          "val", "test", _DIGIT_WORDS, _DIGITS_HINT),
+    "digits10": DatasetSpec("digits10", DATA_ROOT / "digits", "a photo of the digit {}", "train10",
+                            "val", "test", _DIGIT_WORDS, _DIGITS_HINT),
+    "caltech-101": _real("caltech-101", "a photo of a {}", "a photo of a {}.", val=False),  # 30 shots: nothing to carve
+    "cifar100-subset": _real("cifar100-subset", "a photo of a {}", "a photo of a {}."),
+    "stanford_cars": _real("stanford_cars", "a photo of a {}, a type of car", "a photo of a {}."),
+    "dtd": _real("dtd", "a photo of a {} texture", "{} texture."),
+    "oxford_flowers": _real("oxford_flowers", "a photo of a {}, a type of flower"),
+    "oxford_pets": _real("oxford_pets", "a photo of a {}, a type of pet"),
+    "imagenette": _real("imagenette", "a photo of a {}", "a photo of a {}."),
+}
+EMBEDDED = ("digits", "digits10")
+
+
+def dataset_names():
+    """Registered names plus the `folder:<path>` form, for help texts."""
+    return sorted(REGISTRY) + ["folder:<path>"]
+
+
+def get_dataset(name):
+    """Look a dataset up by name; `folder:<path>` wraps any ImageFolder tree with train/ and test/."""
+    if name.startswith("folder:"):
+        root = Path(name[len("folder:"):]).expanduser().resolve()
+        val = "val" if (root / "val").is_dir() else None
+        return DatasetSpec(name=name, root=root, val_split=val,
+                           prepare_hint=f"create {root}/train/<class>/* and {root}/test/<class>/*")
+    if name not in REGISTRY:
+        raise DistDiffError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+    return REGISTRY[name]
+
+
+def ensure_prepared(spec):
+    """Export the embedded digits dataset if it is missing (idempotent, atomic)."""
+    if spec.name in EMBEDDED and not (spec.root / spec.test_split).is_dir():
+        from distdiff.digits import export_digits  # only the embedded dataset needs sklearn
+        export_digits(spec.root)
+
+
+def class_names(spec):
+    """Sorted class folder names of the training split."""
+    root = spec.split_dir(spec.train_split)
+    if not root.is_dir():
+        raise DistDiffError(f"dataset directory {root} not found; run: {spec.prepare_hint}")
+    return sorted(p.name for p in root.iterdir() if p.is_dir())

@@ -1,0 +1,84 @@
+"""Stand-ins with the real shapes, for rehearsing the paper's path without downloads.
+
+* `fabricate_caltech101(root)`: a folder laid out like the Caltech-101 download that torchvision
+  reads (`<root>/caltech101/101_ObjectCategories/<class>/image_0001.jpg`), with BACKGROUND_Google
+  and Faces_easy among a few classes, JPEGs at real-world sizes and aspect ratios, one grayscale.
+* `install_in_hf_cache(folder, repo_id, cache_dir)`: put a diffusers folder into a Hugging Face
+  cache under a Hub id, so `from_pretrained(repo_id)` finds it offline.
+
+tests/test_paper_path.py, scripts/make_rehearsal.py (for scripts/gpu_check.sh) and
+scripts/bench_memory.py use them.
+"""
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Real Caltech-101 images are mostly around 300x200; a few are portrait or square.
+SIZES = ((300, 200), (200, 300), (300, 225), (240, 240), (267, 200))
+CLASSES = ("BACKGROUND_Google", "Faces", "Faces_easy", "Leopards", "airplanes", "ant")
+FAKE_COMMIT = "0000000000000000000000000000000000000000"
+
+
+def fabricate_image(label, index, size, seed=0):
+    """A JPEG-able RGB image: a class-specific shape and colour on a noisy background."""
+    rng = np.random.default_rng([seed, label, index])
+    width, height = size
+    pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    colour = tuple(int(c) for c in (np.array([60, 140, 220]) * (1 + label) % 256))
+    cx, cy = width / 2 + rng.uniform(-20, 20), height / 2 + rng.uniform(-20, 20)
+    r = min(width, height) * rng.uniform(0.2, 0.35)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    [draw.ellipse, draw.rectangle, draw.pieslice][label % 3](box, fill=colour, **({"start": 30, "end": 300}
+                                                                                 if label % 3 == 2 else {}))
+    return image
+
+
+def fabricate_caltech101(root, classes=CLASSES, per_class=5, seed=0):
+    """Write a Caltech-101-shaped download under `root`; returns the 101_ObjectCategories dir.
+
+    File names follow the real archive (image_0001.jpg, ...), which torchvision's Caltech101
+    indexes by position. Sizes cycle through SIZES; the second image of the second class is
+    grayscale (the real set has a few), so the converter's RGB handling is exercised.
+    """
+    categories = Path(root) / "caltech101" / "101_ObjectCategories"
+    for label, name in enumerate(classes):
+        folder = categories / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            image = fabricate_image(label, index, SIZES[(label + index) % len(SIZES)], seed)
+            if label == 1 and index == 1:
+                image = image.convert("L")
+            image.save(folder / f"image_{index + 1:04d}.jpg", quality=90)
+    return categories
+
+
+def install_in_hf_cache(folder, repo_id, cache_dir, commit=FAKE_COMMIT):
+    """Copy a diffusers folder into `cache_dir` as the snapshot of `repo_id` at `commit` (the
+    layout huggingface_hub reads: models--<owner>--<name>/{refs/main, snapshots/<commit>/})."""
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    if snapshot.exists():
+        shutil.rmtree(snapshot)
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def build_rehearsal(root, repo_id="CompVis/stable-diffusion-v1-4", classes=CLASSES, per_class=5):
+    """Both stand-ins under `root`: the Caltech-101-shaped download (root/downloads) and a tiny
+    pipeline in SD-1.4's layout installed as `repo_id` in a Hugging Face cache (root/hf/hub).
+    Returns {"downloads": path, "hf_home": path, "hf_hub_cache": path}."""
+    from models.sd_shapes import save_rehearsal_pipeline
+
+    root = Path(root)
+    fabricate_caltech101(root / "downloads", classes, per_class)
+    kept = [c for c in classes if c not in ("BACKGROUND_Google", "Faces_easy")]
+    folder = save_rehearsal_pipeline(root / "pipeline", [f"a photo of a {c}" for c in kept])
+    install_in_hf_cache(folder, repo_id, root / "hf" / "hub")
+    shutil.rmtree(folder)
+    return {"downloads": root / "downloads", "hf_home": root / "hf", "hf_hub_cache": root / "hf" / "hub"}
