@@ -150,7 +150,8 @@ def write_results(run_dir, results):
 # ---------------------------------------------------------------------------
 
 def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, batch_size=64, lr=0.1,
-        momentum=0.9, weight_decay=1e-4, seed=1, workers=0, amp_dtype=None, batch_transform=None):
+        momentum=0.9, weight_decay=1e-4, seed=1, workers=0, amp_dtype=None, batch_transform=None,
+        eval_batch_size=64):
     """Train with the paper recipe, resuming from <run_dir>/last.pt; returns the results.json dict.
 
     `meta` (arch, classes, transform sizes) is stored in every checkpoint so the guide can be
@@ -172,7 +173,8 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
     if state is not None:
         history, best_score, elapsed = state["history"], state["best_score"], state["seconds"]
         logger.info("resuming %s from epoch %d", run_dir, len(history))
-    eval_loaders = [make_loader(s, 256, False, workers) if s is not None else None for s in (val_set, test_set)]
+    eval_loaders = [make_loader(s, eval_batch_size, False, workers) if s is not None else None
+                    for s in (val_set, test_set)]
     bar = tqdm(range(len(history), epochs), desc=f"epochs {run_dir.name}",
                initial=len(history), total=epochs, dynamic_ncols=True)
     for epoch in bar:

@@ -53,10 +53,12 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("--hflip", type=str2bool, default=True, help="RandomHorizontalFlip (off for digits)")
     add("--aug", default="default", choices=list(augment.AUGMENTATIONS), metavar="NAME",
         help=_help("extra augmentation: " + augment.help_text()))
+    add("--eval_batch_size", "--eval-batch-size", type=int, default=64,
+        help="batch size of the val/test passes (the authors' --val-batch-size 64)")
     add("--workers", type=int, default=0, help="DataLoader workers (0 = main process)")
-    add("--cache_mb", "--cache-mb", type=int, default=1024,
-        help="keep decoded, resized images in memory up to this many MB per split; larger "
-             "splits are decoded every epoch")
+    add("--cache_mb", "--cache-mb", type=int, default=512,
+        help="keep decoded, resized uint8 images in memory up to this many MB in all (training images "
+             "first); splits that do not fit are decoded every epoch")
     add("--output", default="checkpoint", help="root of all run directories")
     add_runtime_flags(parser, seed=1, seed_help="training seed (the paper averages seeds 1-3)",
                       precision_help="autocast dtype on CUDA (fp16 uses a GradScaler)")

@@ -40,8 +40,9 @@ class TrainConfig:
     gpu: str | None = None
     precision: str = "fp32"
     threads: int = 0
+    eval_batch_size: int = 64
     workers: int = 0
-    cache_mb: int = 1024
+    cache_mb: int = 512
 
     @classmethod
     def from_args(cls, args):
@@ -130,6 +131,7 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     results = fit(run_dir, model, train, val, test, device, meta=classifier_meta(cfg, classes),
                   epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, seed=cfg.seed, workers=cfg.workers, amp_dtype=amp_dtype,
+                  eval_batch_size=cfg.eval_batch_size,
                   batch_transform=batch_transform(cfg.aug, len(classes)))
     logger.info("results: %s", {k: results[k] for k in sorted(results)})
     return results
