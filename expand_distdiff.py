@@ -25,12 +25,15 @@ from distdiff import expansion as ex
 from distdiff import shards
 from distdiff.config import dataset_section, parse_args, resolved_dict, str2bool
 from distdiff.devices import configure_cpu, pipeline_dtype, resolve_device, seed_everything
+from distdiff.features import GUIDE_INPUTS
 from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
+from distdiff.presets import PRESETS, apply_targets, preset_values
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import load_pipeline, resolve_model, speed_up
 from distdiff.prototypes import CLUSTER_METHODS
 from distdiff.runs import default_guide_ckpt, expansion_dir, setup_logging
-from distdiff.sampler import SampleConfig
+from distdiff.registry import PROMPT_SETS
+from distdiff.sampler import FRAMINGS, START_RULES, SampleConfig
 
 logger = logging.getLogger("distdiff.expand")
 
@@ -51,12 +54,31 @@ def resolve_paths(args):
 
 def guidance_config(args):
     """GuidanceConfig from the flags."""
+    lambda_class, lambda_group = apply_targets(args.optimize_targets, args.lambda_class, args.lambda_group)
     return GuidanceConfig(mode=args.guidance, guidance_step=args.guidance_step,
                           lookahead_steps=args.lookahead_steps, step_size=args.step_size,
-                          radius=args.radius, lambda_class=args.lambda_class,
-                          lambda_group=args.lambda_group, normalize_features=args.normalize_features,
+                          radius=args.radius, lambda_class=lambda_class, lambda_group=lambda_group,
+                          normalize_features=args.normalize_features,
+                          renormalize_prototypes=args.renormalize_prototypes,
                           repeats=args.guidance_repeats, interval=args.guidance_interval,
                           record_energy=args.record_energy)
+
+
+def sample_config(args):
+    """SampleConfig from the flags."""
+    return SampleConfig(args.num_steps, args.strength, args.cfg_scale, args.resolution, args.framing,
+                        args.start_rule, args.shared_posterior, args.offset_noise)
+
+
+def parse(argv=None):
+    """The resolved settings: defaults < configs/<dataset>.yaml (expand) < --preset < command line."""
+    args = parse_args(get_parser(), argv, config=dataset_section("expand"),
+                      overlay=lambda s: preset_values(s.preset, s.guidance, s.device))
+    if not args.dataset:
+        raise DistDiffError("a dataset is required (--dataset)")
+    if args.language_enhance and args.prompt_file is None:
+        args.prompt_file = str(registry.DATA_ROOT / f"{args.dataset}_le.json")
+    return resolve_paths(args)
 
 
 def verify(args, sources, items):
@@ -73,25 +95,23 @@ def verify(args, sources, items):
 
 
 def main(argv=None):
-    args = resolve_paths(parse_args(get_parser(), argv, config=dataset_section("expand")))
-    if not args.dataset:
-        raise DistDiffError("a dataset is required (--dataset)")
+    args = parse(argv)
     # Every input is checked before any heavy work, and before anything is written.
     args.split, args.total_split = shards.resolve_shard(args.split, args.total_split)
     spec = registry.get_dataset(args.dataset)
     registry.ensure_prepared(spec)
     sources = ex.load_sources(spec)
-    items = shards.work_items(sources.samples, args.expand_ratio, args.limit)
+    items = shards.work_items(sources.samples, args.expand_ratio, args.limit, args.first_image_index)
     if args.verify:
         return verify(args, sources, items)
     device = resolve_device(args.device, args.gpu)
     dtype = pipeline_dtype(args.precision, device)
     configure_cpu(args.threads)
-    guide, guide_input, meta = ex.load_guide(args.guide_ckpt, len(sources.classes), device)
-    model_dir = resolve_model(args.model)
-    guidance = guidance_config(args)
-    sample_cfg = SampleConfig(args.num_steps, args.strength, args.cfg_scale, args.resolution)
+    guidance, sample_cfg = guidance_config(args), sample_config(args)
     sample_cfg.check_guidance(guidance)
+    prompts = ex.class_prompts(spec, sources.classes, args.prompts, args.prompt_file if args.language_enhance else None)
+    guide, guide_input, meta = ex.load_guide(args.guide_ckpt, len(sources.classes), device, args.guide_input)
+    model_dir = resolve_model(args.model)
     out = Path(args.out)
     ex.check_or_write_args(out, resolved_dict(args))
     setup_logging(out, filename="log.txt" if args.split == 0 else f"log_shard{args.split}.txt")
@@ -102,7 +122,7 @@ def main(argv=None):
         return 0
     seed_everything(args.seed)
     protos = ex.build_prototypes(args.prototypes, spec, sources, guide, meta, device, args.guide_ckpt,
-                                 args.cluster, args.num_groups, args.seed)
+                                 args.cluster, args.num_groups, args.seed, args.guide_input)
     if args.prepare_only:
         print(f"prototypes ready at {args.prototypes}")
         return 0
@@ -110,8 +130,7 @@ def main(argv=None):
     if args.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.vae.enable_gradient_checkpointing()
-    sampler = ex.build_sampler(pipe, guide, guide_input, protos, spec, sources.classes, sample_cfg,
-                               guidance, device)
+    sampler = ex.build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance, device)
     counters = ex.run_blocks(sampler, sources, my_blocks, out, out / f"manifest_shard{args.split}.jsonl",
                              args.seed, args.guidance_repeats, desc=f"expand shard {args.split}/{args.total_split}")
     peak = f", peak CUDA memory {torch.cuda.max_memory_allocated() >> 20} MB" if device.type == "cuda" else ""
@@ -124,51 +143,93 @@ def radius_type(value):
     return None if str(value).lower() == "none" else float(value)
 
 
+def guidance_type(value):
+    """transform | direct | none, also in the authors' spelling (transform_guidance, direct_guidance)."""
+    return {"transform_guidance": "transform", "direct_guidance": "direct"}.get(value, value)
+
+
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
+    # Where a flag has a second spelling in the authors' generate_data.py, it is accepted too and
+    # means the same (the authors' expand_diff.sh argument list runs unchanged).
     # data, models, outputs
-    add("--dataset", default=None, help=f"one of {', '.join(registry.dataset_names())}")
-    add("--model", default="CompVis/stable-diffusion-v1-4", help="diffusers hub id or local folder")
-    add("--guide_ckpt", "--guide-ckpt", default=None,
+    add("--dataset", "-d", default=None, help=f"one of {', '.join(registry.dataset_names())}")
+    add("--model", "--pretrained_model_name_or_path", default="CompVis/stable-diffusion-v1-4",
+        help="Hugging Face Hub id (from the cache when offline) or local diffusers folder")
+    add("--guide_ckpt", "--guide-ckpt", "--encoder_weight_path", default=None,
         help="guide classifier (default: checkpoint/<dataset>/<guide_arch>_unpretrained_lr0.1/seed1/model_best.pth.tar)")
-    add("--guide_arch", "--guide-arch", default="resnet50", help="arch of the default guide checkpoint path")
+    add("--guide_arch", "--guide-arch", "-a", default="resnet50", help="arch of the default guide checkpoint path")
     add("--checkpoint_root", "--checkpoint-root", default="checkpoint", help="root for default paths")
     add("--exp", default=None, help="experiment name (default: distdiff_x<R>, sd_x<R> for --guidance none)")
-    add("--out", default=None, help="output dir (default: checkpoint/<dataset>/expansions/<exp>)")
+    add("--out", "--output_dir", default=None, help="output dir (default: checkpoint/<dataset>/expansions/<exp>)")
     add("--prototypes", default=None, help="prototypes file (default: <out>/prototypes.npz)")
-    add("--expand_ratio", "--expand-ratio", type=int, default=5, help="new images per source image")
+    add("--expand_ratio", "--expand-ratio", "--num_images_per_prompt", type=int, default=5,
+        help="new images per source image")
+    add("--first_image_index", type=int, default=0,
+        help="make copies k >= this only (the authors' manual resume; reruns resume by themselves here)")
     add("--limit", type=int, default=None, help="expand only n source images (class-interleaved)")
     # img2img
     add("--num_steps", "--num-steps", type=int, default=50, help="DDIM steps")
     add("--strength", type=float, default=0.5, help="img2img strength (denoising starts at step T*(1-s))")
-    add("--cfg_scale", "--cfg-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    add("--cfg_scale", "--cfg-scale", "--guidance_scale", type=float, default=7.5,
+        help="classifier-free guidance scale")
     add("--resolution", type=int, default=None, help="sampling size (default: the model's native size)")
+    add("--framing", default="center", choices=FRAMINGS,
+        help="source image to a square: shorter side + centre crop (default), + a random crop seeded per "
+             "source (authors), or squash the whole image")
+    add("--shared_posterior", "--shared-posterior", type=str2bool, default=False,
+        help="one VAE posterior sample per source shared by its copies (authors), not one per copy")
+    add("--start_rule", default="diffusers", choices=START_RULES,
+        help="first denoised step: T - int(T*s) (diffusers img2img) or int((1-s)*T) (authors); equal at s=0.5")
+    add("--offset_noise", type=str2bool, nargs="?", const=True, default=False,
+        help="the authors' --offset_noise: add 0.1 N(0, 1) per item and latent channel to the img2img noise")
+    add("--prompts", default="project", choices=PROMPT_SETS,
+        help="prompt templates: the project's (README) or the authors' (a full stop; '{} texture.' for DTD)")
+    add("--language_enhance", "-le", action="store_true",
+        help="several prompts per class from --prompt_file, one drawn per image with the item's generator")
+    add("--prompt_file", default=None,
+        help="JSON/YAML {class: [sentences]} for --language_enhance (default: data/<dataset>_le.json)")
     # distribution-aware guidance
-    add("--guidance", default="transform", choices=GUIDANCE_MODES, help="transform | direct | none (plain SD)")
-    add("--guidance_step", "--guidance-step", type=int, default=20, help="M: guide at timesteps[T-M]")
-    add("--lookahead_steps", "--lookahead-steps", type=int, default=2, help="P look-ahead DDIM steps")
+    add("--guidance", "--guidance_type", default="transform", type=guidance_type, choices=GUIDANCE_MODES,
+        help="transform | direct (the authors' variants) | none (plain SD img2img)")
+    add("--guidance_step", "--guidance-step", type=int, default=20, help="M: guidance starts at timesteps[T-M]")
+    add("--lookahead_steps", "--lookahead-steps", "--guidance_period", type=int, default=2,
+        help="P: look-ahead DDIM steps (transform) or guided steps (direct)")
     add("--step_size", "--step-size", "--rho", type=float, default=10.0, help="rho: gradient step size")
-    add("--radius", type=radius_type, default=0.2, help="L-inf projection radius, or 'none'")
-    add("--lambda_class", "--lambda-class", type=float, default=1.0, help="weight of the class prototype term")
-    add("--lambda_group", "--lambda-group", type=float, default=1.0, help="weight of the group prototype term")
+    add("--radius", "--constraint_value", type=radius_type, default=0.2,
+        help="transform: L-inf projection radius, or 'none'")
+    add("--lambda_class", "--lambda-class", "--gs", type=float, default=1.0, help="weight of the class prototype term")
+    add("--lambda_group", "--lambda-group", "--ls", type=float, default=1.0, help="weight of the group prototype term")
+    add("--optimize_targets", default=None,
+        help="the authors' term switch: global_prototype (class), local_prototype (group) or both joined "
+             "by '-'; a term it leaves out gets weight 0")
     add("--normalize_features", "--normalize-features", type=str2bool, default=True,
         help="L2-normalise guide features before the energy")
-    add("--guidance_repeats", "--guidance-repeats", type=int, default=1, help="number of guidance applications")
-    add("--guidance_interval", "--guidance-interval", type=int, default=1, help="steps between applications")
+    add("--renormalize_prototypes", "--renormalize-prototypes", type=str2bool, default=True,
+        help="rescale class and group prototypes (means of unit features) to unit norm, as the authors do")
+    add("--guide_input", "--guide-input", default="guide", choices=GUIDE_INPUTS,
+        help="decoded image to guide input: the guide's own test transform, or the authors' raw bicubic resize "
+             "(and their squash for the prototype features)")
+    add("--guidance_repeats", "--guidance-repeats", type=int, default=1, help="transform: number of applications")
+    add("--guidance_interval", "--guidance-interval", type=int, default=1, help="transform: steps between applications")
     add("--record_energy", "--record-energy", type=str2bool, default=True,
-        help="measure the energy before and after guidance (2P extra UNet calls per application)")
+        help="measure the energy with and without guidance (extra UNet, decoder and guide passes)")
     add("--cluster", default="kmeans", choices=CLUSTER_METHODS, help="group prototype clustering")
     add("--num_groups", "--num-groups", "--K", type=int, default=3, help="K group prototypes per class")
+    add("--preset", default=None, choices=sorted(PRESETS),
+        help="set a group of flags at once (flags on the command line still win): authors = the authors' "
+             "algorithm, see README")
     # execution
     add("--split", "--shard_id", "--shard-id", type=int, default=None, help="this shard's id")
     add("--total_split", "--num_shards", "--num-shards", type=int, default=None, help="number of shards")
-    add("--batch_size", "--batch-size", type=int, default=8, help="items sampled together")
+    add("--batch_size", "--batch-size", "--train_batch_size", type=int, default=8, help="items sampled together")
     add("--gpu", default=None, help="GPU index (the authors' launcher argument)")
     add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
-        help="recompute activations in the look-ahead backward (saves memory at SD scale)")
+        help="recompute UNet and VAE-decoder activations in the guidance backward instead of storing them: "
+             "less memory, more time (diffusers checkpoints whenever gradients are on)")
     add("--channels_last", "--channels-last", type=str2bool, default=False,
-        help="NHWC memory format for the UNet and VAE (see README, Performance)")
+        help="NHWC memory format for the UNet and VAE (see docs/performance.md)")
     add("--compile", type=str2bool, default=False,
         help="torch.compile the UNet and VAE decoder (CUDA; compile time dominates short CPU runs)")
     add("--prepare_only", "--prepare-only", action="store_true", help="build prototypes, then exit")

@@ -122,11 +122,13 @@ def check_config_values(parser, values, where):
     return checked
 
 
-def parse_args(parser, argv=None, config=None):
-    """Parse `argv` with precedence argparse default < config < command line.
+def parse_args(parser, argv=None, config=None, overlay=None):
+    """Parse `argv` with precedence argparse default < config < overlay < command line.
 
     `config(settings) -> (values, where)` returns the YAML values given the defaults and the
     explicit flags (e.g. the dataset's section); `where` names the file in error messages.
+    `overlay(settings) -> values` (a preset) sees the settings so far and sets what the command
+    line did not.
     """
     explicit = explicit_args(parser, argv)
     defaults = {dest: action.default for dest, action in _named_actions(parser).items()
@@ -135,6 +137,8 @@ def parse_args(parser, argv=None, config=None):
     if config is not None:
         raw, where = config(argparse.Namespace(**{**defaults, **explicit}))
         values = check_config_values(parser, raw, where)
+    if overlay is not None:
+        values.update(overlay(argparse.Namespace(**{**defaults, **values, **explicit})))
     return argparse.Namespace(**{**defaults, **values, **explicit})
 
 

@@ -12,7 +12,7 @@ from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff import shards
 from distdiff.engine import load_classifier
-from distdiff.features import GuideInput, extract_features
+from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text
 from distdiff.prototypes import compute_prototypes, fingerprint, prepare_prototypes
 from distdiff.sampler import GuidedSampler, draw_item
@@ -23,8 +23,10 @@ logger = logging.getLogger(__name__)
 GENERATION_KEYS = ("dataset", "model", "guide_ckpt", "expand_ratio", "seed", "num_steps", "strength",
                    "cfg_scale", "resolution", "guidance", "guidance_step", "lookahead_steps",
                    "step_size", "radius", "lambda_class", "lambda_group", "normalize_features",
-                   "guidance_repeats", "guidance_interval", "cluster", "num_groups", "precision",
-                   "batch_size", "channels_last", "compile")
+                   "renormalize_prototypes", "guide_input", "framing", "start_rule", "shared_posterior",
+                   "offset_noise", "prompts", "prompt_file", "guidance_repeats", "guidance_interval",
+                   "cluster", "num_groups", "precision", "batch_size", "channels_last", "compile")
+SOURCE_STREAM, CROP_STREAM = -1, -2  # per-source generators: (seed, source index, stream)
 
 
 def check_or_write_args(out_dir, resolved):
@@ -48,14 +50,15 @@ def load_sources(spec):
 
 
 def build_prototypes(path, spec, sources, guide, meta, device, guide_ckpt, cluster="kmeans", num_groups=3,
-                     seed=0):
-    """Load or compute the prototypes file at `path` for this guide, split, cluster method and K."""
+                     seed=0, guide_input="guide"):
+    """Load or compute the prototypes file at `path` for this guide, split, cluster method, K and
+    feature transform (the guide's test transform, or the authors' squash)."""
     root = spec.split_dir(spec.train_split)
     files = [str(Path(p).relative_to(root)) for p, _ in sources.samples]
-    fprint = fingerprint(guide_ckpt, files, cluster, num_groups)
+    fprint = fingerprint(guide_ckpt, files, cluster, num_groups, guide_input)
 
     def compute():
-        transform = ds.test_transform(meta["image_size"], meta["resize_size"], meta["mean"], meta["std"])
+        transform = prototype_transform(meta, guide_input)
         dataset = ds.load_split(spec, spec.train_split, transform, verify=False)
         features, labels = extract_features(guide, dataset, device)
         class_p, group_p, mask = compute_prototypes(features.numpy(), labels.numpy(), len(sources.classes),
@@ -68,11 +71,11 @@ def build_prototypes(path, spec, sources, guide, meta, device, guide_ckpt, clust
     return protos
 
 
-def load_guide(guide_ckpt, num_classes, device):
+def load_guide(guide_ckpt, num_classes, device, guide_input="guide"):
     """The frozen guide classifier, its input mapping and its checkpoint meta."""
     guide, meta = load_classifier(guide_ckpt, device, num_classes=num_classes)
     guide.requires_grad_(False)
-    return guide, GuideInput(meta).to(device), meta
+    return guide, GuideInput(meta, guide_input).to(device), meta
 
 
 class SourceLatents:
@@ -81,22 +84,23 @@ class SourceLatents:
 
     BLOCK = 8
 
-    def __init__(self, sampler, sources):
-        self.sampler, self.sources, self.cache = sampler, sources, {}
+    def __init__(self, sampler, sources, seed=0):
+        self.sampler, self.sources, self.seed, self.cache = sampler, sources, seed, {}
 
     def get(self, index):
         """(mean, std) latents of one source."""
         block = index // self.BLOCK
         if block not in self.cache:
             ids = range(block * self.BLOCK, min((block + 1) * self.BLOCK, len(self.sources)))
-            mean, std = self.sampler.encode_sources([self.sources[i][0] for i in ids])
+            crops = [shards.item_generator(self.seed, i, CROP_STREAM) for i in ids]  # framing="random"
+            mean, std = self.sampler.encode_sources([self.sources[i][0] for i in ids], crops)
             self.cache[block] = {i: (mean[j], std[j]) for j, i in enumerate(ids)}
         return self.cache[block][index]
 
 
 def run_blocks(sampler, sources, my_blocks, out_dir, manifest, seed, repeats, desc="expand"):
     """Sample every unfinished block of this shard; returns summary counters."""
-    latents = SourceLatents(sampler, sources)
+    latents = SourceLatents(sampler, sources, seed)
     counters = {"written": 0, "skipped": 0, "nonfinite": 0, "seconds": 0.0, "before": [], "after": []}
     total = sum(len(b) for _, b in my_blocks)
     bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
@@ -126,8 +130,12 @@ def run_blocks(sampler, sources, my_blocks, out_dir, manifest, seed, repeats, de
 def sample_block(sampler, latents, block, seed, repeats):
     """Decoded images [B, 3, H, W] and stats of one block; every item draws from its own seed."""
     posts = [latents.get(it.index) for it in block]
-    draws = [draw_item(shards.item_generator(seed, it.index, it.k), sampler.latent_shape(), repeats)
-             for it in block]
+    cfg = sampler.sample_cfg
+    draws = [draw_item(shards.item_generator(seed, it.index, it.k), sampler.latent_shape(), repeats,
+                       sampler.prompts_per_class(it.label), cfg.offset_noise) for it in block]
+    if cfg.shared_posterior:  # the authors' one posterior sample per source, shared by its copies
+        for it, d in zip(block, draws):
+            d.latent_eps = torch.randn(d.latent_eps.shape, generator=shards.item_generator(seed, it.index, SOURCE_STREAM))
     return sampler.sample(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
                           torch.tensor([it.label for it in block]), draws)
 
@@ -171,8 +179,23 @@ def summary_line(counters):
     return line + f", non-finite energies {counters['nonfinite']}"
 
 
-def build_sampler(pipe, guide, guide_input, protos, spec, classes, sample_cfg, guidance_cfg, device):
-    """The GuidedSampler with one prompt per class from the dataset template."""
-    prompts = [spec.prompt(name) for name in classes]
+def class_prompts(spec, classes, prompts="project", prompt_file=None):
+    """Per class, its list of prompts: the dataset template's one (the project's or the authors'
+    set), or with a prompt file (the authors' --language_enhance) the sentences listed for it."""
+    if prompt_file is None:
+        return [[spec.prompt(name, prompts)] for name in classes]
+    path = Path(prompt_file)
+    if not path.is_file():
+        raise DistDiffError(f"prompt file {path} not found; --language_enhance reads a JSON or YAML mapping "
+                            "of class folder names to lists of sentences (--prompt_file)")
+    table = yaml.safe_load(path.read_text()) or {}  # YAML reads JSON too
+    missing = [name for name in classes if not table.get(name) and not table.get(spec.prompt_name(name))]
+    if missing:
+        raise DistDiffError(f"{path} has no sentences for class(es) {missing[:5]}")
+    return [list(table.get(name) or table[spec.prompt_name(name)]) for name in classes]
+
+
+def build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance_cfg, device):
+    """The GuidedSampler; `prompts[c]` lists class c's prompts (class_prompts)."""
     logger.info("prompts: %s%s", prompts[:3], " ..." if len(prompts) > 3 else "")
     return GuidedSampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance_cfg, device)

@@ -1,47 +1,61 @@
 """Distribution-aware energy guidance (DistDiff, stage 3).
 
-At the guidance step the current latent z is perturbed, P look-ahead DDIM steps are run from
-it with autograd on, each predicted clean latent x0 is decoded and encoded by the guide model,
-and the energy
+The energy of a decoded image with guide features f, for its class c,
 
-    E = lambda_c * ||f - p_c|| + lambda_g * ||f - p_g*||,   p_g* = most cosine-similar group,
+    E = lambda_c * ||f - p_c|| + lambda_g * ||f - p_g*||,   p_g* = the most cosine-similar group of c,
 
-averaged over the P steps, is lowered by one gradient step of size rho. `transform` guidance
-optimises a per-channel affine map z' = z * (1 + a) + b with a ~ U(0, 1), b ~ N(0, 1);
-`direct` guidance steps on z itself. Either way the result is projected into an L-inf ball of
-the given radius around the unperturbed z, and denoising continues from there.
+is summed over the items of a batch (each item's step is its own, whatever the batch size).
+
+`transform` guidance (the paper's algorithm), once at schedule index T - M: perturb the current
+latent z per channel, z' = z * (1 + a) + b with a ~ U(0, 1), b ~ N(0, 1); run P look-ahead DDIM
+steps from z' with autograd on, decoding each predicted clean latent x0 and scoring it with E
+(averaged over the P steps); take one gradient step of size rho on (a, b); apply the transform to
+z and project the result into an L-inf ball of radius r around z. Denoising continues from there.
+
+`direct` guidance (the authors' `direct_guidance`), at each of the P schedule indices T - M ...
+T - M + P - 1: one DDIM step from z_t gives z_{t-1} and the one-step x0; E of the decoded x0 is
+differentiated with respect to z_t, and z_{t-1} moves by -rho times that gradient, with no
+projection. Denoising continues from the guided z_{t-1}.
 """
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import record_function
+
+from distdiff.timing import stage
 
 GUIDANCE_MODES = ("transform", "direct", "none")
 
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """Guidance hyper-parameters; the defaults are the paper's."""
+    """Guidance hyper-parameters; the defaults are the paper's (and the project's choices)."""
     mode: str = "transform"
-    guidance_step: int = 20          # M: applied at timesteps[T - M]
-    lookahead_steps: int = 2         # P
+    guidance_step: int = 20          # M: guidance starts at schedule index T - M
+    lookahead_steps: int = 2         # P: look-ahead steps (transform) or guided steps (direct)
     step_size: float = 10.0          # rho
-    radius: float | None = 0.2       # L-inf projection radius; None disables the projection
+    radius: float | None = 0.2       # transform: L-inf projection radius; None disables it
     lambda_class: float = 1.0
     lambda_group: float = 1.0
-    normalize_features: bool = True  # L2-normalise f before the energy (prototypes are unit-mean)
-    repeats: int = 1                 # number of applications (the paper: once)
-    interval: int = 1                # denoising steps between applications when repeats > 1
-    record_energy: bool = True       # measure E(z) before and E(z_new) after (2P extra UNet calls)
+    normalize_features: bool = True  # L2-normalise f before the energy (the prototypes are unit vectors)
+    renormalize_prototypes: bool = True  # unit prototypes: rescale the class and group means to norm 1
+    repeats: int = 1                 # transform: number of applications (the paper: once)
+    interval: int = 1                # transform: denoising steps between applications
+    record_energy: bool = True       # measure the energy with and without guidance (extra passes)
 
     def indices(self, num_steps):
-        """Indices into the full timestep schedule where guidance is applied."""
+        """Indices into the full timestep schedule where guidance acts."""
+        first = num_steps - self.guidance_step
         if self.mode == "none":
             return []
-        first = num_steps - self.guidance_step
+        if self.mode == "direct":
+            return [first + p for p in range(self.lookahead_steps)]
         return [first + j * self.interval for j in range(self.repeats)]
+
+    def last_allowed_index(self, num_steps):
+        """A transform look-ahead needs P steps after its index; a direct step needs one."""
+        return num_steps - (self.lookahead_steps if self.mode == "transform" else 1)
 
 
 def energy(features, class_protos, group_protos, group_mask, lambda_class=1.0, lambda_group=1.0):
@@ -57,7 +71,15 @@ def energy(features, class_protos, group_protos, group_mask, lambda_class=1.0, l
     return lambda_class * class_term + lambda_group * group_term
 
 
-def _finite_rows(*tensors):
+def unit_prototypes(prototypes):
+    """Class and group prototypes rescaled to unit norm (masked, all-zero groups stay zero)."""
+    out = dict(prototypes)
+    out["class_protos"] = F.normalize(prototypes["class_protos"], dim=-1)
+    out["group_protos"] = F.normalize(prototypes["group_protos"], dim=-1)
+    return out
+
+
+def finite_rows(*tensors):
     """Bool [B]: True where every tensor row is finite."""
     ok = torch.ones(len(tensors[0]), dtype=torch.bool, device=tensors[0].device)
     for t in tensors:
@@ -72,31 +94,37 @@ def project(z_new, z, radius):
     return torch.minimum(torch.maximum(z_new, z - radius), z + radius)
 
 
-def guide_step(z, lookahead_energy, cfg, draw_a=None, draw_b=None):
-    """One guidance application; returns (new latent, finite mask [B]).
+def keep_finite(new, fallback, ok):
+    """`new` where `ok`, else the unguided `fallback` (items whose energy or gradient was NaN/inf)."""
+    return torch.where(ok.view(-1, *([1] * (new.dim() - 1))), new, fallback)
 
-    `lookahead_energy(z) -> [B]` runs the P-step look-ahead. Items whose energy or gradient is
-    NaN/inf keep their unguided latent (reported through the mask).
+
+def transform_step(z, lookahead_energy, a, b, step_size, radius):
+    """One transform-guidance application; returns (new latent, finite mask [B]).
+
+    `lookahead_energy(z') -> [B]` runs the P-step look-ahead from the perturbed latent.
     """
     with torch.enable_grad():
-        if cfg.mode == "transform":
-            a = draw_a.detach().clone().requires_grad_(True)
-            b = draw_b.detach().clone().requires_grad_(True)
-            values = lookahead_energy(z * (1 + a) + b)
-            with record_function("guidance_backward"):
-                grad_a, grad_b = torch.autograd.grad(values.sum(), [a, b])
-            a, b = a - cfg.step_size * grad_a, b - cfg.step_size * grad_b
-            z_new = z * (1 + a) + b
-            ok = _finite_rows(values, grad_a, grad_b)
-        elif cfg.mode == "direct":
-            z_var = z.detach().clone().requires_grad_(True)
-            values = lookahead_energy(z_var)
-            with record_function("guidance_backward"):
-                (grad,) = torch.autograd.grad(values.sum(), [z_var])
-            z_new = z - cfg.step_size * grad
-            ok = _finite_rows(values, grad)
-        else:
-            raise ValueError(f"unknown guidance mode {cfg.mode!r}; choose from {GUIDANCE_MODES}")
-    z_new = project(z_new.detach(), z, cfg.radius)
-    z_new = torch.where(ok.view(-1, *([1] * (z.dim() - 1))), z_new, z)
-    return z_new, ok
+        a = a.detach().clone().requires_grad_(True)
+        b = b.detach().clone().requires_grad_(True)
+        values = lookahead_energy(z * (1 + a) + b)
+        with stage("guidance_backward"):
+            grad_a, grad_b = torch.autograd.grad(values.sum(), [a, b])
+    a, b = a - step_size * grad_a, b - step_size * grad_b
+    ok = finite_rows(values, grad_a, grad_b)
+    return keep_finite(project((z * (1 + a) + b).detach(), z, radius), z, ok), ok
+
+
+def direct_step(z, step_energy, step_size):
+    """One direct-guidance step from z_t; returns (guided z_{t-1}, unguided z_{t-1}, finite mask).
+
+    `step_energy(z_t) -> (z_{t-1}, energy [B])` runs one DDIM step and scores its x0.
+    """
+    with torch.enable_grad():
+        z_var = z.detach().clone().requires_grad_(True)
+        prev, values = step_energy(z_var)
+        with stage("guidance_backward"):
+            (grad,) = torch.autograd.grad(values.sum(), [z_var])
+    prev = prev.detach()
+    ok = finite_rows(values, grad)
+    return keep_finite(prev - step_size * grad, prev, ok), prev, ok

@@ -29,6 +29,9 @@ def is_hub_id(model):
 def resolve_model(model):
     """The local folder holding `model` (a diffusers folder path, or a Hub id resolved through
     the Hugging Face cache)."""
+    if str(model).startswith("shape:"):
+        raise DistDiffError(f"--model {model} is an architecture with random weights (for the benchmarks): its "
+                            "images would be noise; pass a trained model (a Hub id or a diffusers folder)")
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -51,17 +54,29 @@ def resolve_model(model):
                             "pass --model <local diffusers folder>") from None
 
 
-def load_pipeline(model, device, dtype=torch.float32):
-    """StableDiffusionImg2ImgPipeline from a folder or Hub id, with a DDIM scheduler, frozen."""
+def load_pipeline(model, device, dtype=torch.float32, allow_shapes=False):
+    """StableDiffusionImg2ImgPipeline from a folder or Hub id, with a DDIM scheduler, frozen.
+
+    With allow_shapes (benchmarks), `shape:<name>` builds models/sd_shapes.py's random-weight
+    pipeline with a published architecture instead.
+    """
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
-    folder = resolve_model(model)
-    try:
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DistDiffError(f"cannot load the diffusion model {model!r} from {folder} ({first})") from None
+    if allow_shapes and str(model).startswith("shape:"):
+        from models.sd_shapes import check_shape, shape_name, shape_pipeline
+        try:
+            check_shape(shape_name(model))
+        except ValueError as err:
+            raise DistDiffError(str(err)) from None
+        pipe = shape_pipeline(shape_name(model), dtype=dtype)
+    else:
+        folder = resolve_model(model)
+        try:
+            pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+                folder, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DistDiffError(f"cannot load the diffusion model {model!r} from {folder} ({first})") from None
     # The paper samples with DDIM; SD-1.4 ships PNDM, so swap it keeping the noise schedule.
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -1,15 +1,15 @@
 """Hierarchical prototypes: one class prototype and K group prototypes per class.
 
 Saved once to `prototypes.npz` (atomic, under a file lock so parallel shards never race) with a
-fingerprint of the guide checkpoint, the training split, the cluster method and K. A file with
-another fingerprint is an error, never silently recomputed.
+fingerprint of the guide checkpoint, the training split, the cluster method, K and the feature
+transform. A file with another fingerprint is an error, never silently recomputed.
 """
-import fcntl
 import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from sklearn.cluster import AgglomerativeClustering, KMeans
 
 from distdiff import DistDiffError
@@ -36,8 +36,9 @@ def cluster_groups(features, k, method="kmeans", seed=0):
 def compute_prototypes(features, labels, num_classes, k=3, method="kmeans", seed=0):
     """class_protos [C, D], group_protos [C, K, D] and group_mask [C, K] from unit features.
 
-    The class prototype is the plain mean of the class's L2-normalised features (not
-    re-normalised). A class with n < K images has n valid groups; the rest are masked out.
+    The file stores plain means of the class's L2-normalised features; the sampler rescales them
+    to unit norm as the authors' code does (--renormalize_prototypes, default on). A class with
+    n < K images has n valid groups; the rest are masked out.
     """
     features, labels = np.asarray(features, dtype=np.float32), np.asarray(labels)
     dim = features.shape[1]
@@ -55,14 +56,15 @@ def compute_prototypes(features, labels, num_classes, k=3, method="kmeans", seed
     return class_protos, group_protos, group_mask
 
 
-def fingerprint(guide_ckpt, train_files, method, k):
-    """Hash of the guide checkpoint bytes, the training file list, the cluster method and K."""
+def fingerprint(guide_ckpt, train_files, method, k, transform="guide"):
+    """Hash of the guide checkpoint bytes, the training file list, the cluster method, K and the
+    feature transform."""
     digest = hashlib.sha256()
     with open(guide_ckpt, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     digest.update("\n".join(sorted(str(p) for p in train_files)).encode())
-    digest.update(f"|{method}|{k}".encode())
+    digest.update(f"|{method}|{k}".encode() + (b"" if transform == "guide" else f"|{transform}".encode()))
     return digest.hexdigest()[:20]
 
 
@@ -93,8 +95,7 @@ def prepare_prototypes(path, fprint, compute):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.parent / f".{path.name}.lock"):
         if not path.is_file():
             built = compute()
             save_prototypes(path, built["class_protos"], built["group_protos"], built["group_mask"],

@@ -1,44 +1,55 @@
 """Batched guided img2img on diffusers components (Stable Diffusion or the embedded prior).
 
-Every random number of an item (the VAE latent sample, the img2img noise and the guidance
-draws a, b) comes from that item's own generator, so a batch is just a stack of independent
-items: outputs do not depend on which shard or batch an item lands in, up to float rounding.
+Every random number of an item (the VAE latent sample, the img2img noise, the guidance draws a, b,
+and with the matching options its prompt choice and offset noise) comes from that item's own
+generator, so a batch is just a stack of independent items: outputs do not depend on which shard
+or batch an item lands in, up to float rounding.
 """
 import logging
 from dataclasses import dataclass
 
 import torch
-from torch.profiler import record_function
+from torchvision.transforms.v2 import functional as TF
 
 from distdiff import DistDiffError
 from distdiff.features import guide_features
-from distdiff.guidance import energy, guide_step
+from distdiff.guidance import direct_step, energy, transform_step, unit_prototypes
+from distdiff.timing import stage
 
 logger = logging.getLogger(__name__)
+FRAMINGS = ("center", "random", "squash")
+START_RULES = ("diffusers", "authors")
+OFFSET_NOISE = 0.1  # the authors' --offset_noise scale
 
 
 @dataclass
 class SampleConfig:
-    """img2img settings; the defaults are the paper's."""
+    """img2img settings; the defaults are the paper's (framing and start rule: see README)."""
     num_steps: int = 50
     strength: float = 0.5
     cfg_scale: float = 7.5
     resolution: int | None = None  # None: the model's native size (512 for SD-1.4)
+    framing: str = "center"        # source to square: shorter side + centre crop | + seeded random crop | squash
+    start_rule: str = "diffusers"  # first denoised index: T - int(T s) (diffusers) | int((1 - s) T) (authors)
+    shared_posterior: bool = False  # one VAE posterior sample per source (authors) instead of per copy
+    offset_noise: bool = False     # the authors' --offset_noise: + 0.1 N(0, 1) per item and channel
 
     @property
     def start(self):
-        """Index of the first denoised step (diffusers' img2img rule)."""
+        """Index of the first denoised step."""
+        if self.start_rule == "authors":
+            return int((1 - self.strength) * self.num_steps)
         return self.num_steps - min(int(self.num_steps * self.strength), self.num_steps)
 
     def check_guidance(self, guidance_cfg):
         """Guidance must fall inside the denoised steps, with room for the look-ahead."""
-        lookahead = guidance_cfg.lookahead_steps
+        last = guidance_cfg.last_allowed_index(self.num_steps)
         for index in guidance_cfg.indices(self.num_steps):
-            if not self.start <= index <= self.num_steps - lookahead:
+            if not self.start <= index <= last:
                 raise DistDiffError(
-                    f"guidance at step index {index} is outside the denoised steps "
-                    f"[{self.start}, {self.num_steps - lookahead}] (strength {self.strength}, "
-                    f"M={guidance_cfg.guidance_step}, P={lookahead}); lower --guidance_step or raise --strength")
+                    f"guidance at step index {index} is outside the denoised steps [{self.start}, {last}] "
+                    f"(strength {self.strength}, M={guidance_cfg.guidance_step}, P={guidance_cfg.lookahead_steps}); "
+                    "lower --guidance_step or raise --strength")
 
 
 @dataclass
@@ -48,23 +59,50 @@ class ItemDraws:
     noise: torch.Tensor        # img2img forward-diffusion noise [C, h, w]
     a: torch.Tensor            # transform guidance init, U(0, 1) per channel [R, C, 1, 1]
     b: torch.Tensor            # transform guidance init, N(0, 1) per channel [R, C, 1, 1]
+    prompt: int = 0            # which of its class's prompts the item uses
 
 
-def draw_item(generator, latent_shape, repeats):
-    """Draw an item's random numbers in a fixed order (the same for every guidance mode, so
-    guided and unguided images with the same seed share their noise)."""
+def draw_item(generator, latent_shape, repeats, num_prompts=1, offset_noise=False):
+    """Draw an item's random numbers in a fixed order (the same for every guidance mode, so guided
+    and unguided images with the same seed share their noise). Optional draws come last, so
+    turning them on leaves the others unchanged."""
     channels = latent_shape[0]
-    return ItemDraws(latent_eps=torch.randn(latent_shape, generator=generator),
-                     noise=torch.randn(latent_shape, generator=generator),
-                     a=torch.rand((max(repeats, 1), channels, 1, 1), generator=generator),
-                     b=torch.randn((max(repeats, 1), channels, 1, 1), generator=generator))
+    draws = ItemDraws(latent_eps=torch.randn(latent_shape, generator=generator),
+                      noise=torch.randn(latent_shape, generator=generator),
+                      a=torch.rand((max(repeats, 1), channels, 1, 1), generator=generator),
+                      b=torch.randn((max(repeats, 1), channels, 1, 1), generator=generator))
+    if num_prompts > 1:
+        draws.prompt = int(torch.randint(num_prompts, (1,), generator=generator))
+    if offset_noise:
+        draws.noise = draws.noise + OFFSET_NOISE * torch.randn((channels, 1, 1), generator=generator)
+    return draws
+
+
+def frame(image, side, framing="center", generator=None):
+    """A PIL image as a [3, side, side] tensor in [-1, 1]: shorter side resized to `side`, then a
+    centre or (seeded) random crop; or the whole image squashed to side x side."""
+    x = TF.to_dtype(TF.to_image(image.convert("RGB")), torch.float32, scale=True)
+    if framing == "squash":
+        x = TF.resize(x, [side, side], antialias=True)
+    else:
+        x = TF.resize(x, side, antialias=True)
+        height, width = x.shape[-2:]
+        if framing == "random":
+            top = int(torch.randint(height - side + 1, (1,), generator=generator))
+            left = int(torch.randint(width - side + 1, (1,), generator=generator))
+        else:
+            top, left = (height - side) // 2, (width - side) // 2
+        x = TF.crop(x, top, left, side, side)
+    return x * 2 - 1
 
 
 class GuidedSampler:
-    """Holds the pipeline, guide, prototypes and per-class prompt embeddings for a run."""
+    """Holds the pipeline, guide, prototypes and per-class prompt embeddings for a run.
 
-    def __init__(self, pipe, guide, guide_input, prototypes, prompts, sample_cfg, guidance_cfg,
-                 device):
+    `prompts[c]` is the list of prompts of class c (one, or several with --language_enhance).
+    """
+
+    def __init__(self, pipe, guide, guide_input, prototypes, prompts, sample_cfg, guidance_cfg, device):
         self.pipe, self.guide, self.guide_input = pipe, guide, guide_input
         self.device, self.sample_cfg, self.guidance_cfg = device, sample_cfg, guidance_cfg
         self.dtype = pipe.unet.dtype
@@ -72,30 +110,39 @@ class GuidedSampler:
         self.scheduler.set_timesteps(sample_cfg.num_steps, device=device)
         self.timesteps = self.scheduler.timesteps
         self.start = sample_cfg.start
-        self.guidance_at = set(guidance_cfg.indices(sample_cfg.num_steps))
+        self.guidance_at = guidance_cfg.indices(sample_cfg.num_steps)
         sample_cfg.check_guidance(guidance_cfg)
         self.resolution = sample_cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.scaling = pipe.vae.config.scaling_factor
-        self.prompt_embeds = self._encode_prompts(prompts)  # [C, 2, L, E]: (uncond, cond)
-        self.protos = {k: torch.as_tensor(prototypes[k]).to(device)
-                       for k in ("class_protos", "group_protos", "group_mask")}
+        self.prompt_embeds, self.prompt_index = self._encode_prompts(prompts)
+        protos = {k: torch.as_tensor(prototypes[k]).to(device) for k in ("class_protos", "group_protos", "group_mask")}
+        self.protos = unit_prototypes(protos) if guidance_cfg.renormalize_prototypes else protos
 
     # -- set-up --------------------------------------------------------------
     @torch.no_grad()
     def _encode_prompts(self, prompts):
-        """Text embeddings once per class: [C, 2, L, E] with (unconditional, conditional)."""
+        """Text embeddings [N, 2, L, E] (unconditional, conditional) of every distinct prompt, and
+        for each class the embedding rows of its prompts."""
+        distinct = list(dict.fromkeys(p for class_prompts in prompts for p in class_prompts))
         embeds = []
-        for prompt in prompts:
-            cond, uncond = self.pipe.encode_prompt(prompt, self.device, 1, True)
+        for prompt in distinct:
+            cond, uncond = self.pipe.encode_prompt(prompt, self.device, 1, True)  # negative prompt ""
             embeds.append(torch.cat([uncond, cond]))
-        return torch.stack(embeds)
+        return torch.stack(embeds), [[distinct.index(p) for p in class_prompts] for class_prompts in prompts]
+
+    def prompts_per_class(self, label):
+        """How many prompts class `label` has (the item draws one of them)."""
+        return len(self.prompt_index[label])
 
     @torch.no_grad()
-    def encode_sources(self, images):
-        """VAE posterior (mean, std) of source PIL images, each [C, h, w], scaled latents."""
-        pixels = self.pipe.image_processor.preprocess(images, height=self.resolution,
-                                                      width=self.resolution)
-        with record_function("vae_encode"):
+    def encode_sources(self, images, generators=None):
+        """VAE posterior (mean, std) of source PIL images, each [C, h, w], scaled latents.
+
+        `generators` (one per image) place the random crop of framing="random"."""
+        generators = generators or [None] * len(images)
+        pixels = torch.stack([frame(img, self.resolution, self.sample_cfg.framing, gen)
+                              for img, gen in zip(images, generators)])
+        with stage("vae_encode"):
             posterior = self.pipe.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
         return posterior.mean * self.scaling, posterior.std * self.scaling
 
@@ -107,8 +154,7 @@ class GuidedSampler:
     # -- model calls ---------------------------------------------------------
     def noise_pred(self, latents, t, embeds):
         """Classifier-free-guided epsilon; embeds [B, 2, L, E]."""
-        doubled = torch.cat([latents, latents])
-        doubled = self.scheduler.scale_model_input(doubled, t)
+        doubled = self.scheduler.scale_model_input(torch.cat([latents, latents]), t)
         context = torch.cat([embeds[:, 0], embeds[:, 1]])
         uncond, cond = self.pipe.unet(doubled, t, encoder_hidden_states=context).sample.chunk(2)
         return uncond + self.sample_cfg.cfg_scale * (cond - uncond)
@@ -117,24 +163,30 @@ class GuidedSampler:
         """Latents -> images in [-1, 1]."""
         return self.pipe.vae.decode(latents / self.scaling).sample
 
+    def step(self, latents, index, embeds, name="denoise_unet"):
+        """One DDIM step at schedule index `index` (the scheduler's output: prev_sample, x0)."""
+        t = self.timesteps[index]
+        with stage(name):
+            return self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents)
+
+    def image_energy(self, x0, labels):
+        """Energy [B] of predicted clean latents: decode, map to the guide's input, score."""
+        cfg = self.guidance_cfg
+        with stage("lookahead_vae_decode"):
+            images = self.decode(x0)
+        with stage("guide_forward"):
+            features = guide_features(self.guide, self.guide_input, images, cfg.normalize_features)
+        return energy(features, self.protos["class_protos"][labels], self.protos["group_protos"][labels],
+                      self.protos["group_mask"][labels], cfg.lambda_class, cfg.lambda_group)
+
     def lookahead_energy(self, latents, index, embeds, labels):
         """Mean energy over P look-ahead DDIM steps from `latents` at schedule index `index`."""
-        cfg = self.guidance_cfg
         total = 0.0
-        for p in range(cfg.lookahead_steps):
-            t = self.timesteps[index + p]
-            with record_function("lookahead_unet"):
-                out = self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents)
-            with record_function("lookahead_vae_decode"):
-                images = self.decode(out.pred_original_sample)
-            with record_function("guide_forward"):
-                features = guide_features(self.guide, self.guide_input, images, cfg.normalize_features)
-            total = total + energy(features, self.protos["class_protos"][labels],
-                                   self.protos["group_protos"][labels],
-                                   self.protos["group_mask"][labels],
-                                   cfg.lambda_class, cfg.lambda_group)
+        for p in range(self.guidance_cfg.lookahead_steps):
+            out = self.step(latents, index + p, embeds, "lookahead_unet")
+            total = total + self.image_energy(out.pred_original_sample, labels)
             latents = out.prev_sample
-        return total / cfg.lookahead_steps
+        return total / self.guidance_cfg.lookahead_steps
 
     # -- the loop ------------------------------------------------------------
     @torch.no_grad()
@@ -143,34 +195,45 @@ class GuidedSampler:
 
         Returns (decoded images in [-1, 1] as a tensor [B, 3, H, W], stats dict of per-item lists).
         Everything but the guidance runs under inference_mode (no autograd bookkeeping at all);
-        the latent is cloned out of it before each guidance step, because autograd cannot save
-        inference tensors for the backward pass.
+        the latent is cloned out of it before guidance, because autograd cannot save inference
+        tensors for the backward pass.
         """
         labels = labels.to(self.device)
-        embeds = self.prompt_embeds[labels]
+        rows = torch.tensor([self.prompt_index[int(y)][d.prompt] for y, d in zip(labels, draws)], device=self.device)
+        embeds = self.prompt_embeds[rows]
         stats = {"energy_before": [], "energy_after": [], "nonfinite": 0}
         with torch.inference_mode():
             eps = torch.stack([d.latent_eps for d in draws]).to(self.device, self.dtype)
             noise = torch.stack([d.noise for d in draws]).to(self.device, self.dtype)
             latents = posterior_mean + posterior_std * eps
             latents = self.scheduler.add_noise(latents, noise, self.timesteps[self.start:self.start + 1])
+        mode = self.guidance_cfg.mode
         for index in range(self.start, self.sample_cfg.num_steps):
+            if index in self.guidance_at and mode == "direct":
+                latents = self._direct(latents.clone(), index, embeds, labels, stats)
+                continue  # the guided step replaces the ordinary one
             if index in self.guidance_at:
-                latents = self._guide(latents.clone(), index, embeds, labels, draws, stats)
-            t = self.timesteps[index]
-            with torch.inference_mode(), record_function("denoise_unet"):
-                latents = self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents).prev_sample
-        with torch.inference_mode(), record_function("final_decode"):
+                latents = self._transform(latents.clone(), index, embeds, labels, draws, stats)
+            with torch.inference_mode():
+                latents = self.step(latents, index, embeds).prev_sample
+        with torch.inference_mode(), stage("final_decode"):
             return self.decode(latents), stats
 
     def to_pil(self, images):
         """Decoded [-1, 1] images -> PIL images (the pipeline's own postprocessing)."""
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
-    def _guide(self, latents, index, embeds, labels, draws, stats):
-        """Apply guidance at `index`; record energies before/after when asked."""
+    def _report(self, ok, index, stats):
+        bad = int((~ok).sum())
+        if bad:
+            logger.warning("non-finite guidance energy for %d item(s) at step %d: kept unguided", bad, index)
+            stats["nonfinite"] += bad
+
+    def _transform(self, latents, index, embeds, labels, draws, stats):
+        """Transform guidance at `index`. With record_energy, the look-ahead energy of the
+        unguided latent and of the guided one (the same estimator the step lowers)."""
         cfg = self.guidance_cfg
-        application = sorted(self.guidance_at).index(index)
+        application = self.guidance_at.index(index)
         a = torch.stack([d.a[application] for d in draws]).to(self.device, self.dtype)
         b = torch.stack([d.b[application] for d in draws]).to(self.device, self.dtype)
 
@@ -178,15 +241,35 @@ class GuidedSampler:
             return self.lookahead_energy(z, index, embeds, labels)
 
         if cfg.record_energy:
-            with record_function("energy_measurement"):
+            with stage("energy_measurement"):
                 stats["energy_before"].append(lookahead(latents).float().cpu())
-        with record_function("guidance_step"):
-            new_latents, ok = guide_step(latents, lookahead, cfg, a, b)
+        with stage("guidance_step"):
+            new_latents, ok = transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius)
         if cfg.record_energy:
-            with record_function("energy_measurement"):
+            with stage("energy_measurement"):
                 stats["energy_after"].append(lookahead(new_latents).float().cpu())
-        bad = int((~ok).sum())
-        if bad:
-            logger.warning("non-finite guidance energy for %d item(s) at step %d: kept unguided", bad, index)
-            stats["nonfinite"] += bad
+        self._report(ok, index, stats)
         return new_latents
+
+    def _direct(self, latents, index, embeds, labels, stats):
+        """One direct-guidance step at `index`; returns the guided latent of index + 1. With
+        record_energy, after the last guided step: the one-step energy at the next index of the
+        guided latent and of the unguided trajectory (run alongside)."""
+        cfg = self.guidance_cfg
+
+        def step_energy(z):
+            out = self.step(z, index, embeds, "lookahead_unet")
+            return out.prev_sample, self.image_energy(out.pred_original_sample, labels)
+
+        with stage("guidance_step"):
+            guided, unguided, ok = direct_step(latents, step_energy, cfg.step_size)
+        self._report(ok, index, stats)
+        if cfg.record_energy:
+            with stage("energy_measurement"):
+                self._unguided = unguided if index == self.guidance_at[0] else \
+                    self.step(self._unguided, index, embeds, "lookahead_unet").prev_sample
+                if index == self.guidance_at[-1] and index + 1 < self.sample_cfg.num_steps:
+                    for key, z in (("energy_before", self._unguided), ("energy_after", guided)):
+                        out = self.step(z, index + 1, embeds, "lookahead_unet")
+                        stats[key].append(self.image_energy(out.pred_original_sample, labels).float().cpu())
+        return guided

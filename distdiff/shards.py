@@ -55,10 +55,10 @@ def select_sources(samples, limit=None):
     return sorted(interleaved[:limit])
 
 
-def work_items(samples, ratio, limit=None):
-    """All items in canonical order: by source index, then copy k."""
+def work_items(samples, ratio, limit=None, first_copy=0):
+    """All items in canonical order: by source index, then copy k (k >= first_copy)."""
     return [WorkItem(i, k, samples[i][1], samples[i][0])
-            for i in select_sources(samples, limit) for k in range(ratio)]
+            for i in select_sources(samples, limit) for k in range(first_copy, ratio)]
 
 
 def blocks(items, batch_size):

@@ -1,18 +1,27 @@
-"""Expansion throughput: plain img2img vs DistDiff guidance, per batch size, in one process.
+"""Expansion cost: plain img2img vs DistDiff guidance, per configuration, in one process.
 
-    python scripts/bench_expand.py                         # digits prior, batch 1/4/8/16, 3 repeats
+    python scripts/bench_expand.py                         # digits prior: batch 1/4/8/16, 3 repeats
     python scripts/bench_expand.py --quick                 # CI smoke mode: batch 1 and 2, 1 repeat
-    python scripts/bench_expand.py --model CompVis/stable-diffusion-v1-4 --dataset caltech-101 \
-        --device cuda --precision fp16 --batch_sizes 1 4 8
+    # SD-1.4's architecture with random weights (nothing downloaded), reduced schedule, on the CPU:
+    python scripts/bench_expand.py --model shape:sd14 --batch_sizes 1 --repeats 1 --num_steps 6 \
+        --guidance_step 3 --variants plain checkpointing --out bench/expand_sd14.json
+    # on a GPU: the real model (or shape:sd14), the paper's schedule, several precisions and options
+    python scripts/bench_expand.py --model CompVis/stable-diffusion-v1-4 --device cuda --precision fp16 \
+        --batch_sizes 1 4 8 16 --variants plain checkpointing channels_last compile
 
-Same pipeline, same source images, a warm-up batch per configuration, then --repeats timed runs
-of --items images each, interleaved across configurations (see measure_all); the table reports
-medians and the median paired guided/unguided ratio. Guidance is timed without the energy
-measurement (--record_energy false), i.e. the paper's algorithm. A per-stage breakdown of one
-guided batch comes from torch.profiler over the sampler's record_function labels. Peak memory is
-the RSS high-water mark during each configuration's warm-up batch (a polling thread) on the CPU,
-and torch.cuda.max_memory_allocated on CUDA. Results go to bench/expand.json (and a plot to
---figure).
+For each batch size and variant, unguided (`--guidance none`) and guided (`transform`, without the
+optional energy measurement, i.e. the paper's algorithm) run the same sources and per-item noise:
+a warm-up batch (which also gives the peak memory), then --repeats timed runs of --items images,
+interleaved so that drift on a shared machine hits both modes alike. Reported: s/image (median),
+the median paired guided/unguided time ratio, per-stage times of one guided batch (the sampler's
+named stages, distdiff/timing.py), and peak memory (process RSS high-water mark on the CPU,
+torch.cuda.max_memory_allocated on CUDA).
+
+A reduced schedule (--num_steps with --guidance_step inside it) keeps SD-scale runs short: the
+report scales the denoising to the full schedule (--full_steps, 50 at strength 0.5 = 25 UNet
+calls), s/image = measured - denoise + denoise * (full denoised steps / measured ones), and says so.
+With a `shape:` model the guide is a randomly initialised --guide_arch at 224 px with random unit
+prototypes: the cost of a network depends on its shape, not on its weights.
 """
 import argparse
 import statistics
@@ -21,22 +30,25 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-from distdiff import registry
 from distdiff import expansion as ex
-from distdiff import shards
+from distdiff import registry, shards
 from distdiff.devices import configure_cpu, pipeline_dtype, resolve_device
+from distdiff.features import GuideInput
 from distdiff.fileio import atomic_save_image, atomic_write_json
 from distdiff.guidance import GuidanceConfig
-from distdiff.options import run_cli
+from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import load_pipeline, speed_up
 from distdiff.runs import default_guide_ckpt, setup_logging
 from distdiff.sampler import SampleConfig, draw_item
+from distdiff.timing import measure_stages
+from models.classifiers import create_classifier
 
 STAGES = ("vae_encode", "denoise_unet", "guidance_step", "lookahead_unet", "lookahead_vae_decode",
           "guide_forward", "guidance_backward", "final_decode", "image_write")
+VARIANTS = ("plain", "checkpointing", "channels_last", "compile")
 
 
 class PeakRSS:
@@ -64,21 +76,47 @@ class PeakRSS:
         return float("nan")
 
 
+def random_guide(arch, num_classes, device, groups=3, seed=0):
+    """A randomly initialised guide at 224 px (ImageNet transform sizes) and random unit prototypes."""
+    torch.manual_seed(seed)
+    guide = create_classifier(arch, num_classes).eval().requires_grad_(False).to(device)
+    meta = {"image_size": 224, "resize_size": 256, "mean": list(registry.IMAGENET_MEAN),
+            "std": list(registry.IMAGENET_STD)}
+    with torch.no_grad():
+        dim = guide.forward_head(guide.forward_features(torch.zeros(1, 3, 224, 224, device=device)),
+                                 pre_logits=True).shape[1]
+    rng = np.random.default_rng(seed)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    protos = {"class_protos": unit(rng.normal(size=(num_classes, dim))).astype(np.float32),
+              "group_protos": unit(rng.normal(size=(num_classes, groups, dim))).astype(np.float32),
+              "group_mask": np.ones((num_classes, groups), bool)}
+    return guide, GuideInput(meta).to(device), protos
+
+
 def build(args, device):
-    """Sources, guide, prototypes and one sampler per guidance mode, all sharing the pipeline."""
+    """Sources, guide, input mapping and prototypes (trained guide, or a random one for shapes)."""
     spec = registry.get_dataset(args.dataset)
     registry.ensure_prepared(spec)
     sources = ex.load_sources(spec)
-    guide, guide_input, meta = ex.load_guide(args.guide_ckpt, len(sources.classes), device)
-    protos = ex.build_prototypes(Path(tempfile.mkdtemp()) / "prototypes.npz", spec, sources, guide, meta, device,
-                                 args.guide_ckpt)
-    pipe = speed_up(load_pipeline(args.model, device, pipeline_dtype(args.precision, device)),
-                    args.channels_last, args.compile)
-    sample_cfg = SampleConfig(resolution=args.resolution)
-    samplers = {mode: ex.build_sampler(pipe, guide, guide_input, protos, spec, sources.classes, sample_cfg,
-                                       GuidanceConfig(mode=mode, record_energy=False), device)
-                for mode in ("none", "transform")}
-    return sources, samplers
+    if args.model.startswith("shape:") or args.random_guide:
+        guide, guide_input, protos = random_guide(args.guide_arch if args.random_guide is None else args.random_guide,
+                                                  len(sources.classes), device)
+        return sources, guide, guide_input, protos
+    guide_ckpt = args.guide_ckpt or str(default_guide_ckpt("checkpoint", args.dataset, args.guide_arch))
+    guide, guide_input, meta = ex.load_guide(guide_ckpt, len(sources.classes), device)
+    protos = ex.build_prototypes(Path(tempfile.mkdtemp()) / "prototypes.npz", registry.get_dataset(args.dataset),
+                                 sources, guide, meta, device, guide_ckpt)
+    return sources, guide, guide_input, protos
+
+
+def make_pipeline(args, device, variant):
+    """The pipeline with one variant's options (a fresh load: compile and NHWC change modules)."""
+    pipe = load_pipeline(args.model, device, pipeline_dtype(args.precision, device), allow_shapes=True)
+    pipe = speed_up(pipe, variant == "channels_last", variant == "compile")
+    if variant == "checkpointing":
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.vae.enable_gradient_checkpointing()
+    return pipe
 
 
 def make_batches(sampler, sources, items, batch_size):
@@ -94,9 +132,13 @@ def make_batches(sampler, sources, items, batch_size):
     return batches
 
 
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed_run(sampler, batches, device):
-    """Seconds to sample every batch (decoded image tensors; PNG writing runs on the expander's
-    writer thread and is timed separately in the stage breakdown)."""
+    """Seconds to sample every batch (decoded tensors; PNG writing is timed in the stage breakdown)."""
     sync(device)
     start = time.perf_counter()
     for batch in batches:
@@ -105,40 +147,8 @@ def timed_run(sampler, batches, device):
     return time.perf_counter() - start
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def measure_all(samplers, sources, args, device):
-    """Images/s per (mode, batch size) and the paired guided/unguided time ratio.
-
-    Repeats are interleaved: each repeat times every batch size, unguided then guided back to
-    back, so slow drift on a shared machine hits both modes of a pair alike. images/s is the
-    median over repeats; the ratio is the median of the per-repeat paired ratios. Peak memory
-    comes from the warm-up batch of each configuration, run in ascending footprint order (batch
-    size, then unguided before guided): freed memory stays mapped by the allocator, so a peak
-    taken after a larger configuration would report that configuration's footprint instead.
-    """
-    modes = ("none", "transform")
-    order = [(m, bs) for bs in sorted(args.batch_sizes) for m in modes]
-    batches = {key: make_batches(samplers[key[0]], sources, args.items, key[1]) for key in order}
-    peaks = {key: run_with_peak(samplers[key[0]], batches[key][:1], device)[1] for key in order}
-    seconds = {key: [] for key in order}
-    for _ in range(args.repeats):
-        for key in order:
-            seconds[key].append(timed_run(samplers[key[0]], batches[key], device))  # no RSS poller
-    results = {m: {str(bs): {"images_per_s": args.items / statistics.median(seconds[(m, bs)]),
-                             "seconds": seconds[(m, bs)], "peak_mb": peaks[(m, bs)]}
-                   for bs in args.batch_sizes} for m in modes}
-    ratios = {str(bs): statistics.median(g / p for g, p in zip(seconds[("transform", bs)],
-                                                                 seconds[("none", bs)]))
-              for bs in args.batch_sizes}
-    return results, ratios
-
-
 def run_with_peak(sampler, batches, device):
-    """(seconds, peak MB) for one run over `batches` (the RSS poller costs a little CPU)."""
+    """(seconds, peak MB) of one run over `batches`."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
@@ -146,33 +156,97 @@ def run_with_peak(sampler, batches, device):
     return took, (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss.peak)
 
 
-def stage_breakdown(sampler, sources, batch_size, out_dir):
-    """Self-inclusive wall time (ms) per labelled stage for one guided batch, plus image writes."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        sampler_fresh_cache = make_batches(sampler, sources, batch_size, batch_size)  # times vae_encode
-        images, _ = sampler.sample(*sampler_fresh_cache[0])
-    totals = {}
-    for event in prof.key_averages():
-        if event.key in STAGES:
-            totals[event.key] = event.cpu_time_total / 1000.0
+def stage_breakdown(sampler, batch, out_dir):
+    """Seconds per named stage for one guided batch, plus the PNG writes of its images."""
+    with measure_stages() as totals:
+        images, _ = sampler.sample(*batch)
+    stages = dict(totals)
     start = time.perf_counter()
     for j, image in enumerate(sampler.to_pil(images)):
         atomic_save_image(image, Path(out_dir) / f"{j}.png")
-    totals["image_write"] = 1000.0 * (time.perf_counter() - start)
-    return totals
+    stages["image_write"] = time.perf_counter() - start
+    return stages
 
 
-def table(results, ratios, batch_sizes):
-    """Markdown table: images/s guided and unguided, paired ratio, batch scaling, peak memory."""
-    lines = ["| batch | SD img2img (img/s) | DistDiff (img/s) | time ratio guided/unguided | "
-             "DistDiff batch-N / batch-1 | peak MB (SD / DistDiff) |", "|---|---|---|---|---|---|"]
-    base = results["transform"][str(batch_sizes[0])]["images_per_s"]
-    for bs in batch_sizes:
-        plain, guided = results["none"][str(bs)], results["transform"][str(bs)]
-        lines.append(f"| {bs} | {plain['images_per_s']:.2f} | {guided['images_per_s']:.2f} | "
-                     f"{ratios[str(bs)]:.2f} | "
-                     f"{guided['images_per_s'] / base:.2f} | {plain['peak_mb']:.0f} / {guided['peak_mb']:.0f} |")
-    return "\n".join(lines)
+def full_schedule_seconds(seconds, denoise, measured_steps, full_steps):
+    """Per-run time with the denoising scaled from `measured_steps` to `full_steps` UNet steps."""
+    return seconds - denoise + denoise * full_steps / measured_steps
+
+
+def measure_variant(args, device, variant, sources, guide, guide_input, protos):
+    """Results of one variant: per batch size and mode, seconds per image and peak memory."""
+    pipe = make_pipeline(args, device, variant)
+    sample_cfg = SampleConfig(args.num_steps, args.strength, resolution=args.resolution)
+    prompts = [[f"a photo of a {c}"] for c in sources.classes]
+    samplers = {mode: ex.build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg,
+                                       GuidanceConfig(mode=mode, guidance_step=args.guidance_step, record_energy=False),
+                                       device) for mode in ("none", "transform")}
+    measured = args.num_steps - sample_cfg.start
+    full = args.full_steps - SampleConfig(args.full_steps, args.strength).start
+    order = [(m, bs) for bs in sorted(args.batch_sizes) for m in ("none", "transform")]
+    batches = {key: make_batches(samplers[key[0]], sources, max(args.items, key[1]), key[1]) for key in order}
+    # Warm-ups in ascending footprint order: freed memory stays mapped, so a later, smaller
+    # configuration would otherwise report the larger one's peak.
+    peaks = {key: run_with_peak(samplers[key[0]], batches[key][:1], device)[1] for key in order}
+    seconds = {key: [] for key in order}
+    stages = {key: [] for key in order}
+    for _ in range(args.repeats):
+        for key in order:
+            with measure_stages() as totals:
+                seconds[key].append(timed_run(samplers[key[0]], batches[key], device))
+            stages[key].append(dict(totals))
+    results = {}
+    for mode, bs in order:
+        n = sum(len(b[3]) for b in batches[(mode, bs)])
+        per_run = [full_schedule_seconds(s, st.get("denoise_unet", 0.0), measured, full)
+                   for s, st in zip(seconds[(mode, bs)], stages[(mode, bs)])]
+        results.setdefault(mode, {})[str(bs)] = {
+            "s_per_image": statistics.median(per_run) / n, "images_per_s": n / statistics.median(per_run),
+            "measured_seconds": seconds[(mode, bs)], "peak_mb": peaks[(mode, bs)], "images": n}
+    ratios = {str(bs): statistics.median(
+        full_schedule_seconds(g, sg.get("denoise_unet", 0.0), measured, full)
+        / full_schedule_seconds(p, sp.get("denoise_unet", 0.0), measured, full)
+        for g, sg, p, sp in zip(seconds[("transform", bs)], stages[("transform", bs)],
+                                seconds[("none", bs)], stages[("none", bs)])) for bs in args.batch_sizes}
+    with tempfile.TemporaryDirectory() as tmp:
+        breakdown = stage_breakdown(samplers["transform"], batches[("transform", max(args.batch_sizes))][0], tmp)
+    parameters = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder, guide) for p in m.parameters())
+    return {"results": results, "time_ratio_guided_unguided": ratios, "parameters": parameters,
+            "stages_s_one_guided_batch": breakdown, "stage_batch_size": max(args.batch_sizes),
+            "denoised_steps": {"measured": measured, "scaled_to": full}}
+
+
+def memory_limits(report, parameters, gpu_sizes=(24, 40, 80, 141), overhead_gb=1.0):
+    """Activation MB per guided image (fp32 measured, fp16 = half) and the largest batch per GPU.
+
+    per image = (peak guided - peak unguided) / batch at the largest measured batch: the unguided
+    run holds the same weights and sources but saves no activations for a backward pass. On a GPU
+    the weights take 2 bytes per parameter in fp16 (4 in fp32) plus `overhead_gb` for the CUDA
+    context and kernels' workspaces (an assumption); the rest divided by the per-image activation
+    memory is the batch that fits.
+    """
+    plain = report["variants"]["plain"]["results"]
+    out = {}
+    for variant, data in report["variants"].items():
+        bs = str(max(int(b) for b in data["results"]["transform"]))
+        extra = data["results"]["transform"][bs]["peak_mb"] - plain["none"][bs]["peak_mb"]
+        per_image = {"fp32": extra / int(bs), "fp16": extra / int(bs) / 2}
+        weights = {"fp32": parameters * 4 / 2**20, "fp16": parameters * 2 / 2**20}
+        out[variant] = {"activation_mb_per_image": per_image, "weights_mb": weights, "overhead_gb": overhead_gb,
+                        "largest_batch": {dtype: {str(gb): max(0, int((gb * 1024 - overhead_gb * 1024 - weights[dtype])
+                                                                     // max(per_image[dtype], 1e-9)))
+                                                  for gb in gpu_sizes} for dtype in ("fp32", "fp16")}}
+    return out
+
+
+def table(variant, data):
+    """Markdown rows of one variant: s/image guided and unguided, paired ratio, peak memory."""
+    lines = []
+    for bs in sorted(data["results"]["none"], key=int):
+        plain, guided = data["results"]["none"][bs], data["results"]["transform"][bs]
+        lines.append(f"| {variant} | {bs} | {plain['s_per_image']:.3g} | {guided['s_per_image']:.3g} | "
+                     f"{data['time_ratio_guided_unguided'][bs]:.2f} | {plain['peak_mb']:.0f} / {guided['peak_mb']:.0f} |")
+    return lines
 
 
 def plot(report, path):
@@ -181,25 +255,52 @@ def plot(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    data = report["variants"]["plain"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for mode, label in (("none", "SD img2img (unguided)"), ("transform", "DistDiff (guided)")):
-        sizes = sorted(int(bs) for bs in report["results"][mode])
-        left.plot(sizes, [report["results"][mode][str(bs)]["images_per_s"] for bs in sizes], "o-", label=label)
+        sizes = sorted(int(bs) for bs in data["results"][mode])
+        left.plot(sizes, [data["results"][mode][str(bs)]["images_per_s"] for bs in sizes], "o-", label=label)
     left.set_xscale("log", base=2)
     left.set_xticks(sizes, [str(bs) for bs in sizes])
     left.set_xlabel("batch size")
     left.set_ylabel("images / s")
     left.set_ylim(bottom=0)
     left.legend(fontsize=8)
-    left.set_title(f"{Path(report['model']).name}, {report['device']}, {report['threads']} threads", fontsize=9)
-    stages = [name for name in STAGES if name in report["stages_ms_one_guided_batch"]][::-1]
-    right.barh(stages, [report["stages_ms_one_guided_batch"][name] for name in stages])
+    left.set_title(f"{report['model']}, {report['device']}, {report['threads']} threads", fontsize=9)
+    stages = [name for name in STAGES if name in data["stages_s_one_guided_batch"]][::-1]
+    right.barh(stages, [1000 * data["stages_s_one_guided_batch"][name] for name in stages])
     right.set_xlabel("ms")
-    right.set_title(f"one guided batch of {report['stage_batch_size']} (nested stages overlap)", fontsize=9)
+    right.set_title(f"one guided batch of {data['stage_batch_size']} (nested stages overlap)", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--dataset", default="digits", help="source images come from its train split")
+    add("--model", default="checkpoint/prior/digits", help="diffusers folder, Hub id, or shape:sd14 / shape:sd21base")
+    add("--guide_ckpt", default=None, help="guide (default: the dataset's seed-1 guide)")
+    add("--guide_arch", default="resnet_small", help="arch of the default guide path; of the random guide for shapes")
+    add("--random_guide", default=None, metavar="ARCH",
+        help="a random-weight guide of this arch at 224 px (default for shape: models: resnet50)")
+    add("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="batch sizes to time")
+    add("--variants", nargs="+", default=["plain"], choices=VARIANTS,
+        help="pipeline options to time: plain, --gradient_checkpointing, --channels_last, --compile")
+    add("--items", type=int, default=32, help="images per timed run (at least one batch)")
+    add("--repeats", type=int, default=3, help="timed runs per configuration (median)")
+    add("--num_steps", type=int, default=50, help="DDIM steps of the timed schedule")
+    add("--strength", type=float, default=0.5, help="img2img strength")
+    add("--guidance_step", type=int, default=20, help="M (must fall inside the timed schedule)")
+    add("--full_steps", type=int, default=50, help="schedule the per-image times are scaled to")
+    add("--resolution", type=int, default=None, help="sampling size (default: native)")
+    add("--quick", action="store_true", help="batch 1 and 2, 2 items, 1 repeat")
+    add("--out", default="bench/expand.json", help="JSON report")
+    add("--figure", default=None, help="also plot the plain variant here (e.g. figure/bench_expand.png)")
+    add_runtime_flags(parser, precision_help="pipeline dtype (CUDA only)")
+    return parser
 
 
 def main(argv=None):
@@ -207,51 +308,44 @@ def main(argv=None):
     setup_logging()
     if args.quick:
         args.batch_sizes, args.repeats, args.items = [1, 2], 1, 2
-    if args.guide_ckpt is None:
-        args.guide_ckpt = str(default_guide_ckpt("checkpoint", args.dataset, args.guide_arch))
+    if args.model.startswith("shape:") and args.random_guide is None:
+        args.random_guide = "resnet50"  # the paper's guide, at 224 px
     device = resolve_device(args.device)
     configure_cpu(args.threads)
-    sources, samplers = build(args, device)
-    results, ratios = measure_all(samplers, sources, args, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        stages = stage_breakdown(samplers["transform"], sources, max(args.batch_sizes), tmp)
+    pipeline_dtype(args.precision, device)  # fp16 on the CPU fails here, before any work
+    sources, guide, guide_input, protos = build(args, device)
     report = {"device": str(device), "threads": torch.get_num_threads(), "model": args.model,
-              "channels_last": args.channels_last, "compile": args.compile,
-              "items": args.items, "repeats": args.repeats, "results": results,
-              "time_ratio_guided_unguided": ratios,
-              "stages_ms_one_guided_batch": stages, "stage_batch_size": max(args.batch_sizes),
-              "torch": torch.__version__}
+              "precision": args.precision, "items": args.items, "repeats": args.repeats,
+              "schedule": {"num_steps": args.num_steps, "strength": args.strength, "guidance_step": args.guidance_step,
+                           "full_steps": args.full_steps},
+              "torch": torch.__version__, "variants": {}}
+    if "plain" not in args.variants:
+        args.variants = ["plain", *args.variants]  # the memory derivation compares against plain
+    for variant in args.variants:
+        report["variants"][variant] = measure_variant(args, device, variant, sources, guide, guide_input, protos)
+    report["parameters"] = report["variants"]["plain"].pop("parameters")
+    report["memory_limits"] = memory_limits(report, report["parameters"])
     atomic_write_json(args.out, report)
     if args.figure:
         plot(report, args.figure)
-    print(table(results, ratios, args.batch_sizes))
-    print(f"\nstage breakdown, one guided batch of {max(args.batch_sizes)} (ms, nested stages overlap):")
+    scale = report["variants"]["plain"]["denoised_steps"]
+    print(f"{args.model} on {device} ({report['threads']} threads, {args.precision}); per-image times with "
+          f"{scale['measured']} timed denoising steps scaled to {scale['scaled_to']}")
+    print("| variant | batch | SD img2img s/image | DistDiff s/image | time ratio guided/unguided | peak MB (SD / DistDiff) |")
+    print("|---|---|---|---|---|---|")
+    for variant, data in report["variants"].items():
+        print("\n".join(table(variant, data)))
+    stages = report["variants"]["plain"]["stages_s_one_guided_batch"]
+    print(f"\nstages of one guided batch of {report['variants']['plain']['stage_batch_size']} (s, nested stages overlap):")
     for name in STAGES:
         if name in stages:
-            print(f"  {name:22s} {stages[name]:9.1f}")
+            print(f"  {name:22s} {stages[name]:9.3f}")
+    for variant, limits in report["memory_limits"].items():
+        print(f"{variant}: activation memory per guided image {limits['activation_mb_per_image']['fp32']:.0f} MB fp32 "
+              f"({limits['activation_mb_per_image']['fp16']:.0f} MB fp16); largest fp16 batch "
+              + ", ".join(f"{gb} GB: {n}" for gb, n in limits["largest_batch"]["fp16"].items()))
     print(f"\nwritten {args.out}")
     return 0
-
-
-def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="digits", help="source images come from its train split")
-    parser.add_argument("--model", default="checkpoint/prior/digits", help="diffusers folder or hub id")
-    parser.add_argument("--guide_ckpt", default=None, help="guide (default: the dataset's seed-1 guide)")
-    parser.add_argument("--guide_arch", default="resnet_small", help="arch of the default guide path")
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--items", type=int, default=32, help="images per timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median)")
-    parser.add_argument("--resolution", type=int, default=None, help="sampling size (default: native)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--channels_last", action="store_true", help="NHWC UNet and VAE")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    parser.add_argument("--quick", action="store_true", help="batch 1 and 2, 2 items, 1 repeat")
-    parser.add_argument("--out", default="bench/expand.json")
-    parser.add_argument("--figure", default=None, help="also plot the results here (e.g. figure/bench_expand.png)")
-    return parser
 
 
 if __name__ == "__main__":

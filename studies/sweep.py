@@ -31,13 +31,16 @@ logger = logging.getLogger(__name__)
 # expand_distdiff.py flags a grid may set (its canonical spellings, underscores). Paths, the
 # experiment name, sharding and one-shot modes are left out: the sweep owns those.
 SWEEPABLE = ("model", "expand_ratio", "limit", "seed", "num_steps", "strength", "cfg_scale", "resolution",
+             "framing", "shared_posterior", "start_rule", "offset_noise", "prompts", "preset",
              "guidance", "guidance_step", "lookahead_steps", "step_size", "radius", "lambda_class",
-             "lambda_group", "normalize_features", "guidance_repeats", "guidance_interval", "record_energy",
+             "lambda_group", "normalize_features", "renormalize_prototypes", "guide_input",
+             "guidance_repeats", "guidance_interval", "record_energy",
              "cluster", "num_groups", "batch_size", "device", "precision", "threads")
 # Flags that change an unguided image: a control must match its guided cells on all of them.
 # (expand_ratio and limit only change which items exist, but equal sets keep every item paired.)
 UNGUIDED_KEYS = ("model", "expand_ratio", "limit", "seed", "num_steps", "strength", "cfg_scale",
-                 "resolution", "batch_size", "device", "precision")
+                 "resolution", "framing", "shared_posterior", "start_rule", "offset_noise", "prompts", "preset",
+                 "batch_size", "device", "precision")
 # Flags the sweep sets itself; pass-through strings must not set them.
 EXPAND_OWNED = ("dataset", "exp", "out", "checkpoint_root", "guide_ckpt", "guide_arch", "prototypes", "split",
                 "total_split", "shard_id", "num_shards", "verify", "prepare_only", "guidance")
@@ -51,7 +54,8 @@ ABBREV = {"radius": "r", "step_size": "rho", "guidance_step": "M", "lookahead_st
           "guidance_repeats": "x", "guidance_interval": "every", "normalize_features": "norm",
           "lambda_class": "lc", "lambda_group": "lg", "num_groups": "K", "cluster": "", "guidance": "",
           "strength": "s", "num_steps": "T", "cfg_scale": "cfg", "expand_ratio": "R", "limit": "n",
-          "batch_size": "bs", "record_energy": "energy"}
+          "batch_size": "bs", "record_energy": "energy", "preset": "", "renormalize_prototypes": "unitproto",
+          "guide_input": "input", "framing": "", "prompts": "prompts"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
 _MISSING = object()  # "not set in base", distinct from an explicit None
 

@@ -14,13 +14,17 @@ def test_bench_quick_mode_writes_json(tmp_path, tiny_pipe, random_guide, capsys)
              "--threads", "1", "--out", out, "--figure", tmp_path / "bench.png")
     stdout = capsys.readouterr().out
     report = json.loads(out.read_text())
+    plain = report["variants"]["plain"]
     for mode in ("none", "transform"):
         for bs in ("1", "2"):
-            entry = report["results"][mode][bs]
-            assert entry["images_per_s"] > 0 and entry["peak_mb"] > 0 and len(entry["seconds"]) == 1
-    stages = report["stages_ms_one_guided_batch"]
+            entry = plain["results"][mode][bs]
+            assert entry["s_per_image"] > 0 and entry["peak_mb"] > 0 and len(entry["measured_seconds"]) == 1
+    stages = plain["stages_s_one_guided_batch"]
     for stage in ("vae_encode", "denoise_unet", "lookahead_unet", "guide_forward", "guidance_backward",
-                  "image_write"):
+                  "final_decode", "image_write"):
         assert stages[stage] > 0, stage
-    assert set(report["time_ratio_guided_unguided"]) == {"1", "2"}
-    assert "| 2 |" in stdout and (tmp_path / "bench.png").stat().st_size > 0
+    assert stages["guidance_step"] >= stages["guidance_backward"]  # nested stages count inside their parent
+    assert set(plain["time_ratio_guided_unguided"]) == {"1", "2"}
+    limits = report["memory_limits"]["plain"]
+    assert limits["activation_mb_per_image"]["fp16"] == limits["activation_mb_per_image"]["fp32"] / 2
+    assert "| plain | 2 |" in stdout and (tmp_path / "bench.png").stat().st_size > 0

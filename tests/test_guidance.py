@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distdiff import DistDiffError
-from distdiff.guidance import GuidanceConfig, energy, guide_step, project
+from distdiff.guidance import GuidanceConfig, direct_step, energy, project, transform_step, unit_prototypes
 from distdiff.prototypes import compute_prototypes, load_prototypes, save_prototypes
 from distdiff.shards import blocks, resolve_shard, select_sources, shard_blocks, work_items
 
@@ -47,30 +47,54 @@ def test_energy_by_hand():
     assert torch.allclose(e, torch.tensor([expected]))
 
 
-def test_guide_step_lowers_a_quadratic_energy_and_respects_radius():
+def test_transform_step_lowers_the_energy_and_respects_the_radius():
     torch.manual_seed(0)
     z = torch.randn(3, 4, 2, 2)
     lookahead = lambda latents: (latents ** 2).flatten(1).sum(1)  # noqa: E731
     a0, b0 = torch.rand(3, 4, 1, 1), torch.randn(3, 4, 1, 1)
-    # Transform: one step on (a, b) lowers the energy of the perturbed latent z (1 + a) + b.
-    new, ok = guide_step(z, lookahead, GuidanceConfig(mode="transform", step_size=0.01, radius=None), a0, b0)
+    # One step on (a, b) lowers the energy of the perturbed latent z (1 + a) + b.
+    new, ok = transform_step(z, lookahead, a0, b0, step_size=0.01, radius=None)
     assert ok.all() and (lookahead(new) < lookahead(z * (1 + a0) + b0)).all()
-    # Direct: one step on z lowers the energy of z itself.
-    new, ok = guide_step(z, lookahead, GuidanceConfig(mode="direct", step_size=0.05, radius=None))
-    assert ok.all() and (lookahead(new) < lookahead(z)).all()
-    for mode in ("transform", "direct"):  # the projection bounds the move from the unguided z
-        new, ok = guide_step(z, lookahead, GuidanceConfig(mode=mode, step_size=10.0, radius=0.2), a0, b0)
-        assert ok.all() and (new - z).abs().max() <= 0.2 + 1e-6 and (new - z).abs().max() > 0.19
+    # The projection bounds the move from the unguided z (and binds at rho = 10).
+    new, ok = transform_step(z, lookahead, a0, b0, step_size=10.0, radius=0.2)
+    assert ok.all() and 0.19 < (new - z).abs().max() <= 0.2 + 1e-6
+
+
+def test_direct_step_moves_the_next_latent_by_the_gradient_at_this_one():
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 2, 2)
+
+    def step_energy(latents):  # a stand-in DDIM step (z_prev = z / 2) and a quadratic energy of z
+        return latents / 2, (latents ** 2).flatten(1).sum(1)
+    guided, unguided, ok = direct_step(z, step_energy, step_size=0.1)
+    assert ok.all() and torch.allclose(unguided, z / 2)
+    assert torch.allclose(guided, z / 2 - 0.1 * 2 * z)  # z_{t-1} - rho * dE/dz_t, no projection
 
 
 def test_nonfinite_energy_keeps_unguided_latent():
     z = torch.randn(2, 4, 2, 2)
+
     def lookahead(latents):
         e = (latents ** 2).flatten(1).sum(1)
         return torch.stack([e[0], e[1] * float("nan")])
-    new, ok = guide_step(z, lookahead, GuidanceConfig(mode="direct"))
+    new, ok = transform_step(z, lookahead, torch.rand(2, 4, 1, 1), torch.randn(2, 4, 1, 1), 10.0, 0.2)
     assert ok.tolist() == [True, False]
     assert torch.equal(new[1], z[1]) and not torch.equal(new[0], z[0])
+
+
+def test_unit_prototypes_rescale_class_and_group_means():
+    protos = {"class_protos": torch.tensor([[0.3, 0.4]]), "group_protos": torch.tensor([[[0.0, 0.5], [0.0, 0.0]]]),
+              "group_mask": torch.tensor([[True, False]])}
+    unit_protos = unit_prototypes(protos)
+    assert torch.allclose(unit_protos["class_protos"], torch.tensor([[0.6, 0.8]]))
+    assert torch.allclose(unit_protos["group_protos"], torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]))  # masked: zero
+
+
+def test_guidance_indices_of_the_two_variants():
+    assert GuidanceConfig().indices(50) == [30]
+    assert GuidanceConfig(mode="direct").indices(50) == [30, 31]  # the authors' timesteps[50-M : 50-M+P]
+    assert GuidanceConfig(repeats=3, interval=5).indices(50) == [30, 35, 40]
+    assert GuidanceConfig(mode="none").indices(50) == []
 
 
 def test_project_is_identity_without_radius():

@@ -48,7 +48,7 @@ def paper(tmp_path_factory):
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc
-    return {"clone": clone, "raw": raw, "run": run}
+    return {"clone": clone, "raw": raw, "run": run, "hf_cache": root / "hf" / "hub"}
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,19 @@ def test_retraining_and_parse_logs(paper, retrained, capsys):
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| resnet50")}
     assert set(rows) == {"resnet50_unpretrained_lr0.1", "resnet50_unpretrained_distdiff_x5_lr0.1"}
     assert rows["resnet50_unpretrained_distdiff_x5_lr0.1"].split("|")[2].strip() == "1"  # n seeds
+
+
+def test_the_authors_expand_diff_argument_list_runs_unchanged(paper, guide, monkeypatch):
+    """Their scripts/exps/expand_diff.sh command for split 0 of 4, pasted after expand_distdiff.py."""
+    import huggingface_hub.constants as hub
+
+    from test_fidelity import AUTHORS_ARGS
+    in_clone(paper, monkeypatch)
+    monkeypatch.chdir(paper["clone"])  # their paths are relative to the repository
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(paper["hf_cache"]))
+    assert run_main("expand_distdiff", *AUTHORS_ARGS) == 0
+    out = paper["clone"] / "data/caltech-101_expansion/save/distdiff_batch_5x"
+    images = sorted(out.rglob("*.png"))
+    assert len(images) == 5  # split 0 of 4 (batch 1) of 2 classes x 2 shots x 5 copies
+    assert all(Image.open(p).size == (512, 512) for p in images)
+    assert (out / "prototypes.npz").is_file() and (out / "manifest_shard0.jsonl").is_file()

@@ -1,0 +1,232 @@
+"""Fidelity to the authors' code: their command line parses and means the same, `--preset authors`
+sets their values, and the guided latents equal the authors' update written out independently
+here from their generate_data.py (not imported), to float tolerance."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from conftest import DIGITS, run_main, script
+from distdiff import DistDiffError
+from distdiff import expansion as ex
+from distdiff.registry import get_dataset
+
+# The authors' scripts/exps/expand_diff.sh argument list for EXPAND_NUM=5 SPLIT=0, as they wrote it.
+AUTHORS_ARGS = [
+    "--guidance_type=transform_guidance", "-a", "resnet50", "-d", "caltech-101",
+    "--output_dir", "data/caltech-101_expansion/save/distdiff_batch_5x",
+    "--pretrained_model_name_or_path", "CompVis/stable-diffusion-v1-4", "--gradient_checkpointing", "--K", "3",
+    "--train_batch_size", "1", "--optimize_targets", "global_prototype-local_prototype", "--strength", "0.5",
+    "--num_images_per_prompt", "5", "--guidance_step", "20", "--guidance_period", "2",
+    "--encoder_weight_path", "checkpoint/caltech-101/resnet50_unpretrained_lr0.1/seed1/model_best.pth.tar",
+    "--guidance_scale", "7.5", "--constraint_value", "0.2", "--rho", "10.0", "--total_split", "4", "--split", "0"]
+
+
+def parse(*argv):
+    return script("expand_distdiff").parse([str(a) for a in argv])
+
+
+def test_authors_argument_list_parses_to_the_same_settings():
+    args = parse(*AUTHORS_ARGS)
+    assert (args.guidance, args.guide_arch, args.dataset, args.model) == \
+        ("transform", "resnet50", "caltech-101", "CompVis/stable-diffusion-v1-4")
+    assert args.out == "data/caltech-101_expansion/save/distdiff_batch_5x" and args.gradient_checkpointing
+    assert (args.num_groups, args.batch_size, args.strength, args.expand_ratio) == (3, 1, 0.5, 5)
+    assert (args.guidance_step, args.lookahead_steps, args.cfg_scale, args.radius, args.step_size) == \
+        (20, 2, 7.5, 0.2, 10.0)
+    assert args.guide_ckpt.endswith("resnet50_unpretrained_lr0.1/seed1/model_best.pth.tar")
+    assert (args.total_split, args.split) == (4, 0)
+    guidance = script("expand_distdiff").guidance_config(args)
+    assert (guidance.lambda_class, guidance.lambda_group) == (1.0, 1.0)
+    only_class = script("expand_distdiff").guidance_config(parse("--dataset", "digits", "--optimize_targets",
+                                                                 "global_prototype", "--gs", "2"))
+    assert (only_class.lambda_class, only_class.lambda_group) == (2.0, 0.0)
+    assert parse("--dataset", "digits", "--guidance_type", "direct_guidance").guidance == "direct"
+    with pytest.raises(DistDiffError, match="--optimize_targets 'global'"):
+        script("expand_distdiff").guidance_config(parse("--dataset", "digits", "--optimize_targets", "global"))
+
+
+def test_preset_authors_sets_their_values_and_command_line_flags_win():
+    args = parse("--dataset", "digits", "--preset", "authors")
+    assert (args.cluster, args.num_groups, args.normalize_features, args.renormalize_prototypes) == \
+        ("agglomerative", 3, False, True)
+    assert (args.guide_input, args.framing, args.shared_posterior, args.start_rule, args.prompts) == \
+        ("authors", "random", True, "authors", "authors")
+    assert args.precision == ("fp16" if torch.cuda.is_available() else "fp32")
+    assert parse("--dataset", "digits", "--preset", "authors", "--guidance", "direct").normalize_features  # theirs
+    assert parse("--dataset", "digits", "--preset", "authors", "--cluster", "kmeans").cluster == "kmeans"
+    project = parse("--dataset", "digits")
+    assert (project.cluster, project.normalize_features, project.guide_input, project.framing) == \
+        ("kmeans", True, "guide", "center")
+
+
+def test_their_prompt_templates():
+    caltech, dtd, digits = get_dataset("caltech-101"), get_dataset("dtd"), get_dataset("digits")
+    assert caltech.prompt("Faces_easy", "authors") == "a photo of a Faces easy."
+    assert caltech.prompt("Faces_easy") == "a photo of a Faces easy"
+    assert dtd.prompt("banded", "authors") == "banded texture."
+    assert digits.prompt("3", "authors") == digits.prompt("3")  # they have none for digits: the project's
+
+
+# ---------------------------------------------------------------------------
+# The guided latent, against the authors' update written out independently
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def samplers(tiny_pipe, random_guide):
+    """Transform and direct samplers configured by --preset authors, on the tiny digits pipeline."""
+    from distdiff.pipeline import load_pipeline
+    module = script("expand_distdiff")
+    torch.manual_seed(0)
+    protos = {"class_protos": torch.randn(10, 128).numpy(), "group_protos": torch.randn(10, 3, 128).numpy(),
+              "group_mask": np.ones((10, 3), bool)}
+    out = {}
+    for mode in ("transform", "direct"):
+        args = parse("--dataset", "digits", "--preset", "authors", "--guidance", mode, "--num_steps", "10",
+                     "--guidance_step", "4", "--record_energy", "False")
+        pipe = load_pipeline(tiny_pipe, torch.device("cpu"))
+        guide, guide_input, _ = ex.load_guide(random_guide, 10, torch.device("cpu"), args.guide_input)
+        prompts = ex.class_prompts(get_dataset("digits"), list(DIGITS), args.prompts)
+        out[mode] = ex.build_sampler(pipe, guide, guide_input, protos, prompts, module.sample_config(args),
+                                     module.guidance_config(args), torch.device("cpu"))
+    return {**out, "protos": protos, "guide": out["transform"].guide}
+
+
+def authors_score(sampler, protos, x0, label, features_normalised):
+    """Their energy of one look-ahead step: decode, bicubic to the guide's size (no clamp, crop or
+    normalisation), raw (transform) or unit (direct) features, unit prototypes, batch mean."""
+    images = sampler.pipe.vae.decode(x0 / sampler.pipe.vae.config.scaling_factor).sample
+    x = F.interpolate(images, size=(32, 32), mode="bicubic")
+    f = sampler.guide.forward_head(sampler.guide.forward_features(x), pre_logits=True)
+    if features_normalised:
+        f = f / f.norm(dim=1, keepdim=True)
+    protos = {k: torch.as_tensor(v) for k, v in protos.items()}
+    p_class = protos["class_protos"][label] / protos["class_protos"][label].norm()
+    p_groups = protos["group_protos"][label] / protos["group_protos"][label].norm(dim=1, keepdim=True)
+    nearest = p_groups[(f @ p_groups.T).argmax(1)]
+    return (f - p_class).norm(dim=1).mean() + (f - nearest).norm(dim=1).mean()
+
+
+def authors_step(sampler, z, t, embeds):
+    eps_u, eps_c = sampler.pipe.unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([embeds[:, 0], embeds[:, 1]])
+                                     ).sample.chunk(2)
+    return sampler.scheduler.step(eps_u + 7.5 * (eps_c - eps_u), t, z)
+
+
+def test_transform_guidance_equals_the_authors_update(samplers):
+    sampler = samplers["transform"]
+    torch.manual_seed(1)
+    z, a, b, label = torch.randn(1, 4, 2, 2), torch.rand(1, 4, 1, 1), torch.randn(1, 4, 1, 1), 3
+    index = sampler.guidance_at[0]
+    embeds = sampler.prompt_embeds[[sampler.prompt_index[label][0]]]
+    draws = [SimpleNamespace(a=a, b=b)]
+    ours = sampler._transform(z.clone(), index, embeds, torch.tensor([label]), draws, {"nonfinite": 0})
+    # Theirs: perturb, P=2 look-ahead steps with CFG, raw features, average over P, one gradient
+    # step of rho on (a, b), transform z, clamp to the L-inf ball of 0.2 around z.
+    a_var, b_var = a.clone().requires_grad_(), b.clone().requires_grad_()
+    with torch.enable_grad():
+        latents, score = z * (1 + a_var) + b_var, 0
+        for t in sampler.timesteps[index:index + 2]:
+            out = authors_step(sampler, latents, t, embeds)
+            score = score + authors_score(sampler, samplers["protos"], out.pred_original_sample, label, False)
+            latents = out.prev_sample
+        grad_a, grad_b = torch.autograd.grad(score / 2, [a_var, b_var])
+    theirs = (z * (1 + (a - 10.0 * grad_a)) + (b - 10.0 * grad_b)).clamp(z - 0.2, z + 0.2)
+    assert not torch.equal(theirs, z)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_direct_guidance_equals_the_authors_update(samplers):
+    sampler = samplers["direct"]
+    torch.manual_seed(2)
+    z, label = torch.randn(1, 4, 2, 2), 7
+    embeds = sampler.prompt_embeds[[sampler.prompt_index[label][0]]]
+    ours = z.clone()
+    for index in sampler.guidance_at:  # both guided indices, as the sampler's loop does
+        ours = sampler._direct(ours.clone(), index, embeds, torch.tensor([label]), {"nonfinite": 0})
+    # Theirs, at each of the P=2 timesteps: one step with CFG, unit features, energy not divided by
+    # P, gradient with respect to z_t subtracted (rho = 10) from z_{t-1}, no projection.
+    theirs = z.clone()
+    for t in sampler.timesteps[sampler.guidance_at[0]:sampler.guidance_at[0] + 2]:
+        with torch.enable_grad():
+            z_t = theirs.clone().requires_grad_()
+            out = authors_step(sampler, z_t, t, embeds)
+            score = authors_score(sampler, samplers["protos"], out.pred_original_sample, label, True)
+            (grad,) = torch.autograd.grad(score, [z_t])
+        theirs = (out.prev_sample - 10.0 * grad).detach()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_prototypes_equal_the_authors_recipe(tmp_path, digits_ready, random_guide):
+    from sklearn.cluster import AgglomerativeClustering
+    from torchvision.transforms import v2
+    spec, device = get_dataset("digits"), torch.device("cpu")
+    sources = ex.load_sources(spec)
+    guide, _, meta = ex.load_guide(random_guide, 10, device, "authors")
+    ours = ex.build_prototypes(tmp_path / "p.npz", spec, sources, guide, meta, device, random_guide,
+                               "agglomerative", 3, 0, "authors")
+    # Theirs: Resize((size, size)) squash, ImageNet normalisation, unit features, average-linkage
+    # clusters, means; re-normalised at use (compared after normalising both).
+    transform = v2.Compose([v2.ToImage(), v2.Resize((32, 32)), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize(meta["mean"], meta["std"])])
+    images = torch.stack([transform(Image.open(p).convert("RGB")) for p, _ in sources.samples])
+    with torch.no_grad():
+        f = F.normalize(guide.forward_head(guide.forward_features(images), pre_logits=True), dim=1).numpy()
+    labels = np.array(sources.targets)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    for c in range(10):
+        members = f[labels == c]
+        np.testing.assert_allclose(unit(ours["class_protos"][c]), unit(members.mean(0)), atol=1e-5)
+        groups = AgglomerativeClustering(n_clusters=3, linkage="average").fit_predict(members)
+        theirs = np.stack([unit(members[groups == g].mean(0)) for g in range(3)])
+        np.testing.assert_allclose(np.sort(unit(ours["group_protos"][c]), axis=0), np.sort(theirs, axis=0), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Framing, shared posterior, prompts from a file, offset noise, first copy
+# ---------------------------------------------------------------------------
+
+def test_framing_keeps_the_aspect_ratio_and_random_crops_are_seeded_per_source():
+    from distdiff import shards
+    from distdiff.sampler import frame
+    ramp = np.linspace(0, 255, 60).round().astype(np.uint8)
+    wide = Image.fromarray(np.tile(ramp, (40, 1))).convert("RGB")  # 60x40, black at the left, white at the right
+    center = frame(wide, 32)
+    assert center.shape == (3, 32, 32)
+    # Shorter side 40 -> 32 (width 48), then the middle 32 columns: a centred ramp is antisymmetric,
+    # and it spans less than the full range (a squash would keep the black and white ends).
+    assert torch.allclose(center, center.flip(-1).neg(), atol=0.02) and center.max() < 0.75
+    crops = [frame(wide, 32, "random", shards.item_generator(0, i, ex.CROP_STREAM)) for i in range(6)]
+    again = frame(wide, 32, "random", shards.item_generator(0, 0, ex.CROP_STREAM))
+    assert torch.equal(crops[0], again) and len({c[0, 0, 0].item() for c in crops}) > 1
+    assert frame(wide, 32, "squash").shape == (3, 32, 32)
+
+
+def test_draw_options_leave_the_other_draws_unchanged():
+    from distdiff import shards
+    from distdiff.sampler import OFFSET_NOISE, draw_item
+    plain = draw_item(shards.item_generator(0, 1, 2), (4, 2, 2), 1)
+    extra = draw_item(shards.item_generator(0, 1, 2), (4, 2, 2), 1, num_prompts=5, offset_noise=True)
+    assert torch.equal(plain.latent_eps, extra.latent_eps) and torch.equal(plain.a, extra.a)
+    offset = extra.noise - plain.noise
+    assert torch.allclose(offset, offset[:, :1, :1].expand_as(offset))  # one constant per channel
+    assert 0 < offset.abs().max() < 5 * OFFSET_NOISE and 0 <= extra.prompt < 5
+
+
+def test_prompt_file_and_first_image_index(tmp_path, tiny_pipe, random_guide, digits_ready):
+    table = {d: [f"a handwritten {d}", f"the digit {d} in ink"] for d in DIGITS}
+    (tmp_path / "le.json").write_text(json.dumps(table))
+    prompts = ex.class_prompts(get_dataset("digits"), list(DIGITS), prompt_file=tmp_path / "le.json")
+    assert prompts[3] == ["a handwritten 3", "the digit 3 in ink"]
+    with pytest.raises(DistDiffError, match="no sentences for class"):
+        (tmp_path / "bad.json").write_text(json.dumps({"0": ["zero"]}))
+        ex.class_prompts(get_dataset("digits"), list(DIGITS), prompt_file=tmp_path / "bad.json")
+    out = tmp_path / "out"
+    run_main("expand_distdiff", "--dataset", "digits", "--model", tiny_pipe, "--guide_ckpt", random_guide,
+             "--out", out, "--expand_ratio", "3", "--first_image_index", "1", "--limit", "2", "--num_steps", "10",
+             "--guidance_step", "4", "-le", "--prompt_file", tmp_path / "le.json", "--offset_noise", "--threads", "1")
+    assert sorted(p.name.split("_expand_")[1] for p in out.rglob("*.png")) == ["1.png", "1.png", "2.png", "2.png"]
