@@ -10,7 +10,8 @@
 # SEEDS ("1 2 3 4 5"), GPUS (empty: one process; "0 1 2 3": one expansion shard per GPU),
 # PRETRAINED (False), MODEL (the dataset YAML's model; e.g. CompVis/stable-diffusion-v1-4), JOBS (parallel CPU
 # training runs, 2), EQITER (1: also run the equal-iterations control), CHECKPOINT (output
-# root, checkpoint), FIGURE_DIR (figure). Quick runs: EPOCHS, LIMIT (source images expanded)
+# root, checkpoint), FIGURE_DIR (figure), PRESET (e.g. authors: expand_distdiff.py --preset, with
+# expansions named distdiff_x5_authors / sd_x5_authors). Quick runs: EPOCHS, LIMIT (source images expanded)
 # and EXPAND_FLAGS (more expand_distdiff.py flags, e.g. "--num_steps 10 --guidance_step 4").
 # Every stage skips work that is already finished, so rerunning after a crash resumes.
 set -euo pipefail
@@ -18,6 +19,8 @@ cd "$(dirname "$0")"
 DATASET=${DATASET:-digits}
 LR=${LR:-0.1}
 RATIO=${RATIO:-5}
+PRESET=${PRESET:-}
+SUFFIX=${PRESET:+_$PRESET}  # expansions made with a preset get their own names (distdiff_x5_authors)
 SEEDS=${SEEDS:-1 2 3 4 5}
 GPUS=${GPUS:-}
 JOBS=${JOBS:-2}
@@ -39,6 +42,7 @@ PRETRAINED=${PRETRAINED:-False}
 TRAIN_ARGS=("$DATASET" --arch "$ARCH" --lr "$LR" --pretrained "$PRETRAINED" --output "$CHECKPOINT")
 EXPAND_ARGS=(--dataset "$DATASET" --guide_arch "$ARCH" --expand_ratio "$RATIO" --checkpoint_root "$CHECKPOINT")
 [ -n "${MODEL:-}" ] && EXPAND_ARGS+=(--model "$MODEL")
+[ -n "$PRESET" ] && EXPAND_ARGS+=(--preset "$PRESET")
 [ -n "${EPOCHS:-}" ] && TRAIN_ARGS+=(--epochs "$EPOCHS")
 [ -n "${LIMIT:-}" ] && EXPAND_ARGS+=(--limit "$LIMIT")
 # shellcheck disable=SC2206
@@ -79,17 +83,17 @@ expand() {  # expand EXP GUIDANCE: one process (it ends by checking every image)
 
 stage "4/8 prototypes + 5/8 DistDiff expansion and unguided img2img (the paper's SD row), x$RATIO"
 if [ -n "$GPUS" ]; then  # each expansion already spans every GPU
-  expand "distdiff_x$RATIO" transform
-  expand "sd_x$RATIO" none
+  expand "distdiff_x$RATIO$SUFFIX" transform
+  expand "sd_x$RATIO$SUFFIX" none
 else  # two processes side by side: each one's start-up (imports, model loading) overlaps the other's work
-  expand "distdiff_x$RATIO" transform & guided=$!
-  expand "sd_x$RATIO" none & unguided=$!
+  expand "distdiff_x$RATIO$SUFFIX" transform & guided=$!
+  expand "sd_x$RATIO$SUFFIX" none & unguided=$!
   wait "$guided" && wait "$unguided"
 fi
 
 stage "6/8 retraining on original + expanded (seeds: $SEEDS)"
 cmds=()
-for exp in "distdiff_x$RATIO" "sd_x$RATIO"; do
+for exp in "distdiff_x$RATIO$SUFFIX" "sd_x$RATIO$SUFFIX"; do
   for s in $SEEDS; do
     done_run "$exp" "$s" || cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s")
     [ "$EQITER" = 1 ] && ! done_run "${exp}_eqiter" "$s" && \
@@ -99,9 +103,9 @@ done
 [ "${#cmds[@]}" -eq 0 ] || run_jobs "${cmds[@]}"
 
 stage "7/8 results (mean ± std over seeds; paired differences vs unguided SD)"
-$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --paired "${ARCH}_${tag}_sd_x${RATIO}_lr${LR}"
+$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --paired "${ARCH}_${tag}_sd_x${RATIO}${SUFFIX}_lr${LR}"
 
 stage "8/8 figures"
-$PY scripts/plot_results.py --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --ratio "$RATIO" \
+$PY scripts/plot_results.py --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --ratio "$RATIO" --exp_suffix "$SUFFIX" \
   --checkpoint "$CHECKPOINT" --figure_dir "$FIGURE_DIR" $([ "$PRETRAINED" = True ] && echo --pretrained)
 stage "done in $(( $(date +%s) - start ))s"

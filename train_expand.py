@@ -26,9 +26,9 @@ def main(argv=None):
     args = parse_args(get_parser(), argv, config=dataset_section("train"))
     if not args.dataset or not args.exp:
         get_parser().error("a dataset and an experiment name are required (positional or --dataset/--exp)")
-    expanded = args.expanded_dir or expansion_dir(args.output, args.dataset, args.exp)
+    expanded = args.expanded_dir or [expansion_dir(args.output, args.dataset, args.exp)]
     exp = args.exp + ("_eqiter" if args.equal_iterations else "")
-    return train_classifier(TrainConfig.from_args(args), exp=exp, expanded_dirs=[expanded],
+    return train_classifier(TrainConfig.from_args(args), exp=exp, expanded_dirs=expanded,
                             equal_iterations=args.equal_iterations)
 
 

@@ -16,11 +16,17 @@ def _help(text):
     return text.replace("%", "%%")
 
 
+def add_threads_flag(parser, default=0, help="torch CPU threads (0 = torch's default)"):
+    """--threads alone, for scripts whose only torch work runs on the CPU."""
+    parser.add_argument("--threads", type=int, default=default, help=_help(help))
+    return parser
+
+
 def add_runtime_flags(parser, seed=None, seed_help="random seed", precision_help=None, threads=0):
     """--device, --threads and, when given defaults/help, --seed and --precision."""
     add = parser.add_argument
     add("--device", default="auto", help="auto | cpu | cuda | cuda:<i> (auto: the GPU when there is one)")
-    add("--threads", type=int, default=threads, help="torch CPU threads (0 = torch's default)")
+    add_threads_flag(parser, threads)
     if precision_help:
         add("--precision", default="fp32", choices=PRECISIONS, help=_help(precision_help))
     if seed is not None:
@@ -38,29 +44,39 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
 
     add_positional_twins(parser, positionals)
     add = parser.add_argument
-    add("--dataset", default=None, help="dataset name (see distdiff/datasets.py) or folder:<path>")
-    add("--arch", default="resnet50", help="classifier architecture (models/classifiers.py)")
-    add("--lr", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
-    add("--pretrained", type=str2bool, default=False, help="start from ImageNet weights (timm)")
+    # Second spellings are the authors' train.py flags, so their launchers' command lines work.
+    add("--dataset", "-d", default=None, help="dataset name (see distdiff/registry.py) or folder:<path>")
+    add("--arch", "-a", default="resnet50", help="classifier architecture (models/classifiers.py)")
+    add("--lr", "--learning-rate", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
+    add("--pretrained", type=str2bool, nargs="?", const=True, default=False,
+        help="start from ImageNet weights (timm); True/False, or bare as in the authors' launchers")
     add("--gpu", default=None, help="GPU index, the authors' positional; CPU when CUDA is absent")
     add("--epochs", type=int, default=100, help="training epochs")
-    add("--batch_size", "--batch-size", type=int, default=64, help="batch size")
+    add("--batch_size", "--batch-size", "--train-batch-size", type=int, default=64, help="batch size")
     add("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    add("--weight_decay", "--weight-decay", type=float, default=1e-4, help="weight decay")
+    add("--weight_decay", "--weight-decay", "--wd", type=float, default=1e-4, help="weight decay")
     add("--image_size", "--image-size", type=int, default=224, help="crop size fed to the network")
-    add("--resize_size", "--resize-size", type=int, default=256, help="resize (shorter side) before cropping")
+    add("--resize_size", "--resize-size", type=int, default=256, help="resize before cropping")
+    add("--resize_mode", "--resize-mode", default="shorter", choices=["shorter", "squash"],
+        help="shorter: the shorter side to --resize_size, aspect kept; squash: to resize_size x resize_size "
+             "(the authors' Resize((256, 256)))")
     add("--rotation", type=float, default=15.0, help="RandomRotation degrees")
     add("--hflip", type=str2bool, default=True, help="RandomHorizontalFlip (off for digits)")
     add("--aug", default="default", choices=list(augment.AUGMENTATIONS), metavar="NAME",
         help=_help("extra augmentation: " + augment.help_text()))
-    add("--eval_batch_size", "--eval-batch-size", type=int, default=64,
+    add("--eval_batch_size", "--eval-batch-size", "--val-batch-size", type=int, default=64,
         help="batch size of the val/test passes (the authors' --val-batch-size 64)")
-    add("--workers", type=int, default=0, help="DataLoader workers (0 = main process)")
+    add("--workers", "-j", type=int, default=0, help="DataLoader workers (0 = main process)")
     add("--cache_mb", "--cache-mb", type=int, default=512,
         help="keep decoded, resized uint8 images in memory up to this many MB in all (training images "
              "first); splits that do not fit are decoded every epoch")
     add("--output", default="checkpoint", help="root of all run directories")
-    add_runtime_flags(parser, seed=1, seed_help="training seed (the paper averages seeds 1-3)",
+    add("--run_dir", "--checkpoint", default=None,
+        help="this run's directory, instead of <output>/<dataset>/<arch>_..._lr<lr>/seed<N> (the authors' --checkpoint)")
+    add("--data_dir", default=None,
+        help="root of the registered datasets' trees (default: data/, or $DISTDIFF_DATA_ROOT)")
+    add("--seed", "--manualSeed", type=int, default=1, help="training seed (the paper averages seeds 1-3)")
+    add_runtime_flags(parser,
                       precision_help="autocast dtype on CUDA (fp16 uses a GradScaler)")
     return parser
 
@@ -70,8 +86,8 @@ def add_train_expand_flags(parser):
     expanded set."""
     add_train_flags(parser, TRAIN_POSITIONALS[:3] + [("exp", str)] + TRAIN_POSITIONALS[3:])
     parser.add_argument("--exp", default=None, help="expansion name, e.g. distdiff_x5 or sd_x5 (required)")
-    parser.add_argument("--expanded_dir", "--expanded-dir", default=None,
-                        help="expanded ImageFolder (default: <output>/<dataset>/expansions/<exp>)")
+    parser.add_argument("--expanded_dir", "--expanded-dir", "--data_expanded_dir", nargs="+", default=None,
+                        help="expanded ImageFolder(s) (default: <output>/<dataset>/expansions/<exp>)")
     parser.add_argument("--equal_iterations", "--equal-iterations", action="store_true",
                         help="scale epochs so the optimizer takes as many steps as on the original set")
     return parser

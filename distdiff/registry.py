@@ -5,7 +5,7 @@ Every dataset is an ImageFolder tree `<DATA_ROOT>/<name>/<split>/<class>/*`. Cla
 sorted folder order (torchvision's rule), so labels are stable across machines.
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from distdiff import DistDiffError
@@ -80,8 +80,9 @@ def dataset_names():
     return sorted(REGISTRY) + ["folder:<path>"]
 
 
-def get_dataset(name):
-    """Look a dataset up by name; `folder:<path>` wraps any ImageFolder tree with train/ and test/."""
+def get_dataset(name, data_root=None):
+    """Look a dataset up by name; `folder:<path>` wraps any ImageFolder tree with train/ and test/.
+    `data_root` moves a registered dataset's tree to <data_root>/<name>."""
     if name.startswith("folder:"):
         root = Path(name[len("folder:"):]).expanduser().resolve()
         val = "val" if (root / "val").is_dir() else None
@@ -89,7 +90,8 @@ def get_dataset(name):
                            prepare_hint=f"create {root}/train/<class>/* and {root}/test/<class>/*")
     if name not in REGISTRY:
         raise DistDiffError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
-    return REGISTRY[name]
+    spec = REGISTRY[name]
+    return replace(spec, root=Path(data_root) / spec.root.name) if data_root else spec
 
 
 def ensure_prepared(spec):

@@ -15,16 +15,18 @@ def dataset_dirname(dataset):
     return dataset
 
 
-def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug="default"):
-    """checkpoint/<dataset>/<arch>_<pretrained|unpretrained>[_<exp>]_lr<lr>[_aug-<aug>]/seed<N>.
+def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug="default", resize_mode="shorter"):
+    """checkpoint/<dataset>/<arch>_<pretrained|unpretrained>[_<exp>]_lr<lr>[_aug-<aug>][_resize-squash]/seed<N>.
 
-    The augmentation appears only when it is not the paper's default, so run dirs made before
-    --aug existed keep their names and stay valid.
+    The augmentation and resize mode appear only when they are not the defaults, so run dirs made
+    before those flags existed keep their names and stay valid.
     """
     tag = "pretrained" if pretrained else "unpretrained"
     name = f"{arch}_{tag}" + (f"_{exp}" if exp else "") + f"_lr{lr:g}"
     if aug and aug != "default":
         name += f"_aug-{aug}"
+    if resize_mode != "shorter":
+        name += f"_resize-{resize_mode}"
     return Path(output) / dataset_dirname(dataset) / name / f"seed{seed}"
 
 

@@ -2,6 +2,7 @@
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch.utils.data import ConcatDataset
 
@@ -31,11 +32,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     image_size: int = 224
     resize_size: int = 256
+    resize_mode: str = "shorter"
     rotation: float = 15.0
     hflip: bool = True
     aug: str = "default"
     seed: int = 1
     output: str = "checkpoint"
+    run_dir: str | None = None       # an explicit run dir (the authors' --checkpoint) instead of the derived one
+    data_dir: str | None = None      # root of the registered datasets (default: data/)
     device: str = "auto"
     gpu: str | None = None
     precision: str = "fp32"
@@ -50,12 +54,17 @@ class TrainConfig:
         return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
 
 
+def resize_arg(cfg):
+    """torchvision's Resize size: an int (shorter side) or a (height, width) pair (squash)."""
+    return cfg.resize_size if cfg.resize_mode == "shorter" else [cfg.resize_size, cfg.resize_size]
+
+
 def build_transforms(cfg):
     """((train head, train tail), (eval head, eval tail)) transforms."""
     norm = dict(mean=registry.IMAGENET_MEAN, std=registry.IMAGENET_STD)
-    train = ds.train_transform(cfg.image_size, cfg.resize_size, cfg.rotation, cfg.hflip,
+    train = ds.train_transform(cfg.image_size, resize_arg(cfg), cfg.rotation, cfg.hflip,
                                split=True, aug=cfg.aug, **norm)
-    test = ds.test_transform(cfg.image_size, cfg.resize_size, split=True, **norm)
+    test = ds.test_transform(cfg.image_size, resize_arg(cfg), split=True, **norm)
     return train, test
 
 
@@ -91,19 +100,20 @@ def classifier_meta(cfg, classes):
     """What a later stage needs to rebuild the classifier and its exact input transform."""
     return {"arch": cfg.arch, "num_classes": len(classes), "classes": list(classes),
             "dataset": cfg.dataset, "image_size": cfg.image_size,
-            "resize_size": cfg.resize_size, "mean": list(registry.IMAGENET_MEAN),
+            "resize_size": resize_arg(cfg), "mean": list(registry.IMAGENET_MEAN),
             "std": list(registry.IMAGENET_STD), "pretrained": cfg.pretrained}
 
 
 def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     """Train (or resume, or skip if complete) one run; returns its results dict."""
-    spec = registry.get_dataset(cfg.dataset)
+    spec = registry.get_dataset(cfg.dataset, cfg.data_dir)
     check_aug(cfg.aug)
     try:
         check_arch(cfg.arch, cfg.pretrained)
     except UnknownArch as err:
         raise DistDiffError(str(err)) from None
-    run_dir = train_run_dir(cfg.output, cfg.dataset, cfg.arch, cfg.pretrained, cfg.lr, cfg.seed, exp, cfg.aug)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else train_run_dir(cfg.output, cfg.dataset, cfg.arch, cfg.pretrained,
+                                                                  cfg.lr, cfg.seed, exp, cfg.aug, cfg.resize_mode)
     setup_logging()  # stdout only until the inputs are known to be good: no stray run dirs
     if is_complete(run_dir):
         logger.info("%s is complete (results.json exists); nothing to do", run_dir)

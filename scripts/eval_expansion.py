@@ -30,7 +30,7 @@ from distdiff.config import str2bool
 from distdiff.devices import configure_cpu
 from distdiff.fileio import atomic_write_json
 from distdiff.metrics import FeatureSpaceEvaluator, InceptionFID, load_eval_classifier, prototypes_match
-from distdiff.options import run_cli
+from distdiff.options import add_threads_flag, run_cli
 from distdiff.prototypes import load_prototypes
 from distdiff.runs import default_guide_ckpt, setup_logging
 
@@ -143,7 +143,7 @@ def get_parser():
         help="also compute Inception-v3 FID (needs torch-fidelity and a weights download: online/GPU path)")
     add("--out", default=None, help="also write every row to this JSON file")
     add("--batch_size", "--batch-size", type=int, default=64, help="images per forward pass")
-    add("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_flag(parser)
     return parser
 
 

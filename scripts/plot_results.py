@@ -24,10 +24,10 @@ METRICS = (("last_acc", "last epoch"), ("test_at_best_val", "test @ best val"), 
 def experiment_dirs(args):
     """(label, experiment dir) for the three headline conditions and their controls."""
     conditions = [("original", None),
-                  (f"SD x{args.ratio}", f"sd_x{args.ratio}"),
-                  (f"DistDiff x{args.ratio}", f"distdiff_x{args.ratio}"),
-                  (f"SD x{args.ratio}\n(equal iters)", f"sd_x{args.ratio}_eqiter"),
-                  (f"DistDiff x{args.ratio}\n(equal iters)", f"distdiff_x{args.ratio}_eqiter")]
+                  (f"SD x{args.ratio}", f"sd_x{args.ratio}{args.exp_suffix}"),
+                  (f"DistDiff x{args.ratio}", f"distdiff_x{args.ratio}{args.exp_suffix}"),
+                  (f"SD x{args.ratio}\n(equal iters)", f"sd_x{args.ratio}{args.exp_suffix}_eqiter"),
+                  (f"DistDiff x{args.ratio}\n(equal iters)", f"distdiff_x{args.ratio}{args.exp_suffix}_eqiter")]
     # The training scripts' own naming rule, so the --aug suffix is placed exactly as they place it.
     dirs = [(label, train_run_dir(args.checkpoint, args.dataset, args.arch, args.pretrained, args.lr, 1, exp,
                                   args.aug).parent) for label, exp in conditions]
@@ -63,7 +63,7 @@ def plot_grid(args, path, classes_shown=5):
     """Rows: source | guided copies | unguided copies, for the first source of a few classes."""
     spec = get_dataset(args.dataset)
     base = Path(args.checkpoint) / dataset_dirname(args.dataset) / "expansions"
-    guided, unguided = base / f"distdiff_x{args.ratio}", base / f"sd_x{args.ratio}"
+    guided, unguided = base / f"distdiff_x{args.ratio}{args.exp_suffix}", base / f"sd_x{args.ratio}{args.exp_suffix}"
     if not (guided.is_dir() and unguided.is_dir()):
         raise DistDiffError(f"expansions {guided} and {unguided} are needed for the sample grid")
     train_root = spec.split_dir(spec.train_split)
@@ -94,6 +94,7 @@ def get_parser():
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate of the runs (part of their dir name)")
     parser.add_argument("--pretrained", action="store_true", help="plot the pretrained runs")
     parser.add_argument("--ratio", type=int, default=5, help="expansion ratio of the runs to plot")
+    parser.add_argument("--exp_suffix", default="", help="suffix of the expansion names (single_exp.sh's PRESET: _authors)")
     parser.add_argument("--aug", default="default", help="plot the runs trained with this --aug (figure accuracy_aug-<aug>.png)")
     parser.add_argument("--checkpoint", default="checkpoint", help="checkpoint root")
     parser.add_argument("--figure_dir", default="figure", help="where the PNGs go")

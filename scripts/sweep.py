@@ -36,7 +36,7 @@ from distdiff.config import REPO_ROOT as REPO
 from distdiff.config import dataset_section, parse_args
 from distdiff.devices import configure_cpu
 from distdiff.fileio import atomic_write_text
-from distdiff.options import add_train_expand_flags, run_cli
+from distdiff.options import add_threads_flag, add_train_expand_flags, run_cli
 from distdiff.results import to_csv
 from distdiff.runs import dataset_dirname, default_guide_ckpt, setup_logging, train_run_dir
 from studies import sweep as sw
@@ -137,7 +137,7 @@ def experiment_dir(plan, cell):
     """The train_expand.py experiment dir holding the cell's seed<N>/ runs."""
     t = plan.train
     exp = exp_name(plan, cell) + ("_eqiter" if t.equal_iterations else "")
-    return train_run_dir(plan.root, plan.dataset, t.arch, t.pretrained, t.lr, 1, exp, t.aug).parent
+    return train_run_dir(plan.root, plan.dataset, t.arch, t.pretrained, t.lr, 1, exp, t.aug, t.resize_mode).parent
 
 
 def expand_command(plan, cell):
@@ -402,8 +402,7 @@ def get_parser():
     parser.add_argument("--train_flags", "--train-flags", default="",
                         help="extra train_expand.py flags for every run, e.g. \"--epochs 30\"")
     parser.add_argument("--figure", default="figure/guidance_sweep.png", help="paired-Δ figure path")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads for the metrics in this process (the expander's come from the grid)")
+    add_threads_flag(parser, 1, "torch CPU threads for the metrics in this process (the expander's come from the grid)")
     parser.add_argument("--dry_run", "--dry-run", action="store_true", help="print the cells and commands only")
     return parser
 

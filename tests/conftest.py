@@ -25,6 +25,13 @@ def run_main(name, *argv):
     return script(name).main([str(a) for a in argv])
 
 
+def read_summary(run_dir):
+    """A training run's summary.csv rows."""
+    import csv
+    with open(Path(run_dir) / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def script_env():
     """Environment for script subprocesses: offline, one thread, repo importable."""
     return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",

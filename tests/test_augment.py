@@ -2,7 +2,6 @@
 where their input type is, GridMask masks the fraction its docstring states, CutMix runs resume
 exactly, both training scripts take the flag, and a bad name is a one-line error."""
 import argparse
-import csv
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 import distdiff.engine as engine
+from conftest import read_summary as summary
 from conftest import run_main
 from distdiff.augment import AUGMENTATIONS, GridMask
 from distdiff.config import dataset_section, parse_args
@@ -31,11 +31,6 @@ def train_args(out, *extra):
 def run_dir(out, aug, exp=""):
     name = "resnet_small_unpretrained" + (f"_{exp}" if exp else "") + "_lr0.1"
     return out / "digits" / (name if aug == "default" else f"{name}_aug-{aug}") / "seed1"
-
-
-def summary(run):
-    with open(run / "summary.csv") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

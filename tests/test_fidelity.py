@@ -230,3 +230,25 @@ def test_prompt_file_and_first_image_index(tmp_path, tiny_pipe, random_guide, di
              "--out", out, "--expand_ratio", "3", "--first_image_index", "1", "--limit", "2", "--num_steps", "10",
              "--guidance_step", "4", "-le", "--prompt_file", tmp_path / "le.json", "--offset_noise", "--threads", "1")
     assert sorted(p.name.split("_expand_")[1] for p in out.rglob("*.png")) == ["1.png", "1.png", "2.png", "2.png"]
+
+
+def test_authors_training_command_lines_parse_to_the_same_settings(tmp_path):
+    """Their train_original.sh / train_expand.sh calls of train.py and
+    train_expanded_data_concat_original.py, with train_original.py / train_expand.py in their place."""
+    import argparse
+
+    from distdiff.config import dataset_section, parse_args
+    from distdiff.options import add_train_expand_flags
+    from distdiff.training import TrainConfig
+    run = "checkpoint/caltech-101/resnet50_unpretrained_lr0.1/seed2"
+    argv = ["-a", "resnet50", "-d", "caltech-101", "--checkpoint", run, "--data_dir", "data", "--manualSeed", "2",
+            "--train-batch-size", "64", "--lr", "0.1", "--val-batch-size", "64", "--epochs", "100"]
+    parser = add_train_expand_flags(argparse.ArgumentParser())
+    cfg = TrainConfig.from_args(parse_args(parser, argv, config=dataset_section("train")))
+    assert (cfg.arch, cfg.dataset, cfg.run_dir, cfg.data_dir, cfg.seed) == ("resnet50", "caltech-101", run, "data", 2)
+    assert (cfg.batch_size, cfg.eval_batch_size, cfg.lr, cfg.epochs, cfg.pretrained) == (64, 64, 0.1, 100, False)
+    pretrained = parse_args(parser, [*argv, "--pretrained"], config=dataset_section("train"))
+    assert pretrained.pretrained is True
+    expanded = parse_args(parser, [*argv, "--data_expanded_dir", "data/caltech-101_expansion/save/distdiff_batch_5x"],
+                          config=dataset_section("train"))
+    assert expanded.expanded_dir == ["data/caltech-101_expansion/save/distdiff_batch_5x"]

@@ -1,5 +1,4 @@
 """train_original.py on digits: files, metrics, resume after SIGKILL, no-op rerun, selection."""
-import csv
 import json
 import signal
 import subprocess
@@ -10,18 +9,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_main, script_env
+from conftest import REPO, read_summary, run_main, script_env
 
 QUICK = ["--batch_size", "8", "--threads", "1"]  # 4 steps/epoch on the 30-image 3-shot set
 
 
 def run_dir(out, lr="0.1", seed=1):
     return out / "digits" / f"resnet_small_unpretrained_lr{lr}" / f"seed{seed}"
-
-
-def read_summary(path):
-    with open(path / "summary.csv") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
