@@ -61,7 +61,7 @@ def guidance_config(args):
                           normalize_features=args.normalize_features,
                           renormalize_prototypes=args.renormalize_prototypes,
                           repeats=args.guidance_repeats, interval=args.guidance_interval,
-                          record_energy=args.record_energy)
+                          decode_scale=args.lookahead_decode_scale, record_energy=args.record_energy > 0)
 
 
 def sample_config(args):
@@ -132,7 +132,8 @@ def main(argv=None):
         pipe.vae.enable_gradient_checkpointing()
     sampler = ex.build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance, device)
     counters = ex.run_blocks(sampler, sources, my_blocks, out, out / f"manifest_shard{args.split}.jsonl",
-                             args.seed, args.guidance_repeats, desc=f"expand shard {args.split}/{args.total_split}")
+                             args.seed, args.guidance_repeats, desc=f"expand shard {args.split}/{args.total_split}",
+                             energy_every=args.record_energy)
     peak = f", peak CUDA memory {torch.cuda.max_memory_allocated() >> 20} MB" if device.type == "cuda" else ""
     logger.info("shard %d/%d done: %s%s", args.split, args.total_split, ex.summary_line(counters), peak)
     return 0
@@ -141,6 +142,12 @@ def main(argv=None):
 def radius_type(value):
     """A float, or 'none' for no L-inf projection."""
     return None if str(value).lower() == "none" else float(value)
+
+
+def energy_every(value):
+    """--record_energy: measure on every N-th block (1: all, 0: none); True/False mean 1/0."""
+    text = str(value).strip().lower()
+    return {"true": 1, "false": 0}.get(text) if text in ("true", "false") else int(text)
 
 
 def guidance_type(value):
@@ -213,8 +220,13 @@ def get_parser():
              "(and their squash for the prototype features)")
     add("--guidance_repeats", "--guidance-repeats", type=int, default=1, help="transform: number of applications")
     add("--guidance_interval", "--guidance-interval", type=int, default=1, help="transform: steps between applications")
-    add("--record_energy", "--record-energy", type=str2bool, default=True,
-        help="measure the energy with and without guidance (extra UNet, decoder and guide passes)")
+    add("--record_energy", "--record-energy", type=energy_every, default=8, metavar="N",
+        help="measure the energy with and without guidance on every N-th block (1: all, 0 or False: none); the "
+             "measurement repeats the look-ahead twice without gradients, so doing it on every block nearly "
+             "doubles the guidance's cost; it never changes an image")
+    add("--lookahead_decode_scale", type=float, default=1.0,
+        help="resize the look-ahead's predicted latent by this factor before decoding it (0.5: a 256-px decode "
+             "at SD scale, enough for a 224-px guide, at a quarter of the decoder's cost)")
     add("--cluster", default="kmeans", choices=CLUSTER_METHODS, help="group prototype clustering")
     add("--num_groups", "--num-groups", "--K", type=int, default=3, help="K group prototypes per class")
     add("--preset", default=None, choices=sorted(PRESETS),

@@ -24,7 +24,8 @@ GENERATION_KEYS = ("dataset", "model", "guide_ckpt", "expand_ratio", "seed", "nu
                    "cfg_scale", "resolution", "guidance", "guidance_step", "lookahead_steps",
                    "step_size", "radius", "lambda_class", "lambda_group", "normalize_features",
                    "renormalize_prototypes", "guide_input", "framing", "start_rule", "shared_posterior",
-                   "offset_noise", "prompts", "prompt_file", "guidance_repeats", "guidance_interval",
+                   "offset_noise", "prompts", "prompt_file", "lookahead_decode_scale", "guidance_repeats",
+                   "guidance_interval",
                    "cluster", "num_groups", "precision", "batch_size", "channels_last", "compile")
 SOURCE_STREAM, CROP_STREAM = -1, -2  # per-source generators: (seed, source index, stream)
 
@@ -98,18 +99,20 @@ class SourceLatents:
         return self.cache[block][index]
 
 
-def run_blocks(sampler, sources, my_blocks, out_dir, manifest, seed, repeats, desc="expand"):
-    """Sample every unfinished block of this shard; returns summary counters."""
+def run_blocks(sampler, sources, my_blocks, out_dir, manifest, seed, repeats, desc="expand", energy_every=1):
+    """Sample every unfinished block of this shard; returns summary counters. The energy is
+    measured on the blocks whose global id is a multiple of `energy_every` (0: none)."""
     latents = SourceLatents(sampler, sources, seed)
     counters = {"written": 0, "skipped": 0, "nonfinite": 0, "seconds": 0.0, "before": [], "after": []}
     total = sum(len(b) for _, b in my_blocks)
     bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
     with shards.BackgroundWriter() as writer:  # PNG encoding overlaps with the next batch
-        for _, block in my_blocks:
+        for block_id, block in my_blocks:
             todo = set(shards.missing_items(block, out_dir, sources.classes))
             if todo:
                 start = time.time()
-                images, stats = sample_block(sampler, latents, block, seed, repeats)
+                record = bool(energy_every) and block_id % energy_every == 0
+                images, stats = sample_block(sampler, latents, block, seed, repeats, record)
                 records = _block_records(block, todo, stats, out_dir, sources.classes,
                                          (time.time() - start) / len(block))
                 shards.append_manifest(manifest, records)
@@ -127,7 +130,7 @@ def run_blocks(sampler, sources, my_blocks, out_dir, manifest, seed, repeats, de
     return counters
 
 
-def sample_block(sampler, latents, block, seed, repeats):
+def sample_block(sampler, latents, block, seed, repeats, record_energy=None):
     """Decoded images [B, 3, H, W] and stats of one block; every item draws from its own seed."""
     posts = [latents.get(it.index) for it in block]
     cfg = sampler.sample_cfg
@@ -137,7 +140,7 @@ def sample_block(sampler, latents, block, seed, repeats):
         for it, d in zip(block, draws):
             d.latent_eps = torch.randn(d.latent_eps.shape, generator=shards.item_generator(seed, it.index, SOURCE_STREAM))
     return sampler.sample(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
-                          torch.tensor([it.label for it in block]), draws)
+                          torch.tensor([it.label for it in block]), draws, record_energy)
 
 
 def _block_records(block, todo, stats, out_dir, class_names, seconds):
@@ -175,7 +178,7 @@ def summary_line(counters):
     if counters["before"]:
         before, after = np.array(counters["before"]), np.array(counters["after"])
         line += (f", energy {before.mean():.4f} -> {after.mean():.4f} "
-                 f"(dropped for {100 * np.mean(after < before):.1f} % of items)")
+                 f"(dropped for {100 * np.mean(after < before):.1f} % of the {len(before)} items measured)")
     return line + f", non-finite energies {counters['nonfinite']}"
 
 

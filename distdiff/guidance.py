@@ -42,6 +42,7 @@ class GuidanceConfig:
     renormalize_prototypes: bool = True  # unit prototypes: rescale the class and group means to norm 1
     repeats: int = 1                 # transform: number of applications (the paper: once)
     interval: int = 1                # transform: denoising steps between applications
+    decode_scale: float = 1.0        # decode the look-ahead x0 from a latent resized by this factor
     record_energy: bool = True       # measure the energy with and without guidance (extra passes)
 
     def indices(self, num_steps):

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from distdiff import DistDiffError
@@ -170,8 +171,14 @@ class GuidedSampler:
             return self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents)
 
     def image_energy(self, x0, labels):
-        """Energy [B] of predicted clean latents: decode, map to the guide's input, score."""
+        """Energy [B] of predicted clean latents: decode, map to the guide's input, score.
+
+        With decode_scale < 1 the latent is resized first (0.5: a 256-px decode at SD scale, still
+        above the guide's 224 px), which cuts the decoder's cost, the look-ahead's largest part.
+        """
         cfg = self.guidance_cfg
+        if cfg.decode_scale != 1.0:
+            x0 = F.interpolate(x0, scale_factor=cfg.decode_scale, mode="bilinear", antialias=True)
         with stage("lookahead_vae_decode"):
             images = self.decode(x0)
         with stage("guide_forward"):
@@ -190,8 +197,9 @@ class GuidedSampler:
 
     # -- the loop ------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, posterior_mean, posterior_std, labels, draws):
+    def sample(self, posterior_mean, posterior_std, labels, draws, record_energy=None):
         """Generate one batch. Inputs are per item: posterior [B, C, h, w], labels [B], draws.
+        `record_energy` overrides the config's choice for this batch (the images do not change).
 
         Returns (decoded images in [-1, 1] as a tensor [B, 3, H, W], stats dict of per-item lists).
         Everything but the guidance runs under inference_mode (no autograd bookkeeping at all);
@@ -208,12 +216,13 @@ class GuidedSampler:
             latents = posterior_mean + posterior_std * eps
             latents = self.scheduler.add_noise(latents, noise, self.timesteps[self.start:self.start + 1])
         mode = self.guidance_cfg.mode
+        record = self.guidance_cfg.record_energy if record_energy is None else record_energy
         for index in range(self.start, self.sample_cfg.num_steps):
             if index in self.guidance_at and mode == "direct":
-                latents = self._direct(latents.clone(), index, embeds, labels, stats)
+                latents = self._direct(latents.clone(), index, embeds, labels, stats, record)
                 continue  # the guided step replaces the ordinary one
             if index in self.guidance_at:
-                latents = self._transform(latents.clone(), index, embeds, labels, draws, stats)
+                latents = self._transform(latents.clone(), index, embeds, labels, draws, stats, record)
             with torch.inference_mode():
                 latents = self.step(latents, index, embeds).prev_sample
         with torch.inference_mode(), stage("final_decode"):
@@ -229,9 +238,9 @@ class GuidedSampler:
             logger.warning("non-finite guidance energy for %d item(s) at step %d: kept unguided", bad, index)
             stats["nonfinite"] += bad
 
-    def _transform(self, latents, index, embeds, labels, draws, stats):
-        """Transform guidance at `index`. With record_energy, the look-ahead energy of the
-        unguided latent and of the guided one (the same estimator the step lowers)."""
+    def _transform(self, latents, index, embeds, labels, draws, stats, record):
+        """Transform guidance at `index`. With `record`, the look-ahead energy of the unguided
+        latent and of the guided one (the same estimator the step lowers)."""
         cfg = self.guidance_cfg
         application = self.guidance_at.index(index)
         a = torch.stack([d.a[application] for d in draws]).to(self.device, self.dtype)
@@ -240,21 +249,21 @@ class GuidedSampler:
         def lookahead(z):
             return self.lookahead_energy(z, index, embeds, labels)
 
-        if cfg.record_energy:
+        if record:
             with stage("energy_measurement"):
                 stats["energy_before"].append(lookahead(latents).float().cpu())
         with stage("guidance_step"):
             new_latents, ok = transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius)
-        if cfg.record_energy:
+        if record:
             with stage("energy_measurement"):
                 stats["energy_after"].append(lookahead(new_latents).float().cpu())
         self._report(ok, index, stats)
         return new_latents
 
-    def _direct(self, latents, index, embeds, labels, stats):
+    def _direct(self, latents, index, embeds, labels, stats, record):
         """One direct-guidance step at `index`; returns the guided latent of index + 1. With
-        record_energy, after the last guided step: the one-step energy at the next index of the
-        guided latent and of the unguided trajectory (run alongside)."""
+        `record`, after the last guided step: the one-step energy at the next index of the guided
+        latent and of the unguided trajectory (run alongside)."""
         cfg = self.guidance_cfg
 
         def step_energy(z):
@@ -264,7 +273,7 @@ class GuidedSampler:
         with stage("guidance_step"):
             guided, unguided, ok = direct_step(latents, step_energy, cfg.step_size)
         self._report(ok, index, stats)
-        if cfg.record_energy:
+        if record:
             with stage("energy_measurement"):
                 self._unguided = unguided if index == self.guidance_at[0] else \
                     self.step(self._unguided, index, embeds, "lookahead_unet").prev_sample

@@ -55,7 +55,7 @@ def setup(tmp_path_factory):
 def expand_args(setup, out, *extra, batch=4):
     return ["--dataset", f"folder:{setup['tree']}", "--model", setup["pipe"], "--guide_ckpt", setup["guide"],
             "--out", out, "--expand_ratio", "2", "--num_steps", "10", "--guidance_step", "4",
-            "--batch_size", str(batch), "--threads", "1", *extra]
+            "--batch_size", str(batch), "--threads", "1", "--record_energy", "1", *extra]
 
 
 def expand(setup, out, *extra, batch=4):
@@ -171,6 +171,17 @@ def test_radius_zero_reproduces_guidance_none_byte_for_byte(setup, reference):
     assert len(records) == 12 and all(r["energy_before"] is None for r in records)
     assert png_bytes(zero) == png_bytes(none)
     assert png_bytes(none) != reference["files"]  # and the default radius does change them
+
+
+def test_energy_is_measured_on_every_nth_block_and_never_changes_an_image(setup, reference):
+    out = setup["root"] / "sampled"
+    expand(setup, out, "--record_energy", "2", batch=2)  # 12 items in 6 blocks: blocks 0, 2, 4 measured
+    measured = [r["index"] for r in manifest(out) if r["energy_before"] is not None]
+    assert len(measured) == 6 and len(manifest(out)) == 12
+    assert max(max_pixel_diffs(out, reference)) <= 2  # batch 2 vs 4: float rounding only
+    off = setup["root"] / "off"
+    expand(setup, off, "--record_energy", "False", batch=2)
+    assert png_bytes(off) == png_bytes(out) and all(r["energy_before"] is None for r in manifest(off))
 
 
 def test_changed_settings_in_same_out_dir_are_refused(setup, reference):
