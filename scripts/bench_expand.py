@@ -1,7 +1,7 @@
 """Expansion cost: plain img2img vs DistDiff guidance, per configuration, in one process.
 
     python scripts/bench_expand.py                         # digits prior: batch 1/4/8/16, 3 repeats
-    python scripts/bench_expand.py --quick                 # CI smoke mode: batch 1 and 2, 1 repeat
+    python scripts/bench_expand.py --quick                 # CI smoke mode: batch 2, 1 repeat
     # SD-1.4's architecture with random weights (nothing downloaded), reduced schedule, on the CPU:
     python scripts/bench_expand.py --model shape:sd14 --batch_sizes 1 --repeats 1 --num_steps 6 \
         --guidance_step 3 --variants plain checkpointing --out bench/expand_sd14.json
@@ -48,7 +48,9 @@ from models.classifiers import create_classifier
 
 STAGES = ("vae_encode", "denoise_unet", "guidance_step", "lookahead_unet", "lookahead_vae_decode",
           "guide_forward", "guidance_backward", "final_decode", "image_write")
-VARIANTS = ("plain", "checkpointing", "channels_last", "compile")
+# Options a variant may combine with "+" (e.g. checkpointing+decode_half): pipeline options, and the
+# guidance's reduced-resolution look-ahead decode (--lookahead_decode_scale 0.5).
+OPTIONS = ("plain", "checkpointing", "channels_last", "compile", "decode_half")
 
 
 class PeakRSS:
@@ -109,11 +111,21 @@ def build(args, device):
     return sources, guide, guide_input, protos
 
 
+def variant_type(text):
+    """A variant: options from OPTIONS joined by '+'."""
+    options = text.split("+")
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown option(s) {unknown}; combine {', '.join(OPTIONS)} with '+'")
+    return text
+
+
 def make_pipeline(args, device, variant):
     """The pipeline with one variant's options (a fresh load: compile and NHWC change modules)."""
+    options = variant.split("+")
     pipe = load_pipeline(args.model, device, pipeline_dtype(args.precision, device), allow_shapes=True)
-    pipe = speed_up(pipe, variant == "channels_last", variant == "compile")
-    if variant == "checkpointing":
+    pipe = speed_up(pipe, "channels_last" in options, "compile" in options)
+    if "checkpointing" in options:
         pipe.unet.enable_gradient_checkpointing()
         pipe.vae.enable_gradient_checkpointing()
     return pipe
@@ -156,9 +168,11 @@ def run_with_peak(sampler, batches, device):
     return took, (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss.peak)
 
 
-def stage_breakdown(sampler, batch, out_dir):
-    """Seconds per named stage for one guided batch, plus the PNG writes of its images."""
+def stage_breakdown(sampler, sources, batch_size, out_dir):
+    """Seconds per named stage for one guided batch (its sources encoded afresh), plus the PNG
+    writes of its images."""
     with measure_stages() as totals:
+        batch = make_batches(sampler, sources, batch_size, batch_size)[0]
         images, _ = sampler.sample(*batch)
     stages = dict(totals)
     start = time.perf_counter()
@@ -178,9 +192,11 @@ def measure_variant(args, device, variant, sources, guide, guide_input, protos):
     pipe = make_pipeline(args, device, variant)
     sample_cfg = SampleConfig(args.num_steps, args.strength, resolution=args.resolution)
     prompts = [[f"a photo of a {c}"] for c in sources.classes]
+    decode_scale = 0.5 if "decode_half" in variant.split("+") else 1.0
     samplers = {mode: ex.build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg,
-                                       GuidanceConfig(mode=mode, guidance_step=args.guidance_step, record_energy=False),
-                                       device) for mode in ("none", "transform")}
+                                       GuidanceConfig(mode=mode, guidance_step=args.guidance_step, record_energy=False,
+                                                      decode_scale=decode_scale), device)
+                for mode in ("none", "transform")}
     measured = args.num_steps - sample_cfg.start
     full = args.full_steps - SampleConfig(args.full_steps, args.strength).start
     order = [(m, bs) for bs in sorted(args.batch_sizes) for m in ("none", "transform")]
@@ -209,7 +225,7 @@ def measure_variant(args, device, variant, sources, guide, guide_input, protos):
         for g, sg, p, sp in zip(seconds[("transform", bs)], stages[("transform", bs)],
                                 seconds[("none", bs)], stages[("none", bs)])) for bs in args.batch_sizes}
     with tempfile.TemporaryDirectory() as tmp:
-        breakdown = stage_breakdown(samplers["transform"], batches[("transform", max(args.batch_sizes))][0], tmp)
+        breakdown = stage_breakdown(samplers["transform"], sources, max(args.batch_sizes), tmp)
     parameters = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder, guide) for p in m.parameters())
     return {"results": results, "time_ratio_guided_unguided": ratios, "parameters": parameters,
             "stages_s_one_guided_batch": breakdown, "stage_batch_size": max(args.batch_sizes),
@@ -219,17 +235,16 @@ def measure_variant(args, device, variant, sources, guide, guide_input, protos):
 def memory_limits(report, parameters, gpu_sizes=(24, 40, 80, 141), overhead_gb=1.0):
     """Activation MB per guided image (fp32 measured, fp16 = half) and the largest batch per GPU.
 
-    per image = (peak guided - peak unguided) / batch at the largest measured batch: the unguided
-    run holds the same weights and sources but saves no activations for a backward pass. On a GPU
-    the weights take 2 bytes per parameter in fp16 (4 in fp32) plus `overhead_gb` for the CUDA
-    context and kernels' workspaces (an assumption); the rest divided by the per-image activation
-    memory is the batch that fits.
+    per image = (peak guided - peak unguided) / batch at the largest measured batch of the same
+    variant: the unguided run holds the same weights and sources but saves no activations for a
+    backward pass. On a GPU the weights take 2 bytes per parameter in fp16 (4 in fp32) plus
+    `overhead_gb` for the CUDA context and kernels' workspaces (an assumption); the rest divided by
+    the per-image activation memory is the batch that fits.
     """
-    plain = report["variants"]["plain"]["results"]
     out = {}
     for variant, data in report["variants"].items():
         bs = str(max(int(b) for b in data["results"]["transform"]))
-        extra = data["results"]["transform"][bs]["peak_mb"] - plain["none"][bs]["peak_mb"]
+        extra = data["results"]["transform"][bs]["peak_mb"] - data["results"]["none"][bs]["peak_mb"]
         per_image = {"fp32": extra / int(bs), "fp16": extra / int(bs) / 2}
         weights = {"fp32": parameters * 4 / 2**20, "fp16": parameters * 2 / 2**20}
         out[variant] = {"activation_mb_per_image": per_image, "weights_mb": weights, "overhead_gb": overhead_gb,
@@ -255,7 +270,7 @@ def plot(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = report["variants"]["plain"]
+    data = next(iter(report["variants"].values()))
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for mode, label in (("none", "SD img2img (unguided)"), ("transform", "DistDiff (guided)")):
         sizes = sorted(int(bs) for bs in data["results"][mode])
@@ -287,8 +302,9 @@ def get_parser():
     add("--random_guide", default=None, metavar="ARCH",
         help="a random-weight guide of this arch at 224 px (default for shape: models: resnet50)")
     add("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="batch sizes to time")
-    add("--variants", nargs="+", default=["plain"], choices=VARIANTS,
-        help="pipeline options to time: plain, --gradient_checkpointing, --channels_last, --compile")
+    add("--variants", nargs="+", default=["plain"], type=variant_type,
+        help="configurations to time, each options joined by '+': plain, checkpointing (--gradient_checkpointing), "
+             "channels_last, compile, decode_half (--lookahead_decode_scale 0.5)")
     add("--items", type=int, default=32, help="images per timed run (at least one batch)")
     add("--repeats", type=int, default=3, help="timed runs per configuration (median)")
     add("--num_steps", type=int, default=50, help="DDIM steps of the timed schedule")
@@ -296,9 +312,9 @@ def get_parser():
     add("--guidance_step", type=int, default=20, help="M (must fall inside the timed schedule)")
     add("--full_steps", type=int, default=50, help="schedule the per-image times are scaled to")
     add("--resolution", type=int, default=None, help="sampling size (default: native)")
-    add("--quick", action="store_true", help="batch 1 and 2, 2 items, 1 repeat")
+    add("--quick", action="store_true", help="smoke mode: batch 2, 2 items, 1 repeat")
     add("--out", default="bench/expand.json", help="JSON report")
-    add("--figure", default=None, help="also plot the plain variant here (e.g. figure/bench_expand.png)")
+    add("--figure", default=None, help="also plot the first variant here (e.g. figure/bench_expand.png)")
     add_runtime_flags(parser, precision_help="pipeline dtype (CUDA only)")
     return parser
 
@@ -307,7 +323,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logging()
     if args.quick:
-        args.batch_sizes, args.repeats, args.items = [1, 2], 1, 2
+        args.batch_sizes, args.repeats, args.items = [2], 1, 2
     if args.model.startswith("shape:") and args.random_guide is None:
         args.random_guide = "resnet50"  # the paper's guide, at 224 px
     device = resolve_device(args.device)
@@ -319,27 +335,27 @@ def main(argv=None):
               "schedule": {"num_steps": args.num_steps, "strength": args.strength, "guidance_step": args.guidance_step,
                            "full_steps": args.full_steps},
               "torch": torch.__version__, "variants": {}}
-    if "plain" not in args.variants:
-        args.variants = ["plain", *args.variants]  # the memory derivation compares against plain
     for variant in args.variants:
         report["variants"][variant] = measure_variant(args, device, variant, sources, guide, guide_input, protos)
-    report["parameters"] = report["variants"]["plain"].pop("parameters")
+        report["parameters"] = report["variants"][variant].pop("parameters")
     report["memory_limits"] = memory_limits(report, report["parameters"])
     atomic_write_json(args.out, report)
     if args.figure:
         plot(report, args.figure)
-    scale = report["variants"]["plain"]["denoised_steps"]
+    first = next(iter(report["variants"].values()))
+    scale = first["denoised_steps"]
     print(f"{args.model} on {device} ({report['threads']} threads, {args.precision}); per-image times with "
           f"{scale['measured']} timed denoising steps scaled to {scale['scaled_to']}")
     print("| variant | batch | SD img2img s/image | DistDiff s/image | time ratio guided/unguided | peak MB (SD / DistDiff) |")
     print("|---|---|---|---|---|---|")
     for variant, data in report["variants"].items():
         print("\n".join(table(variant, data)))
-    stages = report["variants"]["plain"]["stages_s_one_guided_batch"]
-    print(f"\nstages of one guided batch of {report['variants']['plain']['stage_batch_size']} (s, nested stages overlap):")
-    for name in STAGES:
-        if name in stages:
-            print(f"  {name:22s} {stages[name]:9.3f}")
+    for variant, data in report["variants"].items():
+        stages = data["stages_s_one_guided_batch"]
+        print(f"\n{variant}: stages of one guided batch of {data['stage_batch_size']} (s, nested stages overlap):")
+        for name in STAGES:
+            if name in stages:
+                print(f"  {name:22s} {stages[name]:9.3f}")
     for variant, limits in report["memory_limits"].items():
         print(f"{variant}: activation memory per guided image {limits['activation_mb_per_image']['fp32']:.0f} MB fp32 "
               f"({limits['activation_mb_per_image']['fp16']:.0f} MB fp16); largest fp16 batch "

@@ -56,6 +56,29 @@ def count(fn):
     return counter.get_total_flops()
 
 
+def saved_for_backward(fn, min_square=1024):
+    """Bytes of the tensors autograd keeps for the backward pass of fn() (each storage once), and
+    the part in square [..., L, L] tensors with L >= min_square: attention probability matrices,
+    which the math attention kernel keeps and the flash / memory-efficient ones (CUDA, and the
+    CPU's fp32 path) do not. On meta tensors, so nothing is allocated."""
+    seen, kept, totals = set(), [], {"all": 0, "attention": 0}
+
+    def pack(tensor):
+        base = tensor._base if tensor._base is not None else tensor
+        if id(base) not in seen:
+            seen.add(id(base))
+            kept.append(base)  # keeps the id unique while the pass runs
+            size = base.numel() * base.element_size()
+            totals["all"] += size
+            if base.dim() >= 3 and base.shape[-1] == base.shape[-2] >= min_square:
+                totals["attention"] += size
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return totals
+
+
 def per_image_flops(unet, vae, guide, latent, side, tokens, width, guide_size):
     """FLOPs of each model call the sampler makes for one image."""
     z = torch.empty(2, 4, latent, latent, device="meta")
@@ -73,34 +96,43 @@ def per_image_flops(unet, vae, guide, latent, side, tokens, width, guide_size):
         return penultimate_features(guide, torch.nn.functional.interpolate(
             decode_call(), size=guide_size, mode="bilinear", antialias=True))
 
-    def lookahead_with_grad():
+    def lookahead_forward(decode_scale=1.0):
         latents = z[:1].detach().requires_grad_(True)
         total = 0
         for _ in range(2):
             eps = unet(torch.cat([latents, latents]), t, encoder_hidden_states=context).sample
             x0 = latents - eps[:1]  # the DDIM x0 prediction is an affine map of eps
-            images = vae.decode(x0).sample
+            small = x0 if decode_scale == 1.0 else torch.nn.functional.interpolate(
+                x0, scale_factor=decode_scale, mode="bilinear", antialias=True)
+            images = vae.decode(small).sample
             feats = penultimate_features(guide, torch.nn.functional.interpolate(
                 images, size=guide_size, mode="bilinear", antialias=True))
             total = total + feats.norm(dim=1).sum()
             latents = x0
-        total.backward()
+        return total
+
+    def lookahead_with_grad(decode_scale=1.0):
+        lookahead_forward(decode_scale).backward()
 
     with torch.no_grad():
         flops = {"unet_cfg": count(unet_call), "vae_decode": count(decode_call),
                  "vae_encode": count(lambda: vae.encode(image)), "guide": count(guide_call)
                  - count(decode_call)}
     flops["lookahead_P2_fwd_bwd"] = count(lookahead_with_grad)
-    return flops
+    flops["lookahead_P2_fwd_bwd_decode_half"] = count(lambda: lookahead_with_grad(0.5))
+    saved = {f"decode_scale_{scale:g}": saved_for_backward(lambda: lookahead_forward(scale)) for scale in (1.0, 0.5)}
+    return flops, saved
 
 
 def summary(name, flops, steps, ratio):
     """Per-image totals (GFLOP) and the predicted guided/unguided cost ratio."""
     unguided = steps * flops["unet_cfg"] + flops["vae_decode"] + flops["vae_encode"] / ratio
     guided = unguided + flops["lookahead_P2_fwd_bwd"]
+    guided_half = unguided + flops["lookahead_P2_fwd_bwd_decode_half"]
     g = {k: round(v / 1e9, 2) for k, v in flops.items()}
     return {"model": name, "gflop": g, "unguided_gflop": round(unguided / 1e9, 1),
-            "guided_gflop": round(guided / 1e9, 1), "predicted_ratio": round(guided / unguided, 3)}
+            "guided_gflop": round(guided / 1e9, 1), "predicted_ratio": round(guided / unguided, 3),
+            "predicted_ratio_decode_half": round(guided_half / unguided, 3)}
 
 
 def get_parser():
@@ -131,12 +163,19 @@ def main(argv=None):
         with torch.device("meta"):
             guide = create_classifier(guide_arch, args.num_classes, False).eval()
         guide.requires_grad_(False)
-        rows.append(summary(name, per_image_flops(unet, vae, guide, latent, side, tokens, width, guide_size),
-                            steps, args.expand_ratio))
+        flops, saved = per_image_flops(unet, vae, guide, latent, side, tokens, width, guide_size)
+        row = summary(name, flops, steps, args.expand_ratio)
+        row["saved_for_backward_gib_fp32"] = {k: {part: round(v / 2**30, 3) for part, v in parts.items()}
+                                              for k, parts in saved.items()}
+        rows.append(row)
     for row in rows:
         print(f"\n{row['model']}: GFLOP per call {row['gflop']}")
         print(f"  per image: unguided {row['unguided_gflop']} GFLOP, guided {row['guided_gflop']} GFLOP, "
-              f"predicted time ratio {row['predicted_ratio']:.2f}")
+              f"predicted time ratio {row['predicted_ratio']:.2f} ({row['predicted_ratio_decode_half']:.2f} with the "
+              "look-ahead decoded at half resolution)")
+        for key, parts in row["saved_for_backward_gib_fp32"].items():
+            print(f"  kept for the look-ahead's backward, one guided image, fp32, {key}: {parts['all']:.2f} GiB, of which "
+                  f"{parts['attention']:.2f} GiB attention probabilities (math kernel only); fp16: half")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")

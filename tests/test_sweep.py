@@ -48,8 +48,8 @@ def read_rows(sweep_dir):
 @pytest.mark.slow
 def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
     rows = read_rows(sweep["dir"])
-    assert set(rows) == {"control", "r0.2", "r-none"}  # the two grid cells and the automatic control
-    for name in ("r0.2", "r-none"):
+    assert set(rows) == {"control", "r-none"}  # the grid cell and the automatic control
+    for name in ("r-none",):
         row = rows[name]
         assert row["status"] == "done" and row["control"] == "control" and row["n"] == "1"
         assert row["d_last_acc"] != "" and row["d_test_at_best_val"] != "" and row["d_last_acc_n"] == "1"
@@ -64,7 +64,7 @@ def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
     assert float(control["pixel_change_vs_control"]) == 0
     assert float(control["pixel_change_vs_source"]) > 0
     table = [line for line in (sweep["dir"] / "sweep.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 3 and "| r-none | radius=none | 1 |" in sweep["first"]
+    assert len(table) == 1 + 2 and "| r-none | radius=none | 1 |" in sweep["first"]
     figure = sweep["root"] / "fig.png"
     assert 1000 < figure.stat().st_size < 300_000
 
@@ -73,15 +73,15 @@ def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
 def test_rerun_starts_no_subprocess_for_complete_cells(sweep):
     ckpt = sweep["root"] / "ckpt" / "digits"
     results = sorted(ckpt.rglob("results.json"))
-    assert len(results) == 3  # one seed per cell
+    assert len(results) == 2  # one seed per cell
     watched = results + sorted((ckpt / "expansions").rglob("*.png")) + sorted((sweep["dir"] / "logs").iterdir())
     before = {p: os.stat(p).st_mtime_ns for p in watched}
     out = run_sweep(sweep["args"])
-    assert out.count("complete (expansion verified, 1/1 seeds have results.json); skipped") == 3, out[-3000:]
-    assert out.count("metrics from cache") == 3
+    assert out.count("complete (expansion verified, 1/1 seeds have results.json); skipped") == 2, out[-3000:]
+    assert out.count("metrics from cache") == 2
     assert "start (" not in out
     assert {p: os.stat(p).st_mtime_ns for p in watched} == before  # logs untouched: nothing was launched
-    assert read_rows(sweep["dir"]).keys() == {"control", "r0.2", "r-none"}
+    assert read_rows(sweep["dir"]).keys() == {"control", "r-none"}
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_every_sweepable_flag_is_an_expander_flag():
 def test_dry_run_lists_cells_and_commands_and_runs_nothing(tmp_path):
     out = run_sweep([REPO / "configs" / "sweeps" / "tiny.yaml", "--seeds", "1", "2", "--checkpoint_root", tmp_path,
                      "--train_flags", "--epochs 1", "--figure", tmp_path / "f.png", "--dry_run"])
-    assert out.count("expand_distdiff.py --dataset digits") == 3 and out.count("train_expand.py") == 6
+    assert out.count("expand_distdiff.py --dataset digits") == 2 and out.count("train_expand.py") == 4
     assert "--exp sweep_tiny_r-none" in out and "--radius none" in out and "(paired with control)" in out
     assert not any(tmp_path.iterdir())
 
