@@ -61,7 +61,7 @@ def guidance_config(args):
                           normalize_features=args.normalize_features,
                           renormalize_prototypes=args.renormalize_prototypes,
                           repeats=args.guidance_repeats, interval=args.guidance_interval,
-                          decode_scale=args.lookahead_decode_scale, record_energy=args.record_energy > 0)
+                          record_energy=args.record_energy > 0)
 
 
 def sample_config(args):
@@ -224,9 +224,6 @@ def get_parser():
         help="measure the energy with and without guidance on every N-th block (1: all, 0 or False: none); the "
              "measurement repeats the look-ahead twice without gradients, so doing it on every block nearly "
              "doubles the guidance's cost; it never changes an image")
-    add("--lookahead_decode_scale", type=float, default=1.0,
-        help="resize the look-ahead's predicted latent by this factor before decoding it (0.5: a 256-px decode "
-             "at SD scale, enough for a 224-px guide, at a quarter of the decoder's cost)")
     add("--cluster", default="kmeans", choices=CLUSTER_METHODS, help="group prototype clustering")
     add("--num_groups", "--num-groups", "--K", type=int, default=3, help="K group prototypes per class")
     add("--preset", default=None, choices=sorted(PRESETS),

@@ -24,8 +24,7 @@ GENERATION_KEYS = ("dataset", "model", "guide_ckpt", "expand_ratio", "seed", "nu
                    "cfg_scale", "resolution", "guidance", "guidance_step", "lookahead_steps",
                    "step_size", "radius", "lambda_class", "lambda_group", "normalize_features",
                    "renormalize_prototypes", "guide_input", "framing", "start_rule", "shared_posterior",
-                   "offset_noise", "prompts", "prompt_file", "lookahead_decode_scale", "guidance_repeats",
-                   "guidance_interval",
+                   "offset_noise", "prompts", "prompt_file", "guidance_repeats", "guidance_interval",
                    "cluster", "num_groups", "precision", "batch_size", "channels_last", "compile")
 SOURCE_STREAM, CROP_STREAM = -1, -2  # per-source generators: (seed, source index, stream)
 

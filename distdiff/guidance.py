@@ -42,7 +42,8 @@ class GuidanceConfig:
     renormalize_prototypes: bool = True  # unit prototypes: rescale the class and group means to norm 1
     repeats: int = 1                 # transform: number of applications (the paper: once)
     interval: int = 1                # transform: denoising steps between applications
-    decode_scale: float = 1.0        # decode the look-ahead x0 from a latent resized by this factor
+    decode_scale: float = 1.0        # benchmark knob: decode the look-ahead x0 from a latent resized by this
+                                     # factor (tried as --lookahead_decode_scale 0.5 and dropped, docs/performance.md)
     record_energy: bool = True       # measure the energy with and without guidance (extra passes)
 
     def indices(self, num_steps):

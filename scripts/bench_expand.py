@@ -49,7 +49,8 @@ from models.classifiers import create_classifier
 STAGES = ("vae_encode", "denoise_unet", "guidance_step", "lookahead_unet", "lookahead_vae_decode",
           "guide_forward", "guidance_backward", "final_decode", "image_write")
 # Options a variant may combine with "+" (e.g. checkpointing+decode_half): pipeline options, and the
-# guidance's reduced-resolution look-ahead decode (--lookahead_decode_scale 0.5).
+# guidance's look-ahead decoded at half resolution (GuidanceConfig.decode_scale 0.5; no expansion flag:
+# it was tried and dropped, docs/performance.md).
 OPTIONS = ("plain", "checkpointing", "channels_last", "compile", "decode_half")
 
 
@@ -304,7 +305,7 @@ def get_parser():
     add("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="batch sizes to time")
     add("--variants", nargs="+", default=["plain"], type=variant_type,
         help="configurations to time, each options joined by '+': plain, checkpointing (--gradient_checkpointing), "
-             "channels_last, compile, decode_half (--lookahead_decode_scale 0.5)")
+             "channels_last, compile, decode_half (the look-ahead decoded at half resolution)")
     add("--items", type=int, default=32, help="images per timed run (at least one batch)")
     add("--repeats", type=int, default=3, help="timed runs per configuration (median)")
     add("--num_steps", type=int, default=50, help="DDIM steps of the timed schedule")

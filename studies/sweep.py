@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 SWEEPABLE = ("model", "expand_ratio", "limit", "seed", "num_steps", "strength", "cfg_scale", "resolution",
              "framing", "shared_posterior", "start_rule", "offset_noise", "prompts", "preset",
              "guidance", "guidance_step", "lookahead_steps", "step_size", "radius", "lambda_class",
-             "lambda_group", "normalize_features", "renormalize_prototypes", "guide_input", "lookahead_decode_scale",
+             "lambda_group", "normalize_features", "renormalize_prototypes", "guide_input",
              "guidance_repeats", "guidance_interval", "record_energy",
              "cluster", "num_groups", "batch_size", "device", "precision", "threads")
 # Flags that change an unguided image: a control must match its guided cells on all of them.
