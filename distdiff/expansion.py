@@ -13,7 +13,7 @@ from distdiff import datasets as ds
 from distdiff import shards
 from distdiff.engine import load_classifier
 from distdiff.features import GuideInput, extract_features, prototype_transform
-from distdiff.fileio import atomic_save_image, atomic_write_text
+from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
 from distdiff.prototypes import compute_prototypes, fingerprint, prepare_prototypes
 from distdiff.sampler import GuidedSampler, draw_item
 
@@ -109,6 +109,8 @@ def run_blocks(sampler, sources, my_blocks, out_dir, manifest, seed, repeats, de
         for block_id, block in my_blocks:
             todo = set(shards.missing_items(block, out_dir, sources.classes))
             if todo:
+                for it in todo:  # this shard alone writes its items, so a leftover temp is a killed writer's
+                    remove_stale_temps(it.output_path(out_dir, sources.classes))
                 start = time.time()
                 record = bool(energy_every) and block_id % energy_every == 0
                 images, stats = sample_block(sampler, latents, block, seed, repeats, record)

@@ -1,6 +1,7 @@
 """Atomic file writes: a kill at any moment leaves either the old file or the new one, never a
 torn one. No torch import at module level, so parse_logs.py stays fast."""
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -21,6 +22,23 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temps(path):
+    """Delete the temp files a killed writer of `path` left behind (SIGKILL skips `finally`).
+    Call it only where this process is the sole writer of `path`: a live writer's temp would go."""
+    path = Path(path)
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps_in(directory):
+    """remove_stale_temps for every file of a directory that one process owns (a run dir)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for tmp in directory.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path, text):

@@ -25,7 +25,7 @@ from diffusers.training_utils import compute_snr
 from tqdm.auto import tqdm
 
 from distdiff import DistDiffError
-from distdiff.fileio import atomic_torch_save, atomic_write_json
+from distdiff.fileio import atomic_torch_save, atomic_write_json, remove_stale_temps
 from distdiff.prior_eval import augment, evaluate_prior, summary_lines
 from models.prior import save_pipeline
 
@@ -35,21 +35,21 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PriorRecipe:
     """The training settings (configs/prior.yaml holds the defaults with their reasons)."""
-    vae_steps: int = 200
-    vae_batch_size: int = 32
-    vae_lr: float = 2e-3
-    kl_weight: float = 1e-4
-    latent_copies: int = 8
-    steps: int = 700
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup: int = 50
-    snr_gamma: float = 5.0
-    uncond_prob: float = 0.1
-    max_shift: float = 2.0
-    max_degrees: float = 10.0
-    ckpt_every: int = 100
-    log_every: int = 50
+    vae_steps: int = 200          # VAE optimisation steps
+    vae_batch_size: int = 32      # VAE batch
+    vae_lr: float = 2e-3          # VAE peak learning rate (cosine, short warm-up)
+    kl_weight: float = 1e-4       # weight of the per-pixel KL term
+    latent_copies: int = 8        # augmented encodings of each prior image in the latent cache
+    steps: int = 700              # UNet + text encoder steps
+    batch_size: int = 64          # UNet batch
+    lr: float = 3e-3              # UNet + text encoder peak learning rate
+    warmup: int = 50              # UNet warm-up steps
+    snr_gamma: float = 5.0        # Min-SNR cap (0: plain epsilon MSE)
+    uncond_prob: float = 0.1      # fraction of empty prompts, for classifier-free guidance
+    max_shift: float = 2.0        # augmentation: largest shift in pixels
+    max_degrees: float = 10.0     # augmentation: largest rotation
+    ckpt_every: int = 100         # save the training state every N steps
+    log_every: int = 50           # log the loss every N steps
 
 
 # ---------------------------------------------------------------------------
@@ -201,6 +201,7 @@ def load_state(path, parts, seed, shape):
     """Resume: load the saved state into the components, or start a fresh one. `shape` (the
     settings that shape the weights and the latent cache) must match the saved one."""
     gen = torch.Generator().manual_seed(seed)
+    remove_stale_temps(path)  # one trainer per state file: a leftover temp is a killed save's
     if not path.is_file():
         return {"vae_step": 0, "unet_step": 0, "gen": gen, "recipe": shape}
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -13,6 +13,7 @@ from distdiff.augment import batch_transform, check_aug
 from distdiff.config import save_args
 from distdiff.devices import autocast_dtype, configure_cpu, resolve_device, seed_everything
 from distdiff.engine import fit, is_complete, read_results
+from distdiff.fileio import remove_stale_temps_in
 from distdiff.runs import setup_logging, train_run_dir
 from models.classifiers import UnknownArch, WeightsUnavailable, check_arch, create_classifier
 
@@ -132,6 +133,7 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     except (UnknownArch, WeightsUnavailable) as err:
         raise DistDiffError(str(err)) from None
     setup_logging(run_dir)
+    remove_stale_temps_in(run_dir)  # one process per run dir: a leftover temp is a killed writer's
     save_args(run_dir, cfg, extra={"exp": exp, "expanded_dirs": [str(d) for d in expanded_dirs],
                                    "equal_iterations": equal_iterations, "epochs_run": epochs,
                                    "n_train": len(train), "device_resolved": str(device),

@@ -137,15 +137,16 @@ def summary(name, flops, steps, ratio):
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prior", default="checkpoint/prior/digits", help="local diffusers folder to compare")
-    parser.add_argument("--guide_arch", default="resnet_small", help="guide of the local model")
-    parser.add_argument("--guide_size", type=int, default=32, help="guide input side of the local model")
-    parser.add_argument("--sd_guide", default="resnet50", help="guide at SD scale (the paper's ResNet-50)")
-    parser.add_argument("--num_classes", type=int, default=10, help="classes of the guide's head")
-    parser.add_argument("--num_steps", type=int, default=50, help="DDIM steps")
-    parser.add_argument("--strength", type=float, default=0.5, help="img2img strength")
-    parser.add_argument("--expand_ratio", type=int, default=5, help="copies per source (encode cost is shared)")
-    parser.add_argument("--out", default="bench/flops.json", help="JSON report")
+    add = parser.add_argument
+    add("--prior", default="checkpoint/prior/digits", help="local diffusers folder to compare")
+    add("--guide_arch", default="resnet_small", help="guide of the local model")
+    add("--guide_size", type=int, default=32, help="guide input side of the local model")
+    add("--sd_guide", default="resnet50", help="guide at SD scale (the paper's ResNet-50)")
+    add("--num_classes", type=int, default=10, help="classes of the guide's head")
+    add("--num_steps", type=int, default=50, help="DDIM steps")
+    add("--strength", type=float, default=0.5, help="img2img strength")
+    add("--expand_ratio", type=int, default=5, help="copies per source (encode cost is shared)")
+    add("--out", default="bench/flops.json", help="JSON report")
     return parser
 
 

@@ -96,13 +96,22 @@ def test_three_shards_give_identical_bytes_and_verify(setup, reference, monkeypa
     capsys.readouterr()
     assert expand(setup, out, "--total_split", "3", "--verify") == 1
     assert "rerun shards [0, 2]" in capsys.readouterr().out
+    # Temps as a SIGKILLed writer leaves them: a shard clears those of its own items only.
+    temps = [out / f"{Path(name).parent}/.{Path(name).name}.killed.tmp" for name in reference["files"]
+             if not (out / name).is_file()]
+    for tmp in temps:
+        tmp.write_bytes(b"torn")
     expand(setup, out, "--split", "0", "--total_split", "3")
+    kept = [t for t in temps if t.is_file()]
+    assert 0 < len(kept) < len(temps)
+    assert all(not (t.parent / t.name[1:].removesuffix(".killed.tmp")).is_file() for t in kept)
     monkeypatch.setenv("RANK", "2")  # the torchrun/accelerate variables pick the shard
     monkeypatch.setenv("WORLD_SIZE", "3")
     expand(setup, out)
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert png_bytes(out) == reference["files"]
+    assert not list(out.rglob("*.tmp"))
     assert expand(setup, out, "--verify") == 0
     assert {(r["source"], r["k"]) for r in manifest(out)} == {(r["source"], r["k"]) for r in manifest(reference["out"])}
 

@@ -90,6 +90,7 @@ def test_sigkill_then_rerun_resumes_to_same_result(tmp_path, digits_ready):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "results.json").exists(), "killed too late to test resume"
+    (killed / ".last.pt.killed.tmp").write_bytes(b"torn")  # what a kill during a save leaves
     run_main("train_original", "digits", *epochs, "--output", tmp_path / "killed", *QUICK)
     assert "resuming" in (killed / "log.txt").read_text()
     resumed, straight = read_summary(killed), read_summary(run_dir(tmp_path / "straight"))
