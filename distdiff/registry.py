@@ -64,6 +64,10 @@ REGISTRY = {
                           "val", "test", _DIGIT_WORDS, _DIGITS_HINT),
     "digits10": DatasetSpec("digits10", DATA_ROOT / "digits", "a photo of the digit {}", "train10",
                             "val", "test", _DIGIT_WORDS, _DIGITS_HINT),
+    # Shifted digit domains for priors trained away from the target (distdiff/shifted.py): only
+    # their `prior` split trains anything; val/test measure a prior per domain.
+    **{name: DatasetSpec(name, DATA_ROOT / name, "a photo of the digit {}", "prior", "val", "test", _DIGIT_WORDS,
+                         f"python scripts/prepare_digits.py --shifts {name}") for name in ("printed", "inverted", "lowcontrast", "photo")},
     "caltech-101": _real("caltech-101", "a photo of a {}", "a photo of a {}.", val=False),  # 30 shots: nothing to carve
     "cifar100-subset": _real("cifar100-subset", "a photo of a {}", "a photo of a {}."),
     "stanford_cars": _real("stanford_cars", "a photo of a {}, a type of car", "a photo of a {}."),
@@ -73,6 +77,7 @@ REGISTRY = {
     "imagenette": _real("imagenette", "a photo of a {}", "a photo of a {}."),
 }
 EMBEDDED = ("digits", "digits10")
+SHIFTED = ("printed", "inverted", "lowcontrast", "photo")
 
 
 def dataset_names():
@@ -95,10 +100,14 @@ def get_dataset(name, data_root=None):
 
 
 def ensure_prepared(spec):
-    """Export the embedded digits dataset if it is missing (idempotent, atomic)."""
+    """Export an embedded dataset (digits or a shifted domain) if it is missing (idempotent, atomic)."""
     if spec.name in EMBEDDED and not (spec.root / spec.test_split).is_dir():
-        from distdiff.digits import export_digits  # only the embedded dataset needs sklearn
+        from distdiff.digits import export_digits  # only the embedded datasets need sklearn
         export_digits(spec.root)
+    if spec.name in SHIFTED and not all((spec.root / s).is_dir() for s in ("prior", "val", "test")):
+        from distdiff.shifted import export_shift
+
+        export_shift(spec.name, spec.root, spec.root.parent / "digits")
 
 
 def class_names(spec):

@@ -1,6 +1,8 @@
-"""Export scikit-learn's digits into data/digits/{train,train10,val,test,prior}/<digit>/*.png.
+"""Export scikit-learn's digits into data/digits/{train,train10,val,test,prior}/<digit>/*.png,
+and, on request, the shifted domains (distdiff/shifted.py) into data/<shift>/{prior,val,test}/.
 
-    python scripts/prepare_digits.py            # idempotent: existing splits are kept
+    python scripts/prepare_digits.py                     # idempotent: existing splits are kept
+    python scripts/prepare_digits.py --shifts printed photo
 """
 import argparse
 from pathlib import Path
@@ -8,12 +10,15 @@ from pathlib import Path
 from distdiff.registry import REGISTRY
 from distdiff.digits import export_digits
 from distdiff.options import run_cli
+from distdiff.shifted import SHIFTS, SPLITS, export_shift
 from distdiff.runs import setup_logging
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--root", default=str(REGISTRY["digits"].root), help="output directory")
+    parser.add_argument("--shifts", nargs="*", default=[], choices=SHIFTS, metavar="NAME",
+                        help=f"also export these shifted domains beside it: {', '.join(SHIFTS)}")
     return parser
 
 
@@ -23,6 +28,10 @@ def main(argv=None):
     splits = export_digits(Path(args.root))
     for name, ids in splits.items():
         print(f"{name:8s} {len(ids):5d} images")
+    for shift in args.shifts:
+        root = Path(args.root).parent / shift
+        export_shift(shift, root, Path(args.root))
+        print(f"{shift}: " + ", ".join(f"{s} {sum(1 for _ in (root / s).rglob('*.png'))}" for s in SPLITS))
     return 0
 
 

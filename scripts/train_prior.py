@@ -24,6 +24,7 @@ At the end, distdiff/prior_eval.py's protocol writes quality.json into the folde
 """
 import argparse
 import logging
+import re
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -35,6 +36,7 @@ from distdiff.config import REPO_ROOT, load_yaml_config, parse_args, save_args
 from distdiff.registry import ensure_prepared, get_dataset
 from distdiff.devices import configure_cpu, resolve_device, seed_everything
 from distdiff.fileio import atomic_torch_save
+from distdiff.mixture import load_mixture, parse_mixture
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.prior_eval import EvalProtocol, class_prompts, load_images
 from distdiff.prior_training import (PriorRecipe, encode_latents, finalize, latent_scale, load_state, prompt_ids,
@@ -45,7 +47,7 @@ from models.prior import build_components, num_parameters
 logger = logging.getLogger("distdiff.train_prior")
 # Settings that shape the weights or the cached latents: a resumed state must share them.
 SHAPE_KEYS = ("dataset", "image_size", "vae_channels", "unet_channels", "unet_attention",
-              "text_width", "text_layers", "seed", "vae_steps", "latent_copies")
+              "text_width", "text_layers", "seed", "vae_steps", "latent_copies", "prior_data")
 
 
 def check(args):
@@ -62,7 +64,11 @@ def main(argv=None):
     parser = get_parser()
     args = parse_args(parser, argv, config=lambda s: (load_yaml_config(s.config), s.config))
     check(args)
+    components = parse_mixture(args.prior_data) if args.prior_data else None
     name = args.name or args.dataset
+    if components and not args.name:  # e.g. digits_mix_digits0.1_printed0.9: never the in-domain prior's folder
+        parts = "_".join(f"{c.dataset}{c.fraction:g}" for c in components)
+        name = re.sub(r"[^\w.-]", "_", f"{args.dataset}_mix_{parts}")
     final, work = Path(args.out) / name, Path(args.out) / f"{name}.work"
     if final.is_dir():
         print(f"{final} is complete; delete it to retrain")
@@ -76,8 +82,11 @@ def main(argv=None):
     seed_everything(args.seed)
     ensure_prepared(spec)
     recipe = PriorRecipe(**{f.name: getattr(args, f.name) for f in fields(PriorRecipe)})
-    # The diffusion prior may only ever see the `prior` split.
+    # The diffusion prior may only ever see `prior` splits: the target's, or a mixture of the same size.
     images, labels, classes = load_images(spec, "prior", args.image_size)
+    if components:
+        images, labels = load_mixture(components, classes, len(images), args.image_size, args.seed, load_images)
+        logger.info("prior data: %s", ", ".join(f"{c.dataset}:{c.split} {c.fraction:g}" for c in components))
     prompts = class_prompts(spec, classes)
     parts = build_components(prompts, args.image_size, tuple(args.vae_channels),
                              unet_channels=tuple(args.unet_channels), text_width=args.text_width,
@@ -132,8 +141,12 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--config", default=str(REPO_ROOT / "configs" / "prior.yaml"), help="YAML file with defaults for the flags below")
-    add("--dataset", default="digits", help="dataset whose `prior` split is used")
-    add("--name", default=None, help="output folder name (default: the dataset)")
+    add("--dataset", default="digits", help="the target: its `prior` split is the training data, its prompts "
+        "and its evaluation are the prior's")
+    add("--prior_data", default=None, metavar="MIX",
+        help="train on a mixture of the same size instead, e.g. digits:prior=0.1,printed:prior=0.9 "
+        "(fractions sum to 1; distdiff/mixture.py)")
+    add("--name", default=None, help="output folder name (default: the dataset, or <dataset>_mix_<parts>)")
     add("--out", default=str(REPO_ROOT / "checkpoint" / "prior"), help="root of <name>/ and <name>.work/")
     add("--image_size", type=int, default=32, help="training image side")
     add("--vae_channels", type=int, nargs="+", default=[16, 32, 64], help="AutoencoderKL block widths (scale 2**(n-1))")

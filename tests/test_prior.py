@@ -7,10 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import PRIOR_SMOKE as SMOKE
 from conftest import run_main
 
-SMOKE = ["--vae_steps", "6", "--steps", "8", "--batch_size", "16", "--vae_batch_size", "4",
-         "--latent_copies", "1", "--eval_per_class", "0", "--ckpt_every", "3", "--device", "cpu"]
 # What diffusers and transformers log when checkpoint keys and model parameters disagree.
 WEIGHT_PROBLEMS = re.compile(r"missing|unexpected|not used|newly initialized|not initialized",
                              re.IGNORECASE)

@@ -1,0 +1,106 @@
+"""The domain-shift figure from a sweep table: accuracy against the drift of the unguided expansion.
+
+    python scripts/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv
+
+The drift of a prior is the FID of its unguided expansion (the cell `<prior>_sd`) to the
+target's val split, in the guide's feature space. Left: the paired guided - unguided test
+last_acc of every guided cell `<prior>_<setting>` (95 % t interval), one line per setting.
+Right: the unguided expansion's own test last_acc (mean ± std over seeds) per prior.
+"""
+import argparse
+import csv
+from pathlib import Path
+
+import matplotlib
+
+from distdiff import DistDiffError
+from distdiff.options import run_cli
+
+CONTROL_SUFFIX = "_sd"
+
+
+def read_rows(path):
+    """sweep.csv rows as dicts with numbers (blank -> None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistDiffError(f"{path} not found; run the sweep first (bash scripts/exps/domain_shift.sh)")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            try:
+                row[key] = float(value) if value != "" else None
+            except ValueError:
+                pass
+    return rows
+
+
+def curves(rows, metric="last_acc"):
+    """({setting: [(drift, prior, mean, low, high)]}, [(drift, prior, mean, std)]) sorted by drift."""
+    controls = {r["cell"][:-len(CONTROL_SUFFIX)]: r for r in rows if r["cell"].endswith(CONTROL_SUFFIX)}
+    if not controls:
+        raise DistDiffError(f"no unguided cells named <prior>{CONTROL_SUFFIX} in the table")
+    guided = {}
+    for row in rows:
+        prior, _, setting = row["cell"].partition("_")
+        if row["cell"].endswith(CONTROL_SUFFIX) or prior not in controls or row.get(f"d_{metric}") is None:
+            continue
+        guided.setdefault(setting, []).append((controls[prior]["fid_val"], prior, row[f"d_{metric}"],
+                                               row[f"d_{metric}_low"], row[f"d_{metric}_high"]))
+    unguided = [(r["fid_val"], prior, r[f"{metric}_mean"], r[f"{metric}_std"]) for prior, r in controls.items()]
+    return {k: sorted(v, key=_drift) for k, v in guided.items()}, sorted(unguided, key=_drift)
+
+
+def _drift(point):
+    return float("inf") if point[0] is None else point[0]
+
+
+def plot(guided, unguided, path, title):
+    """Two panels: paired Δ vs drift per setting; unguided accuracy vs drift."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for setting, points in guided.items():
+        xs = [p[0] for p in points]
+        means = [p[2] for p in points]
+        errs = [[m - (lo if lo is not None else m) for _, _, m, lo, _ in points],
+                [(hi if hi is not None else m) - m for _, _, m, _, hi in points]]
+        left.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=setting)
+    left.axhline(0, color="black", lw=0.8)
+    left.set_xlabel("drift: FID of the unguided expansion to target val")
+    left.set_ylabel("guided - unguided test last_acc (points)")
+    left.legend(fontsize=8)
+    xs = [p[0] for p in unguided]
+    right.errorbar(xs, [p[2] for p in unguided], yerr=[p[3] or 0 for p in unguided], marker="s", capsize=3)
+    for x, prior, mean, _ in unguided:
+        right.annotate(prior, (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    right.set_xlabel("drift: FID of the unguided expansion to target val")
+    right.set_ylabel("unguided expansion: test last_acc (%)")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    guided, unguided = curves(read_rows(args.table), args.metric)
+    title = f"{Path(args.table).parent.name}: {args.metric}, 95 % t intervals, paired by seed"
+    plot(guided, unguided, args.figure, title)
+    print(f"-> {args.figure}")
+    return 0
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", help="sweep.csv of a sweep whose cells are named <prior>_sd and <prior>_<setting>")
+    parser.add_argument("--metric", default="last_acc", choices=("last_acc", "test_at_best_val"),
+                        help="accuracy metric on both panels")
+    parser.add_argument("--figure", default="figure/domain_shift.png", help="output PNG")
+    return parser
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,155 @@
+"""Shifted digit domains and prior mixtures (distdiff/shifted.py, distdiff/mixture.py)."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import PRIOR_SMOKE, run_main, script
+from distdiff import DistDiffError
+from distdiff import shifted
+from distdiff.mixture import Component, balanced_subset, component_counts, load_mixture, parse_mixture
+
+
+def test_printed_renders_are_seeded_balanced_and_use_disjoint_fonts():
+    assert not set(shifted.PRIOR_FONTS) & set(shifted.HELD_OUT_FONTS)
+    val = shifted.printed_items("val")
+    assert [s for s, _, _ in val] == [s for s, _, _ in shifted.printed_items("val")]
+    assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(val, shifted.printed_items("val")))
+    assert not all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(val, shifted.printed_items("val", seed=1)))
+    counts = np.bincount([d for _, d, _ in val], minlength=10)
+    assert counts.tolist() == [shifted.PRINTED_PER_CLASS["val"]] * 10
+    for _, _, small in val:  # sklearn's format: 8x8, 17 grey levels, some ink
+        assert small.shape == (8, 8) and small.min() >= 0 and small.max() <= 16 and small.max() > 8
+
+
+def test_every_font_draws_ten_different_digits():
+    for font in shifted.PRIOR_FONTS + shifted.HELD_OUT_FONTS:
+        glyphs = {shifted.render_printed(d, font, np.random.default_rng(0)).tobytes() for d in range(10)}
+        assert len(glyphs) == 10, font
+
+
+def test_restyles_keep_the_ink_and_photo_patches_come_from_disjoint_photos():
+    ink = np.zeros((32, 32), np.uint8)
+    ink[8:24, 14:18] = 255
+    digit = Image.fromarray(ink).convert("RGB")
+    inverted = np.asarray(shifted.restyle(digit, "inverted", None))[..., 0]
+    assert inverted[16, 16] == 0 and inverted[0, 0] == 255
+    low = np.asarray(shifted.restyle(digit, "lowcontrast", None))[..., 0]
+    assert 90 < low[0, 0] < low[16, 16] < 170
+    photos = shifted.sample_photos()
+    assert not np.array_equal(photos["prior"], photos["test"]) and np.array_equal(photos["val"], photos["test"])
+    a = shifted.restyle(digit, "photo", np.random.default_rng(3), photos["prior"])
+    b = shifted.restyle(digit, "photo", np.random.default_rng(3), photos["prior"])
+    assert a.size == (32, 32) and a.mode == "RGB" and a.tobytes() == b.tobytes()
+    with pytest.raises(DistDiffError, match="unknown restyling"):
+        shifted.restyle(digit, "blurred", None)
+
+
+def test_derived_export_restyles_the_digits_splits_one_to_one(tmp_path):
+    shifted.export_shift("inverted", tmp_path / "inverted", tmp_path / "digits")
+    for split in shifted.SPLITS:
+        ours, theirs = ({p.relative_to(tmp_path / d / split) for p in (tmp_path / d / split).rglob("*.png")}
+                        for d in ("inverted", "digits"))
+        assert ours == theirs and ours
+    name = sorted(ours)[0]
+    a = np.asarray(Image.open(tmp_path / "inverted" / "test" / name), dtype=int)
+    b = np.asarray(Image.open(tmp_path / "digits" / "test" / name), dtype=int)
+    assert np.array_equal(a, 255 - b)
+    assert not list(tmp_path.glob("inverted/.*"))  # no temp split left behind
+
+
+@pytest.mark.parametrize("text, message", [
+    ("digits:prior=0.5,printed:prior=0.4", "sum to 0.9"),
+    ("digits:prior=0.5,mnist:prior=0.5", "unknown dataset 'mnist'"),
+    ("digits:prior=half", "numeric fraction"),
+    ("digits=1", "name:split=fraction"),
+    ("digits:prior=0,printed:prior=1", "0 < fraction"),
+    ("digits:prior=0.5,digits:prior=0.5", "twice"),
+    ("digits:prior=1,", "expected name:split"),
+])
+def test_mixture_parser_rejects_bad_input(text, message):
+    with pytest.raises(DistDiffError, match=message):
+        parse_mixture(text)
+
+
+def test_mixture_counts_add_up_and_draws_are_class_balanced_and_seeded():
+    mix = parse_mixture("digits:prior=0.1,printed:prior=0.9")
+    assert mix == (Component("digits", "prior", 0.1), Component("printed", "prior", 0.9))
+    assert component_counts(mix, 997) == [100, 897]
+    thirds = parse_mixture("digits:prior=0.3333333333,printed:prior=0.3333333333,photo:prior=0.3333333334")
+    assert sorted(component_counts(thirds, 100)) == [33, 33, 34]
+    labels = np.repeat(np.arange(10), [5, 30, 30, 30, 30, 30, 30, 30, 30, 30])
+    pick = balanced_subset(labels, 95, seed=1)
+    assert pick == balanced_subset(labels, 95, seed=1) != balanced_subset(labels, 95, seed=2)
+    assert np.bincount(labels[pick]).tolist() == [5] + [10] * 9  # the short class gives all it has
+
+
+def fake_loader(sizes):
+    """load_images stand-in: dataset -> n images per class of 2 classes, pixel value = dataset id."""
+    def load(spec, split, size):
+        n = sizes[spec.name]
+        value = list(sizes).index(spec.name)
+        return torch.full((2 * n, 3, size, size), float(value)), torch.arange(2).repeat_interleave(n), ["0", "1"]
+    return load
+
+
+def test_load_mixture_draws_the_counts_from_each_source(monkeypatch):
+    monkeypatch.setattr("distdiff.mixture.ensure_prepared", lambda spec: None)
+    mix = parse_mixture("digits:prior=0.25,printed:prior=0.75")
+    images, labels = load_mixture(mix, ["0", "1"], 40, 4, 0, fake_loader({"digits": 50, "printed": 50}))
+    assert images.shape == (40, 3, 4, 4)
+    assert (images[:, 0, 0, 0] == 0).sum() == 10 and (images[:, 0, 0, 0] == 1).sum() == 30
+    assert labels.bincount().tolist() == [20, 20]
+    with pytest.raises(DistDiffError, match="fewer than the 30"):
+        load_mixture(mix, ["0", "1"], 40, 4, 0, fake_loader({"digits": 50, "printed": 10}))
+    with pytest.raises(DistDiffError, match="has classes"):
+        load_mixture(mix, ["0", "1", "2"], 40, 4, 0, fake_loader({"digits": 50, "printed": 50}))
+
+
+def test_a_split_without_images_is_a_one_line_error(tmp_path, monkeypatch):
+    from distdiff.prior_eval import load_images
+
+    (tmp_path / "prior" / "0").mkdir(parents=True)
+    mix = parse_mixture(f"folder:{tmp_path}:prior=1")
+    with pytest.raises(DistDiffError, match="empty class folder"):
+        load_mixture(mix, ["0"], 10, 8, 0, load_images)
+
+
+def test_shift_figure_pairs_each_guided_cell_with_its_priors_drift(tmp_path):
+    plot_shift = script("scripts.plot_shift")
+    table = tmp_path / "sweep.csv"
+    table.write_text("cell,fid_val,last_acc_mean,last_acc_std,d_last_acc,d_last_acc_low,d_last_acc_high\n"
+                     "indomain_sd,2.0,85.0,1.0,,,\nprinted0_sd,9.0,80.0,2.0,,,\n"
+                     "indomain_distdiff,3.0,86.0,1.0,1.0,0.2,1.8\nprinted0_distdiff,8.0,83.0,1.0,3.0,1.0,5.0\n")
+    guided, unguided = plot_shift.curves(plot_shift.read_rows(table))
+    # x is the drift of the guided cell's own prior (its control's FID), not the guided set's
+    assert guided == {"distdiff": [(2.0, "indomain", 1.0, 0.2, 1.8), (9.0, "printed0", 3.0, 1.0, 5.0)]}
+    assert unguided == [(2.0, "indomain", 85.0, 1.0), (9.0, "printed0", 80.0, 2.0)]
+    assert run_main("scripts.plot_shift", table, "--figure", tmp_path / "f.png") == 0
+    assert (tmp_path / "f.png").stat().st_size > 0
+    with pytest.raises(DistDiffError, match="not found"):
+        run_main("scripts.plot_shift", tmp_path / "missing.csv")
+
+
+@pytest.mark.slow
+def test_tiny_shift_cell_end_to_end(tmp_path, digits_ready, random_guide):
+    """A prior trained on a mixture, its unguided and guided expansions, the sweep row, the figure."""
+    run_main("scripts.train_prior", *PRIOR_SMOKE, "--out", tmp_path / "prior",
+             "--prior_data", "digits:prior=0.5,inverted:prior=0.5")
+    model = tmp_path / "prior" / "digits_mix_digits0.5_inverted0.5"
+    grid = tmp_path / "shift.yaml"
+    grid.write_text("dataset: digits\nbase: {num_steps: 10, guidance_step: 4, expand_ratio: 2, limit: 10, threads: 1}\n"
+                    f"cells:\n  - {{name: mix_sd, model: {model}, guidance: none}}\n"
+                    f"  - {{name: mix_distdiff, model: {model}}}\n")
+    run_main("scripts.sweep", grid, "--seeds", "1", "--jobs", "2", "--expand_jobs", "2",
+             "--checkpoint_root", tmp_path / "ckpt", "--guide_ckpt", random_guide,
+             "--train_flags", "--epochs 1 --threads 1", "--figure", tmp_path / "cells.png")
+    table = tmp_path / "ckpt" / "digits" / "sweeps" / "shift" / "sweep.csv"
+    with table.open() as f:
+        rows = {r["cell"]: r for r in csv.DictReader(f)}
+    assert rows["mix_distdiff"]["control"] == "mix_sd" and rows["mix_distdiff"]["d_last_acc"] != ""
+    assert run_main("scripts.plot_shift", table, "--figure", tmp_path / "shift.png") == 0
+    guided, unguided = script("scripts.plot_shift").curves(script("scripts.plot_shift").read_rows(table))
+    assert [p[0] for p in guided["distdiff"]] == [float(rows["mix_sd"]["fid_val"])] == [unguided[0][0]]
