@@ -80,6 +80,7 @@ class Killed(Exception):
     """Stands in for a SIGKILL in the middle of an epoch."""
 
 
+@pytest.mark.slow
 def test_cutmix_run_resumes_exactly(tmp_path, digits_ready, monkeypatch):
     flags = ("--aug", "cutmix", "--epochs", "3")
     train_classifier(train_args(tmp_path / "straight", *flags))

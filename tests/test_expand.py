@@ -182,6 +182,7 @@ def test_radius_zero_reproduces_guidance_none_byte_for_byte(setup, reference):
     assert png_bytes(none) != reference["files"]  # and the default radius does change them
 
 
+@pytest.mark.slow
 def test_energy_is_measured_on_every_nth_block_and_never_changes_an_image(setup, reference):
     out = setup["root"] / "sampled"
     expand(setup, out, "--record_energy", "2", batch=2)  # 12 items in 6 blocks: blocks 0, 2, 4 measured

@@ -65,6 +65,7 @@ def unet_weights(folder):
     return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
 
 
+@pytest.mark.slow
 def test_smoke_prior_loads_like_stable_diffusion(smoke_prior, digits_ready):
     out = smoke_prior
     folder, work = out / "digits", out / "digits.work"
@@ -91,6 +92,7 @@ def test_smoke_prior_loads_like_stable_diffusion(smoke_prior, digits_ready):
     assert all(img.size == images[0].size == (32, 32) for img in result)
 
 
+@pytest.mark.slow
 def test_weight_check_flags_a_damaged_folder(smoke_prior, tmp_path):
     """The no-missing-keys assertion above can fail: a renamed UNet key is reported."""
     from safetensors.torch import load_file, save_file
@@ -104,6 +106,7 @@ def test_weight_check_flags_a_damaged_folder(smoke_prior, tmp_path):
     assert any("conv_in.weight" in m for m in problems), problems
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_prior_is_a_noop(smoke_prior, capsys):
     out = smoke_prior
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
