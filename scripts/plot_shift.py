@@ -2,9 +2,10 @@
 
     python scripts/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv
 
-The drift of a prior is the FID of its unguided expansion (the cell `<prior>_sd`) to the
-target's val split, in the guide's feature space. Left: the paired guided - unguided test
-last_acc of every guided cell `<prior>_<setting>` (95 % t interval), one line per setting.
+The drift of a prior is the FID of its unguided expansion (its control cell, named `<prior>_sd`
+in configs/sweeps/digits_shift.yaml) to the target's val split, in the guide's feature space.
+Left: the paired guided - unguided test last_acc of every guided cell `<prior>_<setting>` (95 %
+t interval) at its control's drift, one line per setting.
 Right: the unguided expansion's own test last_acc (mean ± std over seeds) per prior.
 """
 import argparse
@@ -36,23 +37,36 @@ def read_rows(path):
 
 
 def curves(rows, metric="last_acc"):
-    """({setting: [(drift, prior, mean, low, high)]}, [(drift, prior, mean, std)]) sorted by drift."""
-    controls = {r["cell"][:-len(CONTROL_SUFFIX)]: r for r in rows if r["cell"].endswith(CONTROL_SUFFIX)}
+    """({setting: [(drift, prior, mean, low, high)]}, [(drift, prior, mean, std)]) sorted by drift.
+
+    Each guided row is paired with its control (the sweep's `control` column); a control named
+    `<prior>_sd` labels its prior `<prior>`, and a guided cell `<prior>_<setting>` its setting.
+    """
+    cells = {r["cell"]: r for r in rows}
+    controls = [r for r in rows if not r.get("control")]
     if not controls:
-        raise DistDiffError(f"no unguided cells named <prior>{CONTROL_SUFFIX} in the table")
+        raise DistDiffError("no unguided cells in the table")
     guided = {}
     for row in rows:
-        prior, _, setting = row["cell"].partition("_")
-        if row["cell"].endswith(CONTROL_SUFFIX) or prior not in controls or row.get(f"d_{metric}") is None:
+        control = cells.get(row.get("control") or "")
+        if control is None or row.get(f"d_{metric}") is None:
             continue
-        guided.setdefault(setting, []).append((controls[prior]["fid_val"], prior, row[f"d_{metric}"],
+        prior = prior_name(control["cell"])
+        setting = row["cell"][len(prior) + 1:] if row["cell"].startswith(prior + "_") else row["cell"]
+        guided.setdefault(setting, []).append((control["fid_val"], prior, row[f"d_{metric}"],
                                                row[f"d_{metric}_low"], row[f"d_{metric}_high"]))
-    unguided = [(r["fid_val"], prior, r[f"{metric}_mean"], r[f"{metric}_std"]) for prior, r in controls.items()]
+    unguided = [(r["fid_val"], prior_name(r["cell"]), r[f"{metric}_mean"], r[f"{metric}_std"]) for r in controls]
     return {k: sorted(v, key=_drift) for k, v in guided.items()}, sorted(unguided, key=_drift)
 
 
 def _drift(point):
+    """Sort key: points without a drift go last."""
     return float("inf") if point[0] is None else point[0]
+
+
+def prior_name(control_cell):
+    """`printed0_sd` -> `printed0`; other control names stay as they are."""
+    return control_cell[:-len(CONTROL_SUFFIX)] if control_cell.endswith(CONTROL_SUFFIX) else control_cell
 
 
 def plot(guided, unguided, path, title):
@@ -95,7 +109,7 @@ def main(argv=None):
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", help="sweep.csv of a sweep whose cells are named <prior>_sd and <prior>_<setting>")
+    parser.add_argument("table", help="sweep.csv of a sweep (controls named <prior>_sd label the priors)")
     parser.add_argument("--metric", default="last_acc", choices=("last_acc", "test_at_best_val"),
                         help="accuracy metric on both panels")
     parser.add_argument("--figure", default="figure/domain_shift.png", help="output PNG")

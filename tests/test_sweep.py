@@ -1,5 +1,6 @@
-"""scripts/sweep.py: a 2-cell grid end to end on a tiny pipeline (with its automatic control and a
-resumed rerun), the metrics maths on fabricated runs and manifests, grid expansion, bad grids."""
+"""scripts/sweep.py: a 2-cell grid end to end on a smoke prior trained on a mixture (with its
+automatic control, a resumed rerun and the domain-shift figure), the metrics maths on fabricated
+runs and manifests, grid expansion, bad grids."""
 import contextlib
 import csv
 import io
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_main
+from conftest import PRIOR_SMOKE, REPO, run_main, script
 from distdiff import DistDiffError
 from studies import sweep as sw
 
@@ -27,9 +28,13 @@ def run_sweep(args):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tiny_pipe, random_guide):
-    """tiny.yaml on an untrained tiny pipeline and a random guide, 1 seed of 1-epoch training."""
+def sweep(tmp_path_factory, digits_ready, random_guide):
+    """tiny.yaml with a smoke prior trained on a half-shifted mixture (the domain-shift study's
+    path), a random guide, 1 seed of 1-epoch training."""
     root = tmp_path_factory.mktemp("sweep")
+    run_main("scripts.train_prior", *PRIOR_SMOKE, "--out", root / "prior", "--prior_data",
+             "digits:prior=0.5,inverted:prior=0.5")
+    tiny_pipe = root / "prior" / "digits_mix_digits0.5_inverted0.5"
     ckpt = root / "ckpt"
     # Two processes at once: each spends most of its time importing on one core.
     args = ["configs/sweeps/tiny.yaml", "--dataset", "digits", "--seeds", "1", "--jobs", "2",
@@ -67,6 +72,20 @@ def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
     assert len(table) == 1 + 2 and "| r-none | radius=none | 1 |" in sweep["first"]
     figure = sweep["root"] / "fig.png"
     assert 1000 < figure.stat().st_size < 300_000
+
+
+@pytest.mark.slow
+def test_shift_figure_from_the_sweep_table(sweep):
+    """scripts/plot_shift.py on a real sweep table: each guided cell sits at its control's drift."""
+    plot_shift = script("scripts.plot_shift")
+    rows = read_rows(sweep["dir"])
+    assert run_main("scripts.plot_shift", sweep["dir"] / "sweep.csv", "--figure", sweep["root"] / "shift.png") == 0
+    guided, unguided = plot_shift.curves(plot_shift.read_rows(sweep["dir"] / "sweep.csv"))
+    drift = float(rows["control"]["fid_val"])
+    assert list(guided) == ["r-none"]
+    assert guided["r-none"][0][:3] == (drift, "control", float(rows["r-none"]["d_last_acc"]))
+    assert [u[:2] for u in unguided] == [(drift, "control")]
+    assert (sweep["root"] / "shift.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
