@@ -98,9 +98,51 @@ def plot(guided, unguided, path, title):
     plt.close(fig)
 
 
+def plot_samples(rows, expansions, sweep, source_root, path, classes=("0", "2", "4", "6", "8")):
+    """Rows: the sources, then per prior its unguided and its first guided copy 0 of each source."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    cells, expansions = {r["cell"]: r for r in rows}, Path(expansions)
+    pairs = []  # (prior, control cell, guided cell)
+    for row in rows:
+        control = row.get("control")
+        if control in cells and all(c != control for _, c, _ in pairs):
+            pairs.append((prior_name(control), control, row["cell"]))
+    if not pairs:
+        raise DistDiffError("no guided cell with a control in the table: nothing to show")
+    stems = [sorted((expansions / f"sweep_{sweep}_{pairs[0][1]}" / c).glob("*_expand_0.png"))[0].name[:-13]
+             for c in classes]  # the first expanded source of each class ("<stem>_expand_0.png")
+    sources = [next((Path(source_root) / c).glob(f"{stem}.*")) for c, stem in zip(classes, stems)]
+    nrows = 1 + 2 * len(pairs)
+    fig, axes = plt.subplots(nrows, len(classes), figsize=(len(classes) * 0.9 + 1, nrows * 0.95), squeeze=False)
+    labels = ["source"] + [f"{prior} {kind}" for prior, *_ in pairs for kind in ("SD", "DistDiff")]
+    for r, label in enumerate(labels):
+        for c, (name, source) in enumerate(zip(classes, sources)):
+            cell = None if r == 0 else pairs[(r - 1) // 2][1 + (r - 1) % 2]
+            copy = expansions / f"sweep_{sweep}_{cell}" / name / f"{source.stem}_expand_0.png"
+            image = source if cell is None else copy
+            axes[r, c].imshow(Image.open(image).convert("RGB"))
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
+    fig.suptitle("copy 0 of the first source per class; SD and DistDiff share the noise", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    guided, unguided = curves(read_rows(args.table), args.metric)
+    rows = read_rows(args.table)
+    if args.samples:
+        from distdiff.registry import get_dataset
+
+        spec = get_dataset(args.dataset)
+        expansions = Path(args.table).parents[2] / "expansions"  # <root>/<dataset>/sweeps/<name>/sweep.csv
+        plot_samples(rows, expansions, Path(args.table).parent.name, spec.split_dir(spec.train_split), args.samples)
+        print(f"-> {args.samples}")
+    guided, unguided = curves(rows, args.metric)
     title = f"{Path(args.table).parent.name}: {args.metric}, 95 % t intervals, paired by seed"
     plot(guided, unguided, args.figure, title)
     print(f"-> {args.figure}")
@@ -113,6 +155,9 @@ def get_parser():
     parser.add_argument("--metric", default="last_acc", choices=("last_acc", "test_at_best_val"),
                         help="accuracy metric on both panels")
     parser.add_argument("--figure", default="figure/domain_shift.png", help="output PNG")
+    parser.add_argument("--samples", default=None, metavar="PNG",
+                        help="also draw a sample grid (sources, then each prior's unguided and guided copies)")
+    parser.add_argument("--dataset", default="digits", help="the target dataset (its train split holds the sources)")
     return parser
 
 

@@ -79,7 +79,9 @@ def test_shift_figure_from_the_sweep_table(sweep):
     """scripts/plot_shift.py on a real sweep table: each guided cell sits at its control's drift."""
     plot_shift = script("scripts.plot_shift")
     rows = read_rows(sweep["dir"])
-    assert run_main("scripts.plot_shift", sweep["dir"] / "sweep.csv", "--figure", sweep["root"] / "shift.png") == 0
+    assert run_main("scripts.plot_shift", sweep["dir"] / "sweep.csv", "--figure", sweep["root"] / "shift.png",
+                    "--samples", sweep["root"] / "samples.png") == 0
+    assert (sweep["root"] / "samples.png").stat().st_size > 1000
     guided, unguided = plot_shift.curves(plot_shift.read_rows(sweep["dir"] / "sweep.csv"))
     drift = float(rows["control"]["fid_val"])
     assert list(guided) == ["r-none"]

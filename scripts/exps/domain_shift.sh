@@ -28,4 +28,5 @@ done
 $PY scripts/sweep.py "$GRID" --seeds $SEEDS --jobs 2 --figure figure/domain_shift_cells.png
 $PY parse_logs.py checkpoint/digits --multi --paired resnet_small_unpretrained_sweep_digits_shift_indomain_sd_lr0.1 \
     --include '*sweep_digits_shift_*'
-$PY scripts/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv --figure figure/domain_shift.png
+$PY scripts/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv --figure figure/domain_shift.png \
+    --samples figure/domain_shift_samples.png
