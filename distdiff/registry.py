@@ -58,6 +58,8 @@ def _real(name, template, authors_template=None, val=True, hint="python scripts/
 
 
 _DIGIT_WORDS = {str(i): w for i, w in enumerate(DIGIT_WORDS)}
+SHIFTED = ("printed", "inverted", "lowcontrast", "photo")  # rendered by distdiff/shifted.py
+SHIFTED_SPLITS = ("prior", "val", "test")
 _DIGITS_HINT = "python scripts/prepare_digits.py"
 REGISTRY = {
     "digits": DatasetSpec("digits", DATA_ROOT / "digits", "a photo of the digit {}", "train",
@@ -67,7 +69,7 @@ REGISTRY = {
     # Shifted digit domains for priors trained away from the target (distdiff/shifted.py): only
     # their `prior` split trains anything; val/test measure a prior per domain.
     **{name: DatasetSpec(name, DATA_ROOT / name, "a photo of the digit {}", "prior", "val", "test", _DIGIT_WORDS,
-                         f"python scripts/prepare_digits.py --shifts {name}") for name in ("printed", "inverted", "lowcontrast", "photo")},
+                         f"python scripts/prepare_digits.py --shifts {name}") for name in SHIFTED},
     "caltech-101": _real("caltech-101", "a photo of a {}", "a photo of a {}.", val=False),  # 30 shots: nothing to carve
     "cifar100-subset": _real("cifar100-subset", "a photo of a {}", "a photo of a {}."),
     "stanford_cars": _real("stanford_cars", "a photo of a {}, a type of car", "a photo of a {}."),
@@ -77,7 +79,6 @@ REGISTRY = {
     "imagenette": _real("imagenette", "a photo of a {}", "a photo of a {}."),
 }
 EMBEDDED = ("digits", "digits10")
-SHIFTED = ("printed", "inverted", "lowcontrast", "photo")
 
 
 def dataset_names():
@@ -104,7 +105,7 @@ def ensure_prepared(spec):
     if spec.name in EMBEDDED and not (spec.root / spec.test_split).is_dir():
         from distdiff.digits import export_digits  # only the embedded datasets need sklearn
         export_digits(spec.root)
-    if spec.name in SHIFTED and not all((spec.root / s).is_dir() for s in ("prior", "val", "test")):
+    if spec.name in SHIFTED and not all((spec.root / s).is_dir() for s in SHIFTED_SPLITS):
         from distdiff.shifted import export_shift
 
         export_shift(spec.name, spec.root, spec.root.parent / "digits")

@@ -26,9 +26,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from distdiff import DistDiffError
 from distdiff.digits import digit_to_image, export_digits
+from distdiff.registry import SHIFTED as SHIFTS
+from distdiff.registry import SHIFTED_SPLITS as SPLITS
 
 logger = logging.getLogger(__name__)
-SPLITS = ("prior", "val", "test")
 PRINTED_PER_CLASS = {"prior": 100, "val": 20, "test": 50}  # digits' prior split has 80-110 per class
 # Text fonts with the ten digits; the DejaVu Sans Mono family and two Computer Modern faces are
 # held out of the prior split, so printed val/test measure a prior on unseen glyph shapes.
@@ -39,7 +40,6 @@ PRIOR_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf"
 HELD_OUT_FONTS = ("DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
                   "DejaVuSansMono-BoldOblique.ttf", "cmss10.ttf", "cmti10.ttf")
 SHIFT_SEED = 0
-SHIFTS = ("printed", "inverted", "lowcontrast", "photo")
 
 
 def font_path(name):

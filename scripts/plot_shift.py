@@ -112,8 +112,9 @@ def plot_samples(rows, expansions, sweep, source_root, path, classes=("0", "2", 
             pairs.append((prior_name(control), control, row["cell"]))
     if not pairs:
         raise DistDiffError("no guided cell with a control in the table: nothing to show")
-    stems = [sorted((expansions / f"sweep_{sweep}_{pairs[0][1]}" / c).glob("*_expand_0.png"))[0].name[:-13]
-             for c in classes]  # the first expanded source of each class ("<stem>_expand_0.png")
+    suffix = "_expand_0.png"  # the first expanded source of each class: <stem>_expand_0.png
+    stems = [sorted((expansions / f"sweep_{sweep}_{pairs[0][1]}" / c).glob(f"*{suffix}"))[0].name.removesuffix(suffix)
+             for c in classes]
     sources = [next((Path(source_root) / c).glob(f"{stem}.*")) for c, stem in zip(classes, stems)]
     nrows = 1 + 2 * len(pairs)
     fig, axes = plt.subplots(nrows, len(classes), figsize=(len(classes) * 0.9 + 1, nrows * 0.95), squeeze=False)
@@ -121,7 +122,7 @@ def plot_samples(rows, expansions, sweep, source_root, path, classes=("0", "2", 
     for r, label in enumerate(labels):
         for c, (name, source) in enumerate(zip(classes, sources)):
             cell = None if r == 0 else pairs[(r - 1) // 2][1 + (r - 1) % 2]
-            copy = expansions / f"sweep_{sweep}_{cell}" / name / f"{source.stem}_expand_0.png"
+            copy = expansions / f"sweep_{sweep}_{cell}" / name / f"{source.stem}{suffix}"
             image = source if cell is None else copy
             axes[r, c].imshow(Image.open(image).convert("RGB"))
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
