@@ -2,10 +2,14 @@
 
     python scripts/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv
 
-The drift of a prior is the FID of its unguided expansion (its control cell, named `<prior>_sd`
-in configs/sweeps/digits_shift.yaml) to the target's val split, in the guide's feature space.
-Left: the paired guided - unguided test last_acc of every guided cell `<prior>_<setting>` (95 %
-t interval) at its control's drift, one line per setting.
+The drift of a prior is the FID of its unguided expansion (its reference control, named
+`<prior>_sd` in configs/sweeps/digits_shift.yaml) to the target's val split, in the guide's
+feature space. A table with a `model` column groups cells by prior: the reference control of a
+model is its first control without a preset, and a guided cell `<prior>_<setting>` sits at that
+drift even when it is paired with another control (the authors' preset has its own).
+Left: the paired guided - unguided test last_acc of every guided cell against its own control
+(95 % t interval), one line per setting; the x positions of the settings are spread by a few
+percent so that their intervals do not hide each other (log scale).
 Right: the unguided expansion's own test last_acc (mean ± std over seeds) per prior.
 """
 import argparse
@@ -39,23 +43,30 @@ def read_rows(path):
 def curves(rows, metric="last_acc"):
     """({setting: [(drift, prior, mean, low, high)]}, [(drift, prior, mean, std)]) sorted by drift.
 
-    Each guided row is paired with its control (the sweep's `control` column); a control named
-    `<prior>_sd` labels its prior `<prior>`, and a guided cell `<prior>_<setting>` its setting.
+    Each guided row carries its paired difference against its own control (the sweep's `control`
+    column); it is placed at the drift of its prior's reference control (see the module doc; in a
+    table without a `model` column, its own control), whose name `<prior>_sd` labels the prior.
     """
     cells = {r["cell"]: r for r in rows}
     controls = [r for r in rows if not r.get("control")]
     if not controls:
         raise DistDiffError("no unguided cells in the table")
+    references = {}  # model -> its first control without a preset
+    for row in controls:
+        if row.get("model") and not row.get("preset"):
+            references.setdefault(row["model"], row)
     guided = {}
     for row in rows:
         control = cells.get(row.get("control") or "")
         if control is None or row.get(f"d_{metric}") is None:
             continue
-        prior = prior_name(control["cell"])
+        reference = references.get(row.get("model"), control)
+        prior = prior_name(reference["cell"])
         setting = row["cell"][len(prior) + 1:] if row["cell"].startswith(prior + "_") else row["cell"]
-        guided.setdefault(setting, []).append((control["fid_val"], prior, row[f"d_{metric}"],
+        guided.setdefault(setting, []).append((reference["fid_val"], prior, row[f"d_{metric}"],
                                                row[f"d_{metric}_low"], row[f"d_{metric}_high"]))
-    unguided = [(r["fid_val"], prior_name(r["cell"]), r[f"{metric}_mean"], r[f"{metric}_std"]) for r in controls]
+    shown = list(references.values()) or [r for r in controls if not r.get("preset")]
+    unguided = [(r["fid_val"], prior_name(r["cell"]), r[f"{metric}_mean"], r[f"{metric}_std"]) for r in shown]
     return {k: sorted(v, key=_drift) for k, v in guided.items()}, sorted(unguided, key=_drift)
 
 
@@ -75,20 +86,24 @@ def plot(guided, unguided, path, title):
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for setting, points in guided.items():
-        xs = [p[0] for p in points]
+    for i, (setting, points) in enumerate(guided.items()):
+        spread = 1.03 ** (i - (len(guided) - 1) / 2)  # multiplicative: the axis is logarithmic
+        xs = [p[0] * spread if p[0] is not None else None for p in points]
         means = [p[2] for p in points]
         errs = [[m - (lo if lo is not None else m) for _, _, m, lo, _ in points],
                 [(hi if hi is not None else m) - m for _, _, m, _, hi in points]]
         left.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=setting)
     left.axhline(0, color="black", lw=0.8)
+    left.set_xscale("log")
     left.set_xlabel("drift: FID of the unguided expansion to target val")
     left.set_ylabel("guided - unguided test last_acc (points)")
     left.legend(fontsize=8)
     xs = [p[0] for p in unguided]
-    right.errorbar(xs, [p[2] for p in unguided], yerr=[p[3] or 0 for p in unguided], marker="s", capsize=3)
+    # markers only: neighbours in drift may be different shifts
+    right.errorbar(xs, [p[2] for p in unguided], yerr=[p[3] or 0 for p in unguided], fmt="s", capsize=3)
     for x, prior, mean, _ in unguided:
         right.annotate(prior, (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    right.set_xscale("log")
     right.set_xlabel("drift: FID of the unguided expansion to target val")
     right.set_ylabel("unguided expansion: test last_acc (%)")
     fig.suptitle(title, fontsize=9)
@@ -107,8 +122,8 @@ def plot_samples(rows, expansions, sweep, source_root, path, classes=("0", "2", 
     cells, expansions = {r["cell"]: r for r in rows}, Path(expansions)
     pairs = []  # (prior, control cell, guided cell)
     for row in rows:
-        control = row.get("control")
-        if control in cells and all(c != control for _, c, _ in pairs):
+        control = row.get("control")  # a preset's own control is not a prior's reference
+        if control in cells and not cells[control].get("preset") and all(c != control for _, c, _ in pairs):
             pairs.append((prior_name(control), control, row["cell"]))
     if not pairs:
         raise DistDiffError("no guided cell with a control in the table: nothing to show")

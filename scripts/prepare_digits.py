@@ -3,6 +3,7 @@ and, on request, the shifted domains (distdiff/shifted.py) into data/<shift>/{pr
 
     python scripts/prepare_digits.py                     # idempotent: existing splits are kept
     python scripts/prepare_digits.py --shifts printed photo
+    python scripts/prepare_digits.py --shifts            # all shifted domains
 """
 import argparse
 from pathlib import Path
@@ -17,8 +18,9 @@ from distdiff.runs import setup_logging
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--root", default=str(REGISTRY["digits"].root), help="output directory")
-    parser.add_argument("--shifts", nargs="*", default=[], choices=SHIFTS, metavar="NAME",
-                        help=f"also export these shifted domains beside it: {', '.join(SHIFTS)}")
+    parser.add_argument("--shifts", nargs="*", default=None, choices=SHIFTS, metavar="NAME",
+                        help=f"also export these shifted domains beside it ({', '.join(SHIFTS)}); "
+                             "--shifts alone exports all of them")
     return parser
 
 
@@ -28,7 +30,8 @@ def main(argv=None):
     splits = export_digits(Path(args.root))
     for name, ids in splits.items():
         print(f"{name:8s} {len(ids):5d} images")
-    for shift in args.shifts:
+    shifts = [] if args.shifts is None else (args.shifts or SHIFTS)
+    for shift in shifts:
         root = Path(args.root).parent / shift
         export_shift(shift, root, Path(args.root))
         print(f"{shift}: " + ", ".join(f"{s} {sum(1 for _ in (root / s).rglob('*.png'))}" for s in SPLITS))

@@ -131,3 +131,18 @@ def test_shift_figure_pairs_each_guided_cell_with_its_priors_drift(tmp_path):
     with pytest.raises(DistDiffError, match="not found"):
         run_main("scripts.plot_shift", tmp_path / "missing.csv")
 
+
+def test_a_preset_paired_with_its_own_control_sits_at_its_priors_drift(tmp_path):
+    """With a `model` column, the authors' cells (paired with their own control) are placed at the
+    drift of the prior's reference control, and that own control is not a prior of its own."""
+    plot_shift = script("scripts.plot_shift")
+    table = tmp_path / "sweep.csv"
+    table.write_text("cell,control,model,preset,fid_val,last_acc_mean,last_acc_std,d_last_acc,d_last_acc_low,"
+                     "d_last_acc_high\n"
+                     "low0_sd,,m/low,,20.0,82.0,1.0,,,\nlow0_authors_sd,,m/low,authors,25.0,81.0,1.0,,,\n"
+                     "low0_distdiff,low0_sd,m/low,,18.0,84.0,1.0,2.0,1.0,3.0\n"
+                     "low0_authors,low0_authors_sd,m/low,authors,24.0,81.5,1.0,0.5,-1.0,2.0\n")
+    guided, unguided = plot_shift.curves(plot_shift.read_rows(table))
+    assert guided == {"distdiff": [(20.0, "low0", 2.0, 1.0, 3.0)], "authors": [(20.0, "low0", 0.5, -1.0, 2.0)]}
+    assert unguided == [(20.0, "low0", 82.0, 1.0)]
+
