@@ -312,7 +312,7 @@ def make_evaluator(plan):
 def cache_signature(plan, cell, control):
     """Everything a cached row depends on; any change recomputes it (`metrics`: the row's
     layout, so rows cached before a metric existed are recomputed)."""
-    return {"metrics": 2, "flags": cell.flags, "control": None if control is None else [control.name, control.flags],
+    return {"metrics": 3, "flags": cell.flags, "control": None if control is None else [control.name, control.flags],
             "seeds": plan.seeds, "guide": plan.guide, "expand_flags": plan.expand_tokens,
             "train_flags": plan.train_tokens, "experiment": str(experiment_dir(plan, cell))}
 

@@ -6,6 +6,7 @@ flag overrides, each with an optional `name`). Every guided cell is paired with 
 `guidance: none` control that shares all settings that shape the unguided sample, so the
 expander gives both the same per-item noise and the difference is the guidance alone.
 """
+import csv
 import itertools
 import json
 import logging
@@ -47,8 +48,9 @@ EXPAND_OWNED = ("dataset", "exp", "out", "checkpoint_root", "guide_ckpt", "guide
 TRAIN_OWNED = ("dataset", "exp", "output", "seed", "expanded_dir")
 GRID_KEYS = ("dataset", "base", "axes", "cells")
 ACC_METRICS = ("last_acc", "test_at_best_val", "best_acc")
-# best_val_acc is the selection column: cells are chosen on val, then read on test.
-PAIRED_METRICS = ("last_acc", "test_at_best_val", "best_val_acc")
+# The val columns select cells (best_val_acc, and last_val_acc, the last epoch's val accuracy,
+# which is what the last_acc read on test corresponds to); test is read after the selection.
+PAIRED_METRICS = ("last_acc", "test_at_best_val", "best_val_acc", "last_val_acc")
 # Short labels for automatic cell names ("r0.2_rho30"); other flags use their own name.
 ABBREV = {"radius": "r", "step_size": "rho", "guidance_step": "M", "lookahead_steps": "P",
           "guidance_repeats": "x", "guidance_interval": "every", "normalize_features": "norm",
@@ -350,11 +352,18 @@ def accuracy_metrics(exp_dir, seeds, control_dir=None):
 
 
 def _seed_values(exp_dir, seeds):
-    """{seed: results} of the requested seeds that finished."""
+    """{seed: results} of the requested seeds that finished, with `last_val_acc` (the last row
+    of the run's summary.csv) where the dataset has a val split."""
     if not Path(exp_dir).is_dir():
         return {}
     done, _ = load_seed_results(exp_dir)
-    return {s: r for s, r in done.items() if s in set(seeds)}
+    done = {s: r for s, r in done.items() if s in set(seeds)}
+    for seed, results in done.items():
+        with open(Path(exp_dir) / f"seed{seed}" / "summary.csv", newline="") as f:
+            last = list(csv.DictReader(f))[-1]
+        if last.get("val_acc"):
+            results["last_val_acc"] = float(last["val_acc"])
+    return done
 
 
 def _clean(value):
@@ -472,10 +481,10 @@ def _num(value, fmt="{:.3f}"):
 def markdown_table(rows):
     """One line per cell: settings, accuracy, paired deltas, energy, pixels, distribution metrics."""
     lines = ["| cell | settings | n | last_acc | test_at_best_val | best_acc (paper) | "
-             "Δlast_acc vs control [95% CI] | Δtest_at_best_val [95% CI] | Δbest val acc [95% CI] | "
+             "Δlast_acc vs control [95% CI] | Δtest_at_best_val [95% CI] | Δbest val acc [95% CI] | Δlast val acc [95% CI] | "
              "energy before → after | energy dropped | Δpx vs control | Δpx vs source | FID to val (guide) | "
              "precision | recall | coverage | guide agrees | s/img |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         acc = [fmt_mean_std(_nan(row[f"{m}_mean"]), _nan(row[f"{m}_std"])) for m in ACC_METRICS]
         paired = [fmt_interval(_nan(row.get(f"d_{m}")), _nan(row.get(f"d_{m}_low")), _nan(row.get(f"d_{m}_high")))

@@ -58,7 +58,7 @@ def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
         row = rows[name]
         assert row["status"] == "done" and row["control"] == "control" and row["n"] == "1"
         assert row["d_last_acc"] != "" and row["d_test_at_best_val"] != "" and row["d_last_acc_n"] == "1"
-        assert row["d_best_val_acc"] != ""
+        assert row["d_best_val_acc"] != "" and row["d_last_val_acc"] != ""
         assert float(row["pixel_change_vs_control"]) > 0
         assert float(row["energy_before"]) > 0 and 0 <= float(row["energy_drop_frac"]) <= 1
         assert 0 <= float(row["guide_agreement"]) <= 1 and float(row["sec_per_img"]) > 0
@@ -113,6 +113,8 @@ def fake_results(exp_dir, seed, last, tbv, best):
     run = exp_dir / f"seed{seed}"
     run.mkdir(parents=True)
     (run / "results.json").write_text(json.dumps({"last_acc": last, "test_at_best_val": tbv, "best_acc": best}))
+    # The last epoch's val accuracy is read from summary.csv: here half of last_acc.
+    (run / "summary.csv").write_text(f"epoch,val_acc,test_acc\n1,10.0,10.0\n2,{last / 2},{last}\n")
 
 
 def fake_image(path, value, size=16):
@@ -174,6 +176,8 @@ def test_metrics_match_hand_computation(fabricated):
     # test_at_best_val: diffs -1, 2, 5 -> mean 2, sd 3.
     assert row["d_test_at_best_val"] == 2.0
     assert math.isclose(row["d_test_at_best_val_high"] - 2.0, 3 * half)
+    # last-epoch val (half of last_acc): diffs 0.5, 1, 1.5 -> mean 1, sd 0.5.
+    assert row["d_last_val_acc"] == 1.0 and math.isclose(row["d_last_val_acc_high"] - 1.0, 0.5 * half)
     # Manifests: last record per (source, k) wins; the torn line is ignored.
     assert row["n_images"] == 4
     assert row["energy_before"] == 2.0 and row["energy_after"] == 1.875 and row["energy_drop_frac"] == 0.5
