@@ -70,6 +70,27 @@ def curves(rows, metric="last_acc"):
     return {k: sorted(v, key=_drift) for k, v in guided.items()}, sorted(unguided, key=_drift)
 
 
+def selection(rows, priors):
+    """The step-2 rule of configs/sweeps/digits_shift.yaml over `priors`, per setting: at how many
+    of them the setting helps (paired 95 % intervals of test last_acc and last-epoch val accuracy
+    both above zero) and its mean paired last-epoch val gain. Returns rows sorted by that mean."""
+    guided_at = {}
+    for row in rows:
+        if not row.get("control"):
+            continue
+        for prior in priors:
+            if row["cell"].startswith(prior + "_"):
+                guided_at.setdefault(row["cell"][len(prior) + 1:], {})[prior] = row
+    table = []
+    for setting, by_prior in guided_at.items():
+        gains = [r["d_last_val_acc"] for r in by_prior.values() if r.get("d_last_val_acc") is not None]
+        helps = [p for p, r in by_prior.items()
+                 if (r.get("d_last_acc_low") or 0) > 0 and (r.get("d_last_val_acc_low") or 0) > 0]
+        table.append({"setting": setting, "priors": len(by_prior), "helps_at": helps,
+                      "mean_d_last_val": sum(gains) / len(gains) if gains else None})
+    return sorted(table, key=lambda t: -float("inf") if t["mean_d_last_val"] is None else -t["mean_d_last_val"])
+
+
 def _drift(point):
     """Sort key: points without a drift go last."""
     return float("inf") if point[0] is None else point[0]
@@ -158,6 +179,13 @@ def main(argv=None):
         expansions = Path(args.table).parents[2] / "expansions"  # <root>/<dataset>/sweeps/<name>/sweep.csv
         plot_samples(rows, expansions, Path(args.table).parent.name, spec.split_dir(spec.train_split), args.samples)
         print(f"-> {args.samples}")
+    if args.select_priors:
+        print(f"selection over {', '.join(args.select_priors)} (val only; helps = test last_acc and "
+              "last-epoch val intervals above zero):")
+        print("| setting | priors | mean Δ last-epoch val | helps at |\n|---|---|---|---|")
+        for t in selection(rows, args.select_priors):
+            gain = "-" if t["mean_d_last_val"] is None else f"{t['mean_d_last_val']:+.2f}"
+            print(f"| {t['setting']} | {t['priors']} | {gain} | {', '.join(t['helps_at']) or '-'} |")
     guided, unguided = curves(rows, args.metric)
     title = f"{Path(args.table).parent.name}: {args.metric}, 95 % t intervals, paired by seed"
     plot(guided, unguided, args.figure, title)
@@ -174,6 +202,8 @@ def get_parser():
     parser.add_argument("--samples", default=None, metavar="PNG",
                         help="also draw a sample grid (sources, then each prior's unguided and guided copies)")
     parser.add_argument("--dataset", default="digits", help="the target dataset (its train split holds the sources)")
+    parser.add_argument("--select_priors", nargs="+", default=None, metavar="PRIOR",
+                        help="print the selection rule's table over these priors (e.g. inverted0 lowcontrast0)")
     return parser
 
 

@@ -33,4 +33,4 @@ $PY scripts/sweep.py configs/sweeps/digits_shift_confirm.yaml --seeds 6 7 8 9 10
 $PY parse_logs.py checkpoint/digits --multi --paired resnet_small_unpretrained_sweep_digits_shift_indomain_sd_lr0.1 \
     --include '*sweep_digits_shift_*'
 $PY scripts/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv --figure figure/domain_shift.png \
-    --samples figure/domain_shift_samples.png
+    --samples figure/domain_shift_samples.png --select_priors inverted0 inverted10 lowcontrast0 lowcontrast10
