@@ -105,6 +105,7 @@ def plot(guided, unguided, path, title):
     """Two panels: paired Δ vs drift per setting; unguided accuracy vs drift."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for i, (setting, points) in enumerate(guided.items()):
@@ -115,16 +116,19 @@ def plot(guided, unguided, path, title):
                 [(hi if hi is not None else m) - m for _, _, m, _, hi in points]]
         left.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=setting)
     left.axhline(0, color="black", lw=0.8)
-    left.set_xscale("log")
     left.set_xlabel("drift: FID of the unguided expansion to target val")
     left.set_ylabel("guided - unguided test last_acc (points)")
     left.legend(fontsize=8)
     xs = [p[0] for p in unguided]
     # markers only: neighbours in drift may be different shifts
     right.errorbar(xs, [p[2] for p in unguided], yerr=[p[3] or 0 for p in unguided], fmt="s", capsize=3)
-    for x, prior, mean, _ in unguided:
-        right.annotate(prior, (x, mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    right.set_xscale("log")
+    for i, (x, prior, mean, _) in enumerate(unguided):  # neighbours in drift alternate above/below
+        right.annotate(prior, (x, mean), textcoords="offset points", xytext=(4, 4 if i % 2 else -10), fontsize=8)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     right.set_xlabel("drift: FID of the unguided expansion to target val")
     right.set_ylabel("unguided expansion: test last_acc (%)")
     fig.suptitle(title, fontsize=9)
