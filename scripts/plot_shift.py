@@ -48,26 +48,32 @@ def curves(rows, metric="last_acc"):
     table without a `model` column, its own control), whose name `<prior>_sd` labels the prior.
     """
     cells = {r["cell"]: r for r in rows}
-    controls = [r for r in rows if not r.get("control")]
-    if not controls:
+    if all(r.get("control") for r in rows):
         raise DistDiffError("no unguided cells in the table")
-    references = {}  # model -> its first control without a preset
-    for row in controls:
-        if row.get("model") and not row.get("preset"):
-            references.setdefault(row["model"], row)
+    references = reference_controls(rows)
     guided = {}
     for row in rows:
         control = cells.get(row.get("control") or "")
         if control is None or row.get(f"d_{metric}") is None:
             continue
-        reference = references.get(row.get("model"), control)
+        reference = references.get(row.get("model")) or control
         prior = prior_name(reference["cell"])
         setting = row["cell"][len(prior) + 1:] if row["cell"].startswith(prior + "_") else row["cell"]
         guided.setdefault(setting, []).append((reference["fid_val"], prior, row[f"d_{metric}"],
                                                row[f"d_{metric}_low"], row[f"d_{metric}_high"]))
-    shown = list(references.values()) or [r for r in controls if not r.get("preset")]
-    unguided = [(r["fid_val"], prior_name(r["cell"]), r[f"{metric}_mean"], r[f"{metric}_std"]) for r in shown]
+    unguided = [(r["fid_val"], prior_name(r["cell"]), r[f"{metric}_mean"], r[f"{metric}_std"])
+                for r in references.values()]
     return {k: sorted(v, key=_drift) for k, v in guided.items()}, sorted(unguided, key=_drift)
+
+
+def reference_controls(rows):
+    """The priors' reference controls, {model: row} in a table with a `model` column (each model's
+    first control without a preset), else {cell: row} for every control without a preset."""
+    references = {}
+    for row in rows:
+        if not row.get("control") and not row.get("preset"):
+            references.setdefault(row.get("model") or row["cell"], row)
+    return references
 
 
 def selection(rows, priors):
@@ -88,7 +94,8 @@ def selection(rows, priors):
                  if (r.get("d_last_acc_low") or 0) > 0 and (r.get("d_last_val_acc_low") or 0) > 0]
         table.append({"setting": setting, "priors": len(by_prior), "helps_at": helps,
                       "mean_d_last_val": sum(gains) / len(gains) if gains else None})
-    return sorted(table, key=lambda t: -float("inf") if t["mean_d_last_val"] is None else -t["mean_d_last_val"])
+    # Highest mean gain first; a setting without val numbers last.
+    return sorted(table, key=lambda t: (t["mean_d_last_val"] is None, -(t["mean_d_last_val"] or 0.0)))
 
 
 def _drift(point):
@@ -144,11 +151,11 @@ def plot_samples(rows, expansions, sweep, source_root, path, classes=("0", "2", 
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    cells, expansions = {r["cell"]: r for r in rows}, Path(expansions)
+    references, expansions = {r["cell"] for r in reference_controls(rows).values()}, Path(expansions)
     pairs = []  # (prior, control cell, guided cell)
     for row in rows:
         control = row.get("control")  # a preset's own control is not a prior's reference
-        if control in cells and not cells[control].get("preset") and all(c != control for _, c, _ in pairs):
+        if control in references and all(c != control for _, c, _ in pairs):
             pairs.append((prior_name(control), control, row["cell"]))
     if not pairs:
         raise DistDiffError("no guided cell with a control in the table: nothing to show")

@@ -153,7 +153,9 @@ def test_selection_counts_where_both_intervals_clear_zero():
     row = lambda cell, low, val, val_low: {"cell": cell, "control": "x_sd", "d_last_acc_low": low,
                                            "d_last_val_acc": val, "d_last_val_acc_low": val_low}
     rows = [{"cell": "a_sd", "control": None}, row("a_r1", 0.5, 3.0, 0.2), row("b_r1", 0.5, 1.0, -0.1),
-            row("a_distdiff", -0.1, 4.0, 1.0), row("b_distdiff", 0.2, 2.0, 0.1), row("c_r1", 9.0, 9.0, 9.0)]
+            row("a_distdiff", -0.1, 4.0, 1.0), row("b_distdiff", 0.2, 2.0, 0.1), row("c_r1", 9.0, 9.0, 9.0),
+            row("a_noval", 1.0, None, None)]
     table = plot_shift.selection(rows, ["a", "b"])
-    assert [t["setting"] for t in table] == ["distdiff", "r1"]  # by mean val gain: 3.0, then 2.0; c is not asked
+    # by mean val gain: 3.0, then 2.0, then the setting without val numbers; c is not asked
+    assert [t["setting"] for t in table] == ["distdiff", "r1", "noval"]
     assert table[0]["helps_at"] == ["b"] and table[1]["helps_at"] == ["a"] and table[1]["priors"] == 2
