@@ -159,3 +159,13 @@ def test_selection_counts_where_both_intervals_clear_zero():
     # by mean val gain: 3.0, then 2.0, then the setting without val numbers; c is not asked
     assert [t["setting"] for t in table] == ["distdiff", "r1", "noval"]
     assert table[0]["helps_at"] == ["b"] and table[1]["helps_at"] == ["a"] and table[1]["priors"] == 2
+
+
+@pytest.mark.parametrize("argv, exported", [([], []), (["--shifts"], list(shifted.SHIFTS)), (["--shifts", "photo"], ["photo"])])
+def test_prepare_digits_shifts_alone_exports_every_domain(tmp_path, monkeypatch, argv, exported):
+    prepare = script("scripts.prepare_digits")
+    calls = []
+    monkeypatch.setattr(prepare, "export_digits", lambda root: {})
+    monkeypatch.setattr(prepare, "export_shift", lambda shift, root, source: calls.append(shift))
+    assert prepare.main(["--root", str(tmp_path / "digits"), *argv]) == 0
+    assert calls == exported
