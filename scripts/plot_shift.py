@@ -87,6 +87,9 @@ def selection(rows, priors):
         for prior in priors:
             if row["cell"].startswith(prior + "_"):
                 guided_at.setdefault(row["cell"][len(prior) + 1:], {})[prior] = row
+    missing = [p for p in priors if not any(p in by_prior for by_prior in guided_at.values())]
+    if missing:
+        raise DistDiffError(f"--select_priors: no guided cell <prior>_<setting> in the table for {', '.join(missing)}")
     table = []
     for setting, by_prior in guided_at.items():
         gains = [r["d_last_val_acc"] for r in by_prior.values() if r.get("d_last_val_acc") is not None]
@@ -183,6 +186,14 @@ def plot_samples(rows, expansions, sweep, source_root, path, classes=("0", "2", 
 def main(argv=None):
     args = get_parser().parse_args(argv)
     rows = read_rows(args.table)
+    if args.select_priors:
+        table = selection(rows, args.select_priors)
+        print(f"selection over {', '.join(args.select_priors)} (val only; helps = test last_acc and "
+              "last-epoch val intervals above zero):")
+        print("| setting | priors | mean Δ last-epoch val | helps at |\n|---|---|---|---|")
+        for t in table:
+            gain = "-" if t["mean_d_last_val"] is None else f"{t['mean_d_last_val']:+.2f}"
+            print(f"| {t['setting']} | {t['priors']} | {gain} | {', '.join(t['helps_at']) or '-'} |")
     if args.samples:
         from distdiff.registry import get_dataset
 
@@ -190,13 +201,6 @@ def main(argv=None):
         expansions = Path(args.table).parents[2] / "expansions"  # <root>/<dataset>/sweeps/<name>/sweep.csv
         plot_samples(rows, expansions, Path(args.table).parent.name, spec.split_dir(spec.train_split), args.samples)
         print(f"-> {args.samples}")
-    if args.select_priors:
-        print(f"selection over {', '.join(args.select_priors)} (val only; helps = test last_acc and "
-              "last-epoch val intervals above zero):")
-        print("| setting | priors | mean Δ last-epoch val | helps at |\n|---|---|---|---|")
-        for t in selection(rows, args.select_priors):
-            gain = "-" if t["mean_d_last_val"] is None else f"{t['mean_d_last_val']:+.2f}"
-            print(f"| {t['setting']} | {t['priors']} | {gain} | {', '.join(t['helps_at']) or '-'} |")
     guided, unguided = curves(rows, args.metric)
     title = f"{Path(args.table).parent.name}: {args.metric}, 95 % t intervals, paired by seed"
     plot(guided, unguided, args.figure, title)

@@ -159,6 +159,8 @@ def test_selection_counts_where_both_intervals_clear_zero():
     # by mean val gain: 3.0, then 2.0, then the setting without val numbers; c is not asked
     assert [t["setting"] for t in table] == ["distdiff", "r1", "noval"]
     assert table[0]["helps_at"] == ["b"] and table[1]["helps_at"] == ["a"] and table[1]["priors"] == 2
+    with pytest.raises(DistDiffError, match="for zz"):
+        plot_shift.selection(rows, ["a", "zz"])
 
 
 @pytest.mark.parametrize("argv, exported", [([], []), (["--shifts"], list(shifted.SHIFTS)), (["--shifts", "photo"], ["photo"])])
