@@ -346,7 +346,8 @@ def plot_paired(plan, rows, path):
         x += 1.6 if previous is not None and cell.axis != previous else 1.0
         xs.append(x)
         previous = cell.axis
-    fig, ax = plt.subplots(figsize=(min(max(5.0, 0.45 * len(guided) + 2.5), 16), 4.2))
+    width = min(max(5.0, 0.45 * len(guided) + 2.5), 16)
+    fig, ax = plt.subplots(figsize=(width, 4.2))
     for offset, metric, label in ((-0.1, "last_acc", "last epoch"), (0.1, "test_at_best_val", "test @ best val")):
         means = [_value(row.get(f"d_{metric}")) for _, row in guided]
         low = [_half(row, metric, "low") for _, row in guided]
@@ -359,8 +360,9 @@ def plot_paired(plan, rows, path):
             ax.axvline((left + right) / 2, color="grey", lw=0.5, ls=":")
     ax.set_xticks(xs, [cell.name for cell, _ in guided], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("Δ accuracy vs unguided control (points)")
-    ax.set_title(f"sweep {plan.name} ({plan.dataset}): same-seed Δ vs control, 95 % t interval, "
-                 f"{len(plan.seeds)} seed(s)", fontsize=9)
+    # A sweep of a few cells draws a narrow figure, where one title line would be clipped.
+    ax.set_title(f"sweep {plan.name} ({plan.dataset}): same-seed Δ vs control,{' ' if width > 8 else chr(10)}"
+                 f"95 % t interval, {len(plan.seeds)} seed(s)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
