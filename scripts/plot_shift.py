@@ -132,8 +132,6 @@ def plot(guided, unguided, path, title):
     xs = [p[0] for p in unguided]
     # markers only: neighbours in drift may be different shifts
     right.errorbar(xs, [p[2] for p in unguided], yerr=[p[3] or 0 for p in unguided], fmt="s", capsize=3)
-    for i, (x, prior, mean, _) in enumerate(unguided):  # neighbours in drift alternate above/below
-        right.annotate(prior, (x, mean), textcoords="offset points", xytext=(4, 4 if i % 2 else -10), fontsize=8)
     for ax in (left, right):
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
@@ -142,10 +140,31 @@ def plot(guided, unguided, path, title):
     right.set_xlabel("drift: FID of the unguided expansion to target val")
     right.set_ylabel("unguided expansion: test last_acc (%)")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels, whose overlap test uses the final layout
+    _label_points(fig, right, [(prior, x, mean) for x, prior, mean, _ in unguided])
+    fig.tight_layout()  # again, to make room for a label past the last point
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _label_points(fig, ax, points):
+    """Name each point, at the first offset whose label overlaps no label placed before it
+    (priors of similar drift and accuracy sit on top of each other)."""
+    fig.canvas.draw()  # settles the axis limits: a label's extent is measured in the final frame
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for name, x, y in points:
+        for dy in (4, -10, 14, -20, 24, -30, 34):
+            label = ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, dy), fontsize=8)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:  # nowhere free: keep the first place rather than drop the name
+            label = ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 def plot_samples(rows, expansions, sweep, source_root, path, classes=("0", "2", "4", "6", "8")):

@@ -132,6 +132,22 @@ def test_shift_figure_pairs_each_guided_cell_with_its_priors_drift(tmp_path):
         run_main("scripts.plot_shift", tmp_path / "missing.csv")
 
 
+def test_prior_labels_at_one_spot_do_not_overlap():
+    plot_shift = script("scripts.plot_shift")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    points = [("inverted10", 3.2, 85.2), ("printed0", 3.4, 86.0), ("indomain", 3.5, 86.1), ("far", 30.0, 83.0)]
+    ax.plot([x for _, x, _ in points], [y for _, _, y in points], "s")
+    plot_shift._label_points(fig, ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = [text.get_window_extent(renderer) for text in ax.texts]
+    plt.close(fig)
+    assert [text.get_text() for text in ax.texts] == [name for name, _, _ in points]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def test_a_preset_paired_with_its_own_control_sits_at_its_priors_drift(tmp_path):
     """With a `model` column, the authors' cells (paired with their own control) are placed at the
     drift of the prior's reference control, and that own control is not a prior of its own."""
