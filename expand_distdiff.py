@@ -17,14 +17,14 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
 
 from distdiff import DistDiffError
 from distdiff import registry
 from distdiff import expansion as ex
 from distdiff import shards
 from distdiff.config import dataset_section, parse_args, resolved_dict, str2bool
-from distdiff.devices import configure_cpu, pipeline_dtype, resolve_device, seed_everything
+from distdiff.devices import (configure_cpu, peak_memory_line, pipeline_dtype, resolve_device, resolve_precision,
+                              seed_everything)
 from distdiff.features import GUIDE_INPUTS
 from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
 from distdiff.presets import PRESETS, apply_targets, preset_values
@@ -73,7 +73,7 @@ def sample_config(args):
 def parse(argv=None):
     """The resolved settings: defaults < configs/<dataset>.yaml (expand) < --preset < command line."""
     args = parse_args(get_parser(), argv, config=dataset_section("expand"),
-                      overlay=lambda s: preset_values(s.preset, s.guidance, s.device))
+                      overlay=lambda s: preset_values(s.preset, s.guidance))
     if not args.dataset:
         raise DistDiffError("a dataset is required (--dataset)")
     if args.language_enhance and args.prompt_file is None:
@@ -83,8 +83,7 @@ def parse(argv=None):
 
 def verify(args, sources, items):
     """Report missing outputs per class and the shard ids that own them; exit 1 if any."""
-    missing, per_class, owners = shards.verify_report(items, args.out, sources.classes,
-                                                      args.batch_size, args.total_split)
+    missing, per_class, owners = shards.verify_report(items, args.out, sources.classes, args.total_split)
     print(f"{len(items) - missing}/{len(items)} images present in {args.out}")
     if missing:
         for name, count in sorted(per_class.items()):
@@ -106,6 +105,7 @@ def main(argv=None):
         return verify(args, sources, items)
     device = resolve_device(args.device, args.gpu)
     dtype = pipeline_dtype(args.precision, device)
+    args.precision = resolve_precision(args.precision, device)  # args.yaml records what ran
     configure_cpu(args.threads)
     guidance, sample_cfg = guidance_config(args), sample_config(args)
     sample_cfg.check_guidance(guidance)
@@ -115,10 +115,10 @@ def main(argv=None):
     out = Path(args.out)
     ex.check_or_write_args(out, resolved_dict(args))
     setup_logging(out, filename="log.txt" if args.split == 0 else f"log_shard{args.split}.txt")
-    my_blocks = shards.shard_blocks(shards.blocks(items, args.batch_size), args.split, args.total_split)
-    mine = sum(len(block) for _, block in my_blocks)
-    if not args.prepare_only and not any(shards.missing_items(b, out, sources.classes) for _, b in my_blocks):
-        logger.info("shard %d/%d done: written 0, skipped %d (every image present)", args.split, args.total_split, mine)
+    mine = [it for _, block in shards.shard_blocks(shards.blocks(items), args.split, args.total_split) for it in block]
+    if not args.prepare_only and not shards.missing_items(mine, out, sources.classes):
+        logger.info("shard %d/%d done: written 0, skipped %d (every image present)", args.split, args.total_split,
+                    len(mine))
         return 0
     seed_everything(args.seed)
     protos = ex.build_prototypes(args.prototypes, spec, sources, guide, meta, device, args.guide_ckpt,
@@ -126,16 +126,23 @@ def main(argv=None):
     if args.prepare_only:
         print(f"prototypes ready at {args.prototypes}")
         return 0
-    pipe = speed_up(load_pipeline(model_dir, device, dtype), args.channels_last, args.compile)
-    if args.gradient_checkpointing:
+    pipe = load_pipeline(model_dir, device, dtype)
+    sampler = ex.build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance, device)
+    batch, checkpointing = ex.choose_batch_size(args.batch_size, pipe, guide, meta["image_size"], sampler.resolution,
+                                                guidance.mode != "none", device, args.gradient_checkpointing,
+                                                guidance.lookahead_steps)
+    if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.vae.enable_gradient_checkpointing()
-    sampler = ex.build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance, device)
-    counters = ex.run_blocks(sampler, sources, my_blocks, out, out / f"manifest_shard{args.split}.jsonl",
-                             args.seed, args.guidance_repeats, desc=f"expand shard {args.split}/{args.total_split}",
-                             energy_every=args.record_energy)
-    peak = f", peak CUDA memory {torch.cuda.max_memory_allocated() >> 20} MB" if device.type == "cuda" else ""
-    logger.info("shard %d/%d done: %s%s", args.split, args.total_split, ex.summary_line(counters), peak)
+    speed_up(pipe, args.channels_last, args.compile)
+    logger.info("shard %d/%d on %s, %s, batch %d%s", args.split, args.total_split, device, args.precision, batch,
+                ", gradient checkpointing" if checkpointing else "")
+    counters = ex.run_batches(sampler, sources, shards.shard_batches(items, args.split, args.total_split, batch), out,
+                              out / f"manifest_shard{args.split}.jsonl", args.seed, args.guidance_repeats,
+                              ex.BatchSize(batch), desc=f"expand shard {args.split}/{args.total_split}",
+                              energy_every=args.record_energy, allow_unguided=args.allow_unguided)
+    logger.info("shard %d/%d done: %s%s", args.split, args.total_split, ex.summary_line(counters),
+                peak_memory_line(device))
     return 0
 
 
@@ -148,6 +155,15 @@ def energy_every(value):
     """--record_energy: measure on every N-th block (1: all, 0: none); True/False mean 1/0."""
     text = str(value).strip().lower()
     return {"true": 1, "false": 0}.get(text) if text in ("true", "false") else int(text)
+
+
+def batch_type(value):
+    """--batch_size: a positive integer, or auto."""
+    if str(value).lower() == "auto":
+        return "auto"
+    if not str(value).isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {value!r}")
+    return int(value)
 
 
 def guidance_type(value):
@@ -232,7 +248,10 @@ def get_parser():
     # execution
     add("--split", "--shard_id", "--shard-id", type=int, default=None, help="this shard's id")
     add("--total_split", "--num_shards", "--num-shards", type=int, default=None, help="number of shards")
-    add("--batch_size", "--batch-size", "--train_batch_size", type=int, default=8, help="items sampled together")
+    add("--batch_size", "--batch-size", "--train_batch_size", type=batch_type, default="auto",
+        help="items sampled together: a number, or auto (CUDA: the largest batch that fits the free memory by the "
+             "per-image model of distdiff/memory.py, with gradient checkpointing only where one image does not fit "
+             "without it; CPU: 8). An out-of-memory error halves it and retries; it never locks an output dir")
     add("--gpu", default=None, help="GPU index (the authors' launcher argument)")
     add("--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
         help="recompute UNet and VAE-decoder activations in the guidance backward instead of storing them: "
@@ -241,10 +260,15 @@ def get_parser():
         help="NHWC memory format for the UNet and VAE (see docs/performance.md)")
     add("--compile", type=str2bool, default=False,
         help="torch.compile the UNet and VAE decoder (CUDA; compile time dominates short CPU runs)")
+    add("--allow_unguided", "--allow-unguided", action="store_true",
+        help="keep going when guidance is lost (non-finite or all-zero gradients) for more than 1 %% of a batch's "
+             "items; such items are kept unguided and marked in the manifest. Without it the run stops")
     add("--prepare_only", "--prepare-only", action="store_true", help="build prototypes, then exit")
     add("--verify", action="store_true", help="report missing images and the shards to rerun")
     add_runtime_flags(p, seed=42, seed_help="base seed; item (i, k) uses a generator seeded by (seed, i, k)",
-                      precision_help="pipeline dtype (CUDA only)")
+                      precision_help="pipeline dtype: auto = fp16 on CUDA (the authors' choice), fp32 on the CPU; "
+                                     "the guidance's own variables and update are fp32 and its backward is loss-scaled",
+                      precision_default="auto")
     return p
 
 

@@ -1,7 +1,15 @@
-"""Seeding, CPU settings, devices and precisions."""
+"""Seeding, CPU settings, devices and precisions.
+
+The device rule is strict so that a first GPU run cannot quietly run on the CPU: a GPU index
+(`--gpu`, the GPUS of the shell chains, torchrun's LOCAL_RANK) or `--device cuda` on a machine
+where torch cannot use CUDA is a one-line error naming torch's CUDA build and the driver;
+`--device auto` falls back to the CPU only where no NVIDIA GPU exists at all, and says so.
+"""
 import logging
 import os
 import random
+import shutil
+import subprocess
 
 import numpy as np
 import torch
@@ -26,31 +34,98 @@ def configure_cpu(threads=None):
         torch.set_num_threads(threads)
 
 
-def resolve_device(device="auto", gpu=None):
-    """Turn --device/--gpu into a torch.device; an explicit 'cuda' without a GPU is an error.
+def listed_gpus():
+    """Names of the GPUs the NVIDIA driver lists (`nvidia-smi -L`); [] where there is no driver."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.startswith("GPU ")]
 
-    `gpu` is the authors' positional GPU index. It selects the CUDA device when one exists;
-    on a machine without CUDA the run goes to the CPU with a logged warning, because the
-    seed README passes an index even when the user has no preference.
+
+def driver_version():
+    """The NVIDIA driver's version, or a phrase saying why there is none."""
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA driver (nvidia-smi not found)"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"nvidia-smi failed ({type(err).__name__})"
+    return f"driver {out[0]}" if out else "nvidia-smi reports no driver version"
+
+
+def cuda_report():
+    """One phrase: torch's version and CUDA build, and the driver."""
+    build = torch.version.cuda or "none (a CPU-only build of torch)"
+    return f"torch {torch.__version__}, CUDA build {build}, {driver_version()}"
+
+
+def _no_cuda_error(asked):
+    return DistDiffError(f"{asked} asks for a GPU but torch cannot use CUDA here ({cuda_report()}); install the "
+                         "torch build that matches the driver (INSTALL.md), or pass --device cpu")
+
+
+def resolve_device(device="auto", gpu=None, env=None):
+    """Turn --device/--gpu (and torchrun's LOCAL_RANK) into a torch.device, and make it current.
+
+    The index comes from `cuda:<i>`, else `gpu` (the authors' positional), else LOCAL_RANK (one
+    process per GPU under torchrun), else 0. `torch.cuda.set_device` is called, so memory
+    queries, streams and synchronisation of every rank use its own GPU, not cuda:0.
     """
-    cuda = torch.cuda.is_available()
-    if gpu is None and cuda and "LOCAL_RANK" in os.environ:
-        # torchrun: process i of a node takes GPU i (round robin when there are more processes).
-        gpu = int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count()
-    if device.startswith("cuda"):
-        if not cuda:
-            raise DistDiffError(f"--device {device} was asked for but no CUDA GPU is visible; "
-                                "use --device cpu")
-        return torch.device(device if ":" in device or gpu is None else f"cuda:{gpu}")
+    env = os.environ if env is None else env
+    gpu = None if gpu in (None, "", "cpu") else str(gpu)
+    local_rank = env.get("LOCAL_RANK")
     if device == "cpu":
+        if gpu is not None or local_rank is not None:
+            logger.info("--device cpu: the GPU index is ignored")
         return torch.device("cpu")
-    if device != "auto":
+    if device != "auto" and not device.startswith("cuda"):
         raise DistDiffError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:<i>")
-    if cuda:
-        return torch.device(f"cuda:{gpu or 0}")
-    if gpu not in (None, "", "cpu"):
-        logger.warning("GPU %s requested but CUDA is not available: running on the CPU", gpu)
-    return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if device.startswith("cuda"):
+            raise _no_cuda_error(f"--device {device}")
+        if gpu is not None:
+            raise _no_cuda_error(f"GPU index {gpu} (--gpu)")
+        if local_rank is not None:
+            raise _no_cuda_error(f"LOCAL_RANK={local_rank} (torchrun)")
+        listed = listed_gpus()
+        if listed:
+            raise DistDiffError(f"nvidia-smi lists {len(listed)} GPU(s) but torch cannot use CUDA ({cuda_report()}); "
+                                "install the torch build that matches the driver (INSTALL.md), or pass "
+                                "--device cpu to run on the CPU anyway")
+        logger.warning("no GPU on this machine: running on the CPU")
+        return torch.device("cpu")
+    index = _cuda_index(device, gpu, local_rank)
+    count = torch.cuda.device_count()
+    if not 0 <= index < count:
+        raise DistDiffError(f"GPU {index} asked for, but this process sees {count} GPU(s) "
+                            f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    torch.cuda.set_device(index)
+    logger.info("device cuda:%d (%s)%s", index, torch.cuda.get_device_name(index),
+                f", LOCAL_RANK {local_rank}" if local_rank is not None else "")
+    return torch.device(f"cuda:{index}")
+
+
+def _cuda_index(device, gpu, local_rank):
+    """The CUDA index from cuda:<i>, the GPU index or LOCAL_RANK (in that order), else 0."""
+    try:
+        if ":" in device:
+            return int(device.split(":", 1)[1])
+        if gpu is not None:
+            return int(gpu)
+    except ValueError:
+        raise DistDiffError(f"GPU index {gpu if ':' not in device else device!r} is not a number") from None
+    return int(local_rank) if local_rank is not None else 0
+
+
+def peak_memory_line(device):
+    """', peak CUDA memory N MB on cuda:i' for a CUDA device (this process's own), else ''."""
+    if device.type != "cuda":
+        return ""
+    return f", peak CUDA memory {torch.cuda.max_memory_allocated(device) >> 20} MB on {device}"
 
 
 def autocast_dtype(precision):
@@ -60,9 +135,16 @@ def autocast_dtype(precision):
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def resolve_precision(precision, device):
+    """--precision auto: fp16 on CUDA (the authors' choice for the pipeline), fp32 on the CPU."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def pipeline_dtype(precision, device):
     """Diffusion pipeline dtype; half precision only on CUDA (CPU kernels are fp32-first)."""
-    dtype = autocast_dtype(precision) or torch.float32
+    dtype = autocast_dtype(resolve_precision(precision, device)) or torch.float32
     if dtype != torch.float32 and device.type != "cuda":
         raise DistDiffError(f"--precision {precision} needs --device cuda; use fp32 on the CPU")
     return dtype

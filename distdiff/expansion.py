@@ -14,18 +14,22 @@ from distdiff import shards
 from distdiff.engine import load_classifier
 from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
+from distdiff.guidance import GUIDANCE_STATUS, GUIDED
 from distdiff.prototypes import compute_prototypes, fingerprint, prepare_prototypes
 from distdiff.sampler import GuidedSampler, draw_item
 
 logger = logging.getLogger(__name__)
 
-# Settings that change output bytes: one output dir must be produced with one set of them.
+# Settings that change the images: one output dir must be produced with one set of them. Execution
+# settings (batch size, gradient checkpointing, channels-last, compile, threads, device index)
+# change them at float-rounding level at most, so a rerun may change them freely (e.g. a smaller
+# batch after running out of memory).
 GENERATION_KEYS = ("dataset", "model", "guide_ckpt", "expand_ratio", "seed", "num_steps", "strength",
                    "cfg_scale", "resolution", "guidance", "guidance_step", "lookahead_steps",
                    "step_size", "radius", "lambda_class", "lambda_group", "normalize_features",
                    "renormalize_prototypes", "guide_input", "framing", "start_rule", "shared_posterior",
                    "offset_noise", "prompts", "prompt_file", "guidance_repeats", "guidance_interval",
-                   "cluster", "num_groups", "precision", "batch_size", "channels_last", "compile")
+                   "cluster", "num_groups", "precision")
 SOURCE_STREAM, CROP_STREAM = -1, -2  # per-source generators: (seed, source index, stream)
 
 
@@ -98,35 +102,118 @@ class SourceLatents:
         return self.cache[block][index]
 
 
-def run_blocks(sampler, sources, my_blocks, out_dir, manifest, seed, repeats, desc="expand", energy_every=1):
-    """Sample every unfinished block of this shard; returns summary counters. The energy is
-    measured on the blocks whose global id is a multiple of `energy_every` (0: none)."""
+class BatchSize:
+    """The sampling batch size of a run. An out-of-memory error halves it for the rest of the run
+    and the batch is retried in pieces; items are independent, so the images stay the same up to
+    float rounding. (accelerate's `find_executable_batch_size` empties the CUDA cache before every
+    call, which would slow every batch; its out-of-memory test and cache clearing are used here.)"""
+
+    def __init__(self, size):
+        self.size = size
+
+    def run(self, fn, items):
+        """[fn(piece) for the pieces of `items`], halving the piece size on out-of-memory errors."""
+        from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
+
+        while True:
+            try:
+                return [fn(items[s:s + self.size]) for s in range(0, len(items), self.size)]
+            except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled
+                if not should_reduce_batch_size(err):
+                    raise
+                if self.size == 1:
+                    raise DistDiffError("out of memory at batch size 1; free the GPU, or pass "
+                                        "--gradient_checkpointing (and --batch_size auto)") from None
+                clear_device_cache(garbage_collection=True)
+                self.size //= 2
+                logger.warning("out of memory: batch size halved to %d for the rest of this run", self.size)
+
+
+CPU_BATCH = shards.BLOCK_ITEMS  # --batch_size auto on the CPU: throughput is flat beyond it
+
+
+def choose_batch_size(batch_size, pipe, guide, guide_side, resolution, guided, device, checkpointing=False,
+                      lookahead_steps=2):
+    """(batch size, gradient checkpointing) for --batch_size (an int, or 'auto').
+
+    auto on CUDA: the largest batch that fits the free memory by the per-image model of
+    distdiff.memory, with checkpointing only where one image does not fit without it."""
+    if batch_size != "auto":
+        return int(batch_size), checkpointing
+    if device.type != "cuda":
+        return CPU_BATCH, checkpointing
+    from distdiff.memory import GIB, pipeline_image_memory, plan_batch
+
+    per_image = pipeline_image_memory(pipe, guide, guide_side, resolution, lookahead_steps)
+    free, total = torch.cuda.mem_get_info(device)
+    batch, checkpointing = plan_batch(free, per_image, guided, checkpointing)
+    need = (per_image.checkpointed if checkpointing else per_image.plain) if guided else per_image.unguided
+    if batch < 1:
+        raise DistDiffError(f"not even one image fits: {need / GIB:.1f} GiB per image predicted, {free / GIB:.1f} of "
+                            f"{total / GIB:.1f} GiB free on {device}; free the GPU or lower --resolution")
+    logger.info("--batch_size auto: %d (%.2f GiB per image predicted%s; %.1f of %.1f GiB free on %s)", batch,
+                need / GIB, ", gradient checkpointing" if checkpointing else "", free / GIB, total / GIB, device)
+    return batch, checkpointing
+
+
+def merge_stats(parts):
+    """One stats dict from the stats of consecutive pieces of a batch."""
+    return {"energy_before": [torch.cat(e) for e in zip(*[p["energy_before"] for p in parts])],
+            "energy_after": [torch.cat(e) for e in zip(*[p["energy_after"] for p in parts])],
+            "status": torch.cat([p["status"] for p in parts])}
+
+
+def check_guidance_kept(status, block_id, allow_unguided, max_lost=0.01):
+    """Stop when more than `max_lost` of a batch's items lost their guidance (non-finite or
+    all-zero gradients), unless unguided items are allowed; returns the loss counts."""
+    counts = {name: int((status == code).sum()) for code, name in GUIDANCE_STATUS.items() if code != GUIDED}
+    lost = sum(counts.values())
+    if lost:
+        logger.warning("block %d: guidance lost for %d of %d items (%d non-finite, %d all-zero gradients)%s",
+                       block_id, lost, len(status), counts["nonfinite"], counts["zero_gradient"],
+                       ": kept unguided" if allow_unguided else "")
+    if lost > max_lost * len(status) and not allow_unguided:
+        raise DistDiffError(f"guidance lost for {lost} of {len(status)} items of block {block_id} "
+                            f"({counts['nonfinite']} non-finite, {counts['zero_gradient']} all-zero gradients); "
+                            "nothing of this batch was written; try --precision fp32, or pass --allow_unguided to "
+                            "keep such items unguided")
+    return counts
+
+
+def run_batches(sampler, sources, my_batches, out_dir, manifest, seed, repeats, batch_size, desc="expand",
+                energy_every=1, allow_unguided=False):
+    """Sample every unfinished batch of this shard; returns summary counters. The energy is
+    measured on the batches whose first block id is a multiple of `energy_every` (0: none)."""
     latents = SourceLatents(sampler, sources, seed)
-    counters = {"written": 0, "skipped": 0, "nonfinite": 0, "seconds": 0.0, "before": [], "after": []}
-    total = sum(len(b) for _, b in my_blocks)
-    bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
+    counters = {"written": 0, "skipped": 0, "nonfinite": 0, "zero_gradient": 0, "seconds": 0.0,
+                "before": [], "after": []}
+    bar = tqdm(total=sum(len(b) for _, b in my_batches), desc=desc, dynamic_ncols=True)
+    guided = sampler.guidance_cfg.mode != "none"
     with shards.BackgroundWriter() as writer:  # PNG encoding overlaps with the next batch
-        for block_id, block in my_blocks:
-            todo = set(shards.missing_items(block, out_dir, sources.classes))
+        for block_id, batch in my_batches:
+            todo = set(shards.missing_items(batch, out_dir, sources.classes))
             if todo:
                 for it in todo:  # this shard alone writes its items, so a leftover temp is a killed writer's
                     remove_stale_temps(it.output_path(out_dir, sources.classes))
                 start = time.time()
                 record = bool(energy_every) and block_id % energy_every == 0
-                images, stats = sample_block(sampler, latents, block, seed, repeats, record)
-                records = _block_records(block, todo, stats, out_dir, sources.classes,
-                                         (time.time() - start) / len(block))
+                pieces = batch_size.run(lambda piece: sample_block(sampler, latents, piece, seed, repeats, record), batch)
+                images, stats = torch.cat([p[0] for p in pieces]), merge_stats([p[1] for p in pieces])
+                lost = check_guidance_kept(stats["status"], block_id, allow_unguided) if guided else {}
+                records = _block_records(batch, todo, stats, out_dir, sources.classes,
+                                         (time.time() - start) / len(batch), guided)
                 shards.append_manifest(manifest, records)
-                keep = [j for j, it in enumerate(block) if it in todo]
+                keep = [j for j, it in enumerate(batch) if it in todo]
                 writer.submit(_write_images, sampler, images[keep],
-                              [block[j].output_path(out_dir, sources.classes) for j in keep])
+                              [batch[j].output_path(out_dir, sources.classes) for j in keep])
                 counters["written"] += len(todo)
-                counters["nonfinite"] += stats["nonfinite"]
+                for name, count in lost.items():
+                    counters[name] += count
                 counters["seconds"] += time.time() - start
                 counters["before"] += [r["energy_before"] for r in records if r["energy_before"] is not None]
                 counters["after"] += [r["energy_after"] for r in records if r["energy_after"] is not None]
-            counters["skipped"] += len(block) - len(todo)
-            bar.update(len(block))
+            counters["skipped"] += len(batch) - len(todo)
+            bar.update(len(batch))
     bar.close()
     return counters
 
@@ -144,10 +231,11 @@ def sample_block(sampler, latents, block, seed, repeats, record_energy=None):
                           torch.tensor([it.label for it in block]), draws, record_energy)
 
 
-def _block_records(block, todo, stats, out_dir, class_names, seconds):
+def _block_records(block, todo, stats, out_dir, class_names, seconds, guided=True):
     """Manifest records of the block's items that were missing."""
     before, after = _per_item(stats["energy_before"], 0), _per_item(stats["energy_after"], -1)
-    return [_record(it, j, out_dir, class_names, before, after, seconds)
+    status = [GUIDANCE_STATUS[int(code)] if guided else "none" for code in stats["status"]]
+    return [_record(it, j, out_dir, class_names, before, after, seconds, status[j])
             for j, it in enumerate(block) if it in todo]
 
 
@@ -163,10 +251,12 @@ def _per_item(per_application, which):
     return per_application[which].tolist() if per_application else None
 
 
-def _record(item, j, out_dir, class_names, before, after, seconds):
-    """One manifest line (source paths relative to the split dir, so manifests are portable)."""
+def _record(item, j, out_dir, class_names, before, after, seconds, guidance):
+    """One manifest line (source paths relative to the split dir, so manifests are portable);
+    `guidance` is the item's outcome: guided, nonfinite, zero_gradient (kept unguided) or none."""
     path = item.output_path(out_dir, class_names)
-    return {"source": str(Path(item.source).relative_to(Path(item.source).parents[1])), "index": item.index, "k": item.k, "class": class_names[item.label],
+    return {"source": str(Path(item.source).relative_to(Path(item.source).parents[1])), "index": item.index,
+            "k": item.k, "class": class_names[item.label], "guidance": guidance,
             "path": str(path.relative_to(out_dir)), "seconds": round(seconds, 4),
             "energy_before": None if before is None else round(before[j], 6),
             "energy_after": None if after is None else round(after[j], 6)}
@@ -180,7 +270,8 @@ def summary_line(counters):
         before, after = np.array(counters["before"]), np.array(counters["after"])
         line += (f", energy {before.mean():.4f} -> {after.mean():.4f} "
                  f"(dropped for {100 * np.mean(after < before):.1f} % of the {len(before)} items measured)")
-    return line + f", non-finite energies {counters['nonfinite']}"
+    return line + (f", guidance lost (kept unguided): {counters['nonfinite']} non-finite, "
+                   f"{counters['zero_gradient']} all-zero gradients")
 
 
 def class_prompts(spec, classes, prompts="project", prompt_file=None):

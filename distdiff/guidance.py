@@ -81,6 +81,20 @@ def unit_prototypes(prototypes):
     return out
 
 
+# Per-item guidance outcome codes (the manifest spells them out with GUIDANCE_STATUS).
+GUIDED, NONFINITE, ZERO_GRADIENT = 0, 1, 2
+GUIDANCE_STATUS = {GUIDED: "guided", NONFINITE: "nonfinite", ZERO_GRADIENT: "zero_gradient"}
+# Loss scales tried in turn for half-precision backward passes: an O(1) energy spread over a
+# 512-px image gives per-pixel gradients near 1e-6, below fp16's smallest normal number (6e-5),
+# so unscaled they flush to zero. Rows whose scaled gradient overflows retry at the next scale.
+HALF_LOSS_SCALES = (2.0 ** 16, 2.0 ** 8, 1.0)
+
+
+def loss_scales(dtype):
+    """The loss scales to try for a backward pass through modules of `dtype` (fp32: none)."""
+    return HALF_LOSS_SCALES if dtype in (torch.float16, torch.bfloat16) else (1.0,)
+
+
 def finite_rows(*tensors):
     """Bool [B]: True where every tensor row is finite."""
     ok = torch.ones(len(tensors[0]), dtype=torch.bool, device=tensors[0].device)
@@ -89,44 +103,87 @@ def finite_rows(*tensors):
     return ok
 
 
+def nonzero_rows(*tensors):
+    """Bool [B]: True where some tensor has a non-zero entry in that row."""
+    return torch.stack([t.reshape(len(t), -1).ne(0).any(dim=1) for t in tensors]).any(dim=0)
+
+
+def guidance_status(values, grads):
+    """Per-item outcome [B]: GUIDED, NONFINITE (energy or gradient NaN/inf) or ZERO_GRADIENT
+    (every gradient entry exactly 0: underflowed, or an energy that does not depend on the input)."""
+    status = torch.full((len(values),), GUIDED, dtype=torch.long, device=values.device)
+    status[~nonzero_rows(*grads)] = ZERO_GRADIENT
+    status[~finite_rows(values, *grads)] = NONFINITE
+    return status
+
+
+def scaled_grad(energy_fn, inputs, dtype):
+    """(energy [B], fp32 gradients of its sum w.r.t. `inputs`, status [B]) with loss scaling for
+    half precision: the sum is multiplied by a power of two before the backward and the gradients
+    divided by it in fp32 (exact in binary floating point), retrying the rows that overflowed at
+    the next smaller scale."""
+    values, grads, status = None, None, None
+    for scale in loss_scales(dtype):
+        with torch.enable_grad():
+            leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
+            new_values = energy_fn(*leaves)
+            with stage("guidance_backward"):
+                new_grads = [g.float() / scale for g in torch.autograd.grad(new_values.sum() * scale, leaves)]
+        new_status = guidance_status(new_values.detach(), new_grads)
+        if values is None:
+            values, grads, status = new_values.detach(), new_grads, new_status
+        else:  # keep the new scale's result for the rows that overflowed at the larger one
+            retry = status == NONFINITE
+            values = torch.where(retry, new_values.detach(), values)
+            grads = [torch.where(retry.view(-1, *[1] * (g.dim() - 1)), n, g) for g, n in zip(grads, new_grads)]
+            status = torch.where(retry, new_status, status)
+        if not (status == NONFINITE).any():
+            break
+    return values, grads, status
+
+
 def project(z_new, z, radius):
     """Clamp z_new into the L-inf ball of `radius` around z (no-op when radius is None)."""
     if radius is None:
         return z_new
-    return torch.minimum(torch.maximum(z_new, z - radius), z + radius)
+    return torch.clamp(z_new, z - radius, z + radius)
 
 
-def keep_finite(new, fallback, ok):
-    """`new` where `ok`, else the unguided `fallback` (items whose energy or gradient was NaN/inf)."""
-    return torch.where(ok.view(-1, *([1] * (new.dim() - 1))), new, fallback)
+def keep_guided(new, fallback, status):
+    """`new` where the item was guided, else the unguided `fallback`."""
+    return torch.where((status == GUIDED).view(-1, *([1] * (new.dim() - 1))), new, fallback)
 
 
 def transform_step(z, lookahead_energy, a, b, step_size, radius):
-    """One transform-guidance application; returns (new latent, finite mask [B]).
+    """One transform-guidance application; returns (new latent, status [B]).
 
-    `lookahead_energy(z') -> [B]` runs the P-step look-ahead from the perturbed latent.
+    `lookahead_energy(z') -> [B]` runs the P-step look-ahead from the perturbed latent. a, b
+    and the update are fp32 whatever the latent's dtype (a gradient step of 1e-4 on a half-
+    precision a near 1 would round away); the perturbed latent is cast to the model's dtype.
     """
-    with torch.enable_grad():
-        a = a.detach().clone().requires_grad_(True)
-        b = b.detach().clone().requires_grad_(True)
-        values = lookahead_energy(z * (1 + a) + b)
-        with stage("guidance_backward"):
-            grad_a, grad_b = torch.autograd.grad(values.sum(), [a, b])
-    a, b = a - step_size * grad_a, b - step_size * grad_b
-    ok = finite_rows(values, grad_a, grad_b)
-    return keep_finite(project((z * (1 + a) + b).detach(), z, radius), z, ok), ok
+    z32 = z.float()
+
+    def energy_of(a, b):
+        return lookahead_energy((z32 * (1 + a) + b).to(z.dtype))
+
+    _, (grad_a, grad_b), status = scaled_grad(energy_of, [a.float(), b.float()], z.dtype)
+    a, b = a.float() - step_size * grad_a, b.float() - step_size * grad_b
+    guided = project(z32 * (1 + a) + b, z32, radius).to(z.dtype)
+    return keep_guided(guided, z, status), status
 
 
 def direct_step(z, step_energy, step_size):
-    """One direct-guidance step from z_t; returns (guided z_{t-1}, unguided z_{t-1}, finite mask).
+    """One direct-guidance step from z_t; returns (guided z_{t-1}, unguided z_{t-1}, status [B]).
 
     `step_energy(z_t) -> (z_{t-1}, energy [B])` runs one DDIM step and scores its x0.
     """
-    with torch.enable_grad():
-        z_var = z.detach().clone().requires_grad_(True)
-        prev, values = step_energy(z_var)
-        with stage("guidance_backward"):
-            (grad,) = torch.autograd.grad(values.sum(), [z_var])
-    prev = prev.detach()
-    ok = finite_rows(values, grad)
-    return keep_finite(prev - step_size * grad, prev, ok), prev, ok
+    outputs = {}
+
+    def energy_of(z_var):
+        outputs["prev"], values = step_energy(z_var.to(z.dtype))
+        return values
+
+    _, (grad,), status = scaled_grad(energy_of, [z.float()], z.dtype)
+    prev = outputs["prev"].detach()
+    guided = (prev.float() - step_size * grad).to(prev.dtype)
+    return keep_guided(guided, prev, status), prev, status

@@ -22,13 +22,17 @@ def add_threads_flag(parser, default=0, help="torch CPU threads (0 = torch's def
     return parser
 
 
-def add_runtime_flags(parser, seed=None, seed_help="random seed", precision_help=None, threads=0):
-    """--device, --threads and, when given defaults/help, --seed and --precision."""
+def add_runtime_flags(parser, seed=None, seed_help="random seed", precision_help=None, threads=0,
+                      precision_default="fp32"):
+    """--device, --threads and, when given defaults/help, --seed and --precision ('auto' among the
+    choices when it is the default: fp16 on CUDA, fp32 on the CPU)."""
     add = parser.add_argument
-    add("--device", default="auto", help="auto | cpu | cuda | cuda:<i> (auto: the GPU when there is one)")
+    add("--device", default="auto",
+        help="auto | cpu | cuda | cuda:<i> (auto: the GPU when there is one; the CPU only where no GPU exists)")
     add_threads_flag(parser, threads)
     if precision_help:
-        add("--precision", default="fp32", choices=PRECISIONS, help=_help(precision_help))
+        choices = PRECISIONS + (("auto",) if precision_default == "auto" else ())
+        add("--precision", default=precision_default, choices=choices, help=_help(precision_help))
     if seed is not None:
         add("--seed", type=int, default=seed, help=_help(seed_help))
     return parser
@@ -40,7 +44,10 @@ TRAIN_POSITIONALS = [("dataset", str), ("arch", str), ("lr", float), ("pretraine
 
 def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     """Flags of train_original.py and train_expand.py (the paper's recipe as defaults)."""
-    from distdiff import augment  # torchvision: only the training scripts pay for it
+    from distdiff import augment, datasets, engine  # torchvision, timm: only the training scripts pay for them
+
+    def auto_or_count(value):  # "auto" or an integer; the library rejects negatives in one line
+        return int(value) if value.strip().lstrip("-").isdigit() else value
 
     add_positional_twins(parser, positionals)
     add = parser.add_argument
@@ -50,7 +57,7 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("--lr", "--learning-rate", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
     add("--pretrained", type=str2bool, nargs="?", const=True, default=False,
         help="start from ImageNet weights (timm); True/False, or bare as in the authors' launchers")
-    add("--gpu", default=None, help="GPU index, the authors' positional; CPU when CUDA is absent")
+    add("--gpu", default=None, help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
     add("--epochs", type=int, default=100, help="training epochs")
     add("--batch_size", "--batch-size", "--train-batch-size", type=int, default=64, help="batch size")
     add("--momentum", type=float, default=0.9, help="Nesterov momentum")
@@ -66,10 +73,18 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
         help=_help("extra augmentation: " + augment.help_text()))
     add("--eval_batch_size", "--eval-batch-size", "--val-batch-size", type=int, default=64,
         help="batch size of the val/test passes (the authors' --val-batch-size 64)")
-    add("--workers", "-j", type=int, default=0, help="DataLoader workers (0 = main process)")
-    add("--cache_mb", "--cache-mb", type=int, default=512,
-        help="keep decoded, resized uint8 images in memory up to this many MB in all (training images "
-             "first); splits that do not fit are decoded every epoch")
+    add("--eval_every", "--eval-every", type=int, default=1,
+        help="run the val and test passes every N epochs (the last epoch always); summary.csv leaves the "
+             "other epochs' accuracies empty and results.json uses the evaluated epochs only")
+    add("--workers", "-j", type=auto_or_count, default="auto",
+        help="DataLoader worker processes (0 = the main process); auto: 0 on the CPU, on CUDA the cores "
+             f"this process may use, at most {engine.MAX_AUTO_WORKERS}")
+    add("--cache_mb", "--cache-mb", type=auto_or_count, default="auto",
+        help=_help("keep decoded, resized uint8 images in memory up to this many MB in all (training images "
+                   "first; 0 = no cache); splits that do not fit are decoded every epoch. auto: what the "
+                   f"splits need, at most {datasets.AUTO_CACHE_FRACTION:.0%} of the memory available at the start (MemAvailable, within "
+                   "the cgroup's limit) divided by $DISTDIFF_TRAIN_JOBS, the training processes that "
+                   "scripts/run_jobs.sh runs side by side"))
     add("--output", default="checkpoint", help="root of all run directories")
     add("--run_dir", "--checkpoint", default=None,
         help="this run's directory, instead of <output>/<dataset>/<arch>_..._lr<lr>/seed<N> (the authors' --checkpoint)")

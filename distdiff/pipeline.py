@@ -78,11 +78,29 @@ def load_pipeline(model, device, dtype=torch.float32, allow_shapes=False):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise DistDiffError(f"cannot load the diffusion model {model!r} from {folder} ({first})") from None
     # The paper samples with DDIM; SD-1.4 ships PNDM, so swap it keeping the noise schedule.
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = check_scheduler(DDIMScheduler.from_config(pipe.scheduler.config), model)
     pipe.set_progress_bar_config(disable=True)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False).eval()
     return pipe.to(device)
+
+
+# SD-1.4's values, which the DDIM update and the img2img start step assume: DDIM's own defaults
+# (clip_sample=True, steps_offset=0) would take effect silently if a config lacked the keys.
+SCHEDULER_EXPECTED = {"clip_sample": False, "steps_offset": 1}
+
+
+def check_scheduler(scheduler, model="the model"):
+    """The scheduler, after checking it is DDIM with SD-1.4's clip_sample and steps_offset."""
+    from diffusers import DDIMScheduler
+
+    if not isinstance(scheduler, DDIMScheduler):
+        raise DistDiffError(f"{model}: the sampler needs a DDIMScheduler, got {type(scheduler).__name__}")
+    wrong = {k: scheduler.config.get(k) for k, v in SCHEDULER_EXPECTED.items() if scheduler.config.get(k) != v}
+    if wrong:
+        raise DistDiffError(f"{model}: scheduler config {wrong} differs from SD-1.4's {SCHEDULER_EXPECTED}; fix "
+                            "scheduler/scheduler_config.json of the model folder")
+    return scheduler
 
 
 def speed_up(pipe, channels_last=False, compile_models=False):

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from distdiff import DistDiffError
 from distdiff.features import guide_features
-from distdiff.guidance import direct_step, energy, transform_step, unit_prototypes
+from distdiff.guidance import GUIDED, direct_step, energy, transform_step, unit_prototypes
 from distdiff.timing import stage
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class GuidedSampler:
         labels = labels.to(self.device)
         rows = torch.tensor([self.prompt_index[int(y)][d.prompt] for y, d in zip(labels, draws)], device=self.device)
         embeds = self.prompt_embeds[rows]
-        stats = {"energy_before": [], "energy_after": [], "nonfinite": 0}
+        stats = self.new_stats(len(draws))
         with torch.inference_mode():
             eps = torch.stack([d.latent_eps for d in draws]).to(self.device, self.dtype)
             noise = torch.stack([d.noise for d in draws]).to(self.device, self.dtype)
@@ -232,19 +232,24 @@ class GuidedSampler:
         """Decoded [-1, 1] images -> PIL images (the pipeline's own postprocessing)."""
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
-    def _report(self, ok, index, stats):
-        bad = int((~ok).sum())
-        if bad:
-            logger.warning("non-finite guidance energy for %d item(s) at step %d: kept unguided", bad, index)
-            stats["nonfinite"] += bad
+    def new_stats(self, batch):
+        """Per-batch statistics: energies per guidance application, and per item the guidance
+        outcome (guidance.GUIDED unless some application lost it: non-finite or all-zero gradient)."""
+        return {"energy_before": [], "energy_after": [],
+                "status": torch.full((batch,), GUIDED, dtype=torch.long, device=self.device)}
+
+    @staticmethod
+    def _report(status, stats):
+        """Keep each item's worst guidance outcome over the applications."""
+        stats["status"] = torch.maximum(stats["status"], status)
 
     def _transform(self, latents, index, embeds, labels, draws, stats, record):
         """Transform guidance at `index`. With `record`, the look-ahead energy of the unguided
         latent and of the guided one (the same estimator the step lowers)."""
         cfg = self.guidance_cfg
         application = self.guidance_at.index(index)
-        a = torch.stack([d.a[application] for d in draws]).to(self.device, self.dtype)
-        b = torch.stack([d.b[application] for d in draws]).to(self.device, self.dtype)
+        a = torch.stack([d.a[application] for d in draws]).to(self.device)  # fp32: the guidance's own variables
+        b = torch.stack([d.b[application] for d in draws]).to(self.device)
 
         def lookahead(z):
             return self.lookahead_energy(z, index, embeds, labels)
@@ -253,11 +258,11 @@ class GuidedSampler:
             with stage("energy_measurement"):
                 stats["energy_before"].append(lookahead(latents).float().cpu())
         with stage("guidance_step"):
-            new_latents, ok = transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius)
+            new_latents, status = transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius)
         if record:
             with stage("energy_measurement"):
                 stats["energy_after"].append(lookahead(new_latents).float().cpu())
-        self._report(ok, index, stats)
+        self._report(status, stats)
         return new_latents
 
     def _direct(self, latents, index, embeds, labels, stats, record):
@@ -271,8 +276,8 @@ class GuidedSampler:
             return out.prev_sample, self.image_energy(out.pred_original_sample, labels)
 
         with stage("guidance_step"):
-            guided, unguided, ok = direct_step(latents, step_energy, cfg.step_size)
-        self._report(ok, index, stats)
+            guided, unguided, status = direct_step(latents, step_energy, cfg.step_size)
+        self._report(status, stats)
         if record:
             with stage("energy_measurement"):
                 self._unguided = unguided if index == self.guidance_at[0] else \

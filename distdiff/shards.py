@@ -1,9 +1,13 @@
 """The expansion work list, its split into shards, atomic image writes and manifests.
 
 Items are (source index i, copy k), ordered by source then copy. They are cut into fixed
-blocks of `batch_size` consecutive items and block b belongs to shard b % N. A block is always
-sampled whole, so its batch composition, and hence every output byte, is the same whether one
-shard or many run it, and whether or not it was interrupted before.
+blocks of BLOCK_ITEMS consecutive items and block b belongs to shard b % N, whatever the batch
+size, so shards running with different batch sizes (`--batch_size auto` depends on each GPU's
+free memory) still split the work exactly. A shard samples its items in batches cut from its
+own item list; a batch is always sampled whole. So with the same batch size every output byte
+is the same after any interruption, and with a batch size that divides BLOCK_ITEMS also for any
+shard count; other batch sizes change images only at float-rounding level (batched kernels
+round differently), which is why the batch size never locks an output folder.
 """
 import hashlib
 import json
@@ -61,14 +65,24 @@ def work_items(samples, ratio, limit=None, first_copy=0):
             for i in select_sources(samples, limit) for k in range(first_copy, ratio)]
 
 
-def blocks(items, batch_size):
+BLOCK_ITEMS = 8  # the unit of shard ownership (and the CPU batch size, so CPU runs keep their bytes)
+
+
+def blocks(items, size=BLOCK_ITEMS):
     """Consecutive fixed-size blocks of the work list."""
-    return [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+    return [items[s:s + size] for s in range(0, len(items), size)]
 
 
 def shard_blocks(all_blocks, split, total_split):
     """The blocks owned by shard `split` of `total_split` (round robin), with block ids."""
     return [(b, block) for b, block in enumerate(all_blocks) if b % total_split == split]
+
+
+def shard_batches(items, split, total_split, batch_size):
+    """The batches of shard `split`: its owned items, in order, cut into `batch_size` pieces, each
+    with the id of the block its first item belongs to."""
+    mine = [(b, item) for b, block in shard_blocks(blocks(items), split, total_split) for item in block]
+    return [(mine[s][0], [item for _, item in mine[s:s + batch_size]]) for s in range(0, len(mine), batch_size)]
 
 
 def resolve_shard(split=None, total_split=None, env=None):
@@ -144,11 +158,11 @@ def missing_items(items, out_dir, class_names):
     return [it for it in items if not it.output_path(out_dir, class_names).is_file()]
 
 
-def verify_report(items, out_dir, class_names, batch_size, total_split):
+def verify_report(items, out_dir, class_names, total_split):
     """(missing count, per-class missing counts, shard ids that own missing items)."""
     missing = set(missing_items(items, out_dir, class_names))
     per_class, shards = {}, set()
-    for b, block in enumerate(blocks(items, batch_size)):
+    for b, block in enumerate(blocks(items)):
         for item in block:
             if item in missing:
                 per_class[class_names[item.label]] = per_class.get(class_names[item.label], 0) + 1

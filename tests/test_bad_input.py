@@ -62,8 +62,13 @@ def test_corrupt_image_names_the_file(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_gpu(tmp_path):
     root = make_tree(tmp_path / "tree")
-    with pytest.raises(DistDiffError, match="--device cuda .*no CUDA GPU.*--device cpu"):
+    with pytest.raises(DistDiffError, match=r"--device cuda asks for a GPU but torch cannot use CUDA here "
+                                             r"\(torch .*, CUDA build .*\).*--device cpu"):
         train(f"folder:{root}", *TINY, "--device", "cuda", "--output", tmp_path / "out")
+    # The seed README's positional GPU index is the same error, not a quiet CPU run.
+    with pytest.raises(DistDiffError, match="GPU index 0 .*asks for a GPU"):
+        train(f"folder:{root}", "resnet_small", "0.1", "False", "0", *TINY, "--output", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_folder_dataset_trains_on_a_temp_tree_and_selects_on_its_val(tmp_path):

@@ -54,7 +54,7 @@ def setup(tmp_path_factory):
 
 def expand_args(setup, out, *extra, batch=4):
     return ["--dataset", f"folder:{setup['tree']}", "--model", setup["pipe"], "--guide_ckpt", setup["guide"],
-            "--out", out, "--expand_ratio", "2", "--num_steps", "10", "--guidance_step", "4",
+            "--out", out, "--expand_ratio", "4", "--num_steps", "10", "--guidance_step", "4",
             "--batch_size", str(batch), "--threads", "1", "--record_energy", "1", *extra]
 
 
@@ -81,11 +81,11 @@ def reference(setup):
 
 def test_outputs_layout_and_summary(reference):
     files = reference["files"]
-    assert len(files) == 2 * 3 * 2
+    assert len(files) == 2 * 3 * 4  # 24 items: 3 ownership blocks of 8, one per shard below
     assert "disc/disc0_expand_0.png" in files and "ring/ring2_expand_1.png" in files
     for name in ("args.yaml", "log.txt", "prototypes.npz", "manifest_shard0.jsonl"):
         assert (reference["out"] / name).is_file(), name
-    assert "written 12, skipped 0" in reference["log"] and "images/s" in reference["log"]
+    assert "written 24, skipped 0" in reference["log"] and "images/s" in reference["log"]
     img = Image.open(reference["out"] / "disc" / "disc0_expand_0.png")
     assert img.size == (16, 16) and img.mode == "RGB"  # the tiny pipeline's native size
 
@@ -126,7 +126,7 @@ def test_sigkill_then_rerun_gives_identical_files(setup, reference):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < len(list(out.rglob("*.png"))) < 12, "killed too early or too late"
+    assert 0 < len(list(out.rglob("*.png"))) < 24, "killed too early or too late"
     expand(setup, out)
     assert "skipped" in (out / "log.txt").read_text()
     assert png_bytes(out) == reference["files"]
@@ -177,7 +177,7 @@ def test_radius_zero_reproduces_guidance_none_byte_for_byte(setup, reference):
     expand(setup, none, "--guidance", "none")
     expand(setup, zero, "--radius", "0")
     records = manifest(none)
-    assert len(records) == 12 and all(r["energy_before"] is None for r in records)
+    assert len(records) == 24 and all(r["guidance"] == "none" and r["energy_before"] is None for r in records)
     assert png_bytes(zero) == png_bytes(none)
     assert png_bytes(none) != reference["files"]  # and the default radius does change them
 
@@ -185,9 +185,9 @@ def test_radius_zero_reproduces_guidance_none_byte_for_byte(setup, reference):
 @pytest.mark.slow
 def test_energy_is_measured_on_every_nth_block_and_never_changes_an_image(setup, reference):
     out = setup["root"] / "sampled"
-    expand(setup, out, "--record_energy", "2", batch=2)  # 12 items in 6 blocks: blocks 0, 2, 4 measured
+    expand(setup, out, "--record_energy", "2", batch=2)  # 24 items, blocks of 8: blocks 0 and 2 measured
     measured = [r["index"] for r in manifest(out) if r["energy_before"] is not None]
-    assert len(measured) == 6 and len(manifest(out)) == 12
+    assert len(measured) == 16 and len(manifest(out)) == 24
     assert max(max_pixel_diffs(out, reference)) <= 2  # batch 2 vs 4: float rounding only
     off = setup["root"] / "off"
     expand(setup, off, "--record_energy", "False", batch=2)

@@ -56,7 +56,7 @@ def test_preset_authors_sets_their_values_and_command_line_flags_win():
         ("agglomerative", 3, False, True)
     assert (args.guide_input, args.framing, args.shared_posterior, args.start_rule, args.prompts) == \
         ("authors", "random", True, "authors", "authors")
-    assert args.precision == ("fp16" if torch.cuda.is_available() else "fp32")
+    assert args.precision == "auto"  # fp16 on CUDA, as theirs (distdiff.devices.resolve_precision)
     assert parse("--dataset", "digits", "--preset", "authors", "--guidance", "direct").normalize_features  # theirs
     assert parse("--dataset", "digits", "--preset", "authors", "--cluster", "kmeans").cluster == "kmeans"
     project = parse("--dataset", "digits")
@@ -124,7 +124,7 @@ def test_transform_guidance_equals_the_authors_update(samplers):
     index = sampler.guidance_at[0]
     embeds = sampler.prompt_embeds[[sampler.prompt_index[label][0]]]
     draws = [SimpleNamespace(a=a, b=b)]
-    ours = sampler._transform(z.clone(), index, embeds, torch.tensor([label]), draws, {"nonfinite": 0}, False)
+    ours = sampler._transform(z.clone(), index, embeds, torch.tensor([label]), draws, sampler.new_stats(1), False)
     # Theirs: perturb, P=2 look-ahead steps with CFG, raw features, average over P, one gradient
     # step of rho on (a, b), transform z, clamp to the L-inf ball of 0.2 around z.
     a_var, b_var = a.clone().requires_grad_(), b.clone().requires_grad_()
@@ -147,7 +147,7 @@ def test_direct_guidance_equals_the_authors_update(samplers):
     embeds = sampler.prompt_embeds[[sampler.prompt_index[label][0]]]
     ours = z.clone()
     for index in sampler.guidance_at:  # both guided indices, as the sampler's loop does
-        ours = sampler._direct(ours.clone(), index, embeds, torch.tensor([label]), {"nonfinite": 0}, False)
+        ours = sampler._direct(ours.clone(), index, embeds, torch.tensor([label]), sampler.new_stats(1), False)
     # Theirs, at each of the P=2 timesteps: one step with CFG, unit features, energy not divided by
     # P, gradient with respect to z_t subtracted (rho = 10) from z_{t-1}, no projection.
     theirs = z.clone()

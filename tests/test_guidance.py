@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distdiff import DistDiffError
-from distdiff.guidance import GuidanceConfig, direct_step, energy, project, transform_step, unit_prototypes
+from distdiff.guidance import GUIDED, NONFINITE, GuidanceConfig, direct_step, energy, project, transform_step, unit_prototypes
 from distdiff.prototypes import compute_prototypes, load_prototypes, save_prototypes
 from distdiff.shards import blocks, resolve_shard, select_sources, shard_blocks, work_items
 
@@ -53,11 +53,11 @@ def test_transform_step_lowers_the_energy_and_respects_the_radius():
     lookahead = lambda latents: (latents ** 2).flatten(1).sum(1)  # noqa: E731
     a0, b0 = torch.rand(3, 4, 1, 1), torch.randn(3, 4, 1, 1)
     # One step on (a, b) lowers the energy of the perturbed latent z (1 + a) + b.
-    new, ok = transform_step(z, lookahead, a0, b0, step_size=0.01, radius=None)
-    assert ok.all() and (lookahead(new) < lookahead(z * (1 + a0) + b0)).all()
+    new, status = transform_step(z, lookahead, a0, b0, step_size=0.01, radius=None)
+    assert (status == GUIDED).all() and (lookahead(new) < lookahead(z * (1 + a0) + b0)).all()
     # The projection bounds the move from the unguided z (and binds at rho = 10).
-    new, ok = transform_step(z, lookahead, a0, b0, step_size=10.0, radius=0.2)
-    assert ok.all() and 0.19 < (new - z).abs().max() <= 0.2 + 1e-6
+    new, status = transform_step(z, lookahead, a0, b0, step_size=10.0, radius=0.2)
+    assert (status == GUIDED).all() and 0.19 < (new - z).abs().max() <= 0.2 + 1e-6
 
 
 def test_direct_step_moves_the_next_latent_by_the_gradient_at_this_one():
@@ -66,8 +66,8 @@ def test_direct_step_moves_the_next_latent_by_the_gradient_at_this_one():
 
     def step_energy(latents):  # a stand-in DDIM step (z_prev = z / 2) and a quadratic energy of z
         return latents / 2, (latents ** 2).flatten(1).sum(1)
-    guided, unguided, ok = direct_step(z, step_energy, step_size=0.1)
-    assert ok.all() and torch.allclose(unguided, z / 2)
+    guided, unguided, status = direct_step(z, step_energy, step_size=0.1)
+    assert (status == GUIDED).all() and torch.allclose(unguided, z / 2)
     assert torch.allclose(guided, z / 2 - 0.1 * 2 * z)  # z_{t-1} - rho * dE/dz_t, no projection
 
 
@@ -77,8 +77,8 @@ def test_nonfinite_energy_keeps_unguided_latent():
     def lookahead(latents):
         e = (latents ** 2).flatten(1).sum(1)
         return torch.stack([e[0], e[1] * float("nan")])
-    new, ok = transform_step(z, lookahead, torch.rand(2, 4, 1, 1), torch.randn(2, 4, 1, 1), 10.0, 0.2)
-    assert ok.tolist() == [True, False]
+    new, status = transform_step(z, lookahead, torch.rand(2, 4, 1, 1), torch.randn(2, 4, 1, 1), 10.0, 0.2)
+    assert status.tolist() == [GUIDED, NONFINITE]
     assert torch.equal(new[1], z[1]) and not torch.equal(new[0], z[0])
 
 
@@ -107,6 +107,7 @@ def test_shards_partition_the_blocks_and_limit_covers_classes():
     samples = [(f"c{c}/{i}.png", c) for c in range(3) for i in range(4)]
     items = work_items(samples, ratio=2)
     all_blocks = blocks(items, 5)
+    assert blocks(items) == blocks(items, 8)  # ownership blocks of 8 items by default
     owned = [b for s in range(3) for b, _ in shard_blocks(all_blocks, s, 3)]
     assert sorted(owned) == list(range(len(all_blocks)))
     assert {samples[i][1] for i in select_sources(samples, limit=3)} == {0, 1, 2}

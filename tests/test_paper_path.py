@@ -5,7 +5,8 @@ Stand-ins with the real shapes replace the downloads: a tiny pipeline in CompVis
 v1-4's layout inside a temporary Hugging Face cache under that repo id, and a folder with the
 Caltech-101 download's layout (distdiff/rehearsal.py). Only size knobs are added to the commands:
 --shots 2 (prepare), --epochs 1 (training), a source limit, batch size and 2 shards
-(expansion), and SEEDS (retraining).
+(expansion), and SEEDS (retraining); and --device cpu, because the GPU index the commands pass is
+an error on a machine without CUDA (never a silent CPU run).
 """
 import dataclasses
 import json
@@ -58,7 +59,7 @@ def prepared(paper):
 
 @pytest.fixture(scope="module")
 def guide(paper, prepared):
-    return paper["run"]("python train_original.py caltech-101 resnet50 0.1 False 0 --epochs 1")
+    return paper["run"]("python train_original.py caltech-101 resnet50 0.1 False 0 --epochs 1 --device cpu")
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +67,13 @@ def expanded(paper, guide):
     # The authors' launcher, shards started together, 5 copies per source image; 2 shards (not
     # the launcher's 4) because each process pays the imports on one of the 2 cores.
     shards = " & ".join(f"sh scripts/exps/expand_diff.sh 5 0 {s}" for s in range(2))
-    return paper["run"](f"{shards} & wait", TOTAL_SPLIT="2", EXTRA="--limit 2 --batch_size 2")
+    return paper["run"](f"{shards} & wait", TOTAL_SPLIT="2", EXTRA="--limit 2 --batch_size 2 --device cpu")
 
 
 @pytest.fixture(scope="module")
 def retrained(paper, expanded):
     return paper["run"]("sh scripts/exps/train_expand.sh caltech-101 resnet50 0.1 distdiff_x5 False 0",
-                        SEEDS="1", EXTRA="--epochs 1")
+                        SEEDS="1", EXTRA="--epochs 1 --device cpu")
 
 
 def test_prepare_writes_100_class_layout_without_background_or_faces_easy(paper, prepared):
