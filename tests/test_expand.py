@@ -199,6 +199,61 @@ def test_changed_settings_in_same_out_dir_are_refused(setup, reference):
         expand(setup, reference["out"], "--strength", "0.7")
 
 
+def test_a_new_batch_size_resumes_the_same_out_dir(setup, reference):
+    """Execution settings never lock an output dir: after a shard ran at batch 4, the whole run
+    resumes at batch 2 (e.g. after an out-of-memory error), with the same images up to rounding."""
+    out = setup["root"] / "rebatched"
+    expand(setup, out, "--split", "1", "--total_split", "3")
+    expand(setup, out, "--channels_last", "True", batch=2)
+    assert "written 16, skipped 8" in (out / "log.txt").read_text()
+    assert max(max_pixel_diffs(out, reference)) <= 2
+    assert expand(setup, out, "--verify", batch="auto") == 0
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_images(setup, reference, monkeypatch):
+    from distdiff.sampler import GuidedSampler
+
+    sample, sizes = GuidedSampler.sample, []
+
+    def sample_or_oom(self, mean, std, labels, draws, record=None):
+        sizes.append(len(draws))
+        if len(draws) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return sample(self, mean, std, labels, draws, record)
+    monkeypatch.setattr(GuidedSampler, "sample", sample_or_oom)
+    out = setup["root"] / "oom"
+    expand(setup, out)
+    log = (out / "log.txt").read_text()
+    assert "batch size halved to 2" in log and "batch size halved to 1" in log
+    assert sizes[:3] == [4, 2, 1] and set(sizes[3:]) == {1}  # halved once for the rest of the run
+    assert max(max_pixel_diffs(out, reference)) <= 2
+    monkeypatch.setattr(GuidedSampler, "sample", lambda *a, **k: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory.")))
+    with pytest.raises(DistDiffError, match="out of memory at batch size 1"):
+        expand(setup, setup["root"] / "oom1")
+
+
+def test_a_vanished_guidance_gradient_stops_the_run_unless_allowed(setup, monkeypatch, capsys):
+    """An energy whose gradient is exactly zero (as an fp16 underflow leaves it) is not a guidance
+    step: the run stops before writing the batch; with --allow_unguided the items are kept
+    unguided (the same bytes as --guidance none) and marked in the manifest."""
+    from distdiff.sampler import GuidedSampler
+
+    energy = GuidedSampler.image_energy
+    monkeypatch.setattr(GuidedSampler, "image_energy", lambda self, x0, labels: energy(self, x0, labels).detach() + 0 * x0.sum())
+    out = setup["root"] / "zero_grad"
+    with pytest.raises(DistDiffError, match=r"guidance lost for 4 of 4 items of block 0 \(0 non-finite, 4 all-zero "
+                                            r"gradients\); nothing of this batch was written"):
+        expand(setup, out, "--expand_ratio", "2")
+    assert not list(out.rglob("*.png")) and not manifest(out)
+    expand(setup, out, "--expand_ratio", "2", "--allow_unguided")
+    assert {r["guidance"] for r in manifest(out)} == {"zero_gradient"} and len(manifest(out)) == 12
+    assert "guidance lost (kept unguided): 0 non-finite, 12 all-zero gradients" in (out / "log.txt").read_text()
+    none = setup["root"] / "zero_grad_none"
+    expand(setup, none, "--expand_ratio", "2", "--guidance", "none")
+    assert png_bytes(out) == png_bytes(none)
+
+
 # ---------------------------------------------------------------------------
 # Bad inputs: refused before any heavy work, nothing written
 # ---------------------------------------------------------------------------

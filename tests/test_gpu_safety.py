@@ -45,3 +45,100 @@ def test_precision_auto_is_fp32_on_cpu_and_half_needs_cuda():
     assert devices.resolve_precision("auto", torch.device("cuda", 0)) == "fp16"
     with pytest.raises(DistDiffError, match="--precision fp16 needs --device cuda"):
         devices.pipeline_dtype("fp16", cpu)
+
+
+# -- guarded half-precision guidance ------------------------------------------------------------
+
+def half_dtype():
+    """fp16 where this CPU has fp16 convolutions, else bf16."""
+    try:
+        torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3, dtype=torch.float16), torch.ones(1, 1, 1, 1, dtype=torch.float16))
+        return torch.float16
+    except RuntimeError:
+        return torch.bfloat16
+
+
+def decoder_energy(dtype, weight=1.0):
+    """A small decoder-shaped network (latent 4x32x32 -> image 3x256x256) in `dtype`, scored in fp32
+    as the sampler does (the guide runs in fp32): the energy of the transform's (a, b)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.SiLU(), torch.nn.Upsample(scale_factor=8),
+                              torch.nn.Conv2d(16, 3, 3, padding=1)).to(dtype).requires_grad_(False)
+    z, target = torch.randn(2, 4, 32, 32), torch.randn(3)
+
+    def energy(a, b):
+        features = net((z * (1 + a) + b).to(dtype)).float().mean(dim=(2, 3))
+        return weight * (torch.nn.functional.normalize(features, dim=1) - target).norm(dim=1)
+    return energy
+
+
+def test_scaled_half_gradient_matches_fp32_where_the_unscaled_one_vanishes(monkeypatch):
+    from distdiff import guidance
+
+    dtype = half_dtype()
+    a, b = torch.rand(2, 4, 1, 1), torch.randn(2, 4, 1, 1)
+    # A small energy weight puts the per-pixel gradients below half precision's range, as an O(1)
+    # energy over a 512-px image does at SD scale.
+    _, reference, status = guidance.scaled_grad(decoder_energy(torch.float32, 1e-4), [a, b], torch.float32)
+    assert (status == guidance.GUIDED).all()
+    _, scaled, status = guidance.scaled_grad(decoder_energy(dtype, 1e-4), [a, b], dtype)
+    assert (status == guidance.GUIDED).all()
+    flat = lambda grads: torch.cat([g.flatten() for g in grads])  # noqa: E731
+    assert torch.nn.functional.cosine_similarity(flat(scaled), flat(reference), dim=0) > 0.99
+    assert 0.9 < flat(scaled).norm() / flat(reference).norm() < 1.1
+    if dtype == torch.float16:  # bf16 has fp32's exponent range: nothing underflows unscaled
+        monkeypatch.setattr(guidance, "HALF_LOSS_SCALES", (1.0,))
+        _, unscaled, status = guidance.scaled_grad(decoder_energy(dtype, 1e-4), [a, b], dtype)
+        assert (status == guidance.ZERO_GRADIENT).all() and flat(unscaled).abs().max() == 0
+
+
+def test_an_overflowing_scale_is_retried_smaller_per_item():
+    from distdiff import guidance
+
+    calls = []
+
+    def energy(x):  # item 0's scaled gradient overflows fp32 at the first scale only
+        calls.append(1)
+        values = (x ** 2).flatten(1).sum(1)
+        return values * torch.tensor([1e300 if len(calls) == 1 else 1.0, 1.0], dtype=torch.float64)
+    x = torch.ones(2, 3, dtype=torch.float64)
+    values, (grad,), status = guidance.scaled_grad(energy, [x], torch.float16)
+    assert len(calls) == 2 and status.tolist() == [guidance.GUIDED, guidance.GUIDED]
+    assert torch.allclose(grad.double(), 2 * x)
+
+
+# -- memory model ----------------------------------------------------------------------------------
+
+def test_memory_model_halves_in_fp16_and_plans_checkpointing_only_when_needed():
+    from distdiff import memory
+    from models.classifiers import create_classifier
+    from models.sd_shapes import build_shape
+
+    parts = build_shape("sd14", device="meta")
+    with torch.device("meta"):
+        guide = create_classifier("resnet50", 100, False).eval().requires_grad_(False)
+    per_dtype = {}
+    for dtype in (torch.float32, torch.float16):
+        unet, vae = parts["unet"].to(dtype).requires_grad_(False), parts["vae"].to(dtype).requires_grad_(False)
+        per_dtype[dtype] = memory.image_memory(memory.count_lookahead(unet, vae, guide, 64, 77, 768, 224, 2, dtype))
+    fp32, fp16 = per_dtype[torch.float32], per_dtype[torch.float16]
+    assert fp32.plain > fp32.checkpointed > fp32.unguided > 0
+    assert 0.45 < fp16.plain / fp32.plain < 0.6  # the guide stays fp32, the rest halves
+    gib = memory.GIB
+    assert memory.plan_batch(80 * gib, fp16, guided=True) == (memory.largest_batch(80 * gib, fp16.plain), False)
+    tight = memory.RESERVE_BYTES + (fp16.plain - 1) * memory.FRAGMENTATION  # one plain image does not fit
+    assert memory.plan_batch(tight, fp16, guided=True) == (memory.largest_batch(tight, fp16.checkpointed), True)
+    assert memory.plan_batch(memory.RESERVE_BYTES, fp16, guided=True)[0] == 0
+    assert memory.plan_batch(80 * gib, fp16, guided=False)[0] > memory.plan_batch(80 * gib, fp16, guided=True)[0]
+
+
+def test_scheduler_must_be_ddim_with_sd14_values():
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    from distdiff.pipeline import check_scheduler
+
+    assert check_scheduler(DDIMScheduler(clip_sample=False, steps_offset=1))
+    with pytest.raises(DistDiffError, match="clip_sample.*steps_offset.*differs from SD-1.4"):
+        check_scheduler(DDIMScheduler())  # DDIM's own defaults: clip_sample=True, steps_offset=0
+    with pytest.raises(DistDiffError, match="needs a DDIMScheduler, got PNDMScheduler"):
+        check_scheduler(PNDMScheduler())
