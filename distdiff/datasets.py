@@ -1,6 +1,7 @@
 """Image loading: the paper's transforms and ImageFolder splits with clear errors (the registry of
 names, roots and prompts is distdiff/registry.py)."""
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -115,23 +116,121 @@ class Preloaded(torch.utils.data.Dataset):
         return self.tail(self.images[index]), self.targets[index]
 
 
+# ---------------------------------------------------------------------------
+# The decoded-image cache and its budget (--cache_mb)
+# ---------------------------------------------------------------------------
+
+# --cache_mb auto: at most this fraction of the memory available when the run starts, divided
+# among the training processes that a launcher runs side by side. The rest stays for the model,
+# the DataLoader workers and the other processes.
+AUTO_CACHE_FRACTION = 0.25
+FALLBACK_CACHE_MB = 512  # auto where the available memory cannot be read
+
+
+def parse_cache_mb(value):
+    """--cache_mb as "auto" or a whole number of MB >= 0; anything else is a one-line error."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise DistDiffError(f"--cache_mb {value!r}: use auto or a number of MB >= 0 (0 = no cache)")
+
+
+def _cgroup_memory_left():
+    """Bytes left under this process's cgroup memory limit (containers, SLURM jobs), counting the
+    inactive page cache as free since the kernel reclaims it; None without a limit."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            roots, names = ["/sys/fs/cgroup"], ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):  # cgroup v1
+            roots, names = ["/sys/fs/cgroup/memory"], ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                       "total_inactive_file")
+        else:
+            continue
+        for folder in (Path(roots[0] + path), Path(roots[0])):  # own cgroup, or a namespaced root
+            try:
+                limit = (folder / names[0]).read_text().strip()
+                used = int((folder / names[1]).read_text())
+                stat = dict(row.split() for row in (folder / "memory.stat").read_text().splitlines())
+            except (OSError, ValueError):
+                continue
+            if not limit.isdigit():  # "max": no limit
+                return None
+            return int(limit) - used + int(stat.get(names[2], 0))
+    return None
+
+
+def available_memory():
+    """Bytes this process can still fill: MemAvailable from /proc/meminfo (os.sysconf's free pages
+    where there is none), lowered to what its cgroup's limit leaves; None when unknown."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            pass
+    cgroup = _cgroup_memory_left()
+    if cgroup is not None:
+        available = cgroup if available is None else min(available, cgroup)
+    return available
+
+
+def cache_budget_mb(cache_mb, need_bytes, available_bytes, processes=1):
+    """(MB, reason): the cache budget for --cache_mb and the sentence that explains it.
+
+    An explicit number is used as given. "auto" is what the splits need, capped at
+    AUTO_CACHE_FRACTION of `available_bytes` divided among `processes`; FALLBACK_CACHE_MB when
+    the available memory is unknown.
+    """
+    cache_mb = parse_cache_mb(cache_mb)
+    need_mb = -(-need_bytes >> 20)  # rounded up
+    need = f"the splits need ~{need_mb} MB decoded"
+    if cache_mb != "auto":
+        return cache_mb, f"{need}; --cache_mb {cache_mb}"
+    if available_bytes is None:
+        return FALLBACK_CACHE_MB, f"{need}; --cache_mb auto: {FALLBACK_CACHE_MB} MB (available memory unknown)"
+    cap_mb = int(available_bytes * AUTO_CACHE_FRACTION / max(1, processes)) >> 20
+    share = f"{AUTO_CACHE_FRACTION:.0%} of {available_bytes >> 20} MB available" + (
+        f" / {processes} training processes" if processes > 1 else "")
+    if need_mb <= cap_mb:
+        return need_mb, f"{need}; --cache_mb auto: all of it (at most {share} = {cap_mb} MB)"
+    return cap_mb, f"{need}; --cache_mb auto: {cap_mb} MB = {share}"
+
+
+def estimate_cache_bytes(folder, head, probes=5):
+    """Bytes that the uint8 outputs of `head` take for every image of `folder`, estimated from up
+    to `probes` images spread over the folder (exact for centre-cropped evaluation splits,
+    approximate for resized training images of varying aspect ratio)."""
+    step = max(1, len(folder) // probes)
+    sizes = [_nbytes(head(folder.loader(path))) for path, _ in folder.samples[::step][:probes]]
+    return int(sum(sizes) / len(sizes) * len(folder))
+
+
+def _nbytes(tensor):
+    return tensor.numel() * tensor.element_size()
+
+
 class CacheBudget:
     """Bytes left for in-memory image caches; splits that do not fit are decoded per access."""
 
     def __init__(self, megabytes):
         self.left = int(megabytes) << 20
 
-    def preload(self, folder, head, tail):
-        """Preloaded(folder, head, tail) if its uint8 images fit the remaining budget, else the
-        folder itself with the composed transform (the same items, decoded on every access).
-
-        The size is estimated from the first image (exact for centre-cropped evaluation splits,
-        approximate for resized training images of varying aspect ratio).
-        """
-        probe = head(folder.loader(folder.samples[0][0]))
-        need = probe.numel() * probe.element_size() * len(folder)
+    def preload(self, folder, head, tail, need=None):
+        """Preloaded(folder, head, tail) if its uint8 images (`need` bytes; estimated when None)
+        fit the remaining budget, else the folder itself with the composed transform (the same
+        items, decoded on every access)."""
+        need = estimate_cache_bytes(folder, head) if need is None else need
         if need > self.left:
-            logger.info("%s: %d images need ~%d MB in memory (%d MB of --cache_mb left); decoding "
+            logger.info("%s: %d images need ~%d MB in memory (%d MB of the cache budget left); decoding "
                         "them every epoch instead", folder.root, len(folder), need >> 20, self.left >> 20)
             folder.transform = v2.Compose([head, tail])
             return folder

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -41,11 +42,54 @@ def read_results(run_dir):
 # Building blocks
 # ---------------------------------------------------------------------------
 
-def make_loader(dataset, batch_size, shuffle, workers, seed=0):
-    """DataLoader whose shuffling order depends only on `seed` (set per epoch for resume)."""
+# "auto" workers on CUDA stop at 8: more rarely speeds up one GPU at 224 px, and every worker
+# holds its own copy of the dataset object.
+MAX_AUTO_WORKERS = 8
+
+
+def available_cores():
+    """CPU cores this process may run on (its affinity mask: taskset, SLURM cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity outside Linux
+        return os.cpu_count() or 1
+
+
+def parse_workers(value):
+    """--workers as "auto" or a whole number >= 0; anything else is a one-line error."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise DistDiffError(f"--workers {value!r}: use auto or a number of DataLoader processes >= 0 "
+                        "(0 = the main process)")
+
+
+def loader_workers(workers, device_type, cores=None):
+    """DataLoader worker processes for --workers on a device of type `device_type`.
+
+    "auto" is 0 (the main process) on the CPU, where workers would only compete with the
+    training threads for the same cores, and min(available cores, MAX_AUTO_WORKERS) on CUDA,
+    so that decoding and augmentation overlap with the GPU's work. A number is used as given.
+    """
+    workers = parse_workers(workers)
+    if workers != "auto":
+        return workers
+    return min(cores or available_cores(), MAX_AUTO_WORKERS) if device_type == "cuda" else 0
+
+
+def make_loader(dataset, batch_size, shuffle, workers, seed=0, pin_memory=False, persistent=False):
+    """DataLoader whose shuffling order depends only on `seed` (set per epoch for resume).
+
+    With workers > 0 the augmentation draws come from the workers' RNGs, which DataLoader seeds
+    from `seed`'s generator when the loader is iterated, so they too depend only on `seed` and
+    the worker count. `pin_memory` lets `.to(device, non_blocking=True)` copy asynchronously;
+    `persistent` keeps the worker pool between passes (for loaders with no random draws).
+    """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=generator, drop_last=False, persistent_workers=False)
+                      generator=generator, drop_last=False, pin_memory=pin_memory,
+                      persistent_workers=persistent and workers > 0)
 
 
 def build_optimizer(model, lr, momentum=0.9, weight_decay=1e-4):
@@ -100,7 +144,7 @@ def evaluate(model, loader, device, amp_dtype=None):
     model.eval()
     correct, seen = 0, 0
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             correct += (model(images).argmax(1) == labels).sum().item()
         seen += len(labels)
@@ -122,19 +166,21 @@ def write_summary(run_dir, history):
 
 
 def summarize(history, seed, n_train, seconds):
-    """results.json fields from the per-epoch history.
+    """results.json fields from the per-epoch history, over the evaluated epochs only (rows
+    that --eval_every skipped have test_acc None).
 
     best_acc is the paper's number (best test accuracy over epochs, i.e. selected on test);
     last_acc and test_at_best_val are the honest ones.
     """
-    test = [row["test_acc"] for row in history]
-    results = {"best_acc": max(test), "last_acc": test[-1], "epochs": len(history), "seed": seed,
-               "n_train": n_train, "best_epoch": int(np.argmax(test)) + 1, "seconds": seconds}
-    val = [row["val_acc"] for row in history]
-    if val[0] is not None:
-        best_val_epoch = int(np.argmax(val))  # first epoch with the best val accuracy
-        results.update(best_val_acc=val[best_val_epoch], best_val_epoch=best_val_epoch + 1,
-                       test_at_best_val=test[best_val_epoch])
+    rows = [row for row in history if row["test_acc"] is not None]
+    test = [row["test_acc"] for row in rows]
+    best = int(np.argmax(test))
+    results = {"best_acc": test[best], "last_acc": test[-1], "epochs": len(history), "seed": seed,
+               "n_train": n_train, "best_epoch": rows[best]["epoch"], "seconds": seconds}
+    if rows[-1]["val_acc"] is not None:
+        best_val = int(np.argmax([row["val_acc"] for row in rows]))  # first epoch with the best val accuracy
+        results.update(best_val_acc=rows[best_val]["val_acc"], best_val_epoch=rows[best_val]["epoch"],
+                       test_at_best_val=rows[best_val]["test_acc"])
     return results
 
 
@@ -151,7 +197,7 @@ def write_results(run_dir, results):
 
 def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, batch_size=64, lr=0.1,
         momentum=0.9, weight_decay=1e-4, seed=1, workers=0, amp_dtype=None, batch_transform=None,
-        eval_batch_size=64):
+        eval_batch_size=64, eval_every=1):
     """Train with the paper recipe, resuming from <run_dir>/last.pt; returns the results.json dict.
 
     `meta` (arch, classes, transform sizes) is stored in every checkpoint so the guide can be
@@ -160,8 +206,14 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
 
     model_best.pth.tar (the guide that expansion uses) is the epoch with the best val accuracy
     when there is a val split, and the last epoch otherwise: it is never selected on test.
+    The val and test passes run every `eval_every` epochs and after the last one; only those
+    epochs can be selected.
     """
     run_dir = Path(run_dir)
+    if device.type == "cuda" and device.index is not None:
+        # The pin-memory thread pins on the current device: make it this run's (--gpu 1 must not
+        # open a second context on GPU 0).
+        torch.cuda.set_device(device)
     model.to(device)
     optimizer = build_optimizer(model, lr, momentum, weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -173,34 +225,49 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
     if state is not None:
         history, best_score, elapsed = state["history"], state["best_score"], state["seconds"]
         logger.info("resuming %s from epoch %d", run_dir, len(history))
-    eval_loaders = [make_loader(s, eval_batch_size, False, workers) if s is not None else None
-                    for s in (val_set, test_set)]
+        if state["args"].get("workers", 0) != workers:
+            logger.warning("the interrupted run used %s DataLoader workers and this one uses %d: the "
+                           "augmentation draws (made by the workers) differ from an uninterrupted run's",
+                           state["args"].get("workers", 0), workers)
+    pin = device.type == "cuda"
+    # The evaluation passes have no random draws, so one worker pool can serve all of them.
+    eval_loaders = [make_loader(s, eval_batch_size, False, workers, pin_memory=pin, persistent=True)
+                    if s is not None else None for s in (val_set, test_set)]
     bar = tqdm(range(len(history), epochs), desc=f"epochs {run_dir.name}",
                initial=len(history), total=epochs, dynamic_ncols=True)
     for epoch in bar:
         start = time.time()
-        loader = make_loader(train_set, batch_size, True, workers, seed=seed * 100003 + epoch)
+        # A new loader per epoch, not a persistent one: its workers are seeded from this epoch's
+        # generator, so the augmentation of epoch e depends only on (seed, e) and a resumed run
+        # repeats it exactly. Persistent workers would carry their RNG state over from earlier
+        # epochs, which last.pt cannot restore. Restarting the pool costs a fork per worker and
+        # the first batches' latency, once per epoch.
+        loader = make_loader(train_set, batch_size, True, workers, seed=seed * 100003 + epoch, pin_memory=pin)
         current_lr = optimizer.param_groups[0]["lr"]
         loss, train_acc = train_one_epoch(model, loader, optimizer, device, amp_dtype, scaler,
                                           batch_transform=batch_transform)
         scheduler.step()
-        val_acc, test_acc = (evaluate(model, ld, device, amp_dtype) for ld in eval_loaders)
+        val_acc = test_acc = None
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
+            val_acc, test_acc = (evaluate(model, ld, device, amp_dtype) for ld in eval_loaders)
         elapsed += time.time() - start
         history.append({"epoch": epoch + 1, "lr": current_lr, "train_loss": round(loss, 5),
                         "train_acc": round(train_acc, 3), "val_acc": val_acc, "test_acc": test_acc,
                         "seconds": round(time.time() - start, 3)})
-        # Selection on val; without a val split, no selection at all (the last epoch).
-        score = val_acc if val_acc is not None else epoch
-        checkpoint = _checkpoint(model, optimizer, scheduler, history, max(score, best_score), elapsed,
-                                 run_args, meta)
-        if score > best_score:
+        # Selection on val; without a val split, no selection at all (the last epoch). An epoch
+        # without a val pass (--eval_every) is never selected.
+        score = epoch if eval_loaders[0] is None else val_acc
+        improved = score is not None and score > best_score
+        if improved:
             best_score = score
+        checkpoint = _checkpoint(model, optimizer, scheduler, history, best_score, elapsed, run_args, meta)
+        if improved:
             atomic_torch_save(checkpoint, run_dir / "model_best.pth.tar")
         atomic_torch_save(checkpoint, run_dir / "last.pt")
         write_summary(run_dir, history)
         bar.set_postfix(loss=f"{loss:.3f}", val=val_acc, test=test_acc)
-        logger.info("epoch %d/%d loss %.4f train %.1f val %s test %.2f (%.1fs)", epoch + 1,
-                    epochs, loss, train_acc, _fmt(val_acc), test_acc, time.time() - start)
+        logger.info("epoch %d/%d loss %.4f train %.1f val %s test %s (%.1fs)", epoch + 1,
+                    epochs, loss, train_acc, _fmt(val_acc), _fmt(test_acc), time.time() - start)
     results = summarize(history, seed, len(train_set), round(elapsed, 2))
     write_results(run_dir, results)
     return results

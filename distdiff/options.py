@@ -44,7 +44,7 @@ TRAIN_POSITIONALS = [("dataset", str), ("arch", str), ("lr", float), ("pretraine
 
 def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     """Flags of train_original.py and train_expand.py (the paper's recipe as defaults)."""
-    from distdiff import augment, datasets, engine  # torchvision, timm: only the training scripts pay for them
+    from distdiff import augment, datasets, engine  # torchvision, timm: only the training scripts pay
 
     def auto_or_count(value):  # "auto" or an integer; the library rejects negatives in one line
         return int(value) if value.strip().lstrip("-").isdigit() else value
@@ -82,9 +82,9 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("--cache_mb", "--cache-mb", type=auto_or_count, default="auto",
         help=_help("keep decoded, resized uint8 images in memory up to this many MB in all (training images "
                    "first; 0 = no cache); splits that do not fit are decoded every epoch. auto: what the "
-                   f"splits need, at most {datasets.AUTO_CACHE_FRACTION:.0%} of the memory available at the start (MemAvailable, within "
-                   "the cgroup's limit) divided by $DISTDIFF_TRAIN_JOBS, the training processes that "
-                   "scripts/run_jobs.sh runs side by side"))
+                   f"splits need, at most {datasets.AUTO_CACHE_FRACTION:.0%} of the memory available at the "
+                   "start (MemAvailable, within the cgroup's limit) divided by $DISTDIFF_TRAIN_JOBS, the "
+                   "training processes that scripts/run_jobs.sh runs side by side"))
     add("--output", default="checkpoint", help="root of all run directories")
     add("--run_dir", "--checkpoint", default=None,
         help="this run's directory, instead of <output>/<dataset>/<arch>_..._lr<lr>/seed<N> (the authors' --checkpoint)")

@@ -1,6 +1,7 @@
 """The one training entry point behind train_original.py and train_expand.py."""
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from distdiff import registry
 from distdiff.augment import batch_transform, check_aug
 from distdiff.config import save_args
 from distdiff.devices import autocast_dtype, configure_cpu, resolve_device, seed_everything
-from distdiff.engine import fit, is_complete, read_results
+from distdiff.engine import fit, is_complete, loader_workers, parse_workers, read_results
 from distdiff.fileio import remove_stale_temps_in
 from distdiff.runs import setup_logging, train_run_dir
 from models.classifiers import UnknownArch, WeightsUnavailable, check_arch, create_classifier
@@ -46,8 +47,9 @@ class TrainConfig:
     precision: str = "fp32"
     threads: int = 0
     eval_batch_size: int = 64
-    workers: int = 0
-    cache_mb: int = 512
+    eval_every: int = 1              # val/test passes every N epochs; the last epoch always has one
+    workers: int | str = "auto"      # DataLoader processes; auto: 0 on the CPU, up to 8 on CUDA
+    cache_mb: int | str = "auto"     # decoded-image cache; auto: what the splits need, within a memory share
 
     @classmethod
     def from_args(cls, args):
@@ -69,9 +71,30 @@ def build_transforms(cfg):
     return train, test
 
 
+def check_values(cfg):
+    """One-line errors for --eval_every, --workers, --cache_mb and $DISTDIFF_TRAIN_JOBS, before any
+    data is read."""
+    if isinstance(cfg.eval_every, bool) or not isinstance(cfg.eval_every, int) or cfg.eval_every < 1:
+        raise DistDiffError(f"--eval_every {cfg.eval_every!r}: evaluate every N >= 1 epochs (the last epoch "
+                            "is always evaluated)")
+    parse_workers(cfg.workers)
+    ds.parse_cache_mb(cfg.cache_mb)
+    side_by_side_jobs()
+
+
+def side_by_side_jobs(env=None):
+    """Training processes sharing this machine: $DISTDIFF_TRAIN_JOBS (scripts/run_jobs.sh sets
+    it), else 1. --cache_mb auto divides its memory share among them."""
+    value = (os.environ if env is None else env).get("DISTDIFF_TRAIN_JOBS", "1")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise DistDiffError(f"DISTDIFF_TRAIN_JOBS={value!r}: expected the number of training processes "
+                            "(>= 1)")
+    return int(value)
+
+
 def build_datasets(spec, cfg, expanded_dirs=()):
-    """(train, val, test, classes, n_original); expanded ImageFolders are concatenated to the
-    original train split. Every image is opened once here, before any training."""
+    """(train, val, test, classes, n_original, cache MB); expanded ImageFolders are concatenated
+    to the original train split. Every image is opened once here, before any training."""
     (head, tail), (eval_head, eval_tail) = build_transforms(cfg)
     train = ds.load_split(spec, spec.train_split)
     expanded = []
@@ -84,10 +107,18 @@ def build_datasets(spec, cfg, expanded_dirs=()):
         if split is not None:
             ds.check_same_classes(train.classes, split.classes, f"{name} split of {spec.name}")
     # The memory budget goes to the training images first: they are read every step.
-    budget = ds.CacheBudget(cfg.cache_mb)
-    parts = [budget.preload(folder, head, tail) for folder in [train, *expanded]]
-    val, test = (budget.preload(s, eval_head, eval_tail) if s is not None else None for s in (val, test))
-    return (ConcatDataset(parts) if len(parts) > 1 else parts[0]), val, test, train.classes, len(train)
+    splits = [(folder, head, tail) for folder in [train, *expanded]]
+    splits += [(split, eval_head, eval_tail) for split in (val, test) if split is not None]
+    needs = [ds.estimate_cache_bytes(folder, transform) for folder, transform, _ in splits]
+    cache_mb, reason = ds.cache_budget_mb(cfg.cache_mb, sum(needs), ds.available_memory(),
+                                          side_by_side_jobs())
+    logger.info("image cache: %s", reason)
+    budget = ds.CacheBudget(cache_mb)
+    loaded = [budget.preload(*split, need) for split, need in zip(splits, needs)]
+    parts, evals = loaded[:1 + len(expanded)], iter(loaded[1 + len(expanded):])
+    val, test = (next(evals) if split is not None else None for split in (val, test))
+    return ((ConcatDataset(parts) if len(parts) > 1 else parts[0]), val, test, train.classes, len(train),
+            cache_mb)
 
 
 def equal_iteration_epochs(epochs, n_original, n_total, batch_size):
@@ -109,6 +140,7 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     """Train (or resume, or skip if complete) one run; returns its results dict."""
     spec = registry.get_dataset(cfg.dataset, cfg.data_dir)
     check_aug(cfg.aug)
+    check_values(cfg)
     try:
         check_arch(cfg.arch, cfg.pretrained)
     except UnknownArch as err:
@@ -124,7 +156,8 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     configure_cpu(cfg.threads)
     registry.ensure_prepared(spec)
     seed_everything(cfg.seed)
-    train, val, test, classes, n_original = build_datasets(spec, cfg, expanded_dirs)
+    workers = loader_workers(cfg.workers, device.type)
+    train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, expanded_dirs)
     epochs = cfg.epochs
     if equal_iterations:
         epochs = equal_iteration_epochs(cfg.epochs, n_original, len(train), cfg.batch_size)
@@ -137,13 +170,15 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     save_args(run_dir, cfg, extra={"exp": exp, "expanded_dirs": [str(d) for d in expanded_dirs],
                                    "equal_iterations": equal_iterations, "epochs_run": epochs,
                                    "n_train": len(train), "device_resolved": str(device),
+                                   "workers_resolved": workers, "cache_mb_resolved": cache_mb,
                                    "guide_selection": "best_val" if val is not None else "last_epoch"})
-    logger.info("%s: %d train images (%d classes), val %s, test %d, %d epochs, device %s", run_dir,
-                len(train), len(classes), len(val) if val else "-", len(test), epochs, device)
+    logger.info("%s: %d train images (%d classes), val %s, test %d, %d epochs, device %s, %d DataLoader "
+                "workers, image cache %d MB", run_dir, len(train), len(classes), len(val) if val else "-",
+                len(test), epochs, device, workers, cache_mb)
     results = fit(run_dir, model, train, val, test, device, meta=classifier_meta(cfg, classes),
                   epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                  weight_decay=cfg.weight_decay, seed=cfg.seed, workers=cfg.workers, amp_dtype=amp_dtype,
-                  eval_batch_size=cfg.eval_batch_size,
+                  weight_decay=cfg.weight_decay, seed=cfg.seed, workers=workers, amp_dtype=amp_dtype,
+                  eval_batch_size=cfg.eval_batch_size, eval_every=cfg.eval_every,
                   batch_transform=batch_transform(cfg.aug, len(classes)))
     logger.info("results: %s", {k: results[k] for k in sorted(results)})
     return results
