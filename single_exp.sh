@@ -7,12 +7,14 @@
 #   DATASET=caltech-101 ARCH=resnet50 GPUS="0 1 2 3" SEEDS="1 2 3" bash single_exp.sh
 #
 # Environment: DATASET (digits), ARCH (the dataset YAML's arch), LR (0.1), RATIO (5),
-# SEEDS ("1 2 3 4 5"), GPUS (empty: one process; "0 1 2 3": one expansion shard per GPU),
-# PRETRAINED (False), MODEL (the dataset YAML's model; e.g. CompVis/stable-diffusion-v1-4), JOBS (parallel CPU
-# training runs, 2), EQITER (1: also run the equal-iterations control), CHECKPOINT (output
-# root, checkpoint), FIGURE_DIR (figure), PRESET (e.g. authors: expand_distdiff.py --preset, with
-# expansions named distdiff_x5_authors / sd_x5_authors). Quick runs: EPOCHS, LIMIT (source images expanded)
-# and EXPAND_FLAGS (more expand_distdiff.py flags, e.g. "--num_steps 10 --guidance_step 4").
+# SEEDS ("1 2 3 4 5"), GPUS (empty: one process; "0 1 2 3": one expansion shard per GPU, and the
+# training runs spread over the GPUs, each seeing its own as cuda:0), PRETRAINED (False), MODEL (the
+# dataset YAML's model; e.g. CompVis/stable-diffusion-v1-4), JOBS (training runs at a time: 2, or
+# with GPUS one per GPU; more than the GPUs puts several on one GPU), EQITER (1: also run the
+# equal-iterations control), CHECKPOINT (output root, checkpoint), FIGURE_DIR (figure), PRESET
+# (e.g. authors: expand_distdiff.py --preset, with expansions named distdiff_x5_authors /
+# sd_x5_authors). Quick runs: EPOCHS, LIMIT (source images expanded) and EXPAND_FLAGS (more
+# expand_distdiff.py flags, e.g. "--num_steps 10 --guidance_step 4").
 # Every stage skips work that is already finished, so rerunning after a crash resumes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,7 +25,8 @@ PRESET=${PRESET:-}
 SUFFIX=${PRESET:+_$PRESET}  # expansions made with a preset get their own names (distdiff_x5_authors)
 SEEDS=${SEEDS:-1 2 3 4 5}
 GPUS=${GPUS:-}
-JOBS=${JOBS:-2}
+N_GPUS=$(wc -w <<< "$GPUS")
+JOBS=${JOBS:-$([ "$N_GPUS" -gt 0 ] && echo "$N_GPUS" || echo 2)}
 EQITER=${EQITER:-1}
 CHECKPOINT=${CHECKPOINT:-checkpoint}
 FIGURE_DIR=${FIGURE_DIR:-figure}
@@ -56,7 +59,7 @@ if [ "$DATASET" = digits ] || [ "$DATASET" = digits10 ]; then
 fi
 
 # shellcheck source=scripts/run_jobs.sh
-source scripts/run_jobs.sh  # run_jobs: $JOBS command lines at a time (the cwd is the repo root here)
+source scripts/run_jobs.sh  # run_jobs: $JOBS command lines at a time, over GPUS if set (the cwd is the repo root)
 
 tag=$([ "$PRETRAINED" = True ] && echo pretrained || echo unpretrained)
 done_run() {  # done_run EXP SEED: the run's results.json exists (skip it without starting Python)
@@ -64,8 +67,12 @@ done_run() {  # done_run EXP SEED: the run's results.json exists (skip it withou
 }
 
 stage "3/8 guide classifier and original-only baseline (seeds: $SEEDS)"
-done_run "" 1 || $PY train_original.py "${TRAIN_ARGS[@]}" --seed 1          # seed 1 is the guide
 cmds=()
+done_run "" 1 || cmds+=("$PY train_original.py ${TRAIN_ARGS[*]} --seed 1")  # seed 1 is the guide
+if [ -z "$GPUS" ] && [ "${#cmds[@]}" -gt 0 ]; then
+  run_jobs "${cmds[@]}"  # on the CPU the guide trains first, alone, on every core
+  cmds=()
+fi  # with GPUS each run has a GPU of its own: the guide trains beside the other seeds
 for s in $SEEDS; do
   [ "$s" = 1 ] || done_run "" "$s" || cmds+=("$PY train_original.py ${TRAIN_ARGS[*]} --seed $s")
 done
@@ -82,10 +89,17 @@ expand() {  # expand EXP GUIDANCE: one process (it ends by checking every image)
 }
 
 stage "4/8 prototypes + 5/8 DistDiff expansion and unguided img2img (the paper's SD row), x$RATIO"
-if [ -n "$GPUS" ]; then  # each expansion already spans every GPU
+gpu_present() {  # GPUS is set, or torch sees a CUDA GPU
+  [ -n "$GPUS" ] || $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'
+}
+if gpu_present; then
+  # One after the other: side by side, both pipelines would share one GPU's memory by accident
+  # (and with GPUS each expansion already spans every GPU).
   expand "distdiff_x$RATIO$SUFFIX" transform
   expand "sd_x$RATIO$SUFFIX" none
-else  # two processes side by side: each one's start-up (imports, model loading) overlaps the other's work
+else
+  # On the CPU, two processes side by side: each one's start-up (imports, model loading) overlaps
+  # the other's work.
   expand "distdiff_x$RATIO$SUFFIX" transform & guided=$!
   expand "sd_x$RATIO$SUFFIX" none & unguided=$!
   wait "$guided" && wait "$unguided"

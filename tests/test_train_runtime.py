@@ -1,13 +1,15 @@
 """How classifier training uses the machine: DataLoader workers per device type, the decoded-image
-cache's budget, --eval_every (summary, results, selection, resume), one-line errors for bad values."""
+cache's budget, --eval_every (summary, results, selection, resume), one-line errors for bad values,
+and scripts/run_jobs.sh spreading training runs over GPUs."""
 import json
+import subprocess
 
 import pytest
 import torch
 import yaml
 
 import distdiff.engine as engine
-from conftest import read_summary, run_main
+from conftest import REPO, read_summary, run_main
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff.engine import MAX_AUTO_WORKERS, loader_workers, summarize
@@ -180,3 +182,54 @@ def test_bad_values_are_one_line_errors_before_any_work(tmp_path, flag, value, m
     with pytest.raises(DistDiffError, match=message):
         run_main("train_original", "digits", flag, value, "--output", tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------
+# scripts/run_jobs.sh: training runs over GPUs
+# ---------------------------------------------------------------------------
+
+def run_jobs(tmp_path, commands, **env):
+    """Source run_jobs.sh in bash and run `commands` (bash command lines) in tmp_path."""
+    exports = "".join(f"{k}={v!r}; " for k, v in env.items())
+    args = " ".join("'" + c.replace("'", "'\\''") + "'" for c in commands)
+    script = f"source {REPO / 'scripts' / 'run_jobs.sh'}; {exports}run_jobs {args}"
+    return subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+def job(j, seconds):
+    """A stand-in training run: logs its index, its GPU, the runs side by side that it was told of,
+    and how many runs hold its GPU (itself included) when it starts."""
+    gpu = "${CUDA_VISIBLE_DEVICES-none}"
+    return (f"touch running_{gpu}_{j}; echo {j} {gpu} $DISTDIFF_TRAIN_JOBS $(ls running_{gpu}_* | wc -l) >> log; "
+            f"sleep {seconds}; rm running_{gpu}_{j}")
+
+
+def read_log(tmp_path):
+    """{job index: (gpu, DISTDIFF_TRAIN_JOBS, runs on that gpu)}"""
+    rows = [line.split() for line in (tmp_path / "log").read_text().splitlines()]
+    return {int(j): (gpu, int(jobs), int(busy)) for j, gpu, jobs, busy in rows}
+
+
+def test_run_jobs_spreads_runs_round_robin_one_per_gpu(tmp_path):
+    # Uneven lengths: later runs take whichever GPU has just been freed.
+    seconds = [0.1, 0.6, 0.3, 0.2, 0.1, 0.4, 0.1, 0.2]
+    proc = run_jobs(tmp_path, [job(j, s) for j, s in enumerate(seconds)], GPUS="2 5 7", JOBS="3")
+    assert proc.returncode == 0, proc.stderr
+    log = read_log(tmp_path)
+    assert sorted(log) == list(range(len(seconds)))
+    assert [log[j][0] for j in range(3)] == ["2", "5", "7"]  # the first runs go round-robin
+    assert {gpu for gpu, _, _ in log.values()} == {"2", "5", "7"}
+    assert {busy for _, _, busy in log.values()} == {1}  # never two runs on one GPU
+    assert {jobs for _, jobs, _ in log.values()} == {3}
+
+
+def test_run_jobs_places_more_runs_per_gpu_only_when_jobs_says_so(tmp_path):
+    assert run_jobs(tmp_path, [job(j, 0.3) for j in range(4)], GPUS="0", JOBS="2").returncode == 0
+    assert max(busy for _, _, busy in read_log(tmp_path).values()) == 2
+
+
+def test_run_jobs_without_gpus_leaves_the_device_alone(tmp_path):
+    proc = run_jobs(tmp_path, [job(0, 0), "exit 1", job(2, 0)], JOBS="2")
+    assert proc.returncode == 1  # a failed command fails the batch, after every command ran
+    log = read_log(tmp_path)
+    assert sorted(log) == [0, 2] and {(gpu, jobs) for gpu, jobs, _ in log.values()} == {("none", 2)}
