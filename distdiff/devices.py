@@ -98,8 +98,8 @@ def resolve_device(device="auto", gpu=None, env=None):
                                 "--device cpu to run on the CPU anyway")
         logger.warning("no GPU on this machine: running on the CPU")
         return torch.device("cpu")
-    index = _cuda_index(device, gpu, local_rank)
     count = torch.cuda.device_count()
+    index = _cuda_index(device, gpu, local_rank, count)
     if not 0 <= index < count:
         raise DistDiffError(f"GPU {index} asked for, but this process sees {count} GPU(s) "
                             f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')})")
@@ -109,8 +109,9 @@ def resolve_device(device="auto", gpu=None, env=None):
     return torch.device(f"cuda:{index}")
 
 
-def _cuda_index(device, gpu, local_rank):
-    """The CUDA index from cuda:<i>, the GPU index or LOCAL_RANK (in that order), else 0."""
+def _cuda_index(device, gpu, local_rank, count):
+    """The CUDA index from cuda:<i>, the GPU index or LOCAL_RANK (in that order), else 0. Ranks
+    beyond the GPU count share GPUs round robin (e.g. 2 processes on a 1-GPU test machine)."""
     try:
         if ":" in device:
             return int(device.split(":", 1)[1])
@@ -118,7 +119,7 @@ def _cuda_index(device, gpu, local_rank):
             return int(gpu)
     except ValueError:
         raise DistDiffError(f"GPU index {gpu if ':' not in device else device!r} is not a number") from None
-    return int(local_rank) if local_rank is not None else 0
+    return int(local_rank) % count if local_rank is not None else 0
 
 
 def peak_memory_line(device):

@@ -124,9 +124,10 @@ class BatchSize:
                 if self.size == 1:
                     raise DistDiffError("out of memory at batch size 1; free the GPU, or pass "
                                         "--gradient_checkpointing (and --batch_size auto)") from None
-                clear_device_cache(garbage_collection=True)
-                self.size //= 2
-                logger.warning("out of memory: batch size halved to %d for the rest of this run", self.size)
+            # Outside the except block: the error's traceback (and the tensors its frames hold) is gone.
+            clear_device_cache(garbage_collection=True)
+            self.size //= 2
+            logger.warning("out of memory: batch size halved to %d for the rest of this run", self.size)
 
 
 CPU_BATCH = shards.BLOCK_ITEMS  # --batch_size auto on the CPU: throughput is flat beyond it

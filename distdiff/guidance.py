@@ -117,7 +117,7 @@ def guidance_status(values, grads):
     return status
 
 
-def scaled_grad(energy_fn, inputs, dtype):
+def scaled_grad(energy_fn, inputs, dtype, scales=None):
     """(energy [B], fp32 gradients of its sum w.r.t. `inputs`, status [B]) with loss scaling for
     half precision: the sum is multiplied by a power of two before the backward and the gradients
     divided by it in fp32 (exact in binary floating point), retrying the rows that overflowed at

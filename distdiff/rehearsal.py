@@ -56,16 +56,23 @@ def fabricate_caltech101(root, classes=CLASSES, per_class=5, seed=0):
     return categories
 
 
-def install_in_hf_cache(folder, repo_id, cache_dir, commit=FAKE_COMMIT):
-    """Copy a diffusers folder into `cache_dir` as the snapshot of `repo_id` at `commit` (the
-    layout huggingface_hub reads: models--<owner>--<name>/{refs/main, snapshots/<commit>/})."""
+def hf_snapshot(repo_id, cache_dir, commit=FAKE_COMMIT):
+    """The (emptied) snapshot folder of `repo_id` at `commit` in `cache_dir`, with refs/main
+    pointing at it: the layout huggingface_hub reads, models--<owner>--<name>/{refs/main,
+    snapshots/<commit>/}. Write a diffusers folder into it to make the Hub id load offline."""
     repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / commit
     if snapshot.exists():
         shutil.rmtree(snapshot)
-    shutil.copytree(folder, snapshot)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def install_in_hf_cache(folder, repo_id, cache_dir, commit=FAKE_COMMIT):
+    """Copy a diffusers folder into `cache_dir` as the snapshot of `repo_id` at `commit`."""
+    snapshot = hf_snapshot(repo_id, cache_dir, commit)
+    shutil.copytree(folder, snapshot)
     return snapshot
 
 

@@ -3,6 +3,7 @@
     build_shape("sd14", device="meta")   # SD-1.4's UNet / VAE / CLIP ViT-L/14 text encoder, no memory
     build_shape("sd14")                  # the same with seeded random weights (benchmarks only)
     save_rehearsal_pipeline(dir, prompts) # a tiny pipeline laid out like CompVis/stable-diffusion-v1-4
+    save_shape_pipeline("sd14", dir)      # SD-1.4's shape, random fp16 weights, in that layout
 
 The cost of a network (time, activation memory) depends on its shape, not on its weights, so the
 benchmarks measure SD-scale cost on these. Their images are noise: expand_distdiff.py refuses a
@@ -113,9 +114,23 @@ def save_rehearsal_pipeline(out_dir, prompts, seed=0):
     parts["scheduler"] = sd_scheduler()
     pipe = StableDiffusionImg2ImgPipeline(**parts, safety_checker=None, feature_extractor=CLIPImageProcessor(),
                                           requires_safety_checker=False)
+    return save_like_sd14(pipe, out_dir)
+
+
+def save_shape_pipeline(name, out_dir, prompts=("a photo of a thing",), dtype=torch.float16, seed=0):
+    """The random-weight `name` pipeline saved in CompVis/stable-diffusion-v1-4's layout and `dtype`
+    (scripts/gpu_check.sh loads SD-1.4's shape through the real Hub-id path from it)."""
+    pipe = shape_pipeline(name, dtype=dtype, seed=seed, prompts=prompts)
+    pipe.feature_extractor = CLIPImageProcessor()
+    return save_like_sd14(pipe, out_dir)
+
+
+def save_like_sd14(pipe, out_dir):
+    """save_pretrained, plus the tokenizer's vocab/merges files and a model_index.json that lists
+    the safety checker as SD-1.4's does (its weights are absent; the expander never loads it)."""
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir)
-    export_vocab_files(parts["tokenizer"], out_dir / "tokenizer")
+    export_vocab_files(pipe.tokenizer, out_dir / "tokenizer")
     index = json.loads((out_dir / "model_index.json").read_text())
     index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"], requires_safety_checker=True)
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

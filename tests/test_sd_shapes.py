@@ -27,14 +27,3 @@ def test_expansion_refuses_random_weight_shapes(digits_ready, random_guide, tmp_
         run_main("expand_distdiff", "--dataset", "digits", "--model", "shape:sd14", "--guide_ckpt", random_guide,
                  "--out", tmp_path / "o")
     assert not (tmp_path / "o").exists()
-
-
-def test_gpu_check_without_cuda_says_so_and_exits_0(capsys):
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    assert run_main("scripts.gpu_check", "--tolerance", "2", "--limit", "2") == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("gpu_check: no CUDA GPU visible")
-    with pytest.raises(SystemExit):
-        run_main("scripts.gpu_check", "--tolerance", "two")  # argparse rejects a bad value before any work
