@@ -22,9 +22,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from distdiff import memory
 from distdiff.options import run_cli
 from models.classifiers import create_classifier, penultimate_features
 from models.sd_shapes import SHAPES, build_shape
+
+TEXT_ENCODER_BYTES_FP16 = 123_060_480 * 2  # CLIP ViT-L/14 text encoder (models/sd_shapes.py's count) in fp16
+
 
 def build(prior):
     """(unet, vae, latent side, image side, text tokens, text width) on the meta device: SD-1.4's
@@ -54,29 +58,6 @@ def count(fn):
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
-
-
-def saved_for_backward(fn, min_square=1024):
-    """Bytes of the tensors autograd keeps for the backward pass of fn() (each storage once), and
-    the part in square [..., L, L] tensors with L >= min_square: attention probability matrices,
-    which the math attention kernel keeps and the flash / memory-efficient ones (CUDA, and the
-    CPU's fp32 path) do not. On meta tensors, so nothing is allocated."""
-    seen, kept, totals = set(), [], {"all": 0, "attention": 0}
-
-    def pack(tensor):
-        base = tensor._base if tensor._base is not None else tensor
-        if id(base) not in seen:
-            seen.add(id(base))
-            kept.append(base)  # keeps the id unique while the pass runs
-            size = base.numel() * base.element_size()
-            totals["all"] += size
-            if base.dim() >= 3 and base.shape[-1] == base.shape[-2] >= min_square:
-                totals["attention"] += size
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return totals
 
 
 def per_image_flops(unet, vae, guide, latent, side, tokens, width, guide_size):
@@ -120,8 +101,29 @@ def per_image_flops(unet, vae, guide, latent, side, tokens, width, guide_size):
                  - count(decode_call)}
     flops["lookahead_P2_fwd_bwd"] = count(lookahead_with_grad)
     flops["lookahead_P2_fwd_bwd_decode_half"] = count(lambda: lookahead_with_grad(0.5))
-    saved = {f"decode_scale_{scale:g}": saved_for_backward(lambda: lookahead_forward(scale)) for scale in (1.0, 0.5)}
-    return flops, saved
+    return flops
+
+
+def memory_rows(unet, vae, guide, latent, tokens, width, guide_size, gpu_gib=(24, 40, 80)):
+    """GiB per image by distdiff.memory (the model behind --batch_size auto) in fp32 and fp16, and
+    the batch it plans for GPUs of `gpu_gib` in fp16 (free memory = the card less the weights)."""
+    per_dtype, weights = {}, {}
+    for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        unet, vae = unet.to(dtype), vae.to(dtype)
+        counts = memory.count_lookahead(unet, vae, guide, latent, tokens, width, guide_size, 2, dtype)
+        per_dtype[name] = memory.image_memory(counts)
+        weights[name] = sum(p.numel() * p.element_size() for m in (unet, vae) for p in m.parameters()) + \
+            sum(p.numel() * 4 for p in guide.parameters())  # the guide stays fp32
+    fp16 = per_dtype["fp16"]
+    batches = {}
+    for gib in gpu_gib:
+        free = gib * memory.GIB - weights["fp16"] - TEXT_ENCODER_BYTES_FP16
+        batches[str(gib)] = {"plain": memory.largest_batch(free, fp16.plain),
+                             "checkpointed": memory.largest_batch(free, fp16.checkpointed),
+                             "auto": memory.plan_batch(free, fp16, guided=True),
+                             "unguided": memory.largest_batch(free, fp16.unguided)}
+    return {"gib_per_image": {k: {part: round(v / memory.GIB, 2) for part, v in vars(m).items()}
+                              for k, m in per_dtype.items()}, "fp16_largest_batch": batches}
 
 
 def summary(name, flops, steps, ratio):
@@ -164,19 +166,24 @@ def main(argv=None):
         with torch.device("meta"):
             guide = create_classifier(guide_arch, args.num_classes, False).eval()
         guide.requires_grad_(False)
-        flops, saved = per_image_flops(unet, vae, guide, latent, side, tokens, width, guide_size)
+        flops = per_image_flops(unet, vae, guide, latent, side, tokens, width, guide_size)
         row = summary(name, flops, steps, args.expand_ratio)
-        row["saved_for_backward_gib_fp32"] = {k: {part: round(v / 2**30, 3) for part, v in parts.items()}
-                                              for k, parts in saved.items()}
+        row["memory"] = memory_rows(unet, vae, guide, latent, tokens, width, guide_size)
         rows.append(row)
     for row in rows:
         print(f"\n{row['model']}: GFLOP per call {row['gflop']}")
         print(f"  per image: unguided {row['unguided_gflop']} GFLOP, guided {row['guided_gflop']} GFLOP, "
               f"predicted time ratio {row['predicted_ratio']:.2f} ({row['predicted_ratio_decode_half']:.2f} with the "
               "look-ahead decoded at half resolution)")
-        for key, parts in row["saved_for_backward_gib_fp32"].items():
-            print(f"  kept for the look-ahead's backward, one guided image, fp32, {key}: {parts['all']:.2f} GiB, of which "
-                  f"{parts['attention']:.2f} GiB attention probabilities (math kernel only); fp16: half")
+        mem = row["memory"]
+        for dtype, parts in mem["gib_per_image"].items():
+            print(f"  memory per image ({dtype}, distdiff/memory.py): guided {parts['plain']} GiB, with gradient "
+                  f"checkpointing {parts['checkpointed']} GiB, unguided {parts['unguided']} GiB")
+        print("  | GPU | largest fp16 guided batch, plain | with checkpointing | --batch_size auto | unguided |")
+        print("  |---|---|---|---|---|")
+        for gib, b in mem["fp16_largest_batch"].items():
+            auto = f"{b['auto'][0]}{' (checkpointing)' if b['auto'][1] else ''}"
+            print(f"  | {gib} GiB | {b['plain']} | {b['checkpointed']} | {auto} | {b['unguided']} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
