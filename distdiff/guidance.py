@@ -121,9 +121,10 @@ def scaled_grad(energy_fn, inputs, dtype, scales=None):
     """(energy [B], fp32 gradients of its sum w.r.t. `inputs`, status [B]) with loss scaling for
     half precision: the sum is multiplied by a power of two before the backward and the gradients
     divided by it in fp32 (exact in binary floating point), retrying the rows that overflowed at
-    the next smaller scale."""
+    the next smaller scale. `scales` overrides loss_scales(dtype); (1.0,) is the authors' unscaled
+    backward, which scripts/gpu_check.py compares."""
     values, grads, status = None, None, None
-    for scale in loss_scales(dtype):
+    for scale in scales or loss_scales(dtype):
         with torch.enable_grad():
             leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
             new_values = energy_fn(*leaves)

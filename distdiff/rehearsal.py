@@ -6,7 +6,7 @@
 * `install_in_hf_cache(folder, repo_id, cache_dir)`: put a diffusers folder into a Hugging Face
   cache under a Hub id, so `from_pretrained(repo_id)` finds it offline.
 
-tests/test_paper_path.py, scripts/make_rehearsal.py (for scripts/gpu_check.sh) and
+tests/test_paper_path.py, scripts/gpu_check.py and
 scripts/bench_memory.py use them.
 """
 import shutil
