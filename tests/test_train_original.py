@@ -21,7 +21,8 @@ def run_dir(out, lr="0.1", seed=1):
 @pytest.fixture(scope="module")
 def eight_epochs(tmp_path_factory, digits_ready):
     out = tmp_path_factory.mktemp("train")
-    run_main("train_original", "digits", "resnet_small", "0.1", "False", "0", "--epochs", "8", "--output", out, *QUICK)
+    run_main("train_original", "digits", "resnet_small", "0.1", "False", "0", "--epochs", "8", "--output", out, *QUICK,
+             "--device", "cpu")  # the positional GPU index 0 is an error without CUDA
     return run_dir(out)
 
 
