@@ -210,11 +210,7 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
     epochs can be selected.
     """
     run_dir = Path(run_dir)
-    if device.type == "cuda" and device.index is not None:
-        # The pin-memory thread pins on the current device: make it this run's (--gpu 1 must not
-        # open a second context on GPU 0).
-        torch.cuda.set_device(device)
-    model.to(device)
+    model.to(device)  # resolve_device made `device` current, so pinning uses this run's GPU
     optimizer = build_optimizer(model, lr, momentum, weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
