@@ -199,6 +199,7 @@ def test_changed_settings_in_same_out_dir_are_refused(setup, reference):
         expand(setup, reference["out"], "--strength", "0.7")
 
 
+@pytest.mark.slow
 def test_a_new_batch_size_resumes_the_same_out_dir(setup, reference):
     """Execution settings never lock an output dir: after a shard ran at batch 4, the whole run
     resumes at batch 2 (e.g. after an out-of-memory error), with the same images up to rounding."""
@@ -210,6 +211,7 @@ def test_a_new_batch_size_resumes_the_same_out_dir(setup, reference):
     assert expand(setup, out, "--verify", batch="auto") == 0
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_batch_and_keeps_the_images(setup, reference, monkeypatch):
     from distdiff.sampler import GuidedSampler
 

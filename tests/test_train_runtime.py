@@ -157,6 +157,7 @@ def test_resume_after_an_epoch_without_evaluation(tmp_path, every_epoch, monkeyp
     assert [r["test_acc"] for r in rows] == ["", reference[1]["test_acc"], reference[2]["test_acc"]]
 
 
+@pytest.mark.slow
 def test_worker_processes_resume_exactly(tmp_path, digits_ready, monkeypatch):
     """With DataLoader workers the augmentation is drawn in the workers, seeded per epoch: a resumed
     run repeats an uninterrupted one exactly."""
