@@ -120,9 +120,7 @@ def save_rehearsal_pipeline(out_dir, prompts, seed=0):
 def save_shape_pipeline(name, out_dir, prompts=("a photo of a thing",), dtype=torch.float16, seed=0):
     """The random-weight `name` pipeline saved in CompVis/stable-diffusion-v1-4's layout and `dtype`
     (scripts/gpu_check.sh loads SD-1.4's shape through the real Hub-id path from it)."""
-    pipe = shape_pipeline(name, dtype=dtype, seed=seed, prompts=prompts)
-    pipe.feature_extractor = CLIPImageProcessor()
-    return save_like_sd14(pipe, out_dir)
+    return save_like_sd14(shape_pipeline(name, dtype=dtype, seed=seed, prompts=prompts), out_dir)
 
 
 def save_like_sd14(pipe, out_dir):
