@@ -60,8 +60,7 @@ def guidance_config(args):
                           radius=args.radius, lambda_class=lambda_class, lambda_group=lambda_group,
                           normalize_features=args.normalize_features,
                           renormalize_prototypes=args.renormalize_prototypes,
-                          repeats=args.guidance_repeats, interval=args.guidance_interval,
-                          record_energy=args.record_energy > 0)
+                          repeats=args.guidance_repeats, interval=args.guidance_interval)
 
 
 def sample_config(args):

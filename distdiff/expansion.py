@@ -157,11 +157,40 @@ def choose_batch_size(batch_size, pipe, guide, guide_side, resolution, guided, d
     return batch, checkpointing
 
 
-def merge_stats(parts):
-    """One stats dict from the stats of consecutive pieces of a batch."""
-    return {"energy_before": [torch.cat(e) for e in zip(*[p["energy_before"] for p in parts])],
-            "energy_after": [torch.cat(e) for e in zip(*[p["energy_after"] for p in parts])],
-            "status": torch.cat([p["status"] for p in parts])}
+class EnergyRecorder:
+    """The manifest's energies of one batch, as a GuidedSampler observer; measuring repeats model
+    calls without gradients and never changes an image.
+
+    transform: the look-ahead energy (the estimator the step lowers) of the unguided latent at the
+    first application and of the guided one at the last, so repeated guidance is spanned whole.
+    direct: after the last guided step, the one-step energy at the next index of the guided
+    latent and of the unguided trajectory, which the recorder runs alongside from the first step.
+    """
+
+    def __init__(self, sampler):
+        self.sampler, self.before, self.after, self._unguided = sampler, None, None, None
+
+    def __call__(self, index, latents, guided, unguided, embeds, labels):
+        sampler = self.sampler
+        if sampler.guidance_cfg.mode == "transform":
+            if self.before is None:
+                self.before = sampler.lookahead_energy(latents, index, embeds, labels).float().cpu()
+            self.after = sampler.lookahead_energy(guided, index, embeds, labels).float().cpu()
+            return
+        first, last = sampler.guidance_at[0], sampler.guidance_at[-1]
+        self._unguided = unguided if index == first else sampler.step(self._unguided, index, embeds).prev_sample
+        if index == last and index + 1 < sampler.sample_cfg.num_steps:
+            for name, z in (("before", self._unguided), ("after", guided)):
+                out = sampler.step(z, index + 1, embeds)
+                setattr(self, name, sampler.image_energy(out.pred_original_sample, labels).float().cpu())
+
+
+def merge_pieces(pieces):
+    """(images, status, energy before, energy after) of a batch from those of its pieces."""
+    def cat(part):
+        values = [p[part] for p in pieces]
+        return None if any(v is None for v in values) else torch.cat(values)
+    return tuple(cat(part) for part in range(4))
 
 
 def check_guidance_kept(status, block_id, allow_unguided, max_lost=0.01):
@@ -199,9 +228,9 @@ def run_batches(sampler, sources, my_batches, out_dir, manifest, seed, repeats, 
                 start = time.time()
                 record = bool(energy_every) and block_id % energy_every == 0
                 pieces = batch_size.run(lambda piece: sample_block(sampler, latents, piece, seed, repeats, record), batch)
-                images, stats = torch.cat([p[0] for p in pieces]), merge_stats([p[1] for p in pieces])
-                lost = check_guidance_kept(stats["status"], block_id, allow_unguided) if guided else {}
-                records = _block_records(batch, todo, stats, out_dir, sources.classes,
+                images, status, before, after = merge_pieces(pieces)
+                lost = check_guidance_kept(status, block_id, allow_unguided) if guided else {}
+                records = _block_records(batch, todo, status, before, after, out_dir, sources.classes,
                                          (time.time() - start) / len(batch), guided)
                 shards.append_manifest(manifest, records)
                 keep = [j for j, it in enumerate(batch) if it in todo]
@@ -219,8 +248,9 @@ def run_batches(sampler, sources, my_batches, out_dir, manifest, seed, repeats, 
     return counters
 
 
-def sample_block(sampler, latents, block, seed, repeats, record_energy=None):
-    """Decoded images [B, 3, H, W] and stats of one block; every item draws from its own seed."""
+def sample_block(sampler, latents, block, seed, repeats, record_energy=False):
+    """(decoded images [B, 3, H, W], guidance outcome [B], energy before, after) of one block
+    (energies: [B], or None unless recorded); every item draws from its own seed."""
     posts = [latents.get(it.index) for it in block]
     cfg = sampler.sample_cfg
     draws = [draw_item(shards.item_generator(seed, it.index, it.k), sampler.latent_shape(), repeats,
@@ -228,14 +258,16 @@ def sample_block(sampler, latents, block, seed, repeats, record_energy=None):
     if cfg.shared_posterior:  # the authors' one posterior sample per source, shared by its copies
         for it, d in zip(block, draws):
             d.latent_eps = torch.randn(d.latent_eps.shape, generator=shards.item_generator(seed, it.index, SOURCE_STREAM))
-    return sampler.sample(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
-                          torch.tensor([it.label for it in block]), draws, record_energy)
+    recorder = EnergyRecorder(sampler) if record_energy and sampler.guidance_cfg.mode != "none" else None
+    images, status = sampler.sample(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
+                                    torch.tensor([it.label for it in block]), draws, recorder)
+    return images, status, *((recorder.before, recorder.after) if recorder else (None, None))
 
 
-def _block_records(block, todo, stats, out_dir, class_names, seconds, guided=True):
+def _block_records(block, todo, status, before, after, out_dir, class_names, seconds, guided=True):
     """Manifest records of the block's items that were missing."""
-    before, after = _per_item(stats["energy_before"], 0), _per_item(stats["energy_after"], -1)
-    status = [GUIDANCE_STATUS[int(code)] if guided else "none" for code in stats["status"]]
+    before, after = (None if e is None else e.tolist() for e in (before, after))
+    status = [GUIDANCE_STATUS[int(code)] if guided else "none" for code in status]
     return [_record(it, j, out_dir, class_names, before, after, seconds, status[j])
             for j, it in enumerate(block) if it in todo]
 
@@ -244,12 +276,6 @@ def _write_images(sampler, images, paths):
     """PIL conversion and atomic PNG writes of one batch (runs on the writer thread)."""
     for image, path in zip(sampler.to_pil(images), paths):
         atomic_save_image(image, path)
-
-
-def _per_item(per_application, which):
-    """Per-item energies of one guidance application: the first for "before", the last for
-    "after", so with repeated guidance the manifest spans all applications."""
-    return per_application[which].tolist() if per_application else None
 
 
 def _record(item, j, out_dir, class_names, before, after, seconds, guidance):

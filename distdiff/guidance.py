@@ -23,8 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from distdiff.timing import stage
-
 GUIDANCE_MODES = ("transform", "direct", "none")
 
 
@@ -42,9 +40,6 @@ class GuidanceConfig:
     renormalize_prototypes: bool = True  # unit prototypes: rescale the class and group means to norm 1
     repeats: int = 1                 # transform: number of applications (the paper: once)
     interval: int = 1                # transform: denoising steps between applications
-    decode_scale: float = 1.0        # benchmark knob: decode the look-ahead x0 from a latent resized by this
-                                     # factor (tried as --lookahead_decode_scale 0.5 and dropped, docs/performance.md)
-    record_energy: bool = True       # measure the energy with and without guidance (extra passes)
 
     def indices(self, num_steps):
         """Indices into the full timestep schedule where guidance acts."""
@@ -128,8 +123,7 @@ def scaled_grad(energy_fn, inputs, dtype, scales=None):
         with torch.enable_grad():
             leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
             new_values = energy_fn(*leaves)
-            with stage("guidance_backward"):
-                new_grads = [g.float() / scale for g in torch.autograd.grad(new_values.sum() * scale, leaves)]
+            new_grads = [g.float() / scale for g in torch.autograd.grad(new_values.sum() * scale, leaves)]
         new_status = guidance_status(new_values.detach(), new_grads)
         if values is None:
             values, grads, status = new_values.detach(), new_grads, new_status

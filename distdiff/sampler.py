@@ -4,18 +4,20 @@ Every random number of an item (the VAE latent sample, the img2img noise, the gu
 and with the matching options its prompt choice and offset noise) comes from that item's own
 generator, so a batch is just a stack of independent items: outputs do not depend on which shard
 or batch an item lands in, up to float rounding.
+
+Nothing here measures or records: `sample(..., observer=fn)` calls fn after each guidance
+application (distdiff.expansion.EnergyRecorder writes the manifest's energies that way), and the
+benchmark times the model calls with module hooks (distdiff.timing).
 """
 import logging
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from distdiff import DistDiffError
 from distdiff.features import guide_features
 from distdiff.guidance import GUIDED, direct_step, energy, transform_step, unit_prototypes
-from distdiff.timing import stage
 
 logger = logging.getLogger(__name__)
 FRAMINGS = ("center", "random", "squash")
@@ -143,8 +145,7 @@ class GuidedSampler:
         generators = generators or [None] * len(images)
         pixels = torch.stack([frame(img, self.resolution, self.sample_cfg.framing, gen)
                               for img, gen in zip(images, generators)])
-        with stage("vae_encode"):
-            posterior = self.pipe.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        posterior = self.pipe.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
         return posterior.mean * self.scaling, posterior.std * self.scaling
 
     def latent_shape(self):
@@ -164,25 +165,15 @@ class GuidedSampler:
         """Latents -> images in [-1, 1]."""
         return self.pipe.vae.decode(latents / self.scaling).sample
 
-    def step(self, latents, index, embeds, name="denoise_unet"):
+    def step(self, latents, index, embeds):
         """One DDIM step at schedule index `index` (the scheduler's output: prev_sample, x0)."""
         t = self.timesteps[index]
-        with stage(name):
-            return self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents)
+        return self.scheduler.step(self.noise_pred(latents, t, embeds), t, latents)
 
     def image_energy(self, x0, labels):
-        """Energy [B] of predicted clean latents: decode, map to the guide's input, score.
-
-        With decode_scale < 1 the latent is resized first (0.5: a 256-px decode at SD scale, still
-        above the guide's 224 px), which cuts the decoder's cost, the look-ahead's largest part.
-        """
+        """Energy [B] of predicted clean latents: decode, map to the guide's input, score."""
         cfg = self.guidance_cfg
-        if cfg.decode_scale != 1.0:
-            x0 = F.interpolate(x0, scale_factor=cfg.decode_scale, mode="bilinear", antialias=True)
-        with stage("lookahead_vae_decode"):
-            images = self.decode(x0)
-        with stage("guide_forward"):
-            features = guide_features(self.guide, self.guide_input, images, cfg.normalize_features)
+        features = guide_features(self.guide, self.guide_input, self.decode(x0), cfg.normalize_features)
         return energy(features, self.protos["class_protos"][labels], self.protos["group_protos"][labels],
                       self.protos["group_mask"][labels], cfg.lambda_class, cfg.lambda_group)
 
@@ -190,62 +181,59 @@ class GuidedSampler:
         """Mean energy over P look-ahead DDIM steps from `latents` at schedule index `index`."""
         total = 0.0
         for p in range(self.guidance_cfg.lookahead_steps):
-            out = self.step(latents, index + p, embeds, "lookahead_unet")
+            out = self.step(latents, index + p, embeds)
             total = total + self.image_energy(out.pred_original_sample, labels)
             latents = out.prev_sample
         return total / self.guidance_cfg.lookahead_steps
 
     # -- the loop ------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, posterior_mean, posterior_std, labels, draws, record_energy=None):
+    def sample(self, posterior_mean, posterior_std, labels, draws, observer=None):
         """Generate one batch. Inputs are per item: posterior [B, C, h, w], labels [B], draws.
-        `record_energy` overrides the config's choice for this batch (the images do not change).
 
-        Returns (decoded images in [-1, 1] as a tensor [B, 3, H, W], stats dict of per-item lists).
-        Everything but the guidance runs under inference_mode (no autograd bookkeeping at all);
-        the latent is cloned out of it before guidance, because autograd cannot save inference
-        tensors for the backward pass.
+        Returns (decoded images in [-1, 1] as a tensor [B, 3, H, W], guidance outcome per item
+        [B]: guidance.GUIDED unless some application lost it to a non-finite or all-zero
+        gradient). `observer(index, latents, guided, unguided, embeds, labels)` is called after
+        each guidance application, with the latent it started from, the guided result and the
+        unguided one (transform: the same latent; direct: the plain DDIM step); it must not
+        change them. Everything but the guidance runs under inference_mode (no autograd
+        bookkeeping at all); the latent is cloned out of it before guidance, because autograd
+        cannot save inference tensors for the backward pass.
         """
         labels = labels.to(self.device)
         rows = torch.tensor([self.prompt_index[int(y)][d.prompt] for y, d in zip(labels, draws)], device=self.device)
         embeds = self.prompt_embeds[rows]
-        stats = self.new_stats(len(draws))
+        status = torch.full((len(draws),), GUIDED, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             eps = torch.stack([d.latent_eps for d in draws]).to(self.device, self.dtype)
             noise = torch.stack([d.noise for d in draws]).to(self.device, self.dtype)
             latents = posterior_mean + posterior_std * eps
             latents = self.scheduler.add_noise(latents, noise, self.timesteps[self.start:self.start + 1])
-        mode = self.guidance_cfg.mode
-        record = self.guidance_cfg.record_energy if record_energy is None else record_energy
+        direct = self.guidance_cfg.mode == "direct"
         for index in range(self.start, self.sample_cfg.num_steps):
-            if index in self.guidance_at and mode == "direct":
-                latents = self._direct(latents.clone(), index, embeds, labels, stats, record)
-                continue  # the guided step replaces the ordinary one
             if index in self.guidance_at:
-                latents = self._transform(latents.clone(), index, embeds, labels, draws, stats, record)
+                start = latents.clone()
+                if direct:  # the guided step replaces the ordinary one
+                    latents, unguided, outcome = self._direct(start, index, embeds, labels)
+                else:
+                    latents, outcome = self._transform(start, index, embeds, labels, draws)
+                    unguided = start
+                status = torch.maximum(status, outcome)  # keep each item's worst outcome
+                if observer is not None:
+                    observer(index, start, latents, unguided, embeds, labels)
+                if direct:
+                    continue
             with torch.inference_mode():
                 latents = self.step(latents, index, embeds).prev_sample
-        with torch.inference_mode(), stage("final_decode"):
-            return self.decode(latents), stats
+        with torch.inference_mode():
+            return self.decode(latents), status
 
     def to_pil(self, images):
         """Decoded [-1, 1] images -> PIL images (the pipeline's own postprocessing)."""
         return self.pipe.image_processor.postprocess(images, output_type="pil")
 
-    def new_stats(self, batch):
-        """Per-batch statistics: energies per guidance application, and per item the guidance
-        outcome (guidance.GUIDED unless some application lost it: non-finite or all-zero gradient)."""
-        return {"energy_before": [], "energy_after": [],
-                "status": torch.full((batch,), GUIDED, dtype=torch.long, device=self.device)}
-
-    @staticmethod
-    def _report(status, stats):
-        """Keep each item's worst guidance outcome over the applications."""
-        stats["status"] = torch.maximum(stats["status"], status)
-
-    def _transform(self, latents, index, embeds, labels, draws, stats, record):
-        """Transform guidance at `index`. With `record`, the look-ahead energy of the unguided
-        latent and of the guided one (the same estimator the step lowers)."""
+    def _transform(self, latents, index, embeds, labels, draws):
+        """Transform guidance at `index`: (guided latent at the same index, outcome [B])."""
         cfg = self.guidance_cfg
         application = self.guidance_at.index(index)
         a = torch.stack([d.a[application] for d in draws]).to(self.device)  # fp32: the guidance's own variables
@@ -253,37 +241,11 @@ class GuidedSampler:
 
         def lookahead(z):
             return self.lookahead_energy(z, index, embeds, labels)
+        return transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius)
 
-        if record:
-            with stage("energy_measurement"):
-                stats["energy_before"].append(lookahead(latents).float().cpu())
-        with stage("guidance_step"):
-            new_latents, status = transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius)
-        if record:
-            with stage("energy_measurement"):
-                stats["energy_after"].append(lookahead(new_latents).float().cpu())
-        self._report(status, stats)
-        return new_latents
-
-    def _direct(self, latents, index, embeds, labels, stats, record):
-        """One direct-guidance step at `index`; returns the guided latent of index + 1. With
-        `record`, after the last guided step: the one-step energy at the next index of the guided
-        latent and of the unguided trajectory (run alongside)."""
-        cfg = self.guidance_cfg
-
+    def _direct(self, latents, index, embeds, labels):
+        """One direct-guidance step at `index`: (guided latent of index + 1, unguided one, outcome)."""
         def step_energy(z):
-            out = self.step(z, index, embeds, "lookahead_unet")
+            out = self.step(z, index, embeds)
             return out.prev_sample, self.image_energy(out.pred_original_sample, labels)
-
-        with stage("guidance_step"):
-            guided, unguided, status = direct_step(latents, step_energy, cfg.step_size)
-        self._report(status, stats)
-        if record:
-            with stage("energy_measurement"):
-                self._unguided = unguided if index == self.guidance_at[0] else \
-                    self.step(self._unguided, index, embeds, "lookahead_unet").prev_sample
-                if index == self.guidance_at[-1] and index + 1 < self.sample_cfg.num_steps:
-                    for key, z in (("energy_before", self._unguided), ("energy_after", guided)):
-                        out = self.step(z, index + 1, embeds, "lookahead_unet")
-                        stats[key].append(self.image_energy(out.pred_original_sample, labels).float().cpu())
-        return guided
+        return direct_step(latents, step_energy, self.guidance_cfg.step_size)

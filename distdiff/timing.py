@@ -1,17 +1,23 @@
-"""Named stages of the sampler, for torch.profiler and for the benchmark's own stage timer.
+"""Stage timing of a GuidedSampler, installed from outside: module hooks and method wrappers.
 
-`stage(name)` labels a block for torch.profiler (record_function) and, inside
-`measure_stages()`, adds its wall time (CUDA-synchronised) to a per-name total. Nested stages
-overlap: a look-ahead UNet call counts in `lookahead_unet` and in `guidance_step`.
+    with stage_timer(sampler) as totals:      # {stage: seconds}, filled while the block runs
+        sampler.sample(...)
+
+The sampler itself holds no timing code. Forward hooks time the model calls (CUDA-synchronised),
+split by whether autograd is on, which is what separates the guidance's look-ahead from plain
+denoising: `denoise_unet` / `lookahead_unet`, `final_decode` / `lookahead_vae_decode`,
+`vae_encode` and `guide_forward`. The guidance applications are timed by wrapping the sampler's
+`_transform` and `_direct`, as `guidance_step`; the stages inside it overlap with it, and
+`guidance_backward` is what remains of it after its look-ahead forwards (the backward pass, with
+any recomputation under gradient checkpointing).
 """
 import contextlib
 import time
 from collections import defaultdict
 
 import torch
-from torch.profiler import record_function
 
-_totals = None
+LOOKAHEAD_PARTS = ("lookahead_unet", "lookahead_vae_decode", "guide_forward")
 
 
 def _sync():
@@ -20,27 +26,51 @@ def _sync():
 
 
 @contextlib.contextmanager
-def stage(name):
-    """Label a block; time it when a measure_stages() block is open."""
-    with record_function(name):
-        if _totals is None:
-            yield
-            return
-        _sync()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
+def stage_timer(sampler):
+    """Time `sampler`'s stages while the block runs; yields the totals dict."""
+    totals, starts, handles = defaultdict(float), {}, []
+
+    def hook(module, grad_name, plain_name):
+        def pre(*_):
             _sync()
-            _totals[name] += time.perf_counter() - start
+            starts[module] = time.perf_counter()
 
+        def post(*_):
+            _sync()
+            name = grad_name if torch.is_grad_enabled() else plain_name
+            totals[name] += time.perf_counter() - starts.pop(module)
+        handles.extend([module.register_forward_pre_hook(pre), module.register_forward_hook(post)])
 
-@contextlib.contextmanager
-def measure_stages():
-    """Yield a dict {stage: seconds} that fills while the block runs."""
-    global _totals
-    previous, _totals = _totals, defaultdict(float)
+    def wrap(obj, method_name, stage):
+        """Time a method of one object; an instance attribute shadows the class's method."""
+        method = getattr(obj, method_name)
+
+        def run(*args, **kwargs):
+            _sync()
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                _sync()
+                totals[stage] += time.perf_counter() - start
+        setattr(obj, method_name, run)
+        wrapped.append((obj, method_name))
+
+    vae, wrapped = sampler.pipe.vae, []
+    hook(sampler.pipe.unet, "lookahead_unet", "denoise_unet")
+    hook(vae.decoder, "lookahead_vae_decode", "final_decode")
+    hook(vae.encoder, "vae_encode", "vae_encode")
+    # The guide is called through timm's forward_features / forward_head, not its forward.
+    for method_name in ("forward_features", "forward_head"):
+        wrap(sampler.guide, method_name, "guide_forward")
+    for method_name in ("_transform", "_direct"):
+        wrap(sampler, method_name, "guidance_step")
     try:
-        yield _totals
+        yield totals
     finally:
-        _totals = previous
+        for handle in handles:
+            handle.remove()
+        for obj, method_name in wrapped:
+            delattr(obj, method_name)
+        if "guidance_step" in totals:
+            totals["guidance_backward"] = totals["guidance_step"] - sum(totals[p] for p in LOOKAHEAD_PARTS)

@@ -42,16 +42,25 @@ from distdiff.guidance import GuidanceConfig
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import load_pipeline, speed_up
 from distdiff.runs import default_guide_ckpt, setup_logging
-from distdiff.sampler import SampleConfig, draw_item
-from distdiff.timing import measure_stages
+from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
+from distdiff.timing import stage_timer
 from models.classifiers import create_classifier
 
 STAGES = ("vae_encode", "denoise_unet", "guidance_step", "lookahead_unet", "lookahead_vae_decode",
           "guide_forward", "guidance_backward", "final_decode", "image_write")
 # Options a variant may combine with "+" (e.g. checkpointing+decode_half): pipeline options, and the
-# guidance's look-ahead decoded at half resolution (GuidanceConfig.decode_scale 0.5; no expansion flag:
-# it was tried and dropped, docs/performance.md).
+# guidance's look-ahead decoded at half resolution (HalfDecodeSampler; no expansion flag: it was
+# tried and dropped, docs/performance.md).
 OPTIONS = ("plain", "checkpointing", "channels_last", "compile", "decode_half")
+
+
+class HalfDecodeSampler(GuidedSampler):
+    """The look-ahead's x0 decoded from a latent resized by 0.5 (a 256-px decode at SD scale, still
+    above the guide's 224 px): cuts the decoder's cost, the look-ahead's largest part."""
+
+    def image_energy(self, x0, labels):
+        x0 = torch.nn.functional.interpolate(x0, scale_factor=0.5, mode="bilinear", antialias=True)
+        return super().image_energy(x0, labels)
 
 
 class PeakRSS:
@@ -172,7 +181,7 @@ def run_with_peak(sampler, batches, device):
 def stage_breakdown(sampler, sources, batch_size, out_dir):
     """Seconds per named stage for one guided batch (its sources encoded afresh), plus the PNG
     writes of its images."""
-    with measure_stages() as totals:
+    with stage_timer(sampler) as totals:
         batch = make_batches(sampler, sources, batch_size, batch_size)[0]
         images, _ = sampler.sample(*batch)
     stages = dict(totals)
@@ -193,10 +202,9 @@ def measure_variant(args, device, variant, sources, guide, guide_input, protos):
     pipe = make_pipeline(args, device, variant)
     sample_cfg = SampleConfig(args.num_steps, args.strength, resolution=args.resolution)
     prompts = [[f"a photo of a {c}"] for c in sources.classes]
-    decode_scale = 0.5 if "decode_half" in variant.split("+") else 1.0
-    samplers = {mode: ex.build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg,
-                                       GuidanceConfig(mode=mode, guidance_step=args.guidance_step, record_energy=False,
-                                                      decode_scale=decode_scale), device)
+    sampler_cls = HalfDecodeSampler if "decode_half" in variant.split("+") else GuidedSampler
+    samplers = {mode: sampler_cls(pipe, guide, guide_input, protos, prompts, sample_cfg,
+                                  GuidanceConfig(mode=mode, guidance_step=args.guidance_step), device)
                 for mode in ("none", "transform")}
     measured = args.num_steps - sample_cfg.start
     full = args.full_steps - SampleConfig(args.full_steps, args.strength).start
@@ -209,7 +217,7 @@ def measure_variant(args, device, variant, sources, guide, guide_input, protos):
     stages = {key: [] for key in order}
     for _ in range(args.repeats):
         for key in order:
-            with measure_stages() as totals:
+            with stage_timer(samplers[key[0]]) as totals:
                 seconds[key].append(timed_run(samplers[key[0]], batches[key], device))
             stages[key].append(dict(totals))
     results = {}

@@ -124,7 +124,7 @@ def test_transform_guidance_equals_the_authors_update(samplers):
     index = sampler.guidance_at[0]
     embeds = sampler.prompt_embeds[[sampler.prompt_index[label][0]]]
     draws = [SimpleNamespace(a=a, b=b)]
-    ours = sampler._transform(z.clone(), index, embeds, torch.tensor([label]), draws, sampler.new_stats(1), False)
+    ours, _ = sampler._transform(z.clone(), index, embeds, torch.tensor([label]), draws)
     # Theirs: perturb, P=2 look-ahead steps with CFG, raw features, average over P, one gradient
     # step of rho on (a, b), transform z, clamp to the L-inf ball of 0.2 around z.
     a_var, b_var = a.clone().requires_grad_(), b.clone().requires_grad_()
@@ -147,7 +147,7 @@ def test_direct_guidance_equals_the_authors_update(samplers):
     embeds = sampler.prompt_embeds[[sampler.prompt_index[label][0]]]
     ours = z.clone()
     for index in sampler.guidance_at:  # both guided indices, as the sampler's loop does
-        ours = sampler._direct(ours.clone(), index, embeds, torch.tensor([label]), sampler.new_stats(1), False)
+        ours = sampler._direct(ours.clone(), index, embeds, torch.tensor([label]))[0]
     # Theirs, at each of the P=2 timesteps: one step with CFG, unit features, energy not divided by
     # P, gradient with respect to z_t subtracted (rho = 10) from z_{t-1}, no projection.
     theirs = z.clone()
