@@ -28,8 +28,10 @@ def paired_difference(treated, control, confidence=0.95):
     mean = float(diffs.mean())
     if n == 1:
         return {"mean": mean, "low": math.nan, "high": math.nan, "n": 1, "seeds": seeds}
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "seeds": seeds}
+    if not diffs.std():  # every seed moved by the same amount: scipy's interval would be nan
+        return {"mean": mean, "low": mean, "high": mean, "n": n, "seeds": seeds}
+    interval = stats.ttest_rel([treated[s] for s in seeds], [control[s] for s in seeds]).confidence_interval(confidence)
+    return {"mean": mean, "low": float(interval.low), "high": float(interval.high), "n": n, "seeds": seeds}
 
 
 def fmt_mean_std(mean, std, digits=2):
