@@ -17,22 +17,22 @@ import argparse
 import logging
 from pathlib import Path
 
-
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
-from distdiff import registry
 from distdiff import expansion as ex
+from distdiff import registry
 from distdiff import shards
 from distdiff.config import dataset_section, parse_args, resolved_dict, str2bool
 from distdiff.devices import (configure_cpu, peak_memory_line, pipeline_dtype, resolve_device, resolve_precision,
                               seed_everything)
 from distdiff.features import GUIDE_INPUTS
 from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
-from distdiff.presets import PRESETS, apply_targets, preset_values
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import load_pipeline, resolve_model, speed_up
+from distdiff.presets import PRESETS, apply_targets, preset_values
 from distdiff.prototypes import CLUSTER_METHODS
-from distdiff.runs import default_guide_ckpt, expansion_dir, setup_logging
 from distdiff.registry import PROMPT_SETS
+from distdiff.runs import default_guide_ckpt, expansion_dir, setup_logging
 from distdiff.sampler import FRAMINGS, START_RULES, SampleConfig
 
 logger = logging.getLogger("distdiff.expand")

@@ -11,6 +11,7 @@ recipe, resume and metrics as train_original.py.
 """
 import argparse
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import dataset_section, parse_args
 from distdiff.options import add_train_expand_flags, run_cli
 from distdiff.runs import expansion_dir

@@ -11,6 +11,7 @@ Rerunning resumes an interrupted run and skips a finished one.
 """
 import argparse
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import dataset_section, parse_args
 from distdiff.options import add_train_flags, run_cli
 from distdiff.training import TrainConfig, train_classifier

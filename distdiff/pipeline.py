@@ -54,29 +54,24 @@ def resolve_model(model):
                             "pass --model <local diffusers folder>") from None
 
 
-def load_pipeline(model, device, dtype=torch.float32, allow_shapes=False):
-    """StableDiffusionImg2ImgPipeline from a folder or Hub id, with a DDIM scheduler, frozen.
+def load_pipeline(model, device, dtype=torch.float32):
+    """StableDiffusionImg2ImgPipeline from a folder or Hub id, with a DDIM scheduler, frozen."""
+    from diffusers import StableDiffusionImg2ImgPipeline
 
-    With allow_shapes (benchmarks), `shape:<name>` builds models/sd_shapes.py's random-weight
-    pipeline with a published architecture instead.
-    """
-    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+    folder = resolve_model(model)
+    try:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DistDiffError(f"cannot load the diffusion model {model!r} from {folder} ({first})") from None
+    return finish_pipeline(pipe, device, model)
 
-    if allow_shapes and str(model).startswith("shape:"):
-        from models.sd_shapes import check_shape, shape_name, shape_pipeline
-        try:
-            check_shape(shape_name(model))
-        except ValueError as err:
-            raise DistDiffError(str(err)) from None
-        pipe = shape_pipeline(shape_name(model), dtype=dtype)
-    else:
-        folder = resolve_model(model)
-        try:
-            pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-                folder, dtype=dtype, safety_checker=None, requires_safety_checker=False)
-        except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DistDiffError(f"cannot load the diffusion model {model!r} from {folder} ({first})") from None
+
+def finish_pipeline(pipe, device, model="the model"):
+    """A loaded (or built) pipeline made ready to sample: DDIM scheduler, frozen, on `device`."""
+    from diffusers import DDIMScheduler
+
     # The paper samples with DDIM; SD-1.4 ships PNDM, so swap it keeping the noise schedule.
     pipe.scheduler = check_scheduler(DDIMScheduler.from_config(pipe.scheduler.config), model)
     pipe.set_progress_bar_config(disable=True)

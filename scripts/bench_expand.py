@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
+from distdiff import DistDiffError
 from distdiff import expansion as ex
 from distdiff import registry, shards
 from distdiff.devices import configure_cpu, pipeline_dtype, resolve_device
@@ -40,10 +42,11 @@ from distdiff.features import GuideInput
 from distdiff.fileio import atomic_save_image, atomic_write_json
 from distdiff.guidance import GuidanceConfig
 from distdiff.options import add_runtime_flags, run_cli
-from distdiff.pipeline import load_pipeline, speed_up
+from distdiff.pipeline import finish_pipeline, load_pipeline, speed_up
 from distdiff.runs import default_guide_ckpt, setup_logging
 from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
 from distdiff.timing import stage_timer
+from embedded.sd_shapes import SHAPE_PREFIX, check_shape, shape_name, shape_pipeline
 from models.classifiers import create_classifier
 
 STAGES = ("vae_encode", "denoise_unet", "guidance_step", "lookahead_unet", "lookahead_vae_decode",
@@ -133,7 +136,16 @@ def variant_type(text):
 def make_pipeline(args, device, variant):
     """The pipeline with one variant's options (a fresh load: compile and NHWC change modules)."""
     options = variant.split("+")
-    pipe = load_pipeline(args.model, device, pipeline_dtype(args.precision, device), allow_shapes=True)
+    dtype = pipeline_dtype(args.precision, device)
+    if str(args.model).startswith(SHAPE_PREFIX):  # a published architecture with random weights
+        name = shape_name(args.model)
+        try:
+            check_shape(name)
+        except ValueError as err:
+            raise DistDiffError(str(err)) from None
+        pipe = finish_pipeline(shape_pipeline(name, dtype=dtype), device, args.model)
+    else:
+        pipe = load_pipeline(args.model, device, dtype)
     pipe = speed_up(pipe, "channels_last" in options, "compile" in options)
     if "checkpointing" in options:
         pipe.unet.enable_gradient_checkpointing()

@@ -24,15 +24,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distdiff import memory
 from distdiff.options import run_cli
+from embedded.sd_shapes import SHAPES, build_shape
 from models.classifiers import create_classifier, penultimate_features
-from models.sd_shapes import SHAPES, build_shape
 
-TEXT_ENCODER_BYTES_FP16 = 123_060_480 * 2  # CLIP ViT-L/14 text encoder (models/sd_shapes.py's count) in fp16
+TEXT_ENCODER_BYTES_FP16 = 123_060_480 * 2  # CLIP ViT-L/14 text encoder (embedded/sd_shapes.py's count) in fp16
 
 
 def build(prior):
     """(unet, vae, latent side, image side, text tokens, text width) on the meta device: SD-1.4's
-    published shapes (models/sd_shapes.py) when `prior` is None, else a local folder's configs."""
+    published shapes (embedded/sd_shapes.py) when `prior` is None, else a local folder's configs."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     if prior is None:

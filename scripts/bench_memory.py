@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import REPO_ROOT
 from distdiff.fileio import atomic_write_json
 from distdiff.options import run_cli
-from distdiff.rehearsal import SIZES, fabricate_image
+from embedded.rehearsal import SIZES, fabricate_image
 
 
 def make_split(root, classes, train, test):

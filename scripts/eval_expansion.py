@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff import registry

@@ -3,7 +3,7 @@
     python scripts/eval_prior.py                                  # checkpoint/prior/digits
     python scripts/eval_prior.py --model checkpoint/prior/digits --figure
 
-The protocol (distdiff/prior_eval.py) never touches the test split: an independent evaluator
+The protocol (embedded/prior_eval.py) never touches the test split: an independent evaluator
 trained on the `prior` split scores text-to-image samples and img2img outputs by class; the VAE
 reconstruction error is measured on val. Writes quality.json into the model folder (or
 --output) and prints it.
@@ -12,14 +12,15 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import REPO_ROOT
-from distdiff.registry import ensure_prepared, get_dataset
 from distdiff.devices import configure_cpu, resolve_device
 from distdiff.fileio import atomic_write_json
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import resolve_model
-from distdiff.prior_eval import EvalProtocol, default_evaluator_cache, evaluate_prior, summary_lines
+from distdiff.registry import ensure_prepared, get_dataset
 from distdiff.runs import setup_logging
+from embedded.prior_eval import EvalProtocol, default_evaluator_cache, evaluate_prior, summary_lines
 
 
 def add_protocol_flags(parser):

@@ -165,8 +165,8 @@ def step_pipeline(ctx):
     import torch
 
     from distdiff.pipeline import load_pipeline
-    from distdiff.rehearsal import hf_snapshot
-    from models.sd_shapes import save_rehearsal_pipeline, save_shape_pipeline
+    from embedded.rehearsal import hf_snapshot
+    from embedded.sd_shapes import save_rehearsal_pipeline, save_shape_pipeline
 
     prompts = [f"a photo of a {c}" for c in KEPT]
     start = time.time()
@@ -192,7 +192,7 @@ def step_pipeline(ctx):
 
 
 def step_guide(ctx, cap):
-    from distdiff.rehearsal import fabricate_caltech101
+    from embedded.rehearsal import fabricate_caltech101
 
     fabricate_caltech101(ctx.work / "downloads", CLASSES, per_class=6)
     deadline = time.time() + cap

@@ -12,9 +12,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 from PIL import Image
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
-from distdiff.registry import get_dataset
 from distdiff.options import run_cli
+from distdiff.registry import get_dataset
 from distdiff.results import experiment_row
 from distdiff.runs import dataset_dirname, train_run_dir
 

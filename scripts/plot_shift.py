@@ -18,6 +18,7 @@ from pathlib import Path
 
 import matplotlib
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff.options import run_cli
 

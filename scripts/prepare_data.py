@@ -10,10 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
-from distdiff.registry import DATA_ROOT, REGISTRY, get_dataset
 from distdiff.options import run_cli
 from distdiff.prepare import SOURCES, is_complete, prepare
+from distdiff.registry import DATA_ROOT, REGISTRY, get_dataset
 
 DOWNLOAD_ROOT = DATA_ROOT / "raw"
 

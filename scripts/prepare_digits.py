@@ -1,5 +1,5 @@
 """Export scikit-learn's digits into data/digits/{train,train10,val,test,prior}/<digit>/*.png,
-and, on request, the shifted domains (distdiff/shifted.py) into data/<shift>/{prior,val,test}/.
+and, on request, the shifted domains (embedded/shifted.py) into data/<shift>/{prior,val,test}/.
 
     python scripts/prepare_digits.py                     # idempotent: existing splits are kept
     python scripts/prepare_digits.py --shifts printed photo
@@ -8,11 +8,12 @@ and, on request, the shifted domains (distdiff/shifted.py) into data/<shift>/{pr
 import argparse
 from pathlib import Path
 
-from distdiff.registry import REGISTRY
-from distdiff.digits import export_digits
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.options import run_cli
-from distdiff.shifted import SHIFTS, SPLITS, export_shift
+from distdiff.registry import REGISTRY
 from distdiff.runs import setup_logging
+from embedded.digits import export_digits
+from embedded.shifted import SHIFTS, SPLITS, export_shift
 
 
 def get_parser():

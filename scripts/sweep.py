@@ -31,6 +31,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError, registry
 from distdiff.config import REPO_ROOT as REPO
 from distdiff.config import dataset_section, parse_args

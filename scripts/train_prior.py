@@ -9,7 +9,7 @@ UNet2DConditionModel with cross-attention, DDIMScheduler with SD's 1000-step sca
 schedule (epsilon prediction), CLIPTextModel + CLIPTokenizer (vocabulary learned from the
 prompts). The result is saved with `StableDiffusionImg2ImgPipeline.save_pretrained`, so later
 stages load it with the same `from_pretrained` call as SD-1.4. The recipe is in
-distdiff/prior_training.py; the defaults, each with its reason, in configs/prior.yaml.
+embedded/prior_training.py; the defaults, each with its reason, in configs/prior.yaml.
 
 The text encoder is trained jointly with the UNet instead of frozen as in SD. SD freezes a CLIP
 that was pretrained on captions; there is none here, and a frozen random encoder leaves the UNet
@@ -20,7 +20,7 @@ A training state is saved atomically in <out>/<name>.work/ every --ckpt_every st
 the same command resumes from it. The final folder is written to a temp dir and renamed, so
 <out>/<name> is either absent or complete; when it exists, a rerun reports that and exits.
 Two runs with the same seed and thread count give bit-identical weights.
-At the end, distdiff/prior_eval.py's protocol writes quality.json into the folder.
+At the end, embedded/prior_eval.py's protocol writes quality.json into the folder.
 """
 import argparse
 import logging
@@ -31,18 +31,19 @@ from pathlib import Path
 
 import torch
 
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff.config import REPO_ROOT, load_yaml_config, parse_args, save_args
-from distdiff.registry import ensure_prepared, get_dataset
 from distdiff.devices import configure_cpu, resolve_device, seed_everything
 from distdiff.fileio import atomic_torch_save
-from distdiff.mixture import load_mixture, parse_mixture
 from distdiff.options import add_runtime_flags, run_cli
-from distdiff.prior_eval import EvalProtocol, class_prompts, load_images
-from distdiff.prior_training import (PriorRecipe, encode_latents, finalize, latent_scale, load_state, prompt_ids,
-                                     state_saver, train_unet, train_vae)
+from distdiff.registry import ensure_prepared, get_dataset
 from distdiff.runs import setup_logging
-from models.prior import build_components, num_parameters
+from embedded.mixture import load_mixture, parse_mixture
+from embedded.prior import build_components, num_parameters
+from embedded.prior_eval import EvalProtocol, class_prompts, load_images
+from embedded.prior_training import (PriorRecipe, encode_latents, finalize, latent_scale, load_state, prompt_ids,
+                                     state_saver, train_unet, train_vae)
 
 logger = logging.getLogger("distdiff.train_prior")
 # Settings that shape the weights or the cached latents: a resumed state must share them.
@@ -145,7 +146,7 @@ def get_parser():
         "and its evaluation are the prior's")
     add("--prior_data", default=None, metavar="MIX",
         help="train on a mixture of the same size instead, e.g. digits:prior=0.1,printed:prior=0.9 "
-        "(fractions sum to 1; distdiff/mixture.py)")
+        "(fractions sum to 1; embedded/mixture.py)")
     add("--name", default=None, help="output folder name (default: the dataset, or <dataset>_mix_<parts>)")
     add("--out", default=str(REPO_ROOT / "checkpoint" / "prior"), help="root of <name>/ and <name>.work/")
     add("--image_size", type=int, default=32, help="training image side")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import embedded  # noqa: F401 - registers the embedded datasets, as every entry point does
+
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -102,7 +104,7 @@ def digits_ready():
 @pytest.fixture(scope="session")
 def tiny_pipe(tmp_path_factory, digits_ready):
     """An untrained ~1M-parameter SD-shaped pipeline at 16 px with the digits prompts, built once."""
-    from models.prior import build_tiny_pipeline
+    from embedded.prior import build_tiny_pipeline
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_pipe") / "pipe",
                                [digits_ready.prompt(d) for d in DIGITS])
 

@@ -37,7 +37,7 @@ def draw_shape(kind, seed, size=32):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A folder dataset, a random guide for its classes and an untrained tiny pipeline."""
-    from models.prior import build_tiny_pipeline
+    from embedded.prior import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("expand")
     tree = root / "tree"

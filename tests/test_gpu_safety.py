@@ -112,7 +112,7 @@ def test_an_overflowing_scale_is_retried_smaller_per_item():
 def test_memory_model_halves_in_fp16_and_plans_checkpointing_only_when_needed():
     from distdiff import memory
     from models.classifiers import create_classifier
-    from models.sd_shapes import build_shape
+    from embedded.sd_shapes import build_shape
 
     parts = build_shape("sd14", device="meta")
     with torch.device("meta"):

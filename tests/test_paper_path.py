@@ -3,7 +3,7 @@
 
 Stand-ins with the real shapes replace the downloads: a tiny pipeline in CompVis/stable-diffusion-
 v1-4's layout inside a temporary Hugging Face cache under that repo id, and a folder with the
-Caltech-101 download's layout (distdiff/rehearsal.py). Only size knobs are added to the commands:
+Caltech-101 download's layout (embedded/rehearsal.py). Only size knobs are added to the commands:
 --shots 2 (prepare), --epochs 1 (training), a source limit, batch size and 2 shards
 (expansion), and SEEDS (retraining); and --device cpu, because the GPU index the commands pass is
 an error on a machine without CUDA (never a silent CPU run).
@@ -31,8 +31,8 @@ EXPANSION = Path("checkpoint/caltech-101/expansions/distdiff_x5")
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory):
     """Stand-ins, a fresh copy of the repository, and a shell that runs commands in it."""
-    from distdiff.rehearsal import fabricate_caltech101, install_in_hf_cache
-    from models.sd_shapes import save_rehearsal_pipeline
+    from embedded.rehearsal import fabricate_caltech101, install_in_hf_cache
+    from embedded.sd_shapes import save_rehearsal_pipeline
 
     root = tmp_path_factory.mktemp("paper")
     clone = copy_repo(root / "clone")

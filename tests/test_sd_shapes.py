@@ -4,7 +4,7 @@ import pytest
 
 from conftest import run_main
 from distdiff import DistDiffError
-from models.sd_shapes import build_shape
+from embedded.sd_shapes import build_shape
 
 # Parameter counts of CompVis/stable-diffusion-v1-4 and stabilityai/stable-diffusion-2-1-base.
 PUBLISHED = {"sd14": {"unet": 860e6, "vae": 84e6, "text_encoder": 123e6},

@@ -1,4 +1,4 @@
-"""Shifted digit domains and prior mixtures (distdiff/shifted.py, distdiff/mixture.py)."""
+"""Shifted digit domains and prior mixtures (embedded/shifted.py, embedded/mixture.py)."""
 import numpy as np
 import pytest
 import torch
@@ -6,8 +6,8 @@ from PIL import Image
 
 from conftest import run_main, script
 from distdiff import DistDiffError
-from distdiff import shifted
-from distdiff.mixture import Component, balanced_subset, component_counts, load_mixture, parse_mixture
+from embedded import shifted
+from embedded.mixture import Component, balanced_subset, component_counts, load_mixture, parse_mixture
 
 
 def test_printed_renders_are_seeded_balanced_and_use_disjoint_fonts():
@@ -94,7 +94,7 @@ def fake_loader(sizes):
 
 
 def test_load_mixture_draws_the_counts_from_each_source(monkeypatch):
-    monkeypatch.setattr("distdiff.mixture.ensure_prepared", lambda spec: None)
+    monkeypatch.setattr("embedded.mixture.ensure_prepared", lambda spec: None)
     mix = parse_mixture("digits:prior=0.25,printed:prior=0.75")
     images, labels = load_mixture(mix, ["0", "1"], 40, 4, 0, fake_loader({"digits": 50, "printed": 50}))
     assert images.shape == (40, 3, 4, 4)
@@ -107,7 +107,7 @@ def test_load_mixture_draws_the_counts_from_each_source(monkeypatch):
 
 
 def test_a_split_without_images_is_a_one_line_error(tmp_path, monkeypatch):
-    from distdiff.prior_eval import load_images
+    from embedded.prior_eval import load_images
 
     (tmp_path / "prior" / "0").mkdir(parents=True)
     mix = parse_mixture(f"folder:{tmp_path}:prior=1")

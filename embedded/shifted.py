@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from distdiff import DistDiffError
-from distdiff.digits import digit_to_image, export_digits
-from distdiff.registry import SHIFTED as SHIFTS
-from distdiff.registry import SHIFTED_SPLITS as SPLITS
+from embedded.digits import digit_to_image, export_digits
+from embedded.names import SHIFTED as SHIFTS
+from embedded.names import SHIFTED_SPLITS as SPLITS
 
 logger = logging.getLogger(__name__)
 PRINTED_PER_CLASS = {"prior": 100, "val": 20, "test": 50}  # digits' prior split has 80-110 per class

@@ -80,7 +80,7 @@ def build_rehearsal(root, repo_id="CompVis/stable-diffusion-v1-4", classes=CLASS
     """Both stand-ins under `root`: the Caltech-101-shaped download (root/downloads) and a tiny
     pipeline in SD-1.4's layout installed as `repo_id` in a Hugging Face cache (root/hf/hub).
     Returns {"downloads": path, "hf_home": path, "hf_hub_cache": path}."""
-    from models.sd_shapes import save_rehearsal_pipeline
+    from embedded.sd_shapes import save_rehearsal_pipeline
 
     root = Path(root)
     fabricate_caltech101(root / "downloads", classes, per_class)

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 
 from distdiff import DistDiffError
 from distdiff.fileio import atomic_torch_save, atomic_write_json, remove_stale_temps
-from distdiff.prior_eval import augment, evaluate_prior, summary_lines
-from models.prior import save_pipeline
+from embedded.prior import save_pipeline
+from embedded.prior_eval import augment, evaluate_prior, summary_lines
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
 
-from models.prior import build_components, build_tokenizer, export_vocab_files
+from embedded.prior import build_components, build_tokenizer, export_vocab_files
 
 _SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
                block_out_channels=(128, 256, 512, 512), sample_size=512, scaling_factor=0.18215,
