@@ -305,7 +305,7 @@ def class_prompts(spec, classes, prompts="project", prompt_file=None):
     """Per class, its list of prompts: the dataset template's one (the project's or the authors'
     set), or with a prompt file (the authors' --language_enhance) the sentences listed for it."""
     if prompt_file is None:
-        return [[spec.prompt(name, prompts)] for name in classes]
+        return [[prompt] for prompt in spec.class_prompts(classes, prompts)]
     path = Path(prompt_file)
     if not path.is_file():
         raise DistDiffError(f"prompt file {path} not found; --language_enhance reads a JSON or YAML mapping "

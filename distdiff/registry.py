@@ -55,6 +55,10 @@ class DatasetSpec:
         template = self.authors_template if prompts == "authors" and self.authors_template else self.template
         return template.format(self.prompt_name(class_folder))
 
+    def class_prompts(self, classes, prompts="project"):
+        """The prompt of every class folder, in label order (the one place prompts are made)."""
+        return [self.prompt(name, prompts) for name in classes]
+
 
 def _real(name, template, authors_template=None, val=True, hint="python scripts/prepare_data.py {name}"):
     """A dataset prepared by scripts/prepare_data.py; every one but caltech-101 has a val split."""

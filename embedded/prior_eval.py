@@ -26,7 +26,7 @@ from distdiff import DistDiffError
 from distdiff.datasets import load_split
 from distdiff.devices import seed_everything
 from distdiff.fileio import atomic_torch_save
-from distdiff.pipeline import resolve_model
+from distdiff.pipeline import load_pipeline
 from models.classifiers import create_classifier
 
 logger = logging.getLogger(__name__)
@@ -71,11 +71,6 @@ def augment(images, generator, max_shift, max_degrees):
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(images)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def class_prompts(spec, classes):
-    """The dataset's prompt for every class folder, in label order."""
-    return [spec.prompt(c) for c in classes]
 
 
 # ---------------------------------------------------------------------------
@@ -155,21 +150,13 @@ def accuracy(pred, labels, classes):
 # ---------------------------------------------------------------------------
 
 def load_pipelines(model, device):
-    """(text-to-image, img2img) SD pipelines sharing one set of components (the model's own
-    scheduler: this measures the prior as trained, not the expander's sampler)."""
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+    """(text-to-image, img2img) SD pipelines sharing one set of components, through the
+    expander's loader (its DDIM is the schedule the prior was trained and saved with)."""
+    from diffusers import StableDiffusionPipeline
 
-    folder = resolve_model(model)
-    try:
-        img2img = StableDiffusionImg2ImgPipeline.from_pretrained(
-            folder, safety_checker=None, requires_safety_checker=False)
-    except (OSError, ValueError) as err:
-        raise DistDiffError(f"cannot load a Stable Diffusion pipeline from {model}: "
-                            f"{str(err).splitlines()[0]}") from None
-    img2img = img2img.to(device)
+    img2img = load_pipeline(model, device)
     text2img = StableDiffusionPipeline(**img2img.components)
-    for pipe in (img2img, text2img):
-        pipe.set_progress_bar_config(disable=True)  # our own bars count batches instead
+    text2img.set_progress_bar_config(disable=True)  # our own bars count batches instead
     return text2img, img2img
 
 
@@ -244,7 +231,7 @@ def evaluate_prior(model_dir, spec, evaluator_cache, device, protocol=EvalProtoc
     text2img, img2img = load_pipelines(str(model_dir), device)
     evaluator, classes = get_evaluator(spec, evaluator_cache, cfg["evaluator_epochs"],
                                        cfg["seed"], device)
-    prompts = class_prompts(spec, classes)
+    prompts = spec.class_prompts(classes)
     val_images, val_labels, _ = load_images(spec, spec.val_split, EVAL_SIZE)
     eval_val_acc, _ = accuracy(predict(evaluator, val_images), val_labels, classes)
 

@@ -41,7 +41,7 @@ from distdiff.registry import ensure_prepared, get_dataset
 from distdiff.runs import setup_logging
 from embedded.mixture import load_mixture, parse_mixture
 from embedded.prior import build_components, num_parameters
-from embedded.prior_eval import EvalProtocol, class_prompts, load_images
+from embedded.prior_eval import EvalProtocol, load_images
 from embedded.prior_training import (PriorRecipe, encode_latents, finalize, latent_scale, load_state, prompt_ids,
                                      state_saver, train_unet, train_vae)
 
@@ -88,7 +88,7 @@ def main(argv=None):
     if components:
         images, labels = load_mixture(components, classes, len(images), args.image_size, args.seed, load_images)
         logger.info("prior data: %s", ", ".join(f"{c.dataset}:{c.split} {c.fraction:g}" for c in components))
-    prompts = class_prompts(spec, classes)
+    prompts = spec.class_prompts(classes)
     parts = build_components(prompts, args.image_size, tuple(args.vae_channels),
                              unet_channels=tuple(args.unet_channels), text_width=args.text_width,
                              text_layers=args.text_layers,
