@@ -20,26 +20,17 @@ from distdiff.sampler import GuidedSampler, draw_item
 
 logger = logging.getLogger(__name__)
 
-# Settings that change the images: one output dir must be produced with one set of them. Execution
-# settings (batch size, gradient checkpointing, channels-last, compile, threads, device index)
-# change them at float-rounding level at most, so a rerun may change them freely (e.g. a smaller
-# batch after running out of memory).
-GENERATION_KEYS = ("dataset", "model", "guide_ckpt", "expand_ratio", "seed", "num_steps", "strength",
-                   "cfg_scale", "resolution", "guidance", "guidance_step", "lookahead_steps",
-                   "step_size", "radius", "lambda_class", "lambda_group", "normalize_features",
-                   "renormalize_prototypes", "guide_input", "framing", "start_rule", "shared_posterior",
-                   "offset_noise", "prompts", "prompt_file", "guidance_repeats", "guidance_interval",
-                   "cluster", "num_groups", "precision")
 SOURCE_STREAM, CROP_STREAM = -1, -2  # per-source generators: (seed, source index, stream)
 
 
-def check_or_write_args(out_dir, resolved):
-    """Write <out>/args.yaml (the resolved settings dict), or refuse when it records different
-    generation settings."""
+def check_or_write_args(out_dir, resolved, generation_keys):
+    """Write <out>/args.yaml (the resolved settings dict), or refuse when it records other values
+    of `generation_keys` (the settings that change the images; execution settings such as the
+    batch size change them at float-rounding level at most, so a rerun may change those freely)."""
     path = Path(out_dir) / "args.yaml"
     if path.is_file():
         previous = yaml.safe_load(path.read_text()) or {}
-        changed = [k for k in GENERATION_KEYS if k in previous and previous[k] != resolved.get(k)]
+        changed = [k for k in generation_keys if k in previous and previous[k] != resolved.get(k)]
         if changed:
             diffs = ", ".join(f"{k}: {previous[k]!r} -> {resolved.get(k)!r}" for k in changed[:4])
             raise DistDiffError(f"{out_dir} was generated with other settings ({diffs}); "

@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from distdiff import DistDiffError
+from distdiff import expand_flags
 from distdiff import shards
 from distdiff.config import load_yaml_config
 from distdiff.fileio import atomic_write_json
@@ -29,22 +30,15 @@ from distdiff.stats import fmt_mean_std, mean_std, paired_difference
 
 logger = logging.getLogger(__name__)
 
-# expand_distdiff.py flags a grid may set (its canonical spellings, underscores). Paths, the
-# experiment name, sharding and one-shot modes are left out: the sweep owns those.
-SWEEPABLE = ("model", "expand_ratio", "limit", "seed", "num_steps", "strength", "cfg_scale", "resolution",
-             "framing", "shared_posterior", "start_rule", "offset_noise", "prompts", "preset",
-             "guidance", "guidance_step", "lookahead_steps", "step_size", "radius", "lambda_class",
-             "lambda_group", "normalize_features", "renormalize_prototypes", "guide_input",
-             "guidance_repeats", "guidance_interval", "record_energy",
-             "cluster", "num_groups", "batch_size", "device", "precision", "threads")
-# Flags that change an unguided image: a control must match its guided cells on all of them.
-# (expand_ratio and limit only change which items exist, but equal sets keep every item paired.)
-UNGUIDED_KEYS = ("model", "expand_ratio", "limit", "seed", "num_steps", "strength", "cfg_scale",
-                 "resolution", "framing", "shared_posterior", "start_rule", "offset_noise", "prompts", "preset",
-                 "batch_size", "device", "precision")
-# Flags the sweep sets itself; pass-through strings must not set them.
-EXPAND_OWNED = ("dataset", "exp", "out", "checkpoint_root", "guide_ckpt", "guide_arch", "prototypes", "split",
-                "total_split", "shard_id", "num_shards", "verify", "prepare_only", "guidance")
+# The expander's flags by role (distdiff/expand_flags.py); every list here is derived from them.
+# A grid may set what shapes the images or the run, not paths, the shard or one-shot modes.
+SWEEPABLE = tuple(expand_flags.keys("sample", "guidance", "items", "execution", "runtime", "preset"))
+# Flags that change an unguided image: a control must match its guided cells on all of them,
+# including the execution settings that round differently (an exact pairing). The items flags only
+# change which items exist, but equal sets keep every item paired.
+UNGUIDED_KEYS = tuple(expand_flags.keys("sample", "items", "execution", "preset"))
+# Flags the sweep sets itself, in every spelling; pass-through strings must not set them.
+EXPAND_OWNED = tuple(expand_flags.spellings(expand_flags.keys("path", "shard") + ["guidance"]))
 TRAIN_OWNED = ("dataset", "exp", "output", "seed", "expanded_dir")
 GRID_KEYS = ("dataset", "base", "axes", "cells")
 ACC_METRICS = ("last_acc", "test_at_best_val", "best_acc")

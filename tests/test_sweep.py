@@ -244,11 +244,15 @@ def test_unguided_grid_cells_merge_into_one_control(tmp_path):
     assert sw.cell_cli(cells[2]) == ["--num_steps", "10", "--guidance", "transform", "--radius", "0.5"]
 
 
-def test_every_sweepable_flag_is_an_expander_flag():
-    import expand_distdiff  # the same text `expand_distdiff.py --help` prints
-    help_text = expand_distdiff.get_parser().format_help()
-    missing = [flag for flag in sw.SWEEPABLE if f"--{flag} " not in help_text and f"--{flag}," not in help_text]
-    assert not missing, missing
+def test_the_sweep_key_lists_follow_the_expander_flag_roles():
+    from distdiff import expand_flags
+    roles = {a.dest: a.role for a in expand_flags.get_parser()._actions if a.dest != "help"}
+    assert None not in roles.values()  # every flag says what it changes
+    assert {"radius", "batch_size", "limit", "preset"} <= set(sw.SWEEPABLE) and "split" not in sw.SWEEPABLE
+    assert {"strength", "batch_size", "limit"} <= set(sw.UNGUIDED_KEYS) and "radius" not in sw.UNGUIDED_KEYS
+    assert "batch_size" not in expand_flags.GENERATION_KEYS and "radius" in expand_flags.GENERATION_KEYS
+    with pytest.raises(DistDiffError, match="must not set --output_dir"):  # an alias of --out
+        sw.check_passthrough(["--output_dir", "x"], sw.EXPAND_OWNED, set(), "--expand_flags")
 
 
 def test_dry_run_lists_cells_and_commands_and_runs_nothing(tmp_path):
