@@ -20,6 +20,31 @@ POSITIONAL_SUFFIX = "_positional"
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
+# The other spellings of the project's flags, one table per script family. Most are the authors'
+# names (their generate_data.py, train.py and launchers), so their command lines run unchanged; a
+# flag also always takes its dashed form (--guide-ckpt for --guide_ckpt).
+EXPAND_SPELLINGS = {
+    "dataset": ("-d",), "model": ("--pretrained_model_name_or_path",), "guide_ckpt": ("--encoder_weight_path",),
+    "guide_arch": ("-a",), "out": ("--output_dir",), "expand_ratio": ("--num_images_per_prompt",),
+    "cfg_scale": ("--guidance_scale",), "language_enhance": ("-le",), "guidance": ("--guidance_type",),
+    "lookahead_steps": ("--guidance_period",), "step_size": ("--rho",), "radius": ("--constraint_value",),
+    "lambda_class": ("--gs",), "lambda_group": ("--ls",), "num_groups": ("--K",),
+    "batch_size": ("--train_batch_size",),
+    "split": ("--shard_id", "--shard-id"), "total_split": ("--num_shards", "--num-shards"),  # accelerate's words
+}
+TRAIN_SPELLINGS = {
+    "dataset": ("-d",), "arch": ("-a",), "lr": ("--learning-rate",), "batch_size": ("--train-batch-size",),
+    "weight_decay": ("--wd",), "eval_batch_size": ("--val-batch-size",), "workers": ("-j",),
+    "run_dir": ("--checkpoint",), "seed": ("--manualSeed",), "expanded_dir": ("--data_expanded_dir",),
+}
+
+
+def spellings_of(name, table):
+    """Option strings of flag `name`: --name, its dashed form, then the table's other spellings."""
+    names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    return names + [spelling for spelling in table.get(name, ()) if spelling not in names]
+
+
 def str2bool(value):
     """Parse the authors' 'True'/'False' positional strings (and 1/0, yes/no)."""
     if isinstance(value, bool):

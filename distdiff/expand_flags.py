@@ -15,7 +15,7 @@ runs unchanged).
 import argparse
 
 from distdiff import registry
-from distdiff.config import str2bool
+from distdiff.config import EXPAND_SPELLINGS, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
 from distdiff.guidance import GUIDANCE_MODES
 from distdiff.options import add_runtime_flags
@@ -56,100 +56,99 @@ def get_parser(description=None):
     """expand_distdiff.py's parser; every flag carries its role (ROLES) as `action.role`."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def add(role, *names, **kwargs):
+    def add(role, name, **kwargs):
         assert role in ROLES, role
-        p.add_argument(*names, **kwargs).role = role
-    # Where a flag has a second spelling in the authors' generate_data.py, it is accepted too and
-    # means the same (the authors' expand_diff.sh argument list runs unchanged).
+        p.add_argument(*spellings_of(name, EXPAND_SPELLINGS), **kwargs).role = role
+    # Other spellings of a flag (the authors' generate_data.py names among them): EXPAND_SPELLINGS.
     # data, models, outputs
-    add("path", "--dataset", "-d", default=None, help=f"one of {', '.join(registry.dataset_names())}")
-    add("sample", "--model", "--pretrained_model_name_or_path", default="CompVis/stable-diffusion-v1-4",
+    add("path", "dataset", default=None, help=f"one of {', '.join(registry.dataset_names())}")
+    add("sample", "model", default="CompVis/stable-diffusion-v1-4",
         help="Hugging Face Hub id (from the cache when offline) or local diffusers folder")
-    add("path", "--guide_ckpt", "--guide-ckpt", "--encoder_weight_path", default=None,
+    add("path", "guide_ckpt", default=None,
         help="guide classifier (default: checkpoint/<dataset>/<guide_arch>_unpretrained_lr0.1/seed1/model_best.pth.tar)")
-    add("path", "--guide_arch", "--guide-arch", "-a", default="resnet50", help="arch of the default guide checkpoint path")
-    add("path", "--checkpoint_root", "--checkpoint-root", default="checkpoint", help="root for default paths")
-    add("path", "--exp", default=None, help="experiment name (default: distdiff_x<R>, sd_x<R> for --guidance none)")
-    add("path", "--out", "--output_dir", default=None, help="output dir (default: checkpoint/<dataset>/expansions/<exp>)")
-    add("path", "--prototypes", default=None, help="prototypes file (default: <out>/prototypes.npz)")
-    add("sample", "--expand_ratio", "--expand-ratio", "--num_images_per_prompt", type=int, default=5,
+    add("path", "guide_arch", default="resnet50", help="arch of the default guide checkpoint path")
+    add("path", "checkpoint_root", default="checkpoint", help="root for default paths")
+    add("path", "exp", default=None, help="experiment name (default: distdiff_x<R>, sd_x<R> for --guidance none)")
+    add("path", "out", default=None, help="output dir (default: checkpoint/<dataset>/expansions/<exp>)")
+    add("path", "prototypes", default=None, help="prototypes file (default: <out>/prototypes.npz)")
+    add("sample", "expand_ratio", type=int, default=5,
         help="new images per source image")
-    add("items", "--first_image_index", type=int, default=0,
+    add("items", "first_image_index", type=int, default=0,
         help="make copies k >= this only (the authors' manual resume; reruns resume by themselves here)")
-    add("items", "--limit", type=int, default=None, help="expand only n source images (class-interleaved)")
+    add("items", "limit", type=int, default=None, help="expand only n source images (class-interleaved)")
     # img2img
-    add("sample", "--num_steps", "--num-steps", type=int, default=50, help="DDIM steps")
-    add("sample", "--strength", type=float, default=0.5, help="img2img strength (denoising starts at step T*(1-s))")
-    add("sample", "--cfg_scale", "--cfg-scale", "--guidance_scale", type=float, default=7.5,
+    add("sample", "num_steps", type=int, default=50, help="DDIM steps")
+    add("sample", "strength", type=float, default=0.5, help="img2img strength (denoising starts at step T*(1-s))")
+    add("sample", "cfg_scale", type=float, default=7.5,
         help="classifier-free guidance scale")
-    add("sample", "--resolution", type=int, default=None, help="sampling size (default: the model's native size)")
-    add("sample", "--framing", default="center", choices=FRAMINGS,
+    add("sample", "resolution", type=int, default=None, help="sampling size (default: the model's native size)")
+    add("sample", "framing", default="center", choices=FRAMINGS,
         help="source image to a square: shorter side + centre crop (default), + a random crop seeded per "
              "source (authors), or squash the whole image")
-    add("sample", "--shared_posterior", "--shared-posterior", type=str2bool, default=False,
+    add("sample", "shared_posterior", type=str2bool, default=False,
         help="one VAE posterior sample per source shared by its copies (authors), not one per copy")
-    add("sample", "--start_rule", default="diffusers", choices=START_RULES,
+    add("sample", "start_rule", default="diffusers", choices=START_RULES,
         help="first denoised step: T - int(T*s) (diffusers img2img) or int((1-s)*T) (authors); equal at s=0.5")
-    add("sample", "--offset_noise", type=str2bool, nargs="?", const=True, default=False,
+    add("sample", "offset_noise", type=str2bool, nargs="?", const=True, default=False,
         help="the authors' --offset_noise: add 0.1 N(0, 1) per item and latent channel to the img2img noise")
-    add("sample", "--prompts", default="project", choices=PROMPT_SETS,
+    add("sample", "prompts", default="project", choices=PROMPT_SETS,
         help="prompt templates: the project's (README) or the authors' (a full stop; '{} texture.' for DTD)")
-    add("sample", "--language_enhance", "-le", action="store_true",
+    add("sample", "language_enhance", action="store_true",
         help="several prompts per class from --prompt_file, one drawn per image with the item's generator")
-    add("sample", "--prompt_file", default=None,
+    add("sample", "prompt_file", default=None,
         help="JSON/YAML {class: [sentences]} for --language_enhance (default: data/<dataset>_le.json)")
     # distribution-aware guidance
-    add("guidance", "--guidance", "--guidance_type", default="transform", type=guidance_type, choices=GUIDANCE_MODES,
+    add("guidance", "guidance", default="transform", type=guidance_type, choices=GUIDANCE_MODES,
         help="transform | direct (the authors' variants) | none (plain SD img2img)")
-    add("guidance", "--guidance_step", "--guidance-step", type=int, default=20, help="M: guidance starts at timesteps[T-M]")
-    add("guidance", "--lookahead_steps", "--lookahead-steps", "--guidance_period", type=int, default=2,
+    add("guidance", "guidance_step", type=int, default=20, help="M: guidance starts at timesteps[T-M]")
+    add("guidance", "lookahead_steps", type=int, default=2,
         help="P: look-ahead DDIM steps (transform) or guided steps (direct)")
-    add("guidance", "--step_size", "--step-size", "--rho", type=float, default=10.0, help="rho: gradient step size")
-    add("guidance", "--radius", "--constraint_value", type=radius_type, default=0.2,
+    add("guidance", "step_size", type=float, default=10.0, help="rho: gradient step size")
+    add("guidance", "radius", type=radius_type, default=0.2,
         help="transform: L-inf projection radius, or 'none'")
-    add("guidance", "--lambda_class", "--lambda-class", "--gs", type=float, default=1.0, help="weight of the class prototype term")
-    add("guidance", "--lambda_group", "--lambda-group", "--ls", type=float, default=1.0, help="weight of the group prototype term")
-    add("guidance", "--optimize_targets", default=None,
+    add("guidance", "lambda_class", type=float, default=1.0, help="weight of the class prototype term")
+    add("guidance", "lambda_group", type=float, default=1.0, help="weight of the group prototype term")
+    add("guidance", "optimize_targets", default=None,
         help="the authors' term switch: global_prototype (class), local_prototype (group) or both joined "
              "by '-'; a term it leaves out gets weight 0")
-    add("guidance", "--normalize_features", "--normalize-features", type=str2bool, default=True,
+    add("guidance", "normalize_features", type=str2bool, default=True,
         help="L2-normalise guide features before the energy")
-    add("guidance", "--renormalize_prototypes", "--renormalize-prototypes", type=str2bool, default=True,
+    add("guidance", "renormalize_prototypes", type=str2bool, default=True,
         help="rescale class and group prototypes (means of unit features) to unit norm, as the authors do")
-    add("guidance", "--guide_input", "--guide-input", default="guide", choices=GUIDE_INPUTS,
+    add("guidance", "guide_input", default="guide", choices=GUIDE_INPUTS,
         help="decoded image to guide input: the guide's own test transform, or the authors' raw bicubic resize "
              "(and their squash for the prototype features)")
-    add("guidance", "--guidance_repeats", "--guidance-repeats", type=int, default=1, help="transform: number of applications")
-    add("guidance", "--guidance_interval", "--guidance-interval", type=int, default=1, help="transform: steps between applications")
-    add("runtime", "--record_energy", "--record-energy", type=energy_every, default=8, metavar="N",
+    add("guidance", "guidance_repeats", type=int, default=1, help="transform: number of applications")
+    add("guidance", "guidance_interval", type=int, default=1, help="transform: steps between applications")
+    add("runtime", "record_energy", type=energy_every, default=8, metavar="N",
         help="measure the energy with and without guidance on every N-th block (1: all, 0 or False: none); the "
              "measurement repeats the look-ahead twice without gradients, so doing it on every block nearly "
              "doubles the guidance's cost; it never changes an image")
-    add("guidance", "--cluster", default="kmeans", choices=CLUSTER_METHODS, help="group prototype clustering")
-    add("guidance", "--num_groups", "--num-groups", "--K", type=int, default=3, help="K group prototypes per class")
-    add("preset", "--preset", default=None, choices=sorted(PRESETS),
+    add("guidance", "cluster", default="kmeans", choices=CLUSTER_METHODS, help="group prototype clustering")
+    add("guidance", "num_groups", type=int, default=3, help="K group prototypes per class")
+    add("preset", "preset", default=None, choices=sorted(PRESETS),
         help="set a group of flags at once (flags on the command line still win): authors = the authors' "
              "algorithm, see README")
     # execution
-    add("shard", "--split", "--shard_id", "--shard-id", type=int, default=None, help="this shard's id")
-    add("shard", "--total_split", "--num_shards", "--num-shards", type=int, default=None, help="number of shards")
-    add("execution", "--batch_size", "--batch-size", "--train_batch_size", type=batch_type, default="auto",
+    add("shard", "split", type=int, default=None, help="this shard's id")
+    add("shard", "total_split", type=int, default=None, help="number of shards")
+    add("execution", "batch_size", type=batch_type, default="auto",
         help="items sampled together: a number, or auto (CUDA: the largest batch that fits the free memory by the "
              "per-image model of distdiff/memory.py, with gradient checkpointing only where one image does not fit "
              "without it; CPU: 8). An out-of-memory error halves it and retries; it never locks an output dir")
-    add("runtime", "--gpu", default=None, help="GPU index (the authors' launcher argument)")
-    add("execution", "--gradient_checkpointing", "--gradient-checkpointing", action="store_true",
+    add("runtime", "gpu", default=None, help="GPU index (the authors' launcher argument)")
+    add("execution", "gradient_checkpointing", action="store_true",
         help="recompute UNet and VAE-decoder activations in the guidance backward instead of storing them: "
              "less memory, more time (diffusers checkpoints whenever gradients are on)")
-    add("execution", "--channels_last", "--channels-last", type=str2bool, default=False,
+    add("execution", "channels_last", type=str2bool, default=False,
         help="NHWC memory format for the UNet and VAE (see docs/performance.md)")
-    add("execution", "--compile", type=str2bool, default=False,
+    add("execution", "compile", type=str2bool, default=False,
         help="torch.compile the UNet and VAE decoder (CUDA; compile time dominates short CPU runs)")
-    add("runtime", "--allow_unguided", "--allow-unguided", action="store_true",
+    add("runtime", "allow_unguided", action="store_true",
         help="keep going when guidance is lost (non-finite or all-zero gradients) for more than 1 %% of a batch's "
              "items; such items are kept unguided and marked in the manifest. Without it the run stops")
-    add("shard", "--prepare_only", "--prepare-only", action="store_true", help="build prototypes, then exit")
-    add("shard", "--verify", action="store_true", help="report missing images and the shards to rerun")
+    add("shard", "prepare_only", action="store_true", help="build prototypes, then exit")
+    add("shard", "verify", action="store_true", help="report missing images and the shards to rerun")
     add_runtime_flags(p, seed=42, seed_help="base seed; item (i, k) uses a generator seeded by (seed, i, k)",
                       precision_help="pipeline dtype: auto = fp16 on CUDA (the authors' choice), fp32 on the CPU; "
                                      "the guidance's own variables and update are fp32 and its backward is loss-scaled",

@@ -8,12 +8,19 @@ command line overrides both (distdiff.config.parse_args).
 import sys
 
 from distdiff import DistDiffError
-from distdiff.config import PRECISIONS, add_positional_twins, str2bool
+from distdiff.config import PRECISIONS, TRAIN_SPELLINGS, add_positional_twins, spellings_of, str2bool
 
 
 def _help(text):
     """argparse %-formats help strings; literal percent signs must be doubled."""
     return text.replace("%", "%%")
+
+
+def flag_adder(parser, table=None):
+    """add(name, **kwargs): parser.add_argument with every spelling of `name` (config.spellings_of)."""
+    def add(name, **kwargs):
+        return parser.add_argument(*spellings_of(name, table or {}), **kwargs)
+    return add
 
 
 def add_threads_flag(parser, default=0, help="torch CPU threads (0 = torch's default)"):
@@ -26,15 +33,15 @@ def add_runtime_flags(parser, seed=None, seed_help="random seed", precision_help
                       precision_default="fp32"):
     """--device, --threads and, when given defaults/help, --seed and --precision ('auto' among the
     choices when it is the default: fp16 on CUDA, fp32 on the CPU)."""
-    add = parser.add_argument
-    add("--device", default="auto",
+    add = flag_adder(parser)
+    add("device", default="auto",
         help="auto | cpu | cuda | cuda:<i> (auto: the GPU when there is one; the CPU only where no GPU exists)")
     add_threads_flag(parser, threads)
     if precision_help:
         choices = PRECISIONS + (("auto",) if precision_default == "auto" else ())
-        add("--precision", default=precision_default, choices=choices, help=_help(precision_help))
+        add("precision", default=precision_default, choices=choices, help=_help(precision_help))
     if seed is not None:
-        add("--seed", type=int, default=seed, help=_help(seed_help))
+        add("seed", type=int, default=seed, help=_help(seed_help))
     return parser
 
 
@@ -50,47 +57,46 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
         return int(value) if value.strip().lstrip("-").isdigit() else value
 
     add_positional_twins(parser, positionals)
-    add = parser.add_argument
-    # Second spellings are the authors' train.py flags, so their launchers' command lines work.
-    add("--dataset", "-d", default=None, help="dataset name (see distdiff/registry.py) or folder:<path>")
-    add("--arch", "-a", default="resnet50", help="classifier architecture (models/classifiers.py)")
-    add("--lr", "--learning-rate", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
-    add("--pretrained", type=str2bool, nargs="?", const=True, default=False,
+    add = flag_adder(parser, TRAIN_SPELLINGS)  # other spellings, the authors' train.py flags among them
+    add("dataset", default=None, help="dataset name (see distdiff/registry.py) or folder:<path>")
+    add("arch", default="resnet50", help="classifier architecture (models/classifiers.py)")
+    add("lr", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
+    add("pretrained", type=str2bool, nargs="?", const=True, default=False,
         help="start from ImageNet weights (timm); True/False, or bare as in the authors' launchers")
-    add("--gpu", default=None, help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
-    add("--epochs", type=int, default=100, help="training epochs")
-    add("--batch_size", "--batch-size", "--train-batch-size", type=int, default=64, help="batch size")
-    add("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    add("--weight_decay", "--weight-decay", "--wd", type=float, default=1e-4, help="weight decay")
-    add("--image_size", "--image-size", type=int, default=224, help="crop size fed to the network")
-    add("--resize_size", "--resize-size", type=int, default=256, help="resize before cropping")
-    add("--resize_mode", "--resize-mode", default="shorter", choices=["shorter", "squash"],
+    add("gpu", default=None, help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
+    add("epochs", type=int, default=100, help="training epochs")
+    add("batch_size", type=int, default=64, help="batch size")
+    add("momentum", type=float, default=0.9, help="Nesterov momentum")
+    add("weight_decay", type=float, default=1e-4, help="weight decay")
+    add("image_size", type=int, default=224, help="crop size fed to the network")
+    add("resize_size", type=int, default=256, help="resize before cropping")
+    add("resize_mode", default="shorter", choices=["shorter", "squash"],
         help="shorter: the shorter side to --resize_size, aspect kept; squash: to resize_size x resize_size "
              "(the authors' Resize((256, 256)))")
-    add("--rotation", type=float, default=15.0, help="RandomRotation degrees")
-    add("--hflip", type=str2bool, default=True, help="RandomHorizontalFlip (off for digits)")
-    add("--aug", default="default", choices=list(augment.AUGMENTATIONS), metavar="NAME",
+    add("rotation", type=float, default=15.0, help="RandomRotation degrees")
+    add("hflip", type=str2bool, default=True, help="RandomHorizontalFlip (off for digits)")
+    add("aug", default="default", choices=list(augment.AUGMENTATIONS), metavar="NAME",
         help=_help("extra augmentation: " + augment.help_text()))
-    add("--eval_batch_size", "--eval-batch-size", "--val-batch-size", type=int, default=64,
+    add("eval_batch_size", type=int, default=64,
         help="batch size of the val/test passes (the authors' --val-batch-size 64)")
-    add("--eval_every", "--eval-every", type=int, default=1,
+    add("eval_every", type=int, default=1,
         help="run the val and test passes every N epochs (the last epoch always); summary.csv leaves the "
              "other epochs' accuracies empty and results.json uses the evaluated epochs only")
-    add("--workers", "-j", type=auto_or_count, default="auto",
+    add("workers", type=auto_or_count, default="auto",
         help="DataLoader worker processes (0 = the main process); auto: 0 on the CPU, on CUDA the cores "
              f"this process may use, at most {engine.MAX_AUTO_WORKERS}")
-    add("--cache_mb", "--cache-mb", type=auto_or_count, default="auto",
+    add("cache_mb", type=auto_or_count, default="auto",
         help=_help("keep decoded, resized uint8 images in memory up to this many MB in all (training images "
                    "first; 0 = no cache); splits that do not fit are decoded every epoch. auto: what the "
                    f"splits need, at most {datasets.AUTO_CACHE_FRACTION:.0%} of the memory available at the "
                    "start (MemAvailable, within the cgroup's limit) divided by $DISTDIFF_TRAIN_JOBS, the "
                    "training processes that scripts/run_jobs.sh runs side by side"))
-    add("--output", default="checkpoint", help="root of all run directories")
-    add("--run_dir", "--checkpoint", default=None,
+    add("output", default="checkpoint", help="root of all run directories")
+    add("run_dir", default=None,
         help="this run's directory, instead of <output>/<dataset>/<arch>_..._lr<lr>/seed<N> (the authors' --checkpoint)")
-    add("--data_dir", default=None,
+    add("data_dir", default=None,
         help="root of the registered datasets' trees (default: data/, or $DISTDIFF_DATA_ROOT)")
-    add("--seed", "--manualSeed", type=int, default=1, help="training seed (the paper averages seeds 1-3)")
+    add("seed", type=int, default=1, help="training seed (the paper averages seeds 1-3)")
     add_runtime_flags(parser,
                       precision_help="autocast dtype on CUDA (fp16 uses a GradScaler)")
     return parser
@@ -100,11 +106,12 @@ def add_train_expand_flags(parser):
     """train_expand.py's flags: the training flags with EXP as a fourth positional, and the
     expanded set."""
     add_train_flags(parser, TRAIN_POSITIONALS[:3] + [("exp", str)] + TRAIN_POSITIONALS[3:])
-    parser.add_argument("--exp", default=None, help="expansion name, e.g. distdiff_x5 or sd_x5 (required)")
-    parser.add_argument("--expanded_dir", "--expanded-dir", "--data_expanded_dir", nargs="+", default=None,
-                        help="expanded ImageFolder(s) (default: <output>/<dataset>/expansions/<exp>)")
-    parser.add_argument("--equal_iterations", "--equal-iterations", action="store_true",
-                        help="scale epochs so the optimizer takes as many steps as on the original set")
+    add = flag_adder(parser, TRAIN_SPELLINGS)
+    add("exp", default=None, help="expansion name, e.g. distdiff_x5 or sd_x5 (required)")
+    add("expanded_dir", nargs="+", default=None,
+        help="expanded ImageFolder(s) (default: <output>/<dataset>/expansions/<exp>)")
+    add("equal_iterations", action="store_true",
+        help="scale epochs so the optimizer takes as many steps as on the original set")
     return parser
 
 
