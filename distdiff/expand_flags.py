@@ -13,18 +13,23 @@ The authors' second spellings are aliases of the same flags (their expand_diff.s
 runs unchanged).
 """
 import argparse
+from dataclasses import asdict
 
 from distdiff import registry
 from distdiff.config import EXPAND_SPELLINGS, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
-from distdiff.guidance import GUIDANCE_MODES
+from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
 from distdiff.options import add_runtime_flags
 from distdiff.presets import PRESETS
 from distdiff.prototypes import CLUSTER_METHODS
 from distdiff.registry import PROMPT_SETS
-from distdiff.sampler import FRAMINGS, START_RULES
+from distdiff.sampler import FRAMINGS, START_RULES, SampleConfig
 
 ROLES = ("path", "sample", "guidance", "items", "shard", "execution", "runtime", "preset")
+# Flags named differently from their GuidanceConfig field.
+GUIDANCE_FLAGS = {"mode": "guidance", "repeats": "guidance_repeats", "interval": "guidance_interval"}
+DATACLASS_DEFAULTS = {**asdict(SampleConfig()),
+                      **{GUIDANCE_FLAGS.get(name, name): value for name, value in asdict(GuidanceConfig()).items()}}
 
 
 def radius_type(value):
@@ -58,6 +63,8 @@ def get_parser(description=None):
 
     def add(role, name, **kwargs):
         assert role in ROLES, role
+        if name in DATACLASS_DEFAULTS:  # the img2img and guidance defaults live in their dataclasses
+            kwargs["default"] = DATACLASS_DEFAULTS[name]
         p.add_argument(*spellings_of(name, EXPAND_SPELLINGS), **kwargs).role = role
     # Other spellings of a flag (the authors' generate_data.py names among them): EXPAND_SPELLINGS.
     # data, models, outputs
@@ -77,19 +84,19 @@ def get_parser(description=None):
         help="make copies k >= this only (the authors' manual resume; reruns resume by themselves here)")
     add("items", "limit", type=int, default=None, help="expand only n source images (class-interleaved)")
     # img2img
-    add("sample", "num_steps", type=int, default=50, help="DDIM steps")
-    add("sample", "strength", type=float, default=0.5, help="img2img strength (denoising starts at step T*(1-s))")
-    add("sample", "cfg_scale", type=float, default=7.5,
+    add("sample", "num_steps", type=int, help="DDIM steps")
+    add("sample", "strength", type=float, help="img2img strength (denoising starts at step T*(1-s))")
+    add("sample", "cfg_scale", type=float,
         help="classifier-free guidance scale")
-    add("sample", "resolution", type=int, default=None, help="sampling size (default: the model's native size)")
-    add("sample", "framing", default="center", choices=FRAMINGS,
+    add("sample", "resolution", type=int, help="sampling size (default: the model's native size)")
+    add("sample", "framing", choices=FRAMINGS,
         help="source image to a square: shorter side + centre crop (default), + a random crop seeded per "
              "source (authors), or squash the whole image")
-    add("sample", "shared_posterior", type=str2bool, default=False,
+    add("sample", "shared_posterior", type=str2bool,
         help="one VAE posterior sample per source shared by its copies (authors), not one per copy")
-    add("sample", "start_rule", default="diffusers", choices=START_RULES,
+    add("sample", "start_rule", choices=START_RULES,
         help="first denoised step: T - int(T*s) (diffusers img2img) or int((1-s)*T) (authors); equal at s=0.5")
-    add("sample", "offset_noise", type=str2bool, nargs="?", const=True, default=False,
+    add("sample", "offset_noise", type=str2bool, nargs="?", const=True,
         help="the authors' --offset_noise: add 0.1 N(0, 1) per item and latent channel to the img2img noise")
     add("sample", "prompts", default="project", choices=PROMPT_SETS,
         help="prompt templates: the project's (README) or the authors' (a full stop; '{} texture.' for DTD)")
@@ -98,28 +105,28 @@ def get_parser(description=None):
     add("sample", "prompt_file", default=None,
         help="JSON/YAML {class: [sentences]} for --language_enhance (default: data/<dataset>_le.json)")
     # distribution-aware guidance
-    add("guidance", "guidance", default="transform", type=guidance_type, choices=GUIDANCE_MODES,
+    add("guidance", "guidance", type=guidance_type, choices=GUIDANCE_MODES,
         help="transform | direct (the authors' variants) | none (plain SD img2img)")
-    add("guidance", "guidance_step", type=int, default=20, help="M: guidance starts at timesteps[T-M]")
-    add("guidance", "lookahead_steps", type=int, default=2,
+    add("guidance", "guidance_step", type=int, help="M: guidance starts at timesteps[T-M]")
+    add("guidance", "lookahead_steps", type=int,
         help="P: look-ahead DDIM steps (transform) or guided steps (direct)")
-    add("guidance", "step_size", type=float, default=10.0, help="rho: gradient step size")
-    add("guidance", "radius", type=radius_type, default=0.2,
+    add("guidance", "step_size", type=float, help="rho: gradient step size")
+    add("guidance", "radius", type=radius_type,
         help="transform: L-inf projection radius, or 'none'")
-    add("guidance", "lambda_class", type=float, default=1.0, help="weight of the class prototype term")
-    add("guidance", "lambda_group", type=float, default=1.0, help="weight of the group prototype term")
+    add("guidance", "lambda_class", type=float, help="weight of the class prototype term")
+    add("guidance", "lambda_group", type=float, help="weight of the group prototype term")
     add("guidance", "optimize_targets", default=None,
         help="the authors' term switch: global_prototype (class), local_prototype (group) or both joined "
              "by '-'; a term it leaves out gets weight 0")
-    add("guidance", "normalize_features", type=str2bool, default=True,
+    add("guidance", "normalize_features", type=str2bool,
         help="L2-normalise guide features before the energy")
-    add("guidance", "renormalize_prototypes", type=str2bool, default=True,
+    add("guidance", "renormalize_prototypes", type=str2bool,
         help="rescale class and group prototypes (means of unit features) to unit norm, as the authors do")
     add("guidance", "guide_input", default="guide", choices=GUIDE_INPUTS,
         help="decoded image to guide input: the guide's own test transform, or the authors' raw bicubic resize "
              "(and their squash for the prototype features)")
-    add("guidance", "guidance_repeats", type=int, default=1, help="transform: number of applications")
-    add("guidance", "guidance_interval", type=int, default=1, help="transform: steps between applications")
+    add("guidance", "guidance_repeats", type=int, help="transform: number of applications")
+    add("guidance", "guidance_interval", type=int, help="transform: steps between applications")
     add("runtime", "record_energy", type=energy_every, default=8, metavar="N",
         help="measure the energy with and without guidance on every N-th block (1: all, 0 or False: none); the "
              "measurement repeats the look-ahead twice without gradients, so doing it on every block nearly "

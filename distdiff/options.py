@@ -5,6 +5,7 @@ exposes, so that they cannot drift apart. Defaults are the paper's (ResNet-50 fr
 lr 0.1, 100 epochs, batch 64); configs/<dataset>.yaml overrides them per dataset, and the
 command line overrides both (distdiff.config.parse_args).
 """
+import dataclasses
 import sys
 
 from distdiff import DistDiffError
@@ -16,11 +17,20 @@ def _help(text):
     return text.replace("%", "%%")
 
 
-def flag_adder(parser, table=None):
-    """add(name, **kwargs): parser.add_argument with every spelling of `name` (config.spellings_of)."""
+def flag_adder(parser, table=None, defaults=None):
+    """add(name, **kwargs): parser.add_argument with every spelling of `name` (config.spellings_of)
+    and, for a name in `defaults` (a dataclass's fields), that default: each is written once."""
     def add(name, **kwargs):
+        if defaults and name in defaults:
+            kwargs["default"] = defaults[name]
         return parser.add_argument(*spellings_of(name, table or {}), **kwargs)
     return add
+
+
+def train_defaults():
+    """TrainConfig's defaults (the paper's recipe), by field name."""
+    from distdiff.training import TrainConfig
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
 def add_threads_flag(parser, default=0, help="torch CPU threads (0 = torch's default)"):
@@ -57,46 +67,46 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
         return int(value) if value.strip().lstrip("-").isdigit() else value
 
     add_positional_twins(parser, positionals)
-    add = flag_adder(parser, TRAIN_SPELLINGS)  # other spellings, the authors' train.py flags among them
+    add = flag_adder(parser, TRAIN_SPELLINGS, train_defaults())  # the authors' train.py spellings among them
     add("dataset", default=None, help="dataset name (see distdiff/registry.py) or folder:<path>")
-    add("arch", default="resnet50", help="classifier architecture (models/classifiers.py)")
-    add("lr", type=float, default=0.1, help="peak SGD learning rate (cosine schedule)")
-    add("pretrained", type=str2bool, nargs="?", const=True, default=False,
+    add("arch", help="classifier architecture (models/classifiers.py)")
+    add("lr", type=float, help="peak SGD learning rate (cosine schedule)")
+    add("pretrained", type=str2bool, nargs="?", const=True,
         help="start from ImageNet weights (timm); True/False, or bare as in the authors' launchers")
-    add("gpu", default=None, help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
-    add("epochs", type=int, default=100, help="training epochs")
-    add("batch_size", type=int, default=64, help="batch size")
-    add("momentum", type=float, default=0.9, help="Nesterov momentum")
-    add("weight_decay", type=float, default=1e-4, help="weight decay")
-    add("image_size", type=int, default=224, help="crop size fed to the network")
-    add("resize_size", type=int, default=256, help="resize before cropping")
-    add("resize_mode", default="shorter", choices=["shorter", "squash"],
+    add("gpu", help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
+    add("epochs", type=int, help="training epochs")
+    add("batch_size", type=int, help="batch size")
+    add("momentum", type=float, help="Nesterov momentum")
+    add("weight_decay", type=float, help="weight decay")
+    add("image_size", type=int, help="crop size fed to the network")
+    add("resize_size", type=int, help="resize before cropping")
+    add("resize_mode", choices=["shorter", "squash"],
         help="shorter: the shorter side to --resize_size, aspect kept; squash: to resize_size x resize_size "
              "(the authors' Resize((256, 256)))")
-    add("rotation", type=float, default=15.0, help="RandomRotation degrees")
-    add("hflip", type=str2bool, default=True, help="RandomHorizontalFlip (off for digits)")
-    add("aug", default="default", choices=list(augment.AUGMENTATIONS), metavar="NAME",
+    add("rotation", type=float, help="RandomRotation degrees")
+    add("hflip", type=str2bool, help="RandomHorizontalFlip (off for digits)")
+    add("aug", choices=list(augment.AUGMENTATIONS), metavar="NAME",
         help=_help("extra augmentation: " + augment.help_text()))
-    add("eval_batch_size", type=int, default=64,
+    add("eval_batch_size", type=int,
         help="batch size of the val/test passes (the authors' --val-batch-size 64)")
-    add("eval_every", type=int, default=1,
+    add("eval_every", type=int,
         help="run the val and test passes every N epochs (the last epoch always); summary.csv leaves the "
              "other epochs' accuracies empty and results.json uses the evaluated epochs only")
-    add("workers", type=auto_or_count, default="auto",
+    add("workers", type=auto_or_count,
         help="DataLoader worker processes (0 = the main process); auto: 0 on the CPU, on CUDA the cores "
              f"this process may use, at most {engine.MAX_AUTO_WORKERS}")
-    add("cache_mb", type=auto_or_count, default="auto",
+    add("cache_mb", type=auto_or_count,
         help=_help("keep decoded, resized uint8 images in memory up to this many MB in all (training images "
                    "first; 0 = no cache); splits that do not fit are decoded every epoch. auto: what the "
                    f"splits need, at most {datasets.AUTO_CACHE_FRACTION:.0%} of the memory available at the "
                    "start (MemAvailable, within the cgroup's limit) divided by $DISTDIFF_TRAIN_JOBS, the "
                    "training processes that scripts/run_jobs.sh runs side by side"))
-    add("output", default="checkpoint", help="root of all run directories")
-    add("run_dir", default=None,
+    add("output", help="root of all run directories")
+    add("run_dir",
         help="this run's directory, instead of <output>/<dataset>/<arch>_..._lr<lr>/seed<N> (the authors' --checkpoint)")
-    add("data_dir", default=None,
+    add("data_dir",
         help="root of the registered datasets' trees (default: data/, or $DISTDIFF_DATA_ROOT)")
-    add("seed", type=int, default=1, help="training seed (the paper averages seeds 1-3)")
+    add("seed", type=int, help="training seed (the paper averages seeds 1-3)")
     add_runtime_flags(parser,
                       precision_help="autocast dtype on CUDA (fp16 uses a GradScaler)")
     return parser
