@@ -39,9 +39,10 @@ stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 stage "1/8 environment"
 bash scripts/setup.sh
 # The arch comes from configs/<dataset>.yaml unless ARCH is set (resnet50 for the paper's datasets).
-ARCH=${ARCH:-$($PY -c "import sys, yaml, pathlib; p = pathlib.Path('configs', sys.argv[1] + '.yaml')
-print(((yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}).get('train', {}).get('arch', 'resnet50'))" "$DATASET")}
+# Run directories and the YAML are the library's business: `python -m distdiff.runs` answers.
+ARCH=${ARCH:-$($PY -m distdiff.runs arch "$DATASET")}
 PRETRAINED=${PRETRAINED:-False}
+RUN_ARGS=(--dataset "$DATASET" --arch "$ARCH" --lr "$LR" --pretrained "$PRETRAINED" --output "$CHECKPOINT")
 TRAIN_ARGS=("$DATASET" --arch "$ARCH" --lr "$LR" --pretrained "$PRETRAINED" --output "$CHECKPOINT")
 EXPAND_ARGS=(--dataset "$DATASET" --guide_arch "$ARCH" --expand_ratio "$RATIO" --checkpoint_root "$CHECKPOINT")
 [ -n "${MODEL:-}" ] && EXPAND_ARGS+=(--model "$MODEL")
@@ -54,28 +55,27 @@ EXPAND_ARGS=(--dataset "$DATASET" --guide_arch "$ARCH" --expand_ratio "$RATIO" -
 
 stage "2/8 data and diffusion prior"
 if [ "$DATASET" = digits ] || [ "$DATASET" = digits10 ]; then
-  [ -d data/digits/test ] || $PY scripts/prepare_digits.py
-  [ -n "${MODEL:-}" ] || [ -d checkpoint/prior/digits ] || $PY scripts/train_prior.py
+  $PY scripts/prepare_digits.py                     # both keep what is already there
+  [ -n "${MODEL:-}" ] || $PY scripts/train_prior.py
 fi
 
 # shellcheck source=scripts/run_jobs.sh
 source scripts/run_jobs.sh  # run_jobs: $JOBS command lines at a time, over GPUS if set (the cwd is the repo root)
 
-tag=$([ "$PRETRAINED" = True ] && echo pretrained || echo unpretrained)
-done_run() {  # done_run EXP SEED: the run's results.json exists (skip it without starting Python)
-  [ -f "$CHECKPOINT/$DATASET/${ARCH}_${tag}${1:+_$1}_lr${LR}/seed$2/results.json" ]
+missing() {  # missing EXP...: "<exp> <seed>" per run without results.json ("-": original only)
+  # shellcheck disable=SC2086
+  $PY -m distdiff.runs missing "${RUN_ARGS[@]}" --exps "$@" --seeds $SEEDS
 }
 
 stage "3/8 guide classifier and original-only baseline (seeds: $SEEDS)"
 cmds=()
-done_run "" 1 || cmds+=("$PY train_original.py ${TRAIN_ARGS[*]} --seed 1")  # seed 1 is the guide
-if [ -z "$GPUS" ] && [ "${#cmds[@]}" -gt 0 ]; then
-  run_jobs "${cmds[@]}"  # on the CPU the guide trains first, alone, on every core
-  cmds=()
-fi  # with GPUS each run has a GPU of its own: the guide trains beside the other seeds
-for s in $SEEDS; do
-  [ "$s" = 1 ] || done_run "" "$s" || cmds+=("$PY train_original.py ${TRAIN_ARGS[*]} --seed $s")
-done
+while read -r _ s; do
+  cmds+=("$PY train_original.py ${TRAIN_ARGS[*]} --seed $s")
+  if [ "$s" = 1 ] && [ -z "$GPUS" ]; then  # seed 1 is the guide: on the CPU it trains first, alone
+    run_jobs "${cmds[@]}"
+    cmds=()
+  fi  # with GPUS each run has a GPU of its own: the guide trains beside the other seeds
+done < <(SEEDS="1 $SEEDS" missing -)  # the guide (seed 1) even when SEEDS leaves it out
 [ "${#cmds[@]}" -eq 0 ] || run_jobs "${cmds[@]}"
 
 expand() {  # expand EXP GUIDANCE: one process (it ends by checking every image), or one per GPU
@@ -106,18 +106,21 @@ else
 fi
 
 stage "6/8 retraining on original + expanded (seeds: $SEEDS)"
+exps=("distdiff_x$RATIO$SUFFIX" "sd_x$RATIO$SUFFIX")
+[ "$EQITER" = 1 ] && exps+=("distdiff_x$RATIO${SUFFIX}_eqiter" "sd_x$RATIO${SUFFIX}_eqiter")
 cmds=()
-for exp in "distdiff_x$RATIO$SUFFIX" "sd_x$RATIO$SUFFIX"; do
-  for s in $SEEDS; do
-    done_run "$exp" "$s" || cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s")
-    [ "$EQITER" = 1 ] && ! done_run "${exp}_eqiter" "$s" && \
-      cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s --equal_iterations")
-  done
-done
+while read -r run s; do  # an _eqiter run is the same expansion at equal optimizer steps
+  exp=${run%_eqiter}
+  if [ "$run" = "$exp" ]; then
+    cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s")
+  else
+    cmds+=("$PY train_expand.py ${TRAIN_ARGS[*]} --exp $exp --seed $s --equal_iterations")
+  fi
+done < <(missing "${exps[@]}")
 [ "${#cmds[@]}" -eq 0 ] || run_jobs "${cmds[@]}"
 
 stage "7/8 results (mean ± std over seeds; paired differences vs unguided SD)"
-$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --paired "${ARCH}_${tag}_sd_x${RATIO}${SUFFIX}_lr${LR}"
+$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --paired "$($PY -m distdiff.runs name "${RUN_ARGS[@]}" --exp "sd_x$RATIO$SUFFIX")"
 
 stage "8/8 figures"
 $PY scripts/plot_results.py --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --ratio "$RATIO" --exp_suffix "$SUFFIX" \

@@ -63,3 +63,64 @@ def setup_logging(run_dir=None, filename="log.txt"):
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     return logger
+
+
+# ---------------------------------------------------------------------------
+# `python -m distdiff.runs`: the shell chain's questions, answered by the library
+# ---------------------------------------------------------------------------
+
+def train_arch(dataset, config_dir=CONFIG_DIR):
+    """configs/<dataset>.yaml's train.arch (the arch the chain trains), else resnet50."""
+    return (dataset_yaml(dataset, config_dir).get("train") or {}).get("arch", "resnet50")
+
+
+def missing_runs(output, dataset, arch, pretrained, lr, exps, seeds):
+    """(exp, seed) of the training runs without results.json; exp None is original-only. A seed
+    listed twice is asked once."""
+    return [(exp, seed) for exp in exps for seed in dict.fromkeys(seeds)
+            if not (train_run_dir(output, dataset, arch, pretrained, lr, seed, exp) / "results.json").is_file()]
+
+
+def main(argv=None):
+    """Answer the shell chain (single_exp.sh) without torch, so no shell script re-derives a run
+    directory or reads a YAML file:
+
+        python -m distdiff.runs arch digits                    # the dataset YAML's train arch
+        python -m distdiff.runs name --dataset digits --arch resnet_small --lr 0.1 --exp sd_x5
+        python -m distdiff.runs missing --dataset digits --arch resnet_small --lr 0.1 --exps - sd_x5 --seeds 1 2
+    `missing` prints "<exp> <seed>" per run without results.json ("-": original only).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distdiff.runs", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="question", required=True)
+    sub.add_parser("arch", help="the dataset YAML's train arch").add_argument("dataset")
+    for name in ("name", "missing"):
+        q = sub.add_parser(name, help="a run dir's name" if name == "name" else "runs without results.json")
+        q.add_argument("--dataset", required=True)
+        q.add_argument("--arch", required=True)
+        q.add_argument("--lr", type=float, default=0.1)
+        q.add_argument("--pretrained", default="False", choices=["True", "False"])
+        q.add_argument("--output", default="checkpoint")
+        if name == "name":
+            q.add_argument("--exp", default=None)
+        else:
+            q.add_argument("--exps", nargs="+", required=True, help="experiment names, - for original only")
+            q.add_argument("--seeds", nargs="+", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.question == "arch":
+        print(train_arch(args.dataset))
+        return 0
+    pretrained = args.pretrained == "True"
+    if args.question == "name":
+        print(train_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, 1, args.exp).parent.name)
+        return 0
+    exps = [None if exp == "-" else exp for exp in args.exps]
+    for exp, seed in missing_runs(args.output, args.dataset, args.arch, pretrained, args.lr, exps, args.seeds):
+        print(exp or "-", seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

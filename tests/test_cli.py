@@ -86,3 +86,18 @@ def test_run_cli_prints_one_line_and_exits_1(capsys):
     with pytest.raises(SystemExit) as stop:
         run_cli(lambda argv: 0, [])
     assert stop.value.code == 0
+
+
+def test_runs_cli_answers_the_shell_chain(tmp_path, capsys):
+    """single_exp.sh asks `python -m distdiff.runs` instead of reading YAML or joining run paths."""
+    from distdiff import runs
+
+    assert runs.main(["arch", "digits"]) == 0 and capsys.readouterr().out == "resnet_small\n"
+    common = ["--dataset", "digits", "--arch", "resnet_small", "--lr", "0.1", "--output", str(tmp_path)]
+    runs.main(["name", *common, "--exp", "sd_x5"])
+    assert capsys.readouterr().out == "resnet_small_unpretrained_sd_x5_lr0.1\n"
+    done = runs.train_run_dir(tmp_path, "digits", "resnet_small", False, 0.1, 2, "sd_x5")
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")
+    runs.main(["missing", *common, "--exps", "-", "sd_x5", "--seeds", "1", "2", "1"])
+    assert capsys.readouterr().out.splitlines() == ["- 1", "- 2", "sd_x5 1"]  # seed 1 asked once
