@@ -87,6 +87,7 @@ def main(argv=None):
 
         python -m distdiff.runs arch digits                    # the dataset YAML's train arch
         python -m distdiff.runs name --dataset digits --arch resnet_small --lr 0.1 --exp sd_x5
+        python -m distdiff.runs dir --dataset digits --arch resnet_small --lr 0.1   # <output>/<dataset>/<name>
         python -m distdiff.runs missing --dataset digits --arch resnet_small --lr 0.1 --exps - sd_x5 --seeds 1 2
     `missing` prints "<exp> <seed>" per run without results.json ("-": original only).
     """
@@ -96,14 +97,16 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="question", required=True)
     sub.add_parser("arch", help="the dataset YAML's train arch").add_argument("dataset")
-    for name in ("name", "missing"):
-        q = sub.add_parser(name, help="a run dir's name" if name == "name" else "runs without results.json")
+    helps = {"name": "a run dir's name (seeds are its seed<N>/)", "dir": "the same as a path under --output",
+             "missing": "runs without results.json"}
+    for name, text in helps.items():
+        q = sub.add_parser(name, help=text)
         q.add_argument("--dataset", required=True)
         q.add_argument("--arch", required=True)
         q.add_argument("--lr", type=float, default=0.1)
         q.add_argument("--pretrained", default="False", choices=["True", "False"])
         q.add_argument("--output", default="checkpoint")
-        if name == "name":
+        if name != "missing":
             q.add_argument("--exp", default=None)
         else:
             q.add_argument("--exps", nargs="+", required=True, help="experiment names, - for original only")
@@ -113,8 +116,9 @@ def main(argv=None):
         print(train_arch(args.dataset))
         return 0
     pretrained = args.pretrained == "True"
-    if args.question == "name":
-        print(train_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, 1, args.exp).parent.name)
+    if args.question in ("name", "dir"):
+        group = train_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, 1, args.exp).parent
+        print(group.name if args.question == "name" else group)
         return 0
     exps = [None if exp == "-" else exp for exp in args.exps]
     for exp, seed in missing_runs(args.output, args.dataset, args.arch, pretrained, args.lr, exps, args.seeds):

@@ -11,4 +11,4 @@ for SEED in ${SEEDS:-1 2 3}; do
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=$GPU "$PY" train_original.py "$DATASET" "$BACKBONE" "$LR" "$PRETRAINED" 0 --seed "$SEED" $EXTRA
 done
-"$PY" parse_logs.py "checkpoint/$DATASET/${BACKBONE}_$( [ "$PRETRAINED" = True ] && echo pretrained || echo unpretrained )_lr${LR}" --multi
+"$PY" parse_logs.py "$("$PY" -m distdiff.runs dir --dataset "$DATASET" --arch "$BACKBONE" --lr "$LR" --pretrained "$PRETRAINED")" --multi
