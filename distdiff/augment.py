@@ -100,11 +100,6 @@ class GridMask(v2.Transform):
         """Side of the masked square in a unit of size d."""
         return round((1.0 - self.ratio) * d)
 
-    def expected_masked_fraction(self):
-        """Exact expectation of the masked pixel fraction, including the integer rounding of s."""
-        units = range(self.d_min, self.d_max + 1)
-        return self.p * sum((self.block_side(d) / d) ** 2 for d in units) / len(units)
-
     def make_params(self, flat_inputs):
         height, width = next(x for x in flat_inputs if isinstance(x, torch.Tensor)).shape[-2:]
         if torch.rand(1).item() >= self.p:
