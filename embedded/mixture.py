@@ -7,6 +7,8 @@ so between two priors only the mixture changes. Each component contributes round
 total) images (largest remainder, so the counts add up), drawn class-balanced from a seeded
 per-class permutation; the class folders of every component must match the target's.
 """
+import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,3 +99,16 @@ def load_mixture(components, classes, total, image_size, seed, load_images):
         out_images.append(images[keep])
         out_labels.append(labels[keep])
     return torch.cat(out_images), torch.cat(out_labels)
+
+
+def prior_name(dataset, prior_data=None):
+    """The prior's folder name: the dataset, or for a mixture <dataset>_mix_<part><fraction>_...
+    (e.g. digits_mix_digits0.1_printed0.9: never the in-domain prior's folder)."""
+    if not prior_data:
+        return dataset
+    parts = "_".join(f"{c.dataset}{c.fraction:g}" for c in parse_mixture(prior_data))
+    return re.sub(r"[^\w.-]", "_", f"{dataset}_mix_{parts}")
+
+
+if __name__ == "__main__":  # python -m embedded.mixture DATASET MIXTURE: the prior's folder name (for shell scripts)
+    print(prior_name(*sys.argv[1:3]))

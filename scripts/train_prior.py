@@ -24,7 +24,6 @@ At the end, embedded/prior_eval.py's protocol writes quality.json into the folde
 """
 import argparse
 import logging
-import re
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -39,7 +38,7 @@ from distdiff.fileio import atomic_torch_save
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.registry import ensure_prepared, get_dataset
 from distdiff.runs import setup_logging
-from embedded.mixture import load_mixture, parse_mixture
+from embedded.mixture import load_mixture, parse_mixture, prior_name
 from embedded.prior import build_components, num_parameters
 from embedded.prior_eval import EvalProtocol, load_images
 from embedded.prior_training import (PriorRecipe, encode_latents, finalize, latent_scale, load_state, prompt_ids,
@@ -66,10 +65,7 @@ def main(argv=None):
     args = parse_args(parser, argv, config=lambda s: (load_yaml_config(s.config), s.config))
     check(args)
     components = parse_mixture(args.prior_data) if args.prior_data else None
-    name = args.name or args.dataset
-    if components and not args.name:  # e.g. digits_mix_digits0.1_printed0.9: never the in-domain prior's folder
-        parts = "_".join(f"{c.dataset}{c.fraction:g}" for c in components)
-        name = re.sub(r"[^\w.-]", "_", f"{args.dataset}_mix_{parts}")
+    name = args.name or prior_name(args.dataset, args.prior_data)
     final, work = Path(args.out) / name, Path(args.out) / f"{name}.work"
     if final.is_dir():
         print(f"{final} is complete; delete it to retrain")

@@ -20,7 +20,7 @@ $PY scripts/train_prior.py                       # the in-domain prior
 prior() {  # prior MIXTURE SHIFT: train it, then judge it in the shifted domain too (its
   # evaluator, prompts and val split; the target's judgement is the prior's own quality.json)
   $PY scripts/train_prior.py --prior_data "$1"
-  local out=checkpoint/prior/digits_mix_$(echo "$1" | sed 's/:prior=//g; s/,/_/g')
+  local out=checkpoint/prior/$($PY -m embedded.mixture digits "$1")  # the folder train_prior.py named
   [ -f "$out/quality_$2.json" ] || $PY scripts/eval_prior.py --model "$out" --dataset "$2" \
       --evaluator_cache "checkpoint/prior/evaluator_$2.pt" --output "$out/quality_$2.json"
 }
