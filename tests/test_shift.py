@@ -187,3 +187,10 @@ def test_prepare_digits_shifts_alone_exports_every_domain(tmp_path, monkeypatch,
     monkeypatch.setattr(prepare, "export_shift", lambda shift, root, source: calls.append(shift))
     assert prepare.main(["--root", str(tmp_path / "digits"), *argv]) == 0
     assert calls == exported
+
+
+def test_prior_folder_names_of_mixtures():
+    from embedded.mixture import prior_name
+    assert prior_name("digits") == "digits"
+    assert prior_name("digits", "inverted:prior=1") == "digits_mix_inverted1"
+    assert prior_name("digits", "digits:prior=0.1,printed:prior=0.9") == "digits_mix_digits0.1_printed0.9"
