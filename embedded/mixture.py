@@ -110,5 +110,7 @@ def prior_name(dataset, prior_data=None):
     return re.sub(r"[^\w.-]", "_", f"{dataset}_mix_{parts}")
 
 
-if __name__ == "__main__":  # python -m embedded.mixture DATASET MIXTURE: the prior's folder name (for shell scripts)
-    print(prior_name(*sys.argv[1:3]))
+if __name__ == "__main__":  # the prior's folder name, for shell scripts
+    if len(sys.argv) not in (2, 3) or sys.argv[1].startswith("-"):
+        sys.exit("usage: python -m embedded.mixture DATASET [MIXTURE]   (prints the prior's folder name)")
+    print(prior_name(*sys.argv[1:]))
