@@ -64,3 +64,12 @@ def test_a_failing_hanging_or_skipped_step_is_reported_and_never_raises():
     status, detail, _ = check.run_step(None, hangs, 1, False)
     assert status == "FAIL" and "ran past its cap of 1 s" in detail and time.time() - start < 4
     assert check.run_step(None, skips, 10, False)[:2] == ("SKIP", "one GPU only")
+
+
+def test_the_budget_skips_steps_whose_cap_no_longer_fits(tmp_path, capsys, restore_env):
+    assert run_main("scripts.gpu_check", "--cpu_smoke", "--budget", "100", "--workdir", tmp_path,
+                    "--report", tmp_path / "r.json") == 0
+    steps = {s["name"]: s for s in json.loads((tmp_path / "r.json").read_text())["steps"]}
+    assert steps["versions"]["status"] == "PASS"  # cap 30 s fits the 100 s budget
+    assert steps["pipeline"]["status"] == "SKIP" and "not started" in steps["pipeline"]["detail"]  # cap 150 s
+    assert steps["gradients"]["status"] == "SKIP" and "earlier step" in steps["gradients"]["detail"]
