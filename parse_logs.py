@@ -5,18 +5,21 @@
     python parse_logs.py checkpoint/digits/resnet_small_unpretrained_lr0.1   # per-seed rows
     python parse_logs.py checkpoint/digits --multi --paired resnet_small_unpretrained_sd_x5_lr0.1
     python parse_logs.py checkpoint/digits --multi --seeds 1 2 3 --include 'resnet_small_unpretrained_lr0.1*'
+    python parse_logs.py checkpoint/caltech-101/resnet50_unpretrained_distdiff_x5_lr0.1 --multi --authors
 
 Reads each seed<N>/results.json. Seeds without results.json are counted as incomplete and
 left out of the mean. The std is the sample std (ddof=1). best_acc is the paper's number
-(best test accuracy over epochs); last_acc and test_at_best_val do not peek at test.
+(best test accuracy over epochs); last_acc and test_at_best_val do not peek at test. --authors
+prints instead what the authors' parse_logs.py prints: each results.yaml's best_accuracy, and
+their mean ± population std (ddof=0), the numbers their paper reports.
 """
 import argparse
 import sys
 from pathlib import Path
 
 from distdiff import DistDiffError
-from distdiff.results import (add_paired, experiment_row, find_experiments, markdown_table, paired_table,
-                              seed_rows, select_experiments, to_csv)
+from distdiff.results import (add_paired, authors_summary, experiment_row, find_experiments, markdown_table,
+                              paired_table, seed_rows, select_experiments, to_csv)
 from distdiff.fileio import atomic_write_text
 from distdiff.options import run_cli
 
@@ -33,6 +36,9 @@ def get_parser():
                              "pattern; repeatable, e.g. --include 'resnet_small_unpretrained_lr0.1*'")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="aggregate only these seeds (so rows with extra seeds stay comparable)")
+    parser.add_argument("--authors", action="store_true",
+                        help="print what the authors' parse_logs.py prints for `path` (with --multi: its run "
+                             "folders): best_accuracy per results.yaml, mean ± std with ddof=0; writes no CSV")
     return parser
 
 
@@ -41,6 +47,11 @@ def main(argv=None):
     root = Path(args.path)
     if not root.is_dir():
         raise DistDiffError(f"{root} is not a directory")
+    if args.authors:
+        if args.paired or args.include or args.seeds or args.csv:
+            raise DistDiffError("--authors reads results.yaml as the authors' script does; it takes only --multi")
+        print("\n".join(authors_summary(args.path, args.multi)))
+        return 0
     experiments = find_experiments(root)
     if not experiments:
         raise DistDiffError(f"no seed<N>/ run directories found under {root}")

@@ -7,13 +7,14 @@
 #   DATASET=caltech-101 ARCH=resnet50 GPUS="0 1 2 3" SEEDS="1 2 3" bash single_exp.sh
 #
 # Environment: DATASET (digits), ARCH (the dataset YAML's arch), LR (0.1), RATIO (5),
-# SEEDS ("1 2 3 4 5"), GPUS (empty: one process; "0 1 2 3": one expansion shard per GPU, and the
-# training runs spread over the GPUs, each seeing its own as cuda:0), PRETRAINED (False), MODEL (the
+# SEEDS ("1 2 3 4 5"; "1 2 3" with PRESET=authors), GPUS (empty: one process; "0 1 2 3": one
+# expansion shard per GPU, and the training runs spread over the GPUs, each seeing its own as
+# cuda:0), PRETRAINED (False), MODEL (the
 # dataset YAML's model; e.g. CompVis/stable-diffusion-v1-4), JOBS (training runs at a time: 2, or
 # with GPUS one per GPU; more than the GPUs puts several on one GPU), EQITER (1: also run the
 # equal-iterations control), CHECKPOINT (output root, checkpoint), FIGURE_DIR (figure), PRESET
 # (e.g. authors: expand_distdiff.py --preset, with expansions named distdiff_x5_authors /
-# sd_x5_authors). Quick runs: EPOCHS, LIMIT (source images expanded) and EXPAND_FLAGS (more
+# sd_x5_authors, and the authors' parse_logs.py line at the end). Quick runs: EPOCHS, LIMIT (source images expanded) and EXPAND_FLAGS (more
 # expand_distdiff.py flags, e.g. "--num_steps 10 --guidance_step 4").
 # Every stage skips work that is already finished, so rerunning after a crash resumes.
 set -euo pipefail
@@ -23,7 +24,7 @@ LR=${LR:-0.1}
 RATIO=${RATIO:-5}
 PRESET=${PRESET:-}
 SUFFIX=${PRESET:+_$PRESET}  # expansions made with a preset get their own names (distdiff_x5_authors)
-SEEDS=${SEEDS:-1 2 3 4 5}
+SEEDS=${SEEDS:-$([ "$PRESET" = authors ] && echo "1 2 3" || echo "1 2 3 4 5")}  # the authors train seeds 1-3
 GPUS=${GPUS:-}
 N_GPUS=$(wc -w <<< "$GPUS")
 JOBS=${JOBS:-$([ "$N_GPUS" -gt 0 ] && echo "$N_GPUS" || echo 2)}
@@ -121,6 +122,9 @@ done < <(missing "${exps[@]}")
 
 stage "7/8 results (mean ± std over seeds; paired differences vs unguided SD)"
 $PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --paired "$($PY -m distdiff.runs name "${RUN_ARGS[@]}" --exp "sd_x$RATIO$SUFFIX")"
+if [ "$PRESET" = authors ]; then  # and the line their parse_logs.py prints (best test epoch, ddof-0 std)
+  $PY parse_logs.py "$($PY -m distdiff.runs dir "${RUN_ARGS[@]}" --exp "distdiff_x$RATIO$SUFFIX")" --multi --authors
+fi
 
 stage "8/8 figures"
 $PY scripts/plot_results.py --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --ratio "$RATIO" --exp_suffix "$SUFFIX" \

@@ -128,3 +128,28 @@ def fmt_interval(mean, low, high):
     if low != low:
         return f"{mean:+.2f}"
     return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def authors_summary(path, multi=False):
+    """The lines the authors' parse_logs.py prints for `path`: "Accuracy of <file> is <value>" for
+    each results.yaml (its best_accuracy; with `multi`, those of the folders directly below
+    `path`, here in sorted order), then the mean ± population std (numpy's default, ddof=0)."""
+    import os
+
+    import numpy as np
+    import yaml
+
+    folders = sorted(os.listdir(path)) if multi else [""]
+    lines, values = [], []
+    for name in folders:
+        file_path = os.path.join(str(path), name, "results.yaml") if multi else os.path.join(str(path), "results.yaml")
+        if os.path.exists(file_path):
+            value = (yaml.safe_load(Path(file_path).read_text()) or {}).get("best_accuracy")
+            lines.append(f"Accuracy of {file_path} is {value}")
+            if value is not None:
+                values.append(value)
+    if values:
+        lines.append(f"Average  of {len(values)} files is {np.mean(values):.2f} +- {np.std(values):.2f}")
+    else:
+        lines.append("No valid performances found in the specified directory.")
+    return lines

@@ -107,3 +107,19 @@ def test_include_and_seeds_keep_aug_rows_separate_and_comparable(tmp_path, capsy
     assert "| 3 | 72.00 ± 1.00" in table[0] and "| 3 | 82.00 ± 1.00" in table[1]  # seed 4 left out
     with pytest.raises(DistDiffError, match="no experiment under .* matches --include nothing"):
         run_main("parse_logs", root, "--multi", "--include", "nothing*")
+
+
+def test_authors_mode_prints_their_lines_with_the_population_std(tmp_path, capsys):
+    """What the authors' parse_logs.py prints for the same runs: best_accuracy of each
+    results.yaml (the key the training writes), then mean +- np.std (ddof 0)."""
+    exp = tmp_path / "exp"
+    for seed, best in ((1, 80.0), (2, 82.0), (3, 84.0)):
+        fake_run(exp, seed, best, best - 1)
+        (exp / f"seed{seed}" / "results.yaml").write_text(f"best_accuracy: {best}\n")
+    out, _ = parse_logs(capsys, exp, "--multi", "--authors")
+    lines = out.strip().splitlines()
+    assert lines[:3] == [f"Accuracy of {exp}/seed{s}/results.yaml is {b}" for s, b in ((1, 80.0), (2, 82.0), (3, 84.0))]
+    assert lines[3] == f"Average  of 3 files is 82.00 +- {np.std([80.0, 82.0, 84.0]):.2f}" == "Average  of 3 files is 82.00 +- 1.63"
+    assert not (exp / "summary_multi.csv").exists()
+    with pytest.raises(DistDiffError, match="--authors .* takes only --multi"):
+        parse_logs(capsys, exp, "--multi", "--authors", "--seeds", "1")
