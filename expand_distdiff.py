@@ -13,6 +13,7 @@ log.txt and manifest_shard<i>.jsonl. Without --split/--total_split the shard com
 RANK/WORLD_SIZE or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT. Rerunning resumes; every image
 depends only on (seed, source, copy), never on the shard count or a resume point.
 """
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -61,9 +62,8 @@ def guidance_config(args):
 
 
 def sample_config(args):
-    """SampleConfig from the flags."""
-    return SampleConfig(args.num_steps, args.strength, args.cfg_scale, args.resolution, args.framing,
-                        args.start_rule, args.shared_posterior, args.offset_noise)
+    """SampleConfig from the flags (its fields are flag names)."""
+    return SampleConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)})
 
 
 def parse(argv=None):

@@ -94,6 +94,9 @@ def get_parser(description=None):
              "source (authors), or squash the whole image")
     add("sample", "shared_posterior", type=str2bool,
         help="one VAE posterior sample per source shared by its copies (authors), not one per copy")
+    add("sample", "shared_prompt", type=str2bool,
+        help="with --language_enhance: one sentence per source image, shared by its copies (authors), "
+             "not one per copy")
     add("sample", "start_rule", choices=START_RULES,
         help="first denoised step: T - int(T*s) (diffusers img2img) or int((1-s)*T) (authors); equal at s=0.5")
     add("sample", "offset_noise", type=str2bool, nargs="?", const=True,

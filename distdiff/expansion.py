@@ -20,7 +20,7 @@ from distdiff.sampler import GuidedSampler, draw_item
 
 logger = logging.getLogger(__name__)
 
-SOURCE_STREAM, CROP_STREAM = -1, -2  # per-source generators: (seed, source index, stream)
+SOURCE_STREAM, CROP_STREAM, PROMPT_STREAM = -1, -2, -3  # per-source generators: (seed, source index, stream)
 
 
 def check_or_write_args(out_dir, resolved, generation_keys):
@@ -246,9 +246,12 @@ def sample_block(sampler, latents, block, seed, repeats, record_energy=False):
     cfg = sampler.sample_cfg
     draws = [draw_item(shards.item_generator(seed, it.index, it.k), sampler.latent_shape(), repeats,
                        sampler.prompts_per_class(it.label), cfg.offset_noise) for it in block]
-    if cfg.shared_posterior:  # the authors' one posterior sample per source, shared by its copies
-        for it, d in zip(block, draws):
+    for it, d in zip(block, draws):  # the authors' one posterior sample and one sentence per source
+        if cfg.shared_posterior:
             d.latent_eps = torch.randn(d.latent_eps.shape, generator=shards.item_generator(seed, it.index, SOURCE_STREAM))
+        if cfg.shared_prompt and sampler.prompts_per_class(it.label) > 1:
+            d.prompt = int(torch.randint(sampler.prompts_per_class(it.label), (1,),
+                                         generator=shards.item_generator(seed, it.index, PROMPT_STREAM)))
     recorder = EnergyRecorder(sampler) if record_energy and sampler.guidance_cfg.mode != "none" else None
     images, status = sampler.sample(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
                                     torch.tensor([it.label for it in block]), draws, recorder)

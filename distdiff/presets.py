@@ -17,6 +17,7 @@ AUTHORS = {
     "guide_input": "authors",          # raw decoder output, bicubic to the guide's size; squash for prototypes
     "framing": "random",               # shorter side to the model's size, then a random crop
     "shared_posterior": True,          # one VAE posterior sample per source image
+    "shared_prompt": True,             # with --language_enhance, one sentence per source image
     "start_rule": "authors",           # first denoised index int((1 - s) T)
     "prompts": "authors",              # "a photo of a {}." (DTD: "{} texture.")
 }

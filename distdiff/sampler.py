@@ -35,6 +35,7 @@ class SampleConfig:
     framing: str = "center"        # source to square: shorter side + centre crop | + seeded random crop | squash
     start_rule: str = "diffusers"  # first denoised index: T - int(T s) (diffusers) | int((1 - s) T) (authors)
     shared_posterior: bool = False  # one VAE posterior sample per source (authors) instead of per copy
+    shared_prompt: bool = False    # with several prompts per class: one per source (authors), not per copy
     offset_noise: bool = False     # the authors' --offset_noise: + 0.1 N(0, 1) per item and channel
 
     @property

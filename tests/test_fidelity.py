@@ -57,6 +57,7 @@ def test_preset_authors_sets_their_values_and_command_line_flags_win():
     assert (args.guide_input, args.framing, args.shared_posterior, args.start_rule, args.prompts) == \
         ("authors", "random", True, "authors", "authors")
     assert args.precision == "auto"  # fp16 on CUDA, as theirs (distdiff.devices.resolve_precision)
+    assert args.shared_prompt and not parse("--dataset", "digits").shared_prompt  # one LE sentence per source
     assert parse("--dataset", "digits", "--preset", "authors", "--guidance", "direct").normalize_features  # theirs
     assert parse("--dataset", "digits", "--preset", "authors", "--cluster", "kmeans").cluster == "kmeans"
     project = parse("--dataset", "digits")
@@ -252,3 +253,37 @@ def test_authors_training_command_lines_parse_to_the_same_settings(tmp_path):
     expanded = parse_args(parser, [*argv, "--data_expanded_dir", "data/caltech-101_expansion/save/distdiff_batch_5x"],
                           config=dataset_section("train"))
     assert expanded.expanded_dir == ["data/caltech-101_expansion/save/distdiff_batch_5x"]
+
+
+def test_shared_prompt_gives_every_copy_of_a_source_one_sentence():
+    """The authors' language enhancement draws one sentence per source image; the project's
+    default draws one per copy. Checked on the draws handed to the sampler (a stand-in)."""
+    from distdiff.sampler import SampleConfig
+    from distdiff.shards import work_items
+
+    class Recorder:
+        guidance_cfg = SimpleNamespace(mode="none")
+
+        def __init__(self, shared):
+            self.sample_cfg, self.seen = SampleConfig(shared_prompt=shared), []
+
+        def prompts_per_class(self, label):
+            return 5
+
+        def latent_shape(self):
+            return (4, 2, 2)
+
+        def sample(self, mean, std, labels, draws, observer=None):
+            self.seen += [d.prompt for d in draws]
+            return torch.zeros(len(draws), 3, 2, 2), torch.zeros(len(draws), dtype=torch.long)
+
+    latents = SimpleNamespace(get=lambda index: (torch.zeros(4, 2, 2), torch.ones(4, 2, 2)))
+    items = work_items([(f"c/{i}.png", 0) for i in range(6)], ratio=4)  # 6 sources x 4 copies
+    for shared in (True, False):
+        sampler = Recorder(shared)
+        ex.sample_block(sampler, latents, items, seed=0, repeats=1)
+        per_source = [set(sampler.seen[4 * i:4 * i + 4]) for i in range(6)]
+        if shared:
+            assert all(len(p) == 1 for p in per_source) and len(set().union(*per_source)) > 1
+        else:
+            assert any(len(p) > 1 for p in per_source)
