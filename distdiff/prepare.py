@@ -13,7 +13,9 @@ Split conventions (INSTALL.md and data/README.md list the sizes):
   imagenette       160px: train minus 50 per class (-> val) / val -> test
 
 Carved val splits never touch test, so checkpoints are selected on val for every dataset that has
-one. The tree appears whole or not at all (written to a temp dir, then renamed); a complete tree
+one. A --source that is already split (ImageFolders train/ and test/, val/ if present; e.g. the
+authors' Caltech-101 layout) is kept as it is: nothing is drawn, and there is a val split only
+where the source has one, since carving it from train would change their train set. The tree appears whole or not at all (written to a temp dir, then renamed); a complete tree
 (one with prepare.json) is left alone.
 """
 import json
@@ -280,12 +282,51 @@ def open_splits(source, root, download, open_fn=open_dataset):
     return splits
 
 
+READY_SPLITS = ("train", "val", "test")
+
+
+def ready_splits(source_root):
+    """The split folders of an already split ImageFolder layout (train/ and test/, val/ if
+    present), or None when `source_root` is a torchvision root."""
+    root = Path(source_root)
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        return None
+    return [split for split in READY_SPLITS if (root / split).is_dir()]
+
+
+def open_folder(source, rule, root, download):
+    """One split folder of a ready-made layout as a torchvision ImageFolder."""
+    from torchvision.datasets import ImageFolder
+
+    folder = Path(root) / rule.kwargs["folder"]
+    try:
+        return ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DistDiffError(f"{folder}: {str(err).splitlines()[0]}") from None
+
+
+def prepare_ready(name, root, source_root, splits, keep=(), open_fn=open_folder):
+    """Copy an already split layout into `root` as it is (the classes the dataset drops left out)."""
+    base = with_options(SOURCES[name], None, keep)
+    source = Source("ImageFolder", {split: Rule({"folder": split}) for split in splits}, base.ext,
+                    layout="train/<class>/*, test/<class>/* (val/ if any)", exclude=base.exclude)
+    meta = {"dataset": name, "source": str(source_root),
+            "source_layout": f"already split ({', '.join(f'{s}/' for s in splits)}), kept as it is"}
+    return build_tree(root, open_splits(source, source_root, False, open_fn), 0, source.ext, source.exclude, meta)
+
+
 def prepare(name, root, source_root, download=False, seed=0, shots=None, keep=(), open_fn=open_dataset):
     """Convert dataset `name` into `root`; returns prepare.json's dict, or None if already complete."""
     import torchvision
 
     if is_complete(root):
         return None
+    ready = None if download else ready_splits(source_root)
+    if ready:
+        if shots is not None:
+            raise DistDiffError(f"--shots draws a training split, but {source_root} is already split "
+                                "(train/, test/); it is kept as it is")
+        return prepare_ready(name, root, source_root, ready, keep)
     source = with_options(SOURCES[name], shots, keep)
     splits = open_splits(source, source_root, download, open_fn)
     # The torchvision version is recorded because its split files may change between releases.

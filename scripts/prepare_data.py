@@ -2,6 +2,7 @@
 
     python scripts/prepare_data.py caltech-101 --download     # fetch with torchvision, then convert
     python scripts/prepare_data.py dtd --source ~/torchvision  # convert an existing torchvision root
+    python scripts/prepare_data.py caltech-101 --source ~/caltech_split   # an already split train/ + test/
 
 The split conventions (val splits, dropped classes) are in distdiff/prepare.py and INSTALL.md.
 The tree appears whole or not at all; a complete tree (one with prepare.json) is left alone.
@@ -56,7 +57,9 @@ def get_parser():
     parser.add_argument("name", help=f"dataset to prepare: {', '.join(sorted(SOURCES))}")
     parser.add_argument("--download", action="store_true",
                         help=f"let torchvision download the raw files (into --source, default {DOWNLOAD_ROOT})")
-    parser.add_argument("--source", default=None, help="an existing torchvision root holding the raw files")
+    parser.add_argument("--source", default=None,
+                        help="an existing torchvision root holding the raw files, or a folder already split into "
+                             "ImageFolders train/ and test/ (val/ if any; e.g. the authors' Caltech-101), kept as it is")
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-class draws")
     parser.add_argument("--shots", type=int, default=None,
                         help="training images per class of the few-shot datasets (caltech-101: 30, "

@@ -223,3 +223,26 @@ def test_missing_or_absent_source_and_other_names_are_one_line_errors(tmp_path, 
         run_main("scripts.prepare_data", "digits")
     with pytest.raises(DistDiffError, match="unknown dataset 'cifar10'; choose from caltech-101"):
         run_main("scripts.prepare_data", "cifar10")
+
+
+def test_an_already_split_source_is_kept_as_it_is(tmp_path, monkeypatch, capsys):
+    """The authors' Caltech-101 layout (train/ and test/ ImageFolders): no draw, no val carved from
+    their train, the dropped classes still dropped."""
+    source = tmp_path / "authors_split"
+    for split, per_class in (("train", 3), ("test", 2)):
+        for c, name in enumerate(("Faces", "Leopards", "BACKGROUND_Google")):
+            (source / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (40 + i, 30), (40 * c, 10 * i, 100)).save(source / split / name / f"image_{i:04d}.jpg")
+    root = tmp_path / "caltech-101"
+    monkeypatch.setattr(registry, "REGISTRY", {**registry.REGISTRY, "caltech-101": registry.DatasetSpec("caltech-101", root)})
+    with pytest.raises(DistDiffError, match="--shots draws a training split, but .* is already split"):
+        run_main("scripts.prepare_data", "caltech-101", "--source", source, "--shots", "2")
+    assert not root.exists()
+    assert run_main("scripts.prepare_data", "caltech-101", "--source", source) == 0
+    info = json.loads((root / "prepare.json").read_text())
+    assert "kept as it is" in info["source_layout"] and set(info["splits"]) == {"train", "test"}
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["Faces", "Leopards"]
+    assert np.bincount(ImageFolder(root / "train").targets).tolist() == [3, 3]
+    assert np.bincount(ImageFolder(root / "test").targets).tolist() == [2, 2]
+    assert not (root / "val").exists()
