@@ -13,8 +13,9 @@
 # dataset YAML's model; e.g. CompVis/stable-diffusion-v1-4), JOBS (training runs at a time: 2, or
 # with GPUS one per GPU; more than the GPUs puts several on one GPU), EQITER (1: also run the
 # equal-iterations control), CHECKPOINT (output root, checkpoint), FIGURE_DIR (figure), PRESET
-# (e.g. authors: expand_distdiff.py --preset, with expansions named distdiff_x5_authors /
-# sd_x5_authors, and the authors' parse_logs.py line at the end). Quick runs: EPOCHS, LIMIT (source images expanded) and EXPAND_FLAGS (more
+# (e.g. authors: --preset for the expansions, named distdiff_x5_authors / sd_x5_authors, and for
+# every training run, whose dirs end in _preset-authors; the authors' parse_logs.py line at the
+# end). Quick runs: EPOCHS, LIMIT (source images expanded) and EXPAND_FLAGS (more
 # expand_distdiff.py flags, e.g. "--num_steps 10 --guidance_step 4").
 # Every stage skips work that is already finished, so rerunning after a crash resumes.
 set -euo pipefail
@@ -47,7 +48,7 @@ RUN_ARGS=(--dataset "$DATASET" --arch "$ARCH" --lr "$LR" --pretrained "$PRETRAIN
 TRAIN_ARGS=("$DATASET" --arch "$ARCH" --lr "$LR" --pretrained "$PRETRAINED" --output "$CHECKPOINT")
 EXPAND_ARGS=(--dataset "$DATASET" --guide_arch "$ARCH" --expand_ratio "$RATIO" --checkpoint_root "$CHECKPOINT")
 [ -n "${MODEL:-}" ] && EXPAND_ARGS+=(--model "$MODEL")
-[ -n "$PRESET" ] && EXPAND_ARGS+=(--preset "$PRESET")
+[ -n "$PRESET" ] && EXPAND_ARGS+=(--preset "$PRESET") && TRAIN_ARGS+=(--preset "$PRESET") && RUN_ARGS+=(--preset "$PRESET")
 [ -n "${EPOCHS:-}" ] && TRAIN_ARGS+=(--epochs "$EPOCHS")
 [ -n "${LIMIT:-}" ] && EXPAND_ARGS+=(--limit "$LIMIT")
 # shellcheck disable=SC2206
@@ -128,5 +129,6 @@ fi
 
 stage "8/8 figures"
 $PY scripts/plot_results.py --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --ratio "$RATIO" --exp_suffix "$SUFFIX" \
-  --checkpoint "$CHECKPOINT" --figure_dir "$FIGURE_DIR" $([ "$PRETRAINED" = True ] && echo --pretrained)
+  --checkpoint "$CHECKPOINT" --figure_dir "$FIGURE_DIR" $([ "$PRETRAINED" = True ] && echo --pretrained) \
+  ${PRESET:+--preset "$PRESET"}
 stage "done in $(( $(date +%s) - start ))s"

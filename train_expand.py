@@ -14,6 +14,7 @@ import argparse
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import dataset_section, parse_args
 from distdiff.options import add_train_expand_flags, run_cli
+from distdiff.presets import train_preset_values
 from distdiff.runs import expansion_dir
 from distdiff.training import TrainConfig, train_classifier
 
@@ -24,7 +25,8 @@ def get_parser():
 
 
 def main(argv=None):
-    args = parse_args(get_parser(), argv, config=dataset_section("train"))
+    args = parse_args(get_parser(), argv, config=dataset_section("train"),
+                      overlay=lambda settings: train_preset_values(settings.preset, "expand"))
     if not args.dataset or not args.exp:
         get_parser().error("a dataset and an experiment name are required (positional or --dataset/--exp)")
     expanded = args.expanded_dir or [expansion_dir(args.output, args.dataset, args.exp)]

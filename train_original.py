@@ -14,6 +14,7 @@ import argparse
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import dataset_section, parse_args
 from distdiff.options import add_train_flags, run_cli
+from distdiff.presets import train_preset_values
 from distdiff.training import TrainConfig, train_classifier
 
 
@@ -23,7 +24,8 @@ def get_parser():
 
 
 def main(argv=None):
-    args = parse_args(get_parser(), argv, config=dataset_section("train"))
+    args = parse_args(get_parser(), argv, config=dataset_section("train"),
+                      overlay=lambda settings: train_preset_values(settings.preset, "original"))
     if not args.dataset:
         get_parser().error("a dataset is required (positional or --dataset)")
     return train_classifier(TrainConfig.from_args(args))

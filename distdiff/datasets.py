@@ -19,8 +19,16 @@ logger = logging.getLogger(__name__)
 # Transforms (paper: Resize 256 -> RandomRotation 15 -> RandomCrop 224 -> RandomHorizontalFlip)
 # ---------------------------------------------------------------------------
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _resize(size, interpolation):
+    """v2.Resize with a named interpolation (the authors' guide training resizes bicubic)."""
+    return v2.Resize(size, interpolation=v2.InterpolationMode(interpolation))
+
+
 def train_transform(image_size=224, resize_size=256, rotation=15.0, hflip=True,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False, aug="default"):
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False, aug="default", interpolation="bilinear"):
     """The paper's training augmentation, ending in a normalised float tensor.
 
     With split=True it returns (head, tail): the deterministic decode-and-resize head, which
@@ -28,7 +36,7 @@ def train_transform(image_size=224, resize_size=256, rotation=15.0, hflip=True,
     two gives exactly the unsplit transform, because the image is a tensor from the first step.
     `aug` adds a per-image augmentation (distdiff/augment.py) to the random tail.
     """
-    head = [v2.ToImage(), v2.Resize(resize_size)]
+    head = [v2.ToImage(), _resize(resize_size, interpolation)]
     tail = [v2.RandomRotation(rotation), v2.RandomCrop(image_size)]
     if hflip:
         tail.append(v2.RandomHorizontalFlip())
@@ -38,13 +46,14 @@ def train_transform(image_size=224, resize_size=256, rotation=15.0, hflip=True,
     return (v2.Compose(head), v2.Compose(tail)) if split else v2.Compose(head + tail)
 
 
-def test_transform(image_size=224, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False):
+def test_transform(image_size=224, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False,
+                   interpolation="bilinear"):
     """Resize -> CenterCrop -> normalise: used for evaluation and for feature extraction.
 
     With split=True it returns (head, tail): the deterministic uint8 decode-resize-crop head
     (cached once by `preload`) and the float conversion.
     """
-    head = [v2.ToImage(), v2.Resize(resize_size), v2.CenterCrop(image_size)]
+    head = [v2.ToImage(), _resize(resize_size, interpolation), v2.CenterCrop(image_size)]
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     return (v2.Compose(head), v2.Compose(tail)) if split else v2.Compose(head + tail)
 

@@ -197,7 +197,7 @@ def write_results(run_dir, results):
 
 def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, batch_size=64, lr=0.1,
         momentum=0.9, weight_decay=1e-4, seed=1, workers=0, amp_dtype=None, batch_transform=None,
-        eval_batch_size=64, eval_every=1):
+        eval_batch_size=64, eval_every=1, select_on="val"):
     """Train with the paper recipe, resuming from <run_dir>/last.pt; returns the results.json dict.
 
     `meta` (arch, classes, transform sizes) is stored in every checkpoint so the guide can be
@@ -205,7 +205,8 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
     train_one_epoch); it draws from torch's global RNG, which last.pt stores.
 
     model_best.pth.tar (the guide that expansion uses) is the epoch with the best val accuracy
-    when there is a val split, and the last epoch otherwise: it is never selected on test.
+    when there is a val split, and the last epoch otherwise: never selected on test, unless
+    `select_on` is "test" (the authors' choice, which the run's args.yaml names as such).
     The val and test passes run every `eval_every` epochs and after the last one; only those
     epochs can be selected.
     """
@@ -252,7 +253,7 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
                         "seconds": round(time.time() - start, 3)})
         # Selection on val; without a val split, no selection at all (the last epoch). An epoch
         # without a val pass (--eval_every) is never selected.
-        score = epoch if eval_loaders[0] is None else val_acc
+        score = test_acc if select_on == "test" else epoch if eval_loaders[0] is None else val_acc
         improved = score is not None and score > best_score
         if improved:
             best_score = score

@@ -10,6 +10,7 @@ import sys
 
 from distdiff import DistDiffError
 from distdiff.config import PRECISIONS, TRAIN_SPELLINGS, add_positional_twins, spellings_of, str2bool
+from distdiff.presets import TRAIN_PRESETS
 
 
 def _help(text):
@@ -107,6 +108,14 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("data_dir",
         help="root of the registered datasets' trees (default: data/, or $DISTDIFF_DATA_ROOT)")
     add("seed", type=int, help="training seed (the paper averages seeds 1-3)")
+    add("interpolation", choices=list(datasets.INTERPOLATIONS), help="resize filter of the train and test transforms")
+    add("guide_selection", choices=["val", "test"],
+        help="model_best.pth.tar (the guide): val = the best val epoch, or the last epoch without a val split; "
+             "test = the best test epoch, the authors' choice (selected on test; args.yaml says so)")
+    add("preset", choices=sorted(TRAIN_PRESETS),
+        help="set a group of flags at once (flags on the command line still win): authors = their training "
+             "(Resize((256, 256)), bicubic for the guide and bilinear for retraining, the best test epoch kept); "
+             "the run dir gets _preset-<name>")
     add_runtime_flags(parser,
                       precision_help="autocast dtype on CUDA (fp16 uses a GradScaler)")
     return parser

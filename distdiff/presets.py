@@ -23,6 +23,21 @@ AUTHORS = {
 }
 PRESETS = {"authors": AUTHORS}
 
+# The authors' training (their train.py for the guide and the original-only baseline, and
+# train_expanded_data_concat_original.py for the retraining): Resize((256, 256)) then the same
+# crops and augmentations as ours, bicubic for the guide, torchvision's default bilinear for the
+# retraining, and the checkpoint of the best test epoch kept as the guide.
+TRAIN_PRESETS = {"authors": {"resize_mode": "squash", "guide_selection": "test"}}
+AUTHORS_INTERPOLATION = {"original": "bicubic", "expand": "bilinear"}
+
+
+def train_preset_values(name, script):
+    """The training flags of preset `name` for `script` ("original": train_original.py, the guide;
+    "expand": train_expand.py)."""
+    if name is None:
+        return {}
+    return {**TRAIN_PRESETS[name], "interpolation": AUTHORS_INTERPOLATION[script]}
+
 
 def preset_values(name, guidance):
     """The flag values of preset `name` for this guidance mode."""

@@ -15,11 +15,13 @@ def dataset_dirname(dataset):
     return dataset
 
 
-def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug="default", resize_mode="shorter"):
-    """checkpoint/<dataset>/<arch>_<pretrained|unpretrained>[_<exp>]_lr<lr>[_aug-<aug>][_resize-squash]/seed<N>.
+def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug="default", resize_mode="shorter",
+                  preset=None):
+    """checkpoint/<dataset>/<arch>_<pretrained|unpretrained>[_<exp>]_lr<lr>[_aug-<aug>][_resize-squash]
+    [_preset-<name>]/seed<N>.
 
-    The augmentation and resize mode appear only when they are not the defaults, so run dirs made
-    before those flags existed keep their names and stay valid.
+    The augmentation, resize mode and preset appear only when they are not the defaults, so run
+    dirs made before those flags existed keep their names and stay valid.
     """
     tag = "pretrained" if pretrained else "unpretrained"
     name = f"{arch}_{tag}" + (f"_{exp}" if exp else "") + f"_lr{lr:g}"
@@ -27,6 +29,8 @@ def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug="de
         name += f"_aug-{aug}"
     if resize_mode != "shorter":
         name += f"_resize-{resize_mode}"
+    if preset:
+        name += f"_preset-{preset}"
     return Path(output) / dataset_dirname(dataset) / name / f"seed{seed}"
 
 
@@ -35,11 +39,12 @@ def default_guide_arch(dataset, config_dir=CONFIG_DIR):
     return (dataset_yaml(dataset, config_dir).get("expand") or {}).get("guide_arch", "resnet50")
 
 
-def default_guide_ckpt(root, dataset, arch=None, config_dir=CONFIG_DIR):
+def default_guide_ckpt(root, dataset, arch=None, config_dir=CONFIG_DIR, preset=None, resize_mode="shorter"):
     """expand_distdiff.py's default guide: seed 1 of `arch` (default: default_guide_arch),
-    unpretrained, lr 0.1, default augmentation."""
+    unpretrained, lr 0.1, default augmentation; trained with `preset` when one is given (its run
+    dir, with the preset's resize mode), so the preset's guide goes with the preset's expansion."""
     arch = arch or default_guide_arch(dataset, config_dir)
-    return train_run_dir(root, dataset, arch, False, 0.1, 1) / "model_best.pth.tar"
+    return train_run_dir(root, dataset, arch, False, 0.1, 1, resize_mode=resize_mode, preset=preset) / "model_best.pth.tar"
 
 
 def expansion_dir(root, dataset, exp):
@@ -74,11 +79,19 @@ def train_arch(dataset, config_dir=CONFIG_DIR):
     return (dataset_yaml(dataset, config_dir).get("train") or {}).get("arch", "resnet50")
 
 
-def missing_runs(output, dataset, arch, pretrained, lr, exps, seeds):
+def preset_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, preset=None, aug="default"):
+    """train_run_dir of a run trained with `preset` (its resize mode and name), or with none."""
+    from distdiff.presets import TRAIN_PRESETS
+
+    resize_mode = TRAIN_PRESETS[preset]["resize_mode"] if preset else "shorter"
+    return train_run_dir(output, dataset, arch, pretrained, lr, seed, exp, aug, resize_mode, preset)
+
+
+def missing_runs(output, dataset, arch, pretrained, lr, exps, seeds, preset=None):
     """(exp, seed) of the training runs without results.json; exp None is original-only. A seed
     listed twice is asked once."""
     return [(exp, seed) for exp in exps for seed in dict.fromkeys(seeds)
-            if not (train_run_dir(output, dataset, arch, pretrained, lr, seed, exp) / "results.json").is_file()]
+            if not (preset_run_dir(output, dataset, arch, pretrained, lr, seed, exp, preset) / "results.json").is_file()]
 
 
 def main(argv=None):
@@ -106,6 +119,7 @@ def main(argv=None):
         q.add_argument("--lr", type=float, default=0.1)
         q.add_argument("--pretrained", default="False", choices=["True", "False"])
         q.add_argument("--output", default="checkpoint")
+        q.add_argument("--preset", default=None, help="the training preset the runs use (train_original.py --preset)")
         if name != "missing":
             q.add_argument("--exp", default=None)
         else:
@@ -117,11 +131,12 @@ def main(argv=None):
         return 0
     pretrained = args.pretrained == "True"
     if args.question in ("name", "dir"):
-        group = train_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, 1, args.exp).parent
+        group = preset_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, 1, args.exp, args.preset).parent
         print(group.name if args.question == "name" else group)
         return 0
     exps = [None if exp == "-" else exp for exp in args.exps]
-    for exp, seed in missing_runs(args.output, args.dataset, args.arch, pretrained, args.lr, exps, args.seeds):
+    for exp, seed in missing_runs(args.output, args.dataset, args.arch, pretrained, args.lr, exps, args.seeds,
+                                  args.preset):
         print(exp or "-", seed)
     return 0
 

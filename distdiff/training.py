@@ -50,6 +50,9 @@ class TrainConfig:
     eval_every: int = 1              # val/test passes every N epochs; the last epoch always has one
     workers: int | str = "auto"      # DataLoader processes; auto: 0 on the CPU, up to 8 on CUDA
     cache_mb: int | str = "auto"     # decoded-image cache; auto: what the splits need, within a memory share
+    interpolation: str = "bilinear"  # resize filter (the authors' guide training: bicubic)
+    guide_selection: str = "val"     # model_best: best val epoch (last without val) | best test epoch (authors)
+    preset: str | None = None        # a group of the above (distdiff/presets.py); named in the run dir
 
     @classmethod
     def from_args(cls, args):
@@ -66,9 +69,16 @@ def build_transforms(cfg):
     """((train head, train tail), (eval head, eval tail)) transforms."""
     norm = dict(mean=registry.IMAGENET_MEAN, std=registry.IMAGENET_STD)
     train = ds.train_transform(cfg.image_size, resize_arg(cfg), cfg.rotation, cfg.hflip,
-                               split=True, aug=cfg.aug, **norm)
-    test = ds.test_transform(cfg.image_size, resize_arg(cfg), split=True, **norm)
+                               split=True, aug=cfg.aug, interpolation=cfg.interpolation, **norm)
+    test = ds.test_transform(cfg.image_size, resize_arg(cfg), split=True, interpolation=cfg.interpolation, **norm)
     return train, test
+
+
+def selection_label(guide_selection, has_val):
+    """How model_best.pth.tar was chosen, in words for args.yaml."""
+    if guide_selection == "test":
+        return "best_test (the authors' selection, made on test)"
+    return "best_val" if has_val else "last_epoch"
 
 
 def check_values(cfg):
@@ -146,7 +156,8 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     except UnknownArch as err:
         raise DistDiffError(str(err)) from None
     run_dir = Path(cfg.run_dir) if cfg.run_dir else train_run_dir(cfg.output, cfg.dataset, cfg.arch, cfg.pretrained,
-                                                                  cfg.lr, cfg.seed, exp, cfg.aug, cfg.resize_mode)
+                                                                  cfg.lr, cfg.seed, exp, cfg.aug, cfg.resize_mode,
+                                                                  cfg.preset)
     setup_logging()  # stdout only until the inputs are known to be good: no stray run dirs
     if is_complete(run_dir):
         logger.info("%s is complete (results.json exists); nothing to do", run_dir)
@@ -171,14 +182,14 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
                                    "equal_iterations": equal_iterations, "epochs_run": epochs,
                                    "n_train": len(train), "device_resolved": str(device),
                                    "workers_resolved": workers, "cache_mb_resolved": cache_mb,
-                                   "guide_selection": "best_val" if val is not None else "last_epoch"})
+                                   "guide_selection": selection_label(cfg.guide_selection, val is not None)})
     logger.info("%s: %d train images (%d classes), val %s, test %d, %d epochs, device %s, %d DataLoader "
                 "workers, image cache %d MB", run_dir, len(train), len(classes), len(val) if val else "-",
                 len(test), epochs, device, workers, cache_mb)
     results = fit(run_dir, model, train, val, test, device, meta=classifier_meta(cfg, classes),
                   epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, seed=cfg.seed, workers=workers, amp_dtype=amp_dtype,
-                  eval_batch_size=cfg.eval_batch_size, eval_every=cfg.eval_every,
+                  eval_batch_size=cfg.eval_batch_size, eval_every=cfg.eval_every, select_on=cfg.guide_selection,
                   batch_transform=batch_transform(cfg.aug, len(classes)))
     logger.info("results: %s", {k: results[k] for k in sorted(results)})
     return results

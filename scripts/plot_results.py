@@ -17,7 +17,7 @@ from distdiff import DistDiffError
 from distdiff.options import run_cli
 from distdiff.registry import get_dataset
 from distdiff.results import experiment_row
-from distdiff.runs import dataset_dirname, train_run_dir
+from distdiff.runs import dataset_dirname, preset_run_dir
 
 METRICS = (("last_acc", "last epoch"), ("test_at_best_val", "test @ best val"), ("best_acc", "best test (paper)"))
 
@@ -30,8 +30,8 @@ def experiment_dirs(args):
                   (f"SD x{args.ratio}\n(equal iters)", f"sd_x{args.ratio}{args.exp_suffix}_eqiter"),
                   (f"DistDiff x{args.ratio}\n(equal iters)", f"distdiff_x{args.ratio}{args.exp_suffix}_eqiter")]
     # The training scripts' own naming rule, so the --aug suffix is placed exactly as they place it.
-    dirs = [(label, train_run_dir(args.checkpoint, args.dataset, args.arch, args.pretrained, args.lr, 1, exp,
-                                  args.aug).parent) for label, exp in conditions]
+    dirs = [(label, preset_run_dir(args.checkpoint, args.dataset, args.arch, args.pretrained, args.lr, 1, exp,
+                                   args.preset, args.aug).parent) for label, exp in conditions]
     return [(label, exp_dir) for label, exp_dir in dirs if exp_dir.is_dir()]
 
 
@@ -96,6 +96,7 @@ def get_parser():
     parser.add_argument("--pretrained", action="store_true", help="plot the pretrained runs")
     parser.add_argument("--ratio", type=int, default=5, help="expansion ratio of the runs to plot")
     parser.add_argument("--exp_suffix", default="", help="suffix of the expansion names (single_exp.sh's PRESET: _authors)")
+    parser.add_argument("--preset", default=None, help="plot the runs trained with this training preset (single_exp.sh's PRESET)")
     parser.add_argument("--aug", default="default", help="plot the runs trained with this --aug (figure accuracy_aug-<aug>.png)")
     parser.add_argument("--checkpoint", default="checkpoint", help="checkpoint root")
     parser.add_argument("--figure_dir", default="figure", help="where the PNGs go")

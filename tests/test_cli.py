@@ -101,3 +101,5 @@ def test_runs_cli_answers_the_shell_chain(tmp_path, capsys):
     (done / "results.json").write_text("{}")
     runs.main(["missing", *common, "--exps", "-", "sd_x5", "--seeds", "1", "2", "1"])
     assert capsys.readouterr().out.splitlines() == ["- 1", "- 2", "sd_x5 1"]  # seed 1 asked once
+    runs.main(["dir", *common, "--preset", "authors"])  # the training preset's run dirs
+    assert capsys.readouterr().out.strip().endswith("digits/resnet_small_unpretrained_lr0.1_resize-squash_preset-authors")

@@ -106,3 +106,41 @@ def test_equal_iteration_epochs():
     assert equal_iteration_epochs(100, 30, 180, 64) == 33   # 100 steps / 3 steps per epoch
     assert equal_iteration_epochs(100, 30, 54, 64) == 100   # still one step per epoch
     assert equal_iteration_epochs(10, 3030, 18180, 64) == 2  # 480 steps / 285 per epoch -> 2
+
+
+def test_preset_authors_trains_their_way_and_says_the_guide_was_selected_on_test(tmp_path, digits_ready):
+    """--preset authors: Resize((s, s)) bicubic for the guide, bilinear for retraining, and the
+    best test epoch kept as model_best (labelled in args.yaml); flags on the command line win."""
+    import argparse
+
+    from distdiff.config import dataset_section, parse_args
+    from distdiff.options import add_train_expand_flags
+    from distdiff.presets import train_preset_values
+
+    def parse(script, *argv):
+        return parse_args(add_train_expand_flags(argparse.ArgumentParser()), ["digits", *argv],
+                          config=dataset_section("train"), overlay=lambda s: train_preset_values(s.preset, script))
+    guide = parse("original", "--preset", "authors")
+    assert (guide.resize_mode, guide.interpolation, guide.guide_selection) == ("squash", "bicubic", "test")
+    assert parse("expand", "--preset", "authors").interpolation == "bilinear"
+    assert parse("original", "--preset", "authors", "--interpolation", "bilinear").interpolation == "bilinear"
+    assert parse("original").guide_selection == "val"
+
+    run_main("train_original", "digits", "--preset", "authors", "--epochs", "4", "--output", tmp_path, *QUICK)
+    run = tmp_path / "digits" / "resnet_small_unpretrained_lr0.1_resize-squash_preset-authors" / "seed1"
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["guide_selection"].startswith("best_test") and args["interpolation"] == "bicubic"
+    test_acc = [float(row["test_acc"]) for row in read_summary(run)]
+    best = torch.load(run / "model_best.pth.tar", weights_only=True)
+    assert best["epoch"] == test_acc.index(max(test_acc)) + 1  # the first epoch with the best test accuracy
+
+
+def test_bicubic_interpolation_reaches_the_resize():
+    from torchvision.transforms import v2
+
+    from distdiff import datasets as ds
+    head, _ = ds.train_transform(32, [36, 36], split=True, interpolation="bicubic")
+    resize = [t for t in head.transforms if isinstance(t, v2.Resize)][0]
+    assert resize.interpolation == v2.InterpolationMode.BICUBIC and list(resize.size) == [36, 36]
+    test_head, _ = ds.test_transform(32, 36, split=True)
+    assert [t for t in test_head.transforms if isinstance(t, v2.Resize)][0].interpolation == v2.InterpolationMode.BILINEAR

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Train on the original data only (the guide and the baseline) for seeds 1 2 3:
 #   sh scripts/exps/train_original.sh DATASET BACKBONE LR PRETRAINED GPU
-# Environment: SEEDS ("1 2 3"), EXTRA (more train_original.py flags). Finished seeds are skipped.
+# Environment: SEEDS ("1 2 3"), PRESET (e.g. authors: their training recipe), EXTRA (more train_original.py flags). Finished seeds are skipped.
 set -e
 DATASET=${1:?DATASET}; BACKBONE=${2:?BACKBONE}; LR=${3:-0.1}; PRETRAINED=${4:-False}; GPU=${5:-0}
 cd "$(dirname "$0")/../.."
@@ -9,6 +9,6 @@ PY=python
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 for SEED in ${SEEDS:-1 2 3}; do
   # shellcheck disable=SC2086
-  CUDA_VISIBLE_DEVICES=$GPU "$PY" train_original.py "$DATASET" "$BACKBONE" "$LR" "$PRETRAINED" 0 --seed "$SEED" $EXTRA
+  CUDA_VISIBLE_DEVICES=$GPU "$PY" train_original.py "$DATASET" "$BACKBONE" "$LR" "$PRETRAINED" 0 --seed "$SEED" ${PRESET:+--preset "$PRESET"} $EXTRA
 done
-"$PY" parse_logs.py "$("$PY" -m distdiff.runs dir --dataset "$DATASET" --arch "$BACKBONE" --lr "$LR" --pretrained "$PRETRAINED")" --multi
+"$PY" parse_logs.py "$("$PY" -m distdiff.runs dir --dataset "$DATASET" --arch "$BACKBONE" --lr "$LR" --pretrained "$PRETRAINED" ${PRESET:+--preset "$PRESET"})" --multi
