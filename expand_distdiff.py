@@ -17,6 +17,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import torch
+
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff import expansion as ex
@@ -124,7 +126,9 @@ def main(argv=None):
     if args.prepare_only:
         print(f"prototypes ready at {args.prototypes}")
         return 0
-    pipe = load_pipeline(model_dir, device, dtype)
+    pipe = load_pipeline(model_dir, device, dtype, torch.float32 if args.encode_precision == "fp32" else None)
+    if args.guide_precision == "pipeline":  # after the prototypes, which stay fp32
+        guide.to(dtype)
     sampler = ex.build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance, device)
     batch, checkpointing = ex.choose_batch_size(args.batch_size, pipe, guide, meta["image_size"], sampler.resolution,
                                                 guidance.mode != "none", device, args.gradient_checkpointing,

@@ -97,6 +97,9 @@ def get_parser(description=None):
     add("sample", "shared_prompt", type=str2bool,
         help="with --language_enhance: one sentence per source image, shared by its copies (authors), "
              "not one per copy")
+    add("sample", "encode_precision", default="pipeline", choices=["pipeline", "fp32"],
+        help="dtype of the VAE encoder and text encoder: the pipeline's (--precision), or fp32 with only the UNet "
+             "and VAE decoder in --precision (authors: they encode before the fp16 cast)")
     add("sample", "start_rule", choices=START_RULES,
         help="first denoised step: T - int(T*s) (diffusers img2img) or int((1-s)*T) (authors); equal at s=0.5")
     add("sample", "offset_noise", type=str2bool, nargs="?", const=True,
@@ -125,6 +128,9 @@ def get_parser(description=None):
         help="L2-normalise guide features before the energy")
     add("guidance", "renormalize_prototypes", type=str2bool,
         help="rescale class and group prototypes (means of unit features) to unit norm, as the authors do")
+    add("guidance", "guide_precision", default="fp32", choices=["fp32", "pipeline"],
+        help="dtype of the guide during guidance: fp32, or the pipeline's (--precision; authors: fp16 on CUDA). "
+             "Prototype features are always computed in fp32")
     add("guidance", "guide_input", default="guide", choices=GUIDE_INPUTS,
         help="decoded image to guide input: the guide's own test transform, or the authors' raw bicubic resize "
              "(and their squash for the prototype features)")

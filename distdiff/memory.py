@@ -130,6 +130,7 @@ def count_lookahead(unet, vae, guide, latent_side, tokens, width, guide_side, lo
                 x0 = z - eps[:1]  # DDIM's x0 is an affine map of eps: the same saved tensors
                 images = vae.decode(x0).sample
                 guide_in = F.interpolate(images.float(), size=guide_side, mode="bilinear", antialias=True)
+                guide_in = guide_in.to(next(guide.parameters()).dtype)
                 features = penultimate_features(guide, guide_in)
                 features.norm(dim=1).sum()  # the energy's reduction saves nothing of size
                 z = x0

@@ -54,17 +54,26 @@ def resolve_model(model):
                             "pass --model <local diffusers folder>") from None
 
 
-def load_pipeline(model, device, dtype=torch.float32):
-    """StableDiffusionImg2ImgPipeline from a folder or Hub id, with a DDIM scheduler, frozen."""
+def load_pipeline(model, device, dtype=torch.float32, encode_dtype=None):
+    """StableDiffusionImg2ImgPipeline from a folder or Hub id, with a DDIM scheduler, frozen.
+
+    With `encode_dtype` (the authors' order: their dataset object encodes the sources with the
+    VAE and the prompts with the text encoder before the pipeline is cast to fp16), the VAE
+    encoder and the text encoder stay in that dtype and only the UNet and the VAE decoder take
+    `dtype`."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
     folder = resolve_model(model)
     try:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
-            folder, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+            folder, dtype=encode_dtype or dtype, safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DistDiffError(f"cannot load the diffusion model {model!r} from {folder} ({first})") from None
+    if encode_dtype is not None and encode_dtype != dtype:
+        for module in (pipe.unet, pipe.vae.decoder, pipe.vae.post_quant_conv):
+            if module is not None:
+                module.to(dtype)
     return finish_pipeline(pipe, device, model)
 
 

@@ -20,6 +20,8 @@ AUTHORS = {
     "shared_prompt": True,             # with --language_enhance, one sentence per source image
     "start_rule": "authors",           # first denoised index int((1 - s) T)
     "prompts": "authors",              # "a photo of a {}." (DTD: "{} texture.")
+    "guide_precision": "pipeline",     # their guide runs in fp16 during guidance (fp32 for prototypes)
+    "encode_precision": "fp32",        # their sources and prompts are encoded before the fp16 cast
 }
 PRESETS = {"authors": AUTHORS}
 

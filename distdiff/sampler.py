@@ -132,7 +132,8 @@ class GuidedSampler:
         for prompt in distinct:
             cond, uncond = self.pipe.encode_prompt(prompt, self.device, 1, True)  # negative prompt ""
             embeds.append(torch.cat([uncond, cond]))
-        return torch.stack(embeds), [[distinct.index(p) for p in class_prompts] for class_prompts in prompts]
+        # The text encoder may run in another dtype than the UNet (load_pipeline's encode_dtype).
+        return torch.stack(embeds).to(self.dtype), [[distinct.index(p) for p in cp] for cp in prompts]
 
     def prompts_per_class(self, label):
         """How many prompts class `label` has (the item draws one of them)."""
@@ -146,8 +147,9 @@ class GuidedSampler:
         generators = generators or [None] * len(images)
         pixels = torch.stack([frame(img, self.resolution, self.sample_cfg.framing, gen)
                               for img, gen in zip(images, generators)])
-        posterior = self.pipe.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
-        return posterior.mean * self.scaling, posterior.std * self.scaling
+        encoder_dtype = next(self.pipe.vae.encoder.parameters()).dtype  # the UNet's, or encode_dtype
+        posterior = self.pipe.vae.encode(pixels.to(self.device, encoder_dtype)).latent_dist
+        return (posterior.mean * self.scaling).to(self.dtype), (posterior.std * self.scaling).to(self.dtype)
 
     def latent_shape(self):
         """Latent [C, h, w] at the sampling resolution."""

@@ -325,3 +325,32 @@ def test_background_writer_reraises_a_failed_write_and_finishes_the_rest(tmp_pat
             writer.submit(write, "b")
             writer.submit(write, "c")
     assert (tmp_path / "a").is_file()
+
+
+def test_the_authors_precision_split_runs_encoders_in_fp32_and_the_rest_in_half(setup):
+    """--encode_precision fp32 (the authors encode sources and prompts before the fp16 cast) and
+    --guide_precision pipeline (their guide in half during guidance), on the CPU in bf16: every
+    model call gets its own dtype, and the guidance still moves the latent with finite values."""
+    from distdiff.expansion import build_prototypes, load_guide, load_sources
+    from distdiff.guidance import GUIDED, GuidanceConfig
+    from distdiff.pipeline import load_pipeline
+    from distdiff.registry import get_dataset
+    from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
+
+    cpu, half = torch.device("cpu"), torch.bfloat16
+    pipe = load_pipeline(setup["pipe"], cpu, half, encode_dtype=torch.float32)
+    assert pipe.unet.dtype == half and next(pipe.vae.decoder.parameters()).dtype == half
+    assert next(pipe.vae.encoder.parameters()).dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    spec = get_dataset(f"folder:{setup['tree']}")
+    sources = load_sources(spec)
+    guide, guide_input, meta = load_guide(setup["guide"], 2, cpu)
+    protos = build_prototypes(setup["root"] / "split_precision.npz", spec, sources, guide, meta, cpu, setup["guide"])
+    guide.to(half)  # after the prototypes, as expand_distdiff.py does
+    sampler = GuidedSampler(pipe, guide, guide_input, protos, [[f"a photo of a {c}"] for c in CLASSES],
+                            SampleConfig(num_steps=10), GuidanceConfig(guidance_step=4), cpu)
+    assert sampler.prompt_embeds.dtype == half
+    mean, std = sampler.encode_sources([sources[0][0]])
+    assert mean.dtype == half
+    draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1)]
+    images, status = sampler.sample(mean, std, torch.tensor([0]), draws)
+    assert torch.isfinite(images.float()).all() and status.tolist() == [GUIDED]

@@ -58,6 +58,7 @@ def test_preset_authors_sets_their_values_and_command_line_flags_win():
         ("authors", "random", True, "authors", "authors")
     assert args.precision == "auto"  # fp16 on CUDA, as theirs (distdiff.devices.resolve_precision)
     assert args.shared_prompt and not parse("--dataset", "digits").shared_prompt  # one LE sentence per source
+    assert (args.guide_precision, args.encode_precision) == ("pipeline", "fp32")  # their fp16 guide, fp32 encoders
     # The preset's expansion takes the preset's guide (train_original.py --preset authors), by default.
     assert "resnet_small_unpretrained_lr0.1_resize-squash_preset-authors/seed1/model_best" in args.guide_ckpt
     assert "unpretrained_lr0.1/seed1/model_best" in parse("--dataset", "digits").guide_ckpt
