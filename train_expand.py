@@ -10,6 +10,7 @@ checkpoint/<dataset>/<arch>_<pretrained|unpretrained>_<exp>_lr<lr>/seed<N>/ with
 recipe, resume and metrics as train_original.py.
 """
 import argparse
+from pathlib import Path
 
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import dataset_section, parse_args
@@ -27,10 +28,12 @@ def get_parser():
 def main(argv=None):
     args = parse_args(get_parser(), argv, config=dataset_section("train"),
                       overlay=lambda settings: train_preset_values(settings.preset, "expand"))
-    if not args.dataset or not args.exp:
-        get_parser().error("a dataset and an experiment name are required (positional or --dataset/--exp)")
+    if not args.dataset or not (args.exp or (args.expanded_dir and args.run_dir)):
+        get_parser().error("a dataset and an experiment name are required (positional or --dataset/--exp); "
+                           "the authors' form names the expanded set and the run dir instead "
+                           "(--data_expanded_dir, --checkpoint)")
     expanded = args.expanded_dir or [expansion_dir(args.output, args.dataset, args.exp)]
-    exp = args.exp + ("_eqiter" if args.equal_iterations else "")
+    exp = (args.exp or Path(expanded[0]).name) + ("_eqiter" if args.equal_iterations else "")
     return train_classifier(TrainConfig.from_args(args), exp=exp, expanded_dirs=expanded,
                             equal_iterations=args.equal_iterations)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from conftest import DIGITS, run_main, script
@@ -291,3 +292,25 @@ def test_shared_prompt_gives_every_copy_of_a_source_one_sentence():
             assert all(len(p) == 1 for p in per_source) and len(set().union(*per_source)) > 1
         else:
             assert any(len(p) > 1 for p in per_source)
+
+
+@pytest.mark.slow
+def test_the_authors_training_argument_lists_run(tmp_path, digits_ready):
+    """Their scripts/exps/train_original.sh and train_expand.sh lines, with train_original.py and
+    train_expand.py in place of train.py and train_expanded_data_concat_original.py, run as they
+    are (MODEL=resnet_small, DATASET=digits); only size knobs are added after them."""
+    import shutil
+
+    run = tmp_path / "checkpoint/digits/resnet_small_unpretrained_lr0.1/seed1"
+    theirs = ["-a", "resnet_small", "-d", "digits", "--checkpoint", run, "--data_dir", digits_ready.root.parent,
+              "--manualSeed", "1", "--train-batch-size", "64", "--lr", "0.1", "--val-batch-size", "64", "--epochs", "100"]
+    knobs = ["--epochs", "2", "--threads", "1", "--device", "cpu"]
+    assert run_main("train_original", *theirs, *knobs)["epochs"] == 2
+    assert yaml.safe_load((run / "results.yaml").read_text())["best_accuracy"] > 0  # the key their parse_logs reads
+    expanded = tmp_path / "data/digits_expansion/distdiff_x5"
+    shutil.copytree(digits_ready.root / "train", expanded)
+    retrain = tmp_path / "checkpoint/digits/resnet_small_unpretrained_distdiff_x5_lr0.1/seed1"
+    their_expand = ["-d", "digits", "--checkpoint", retrain, "--data_dir", digits_ready.root.parent, "-a", "resnet_small",
+                    "--manualSeed", "1", "--data_expanded_dir", expanded, "--train-batch-size", "64", "--lr", "0.1",
+                    "--val-batch-size", "64", "--epochs", "100"]
+    assert run_main("train_expand", *their_expand, *knobs)["n_train"] == 60  # 30 originals + 30 "expanded"
