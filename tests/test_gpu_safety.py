@@ -142,3 +142,16 @@ def test_scheduler_must_be_ddim_with_sd14_values():
         check_scheduler(DDIMScheduler())  # DDIM's own defaults: clip_sample=True, steps_offset=0
     with pytest.raises(DistDiffError, match="needs a DDIMScheduler, got PNDMScheduler"):
         check_scheduler(PNDMScheduler())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tests/test_expand.py checks the casts on the CPU)")
+def test_the_authors_precision_placement_on_cuda(tmp_path):
+    """--preset authors on CUDA: UNet and VAE decoder in fp16, VAE encoder and text encoder fp32."""
+    from distdiff.pipeline import load_pipeline
+    from embedded.prior import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "pipe", ["a photo of a disc", "a photo of a ring"])
+    pipe = load_pipeline(folder, torch.device("cuda"), torch.float16, encode_dtype=torch.float32)
+    assert pipe.unet.dtype == torch.float16 and next(pipe.vae.decoder.parameters()).dtype == torch.float16
+    assert next(pipe.vae.encoder.parameters()).dtype == torch.float32 and pipe.text_encoder.dtype == torch.float32
+    assert pipe.unet.device.type == "cuda"

@@ -144,3 +144,30 @@ def test_bicubic_interpolation_reaches_the_resize():
     assert resize.interpolation == v2.InterpolationMode.BICUBIC and list(resize.size) == [36, 36]
     test_head, _ = ds.test_transform(32, 36, split=True)
     assert [t for t in test_head.transforms if isinstance(t, v2.Resize)][0].interpolation == v2.InterpolationMode.BILINEAR
+
+
+def test_the_preset_transforms_are_the_authors(digits_ready):
+    """Their train.py transforms, written out from their code: Resize((256, 256)) bicubic, then
+    RandomRotation(15), RandomCrop(224), RandomHorizontalFlip, ImageNet normalisation; test:
+    Resize((256, 256)) bicubic, CenterCrop(224). The preset's transforms have the same steps and
+    parameters (the project caches the deterministic head, so it is split in two)."""
+    import argparse
+
+    from torchvision.transforms import v2
+
+    from distdiff.config import parse_args
+    from distdiff.options import add_train_flags
+    from distdiff.presets import train_preset_values
+    from distdiff.training import TrainConfig, build_transforms
+
+    args = parse_args(add_train_flags(argparse.ArgumentParser()), ["caltech-101", "--preset", "authors"],
+                      overlay=lambda s: train_preset_values(s.preset, "original"))
+    (head, tail), (eval_head, _) = build_transforms(TrainConfig.from_args(args))
+    steps = [t for t in head.transforms + tail.transforms if not isinstance(t, (v2.ToImage, v2.ToDtype))]
+    resize, rotation, crop, flip, normalize = steps
+    assert list(resize.size) == [256, 256] and resize.interpolation == v2.InterpolationMode.BICUBIC
+    assert list(rotation.degrees) == [-15.0, 15.0] and list(crop.size) == [224, 224] and flip.p == 0.5
+    assert list(normalize.mean) == [0.485, 0.456, 0.406] and list(normalize.std) == [0.229, 0.224, 0.225]
+    test_resize, center = [t for t in eval_head.transforms if not isinstance(t, v2.ToImage)]
+    assert list(test_resize.size) == [256, 256] and test_resize.interpolation == v2.InterpolationMode.BICUBIC
+    assert list(center.size) == [224, 224]
