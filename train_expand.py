@@ -13,9 +13,7 @@ import argparse
 from pathlib import Path
 
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
-from distdiff.config import dataset_section, parse_args
-from distdiff.options import add_train_expand_flags, run_cli
-from distdiff.presets import train_preset_values
+from distdiff.options import add_train_expand_flags, parse_train_args, run_cli
 from distdiff.runs import expansion_dir
 from distdiff.training import TrainConfig, train_classifier
 
@@ -26,8 +24,7 @@ def get_parser():
 
 
 def main(argv=None):
-    args = parse_args(get_parser(), argv, config=dataset_section("train"),
-                      overlay=lambda settings: train_preset_values(settings.preset, "expand"))
+    args = parse_train_args(get_parser(), argv, "expand")
     if not args.dataset or not (args.exp or (args.expanded_dir and args.run_dir)):
         get_parser().error("a dataset and an experiment name are required (positional or --dataset/--exp); "
                            "the authors' form names the expanded set and the run dir instead "

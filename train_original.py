@@ -12,9 +12,7 @@ Rerunning resumes an interrupted run and skips a finished one.
 import argparse
 
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
-from distdiff.config import dataset_section, parse_args
-from distdiff.options import add_train_flags, run_cli
-from distdiff.presets import train_preset_values
+from distdiff.options import add_train_flags, parse_train_args, run_cli
 from distdiff.training import TrainConfig, train_classifier
 
 
@@ -24,8 +22,7 @@ def get_parser():
 
 
 def main(argv=None):
-    args = parse_args(get_parser(), argv, config=dataset_section("train"),
-                      overlay=lambda settings: train_preset_values(settings.preset, "original"))
+    args = parse_train_args(get_parser(), argv, "original")
     if not args.dataset:
         get_parser().error("a dataset is required (positional or --dataset)")
     return train_classifier(TrainConfig.from_args(args))

@@ -134,6 +134,16 @@ def add_train_expand_flags(parser):
     return parser
 
 
+def parse_train_args(parser, argv, script):
+    """The training scripts' settings: defaults < configs/<dataset>.yaml [train] < --preset (the
+    training preset of `script`, "original" or "expand") < command line."""
+    from distdiff.config import dataset_section, parse_args
+    from distdiff.presets import train_preset_values
+
+    return parse_args(parser, argv, config=dataset_section("train"),
+                      overlay=lambda settings: train_preset_values(settings.preset, script))
+
+
 def run_cli(main, argv=None):
     """Call main(argv); a DistDiffError ends the process with one 'error: ...' line, exit 1."""
     try:

@@ -113,13 +113,10 @@ def test_preset_authors_trains_their_way_and_says_the_guide_was_selected_on_test
     best test epoch kept as model_best (labelled in args.yaml); flags on the command line win."""
     import argparse
 
-    from distdiff.config import dataset_section, parse_args
-    from distdiff.options import add_train_expand_flags
-    from distdiff.presets import train_preset_values
+    from distdiff.options import add_train_expand_flags, parse_train_args
 
     def parse(script, *argv):
-        return parse_args(add_train_expand_flags(argparse.ArgumentParser()), ["digits", *argv],
-                          config=dataset_section("train"), overlay=lambda s: train_preset_values(s.preset, script))
+        return parse_train_args(add_train_expand_flags(argparse.ArgumentParser()), ["digits", *argv], script)
     guide = parse("original", "--preset", "authors")
     assert (guide.resize_mode, guide.interpolation, guide.guide_selection) == ("squash", "bicubic", "test")
     assert parse("expand", "--preset", "authors").interpolation == "bilinear"
@@ -155,13 +152,11 @@ def test_the_preset_transforms_are_the_authors(digits_ready):
 
     from torchvision.transforms import v2
 
-    from distdiff.config import parse_args
-    from distdiff.options import add_train_flags
-    from distdiff.presets import train_preset_values
+    from distdiff.options import add_train_flags, parse_train_args
     from distdiff.training import TrainConfig, build_transforms
 
-    args = parse_args(add_train_flags(argparse.ArgumentParser()), ["caltech-101", "--preset", "authors"],
-                      overlay=lambda s: train_preset_values(s.preset, "original"))
+    args = parse_train_args(add_train_flags(argparse.ArgumentParser()), ["caltech-101", "--preset", "authors"],
+                            "original")
     (head, tail), (eval_head, _) = build_transforms(TrainConfig.from_args(args))
     steps = [t for t in head.transforms + tail.transforms if not isinstance(t, (v2.ToImage, v2.ToDtype))]
     resize, rotation, crop, flip, normalize = steps
