@@ -327,6 +327,7 @@ def test_background_writer_reraises_a_failed_write_and_finishes_the_rest(tmp_pat
     assert (tmp_path / "a").is_file()
 
 
+@pytest.mark.slow
 def test_the_authors_precision_split_runs_encoders_in_fp32_and_the_rest_in_half(setup):
     """--encode_precision fp32 (the authors encode sources and prompts before the fp16 cast) and
     --guide_precision pipeline (their guide in half during guidance), on the CPU in bf16: every

@@ -108,6 +108,7 @@ def test_equal_iteration_epochs():
     assert equal_iteration_epochs(10, 3030, 18180, 64) == 2  # 480 steps / 285 per epoch -> 2
 
 
+@pytest.mark.slow
 def test_preset_authors_trains_their_way_and_says_the_guide_was_selected_on_test(tmp_path, digits_ready):
     """--preset authors: Resize((s, s)) bicubic for the guide, bilinear for retraining, and the
     best test epoch kept as model_best (labelled in args.yaml); flags on the command line win."""
