@@ -31,7 +31,7 @@ from distdiff.devices import (configure_cpu, peak_memory_line, pipeline_dtype, r
 from distdiff.guidance import GuidanceConfig
 from distdiff.options import run_cli
 from distdiff.pipeline import load_pipeline, resolve_model, speed_up
-from distdiff.presets import apply_targets, preset_values, train_preset_values
+from distdiff.presets import apply_targets, preset_values
 from distdiff.runs import default_guide_ckpt, expansion_dir, setup_logging
 from distdiff.sampler import SampleConfig
 
@@ -41,9 +41,8 @@ logger = logging.getLogger("distdiff.expand")
 def resolve_paths(args):
     """Fill in the default guide checkpoint, experiment name, output dir and prototypes path."""
     if args.guide_ckpt is None:
-        trained = train_preset_values(args.preset, "original")  # the preset's guide, in its own run dir
-        args.guide_ckpt = str(default_guide_ckpt(args.checkpoint_root, args.dataset, args.guide_arch, preset=args.preset,
-                                                 resize_mode=trained.get("resize_mode", "shorter")))
+        # With a preset, the preset's guide (train_original.py --preset), in its own run dir.
+        args.guide_ckpt = str(default_guide_ckpt(args.checkpoint_root, args.dataset, args.guide_arch, preset=args.preset))
     if args.exp is None:
         name = {"transform": "distdiff", "none": "sd"}.get(args.guidance, args.guidance)
         args.exp = f"{name}_x{args.expand_ratio}"

@@ -45,6 +45,16 @@ def spellings_of(name, table):
     return names + [spelling for spelling in table.get(name, ()) if spelling not in names]
 
 
+def auto_or_count(value, flag, meaning):
+    """A flag that takes "auto" or a whole number >= 0 (--workers, --cache_mb): the value, with an
+    integer string converted; anything else is a one-line error naming `flag` and `meaning`."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise DistDiffError(f"{flag} {value!r}: use auto or {meaning}")
+
+
 def str2bool(value):
     """Parse the authors' 'True'/'False' positional strings (and 1/0, yes/no)."""
     if isinstance(value, bool):

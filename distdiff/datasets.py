@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from distdiff import DistDiffError, augment
+from distdiff.config import auto_or_count
 from distdiff.registry import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -138,11 +139,7 @@ FALLBACK_CACHE_MB = 512  # auto where the available memory cannot be read
 
 def parse_cache_mb(value):
     """--cache_mb as "auto" or a whole number of MB >= 0; anything else is a one-line error."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        return value
-    raise DistDiffError(f"--cache_mb {value!r}: use auto or a number of MB >= 0 (0 = no cache)")
+    return auto_or_count(value, "--cache_mb", "a number of MB >= 0 (0 = no cache)")
 
 
 def _cgroup_memory_left():

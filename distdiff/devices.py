@@ -34,27 +34,29 @@ def configure_cpu(threads=None):
         torch.set_num_threads(threads)
 
 
+def nvidia_smi(*args):
+    """nvidia-smi's output for `args`; None where there is no driver (or it fails)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        return subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def listed_gpus():
     """Names of the GPUs the NVIDIA driver lists (`nvidia-smi -L`); [] where there is no driver."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.startswith("GPU ")]
+    return [line.strip() for line in (nvidia_smi("-L") or "").splitlines() if line.startswith("GPU ")]
 
 
 def driver_version():
     """The NVIDIA driver's version, or a phrase saying why there is none."""
     if shutil.which("nvidia-smi") is None:
         return "no NVIDIA driver (nvidia-smi not found)"
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.split()
-    except (OSError, subprocess.SubprocessError) as err:
-        return f"nvidia-smi failed ({type(err).__name__})"
-    return f"driver {out[0]}" if out else "nvidia-smi reports no driver version"
+    out = nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader")
+    if out is None:
+        return "nvidia-smi failed"
+    return f"driver {out.split()[0]}" if out.split() else "nvidia-smi reports no driver version"
 
 
 def cuda_report():

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from distdiff import DistDiffError
+from distdiff.config import auto_or_count
 from distdiff.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
 from models.classifiers import UnknownArch, create_classifier
 
@@ -57,12 +58,7 @@ def available_cores():
 
 def parse_workers(value):
     """--workers as "auto" or a whole number >= 0; anything else is a one-line error."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-        return value
-    raise DistDiffError(f"--workers {value!r}: use auto or a number of DataLoader processes >= 0 "
-                        "(0 = the main process)")
+    return auto_or_count(value, "--workers", "a number of DataLoader processes >= 0 (0 = the main process)")
 
 
 def loader_workers(workers, device_type, cores=None):

@@ -261,7 +261,7 @@ def sample_block(sampler, latents, block, seed, repeats, record_energy=False):
 def _block_records(block, todo, status, before, after, out_dir, class_names, seconds, guided=True):
     """Manifest records of the block's items that were missing."""
     before, after = (None if e is None else e.tolist() for e in (before, after))
-    status = [GUIDANCE_STATUS[int(code)] if guided else "none" for code in status]
+    status = [GUIDANCE_STATUS[code] if guided else "none" for code in status.tolist()]  # one copy off the GPU
     return [_record(it, j, out_dir, class_names, before, after, seconds, status[j])
             for j, it in enumerate(block) if it in todo]
 

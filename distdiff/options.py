@@ -64,7 +64,7 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     """Flags of train_original.py and train_expand.py (the paper's recipe as defaults)."""
     from distdiff import augment, datasets, engine  # torchvision, timm: only the training scripts pay
 
-    def auto_or_count(value):  # "auto" or an integer; the library rejects negatives in one line
+    def int_or_text(value):  # an integer where it is one; config.auto_or_count judges it, in one line
         return int(value) if value.strip().lstrip("-").isdigit() else value
 
     add_positional_twins(parser, positionals)
@@ -93,10 +93,10 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("eval_every", type=int,
         help="run the val and test passes every N epochs (the last epoch always); summary.csv leaves the "
              "other epochs' accuracies empty and results.json uses the evaluated epochs only")
-    add("workers", type=auto_or_count,
+    add("workers", type=int_or_text,
         help="DataLoader worker processes (0 = the main process); auto: 0 on the CPU, on CUDA the cores "
              f"this process may use, at most {engine.MAX_AUTO_WORKERS}")
-    add("cache_mb", type=auto_or_count,
+    add("cache_mb", type=int_or_text,
         help=_help("keep decoded, resized uint8 images in memory up to this many MB in all (training images "
                    "first; 0 = no cache); splits that do not fit are decoded every epoch. auto: what the "
                    f"splits need, at most {datasets.AUTO_CACHE_FRACTION:.0%} of the memory available at the "
@@ -126,7 +126,8 @@ def add_train_expand_flags(parser):
     expanded set."""
     add_train_flags(parser, TRAIN_POSITIONALS[:3] + [("exp", str)] + TRAIN_POSITIONALS[3:])
     add = flag_adder(parser, TRAIN_SPELLINGS)
-    add("exp", default=None, help="expansion name, e.g. distdiff_x5 or sd_x5 (required)")
+    add("exp", default=None, help="expansion name, e.g. distdiff_x5 or sd_x5 (required, unless --expanded_dir and "
+                                  "--run_dir name the expanded set and the run dir, the authors' form)")
     add("expanded_dir", nargs="+", default=None,
         help="expanded ImageFolder(s) (default: <output>/<dataset>/expansions/<exp>)")
     add("equal_iterations", action="store_true",

@@ -39,12 +39,12 @@ def default_guide_arch(dataset, config_dir=CONFIG_DIR):
     return (dataset_yaml(dataset, config_dir).get("expand") or {}).get("guide_arch", "resnet50")
 
 
-def default_guide_ckpt(root, dataset, arch=None, config_dir=CONFIG_DIR, preset=None, resize_mode="shorter"):
+def default_guide_ckpt(root, dataset, arch=None, config_dir=CONFIG_DIR, preset=None):
     """expand_distdiff.py's default guide: seed 1 of `arch` (default: default_guide_arch),
     unpretrained, lr 0.1, default augmentation; trained with `preset` when one is given (its run
     dir, with the preset's resize mode), so the preset's guide goes with the preset's expansion."""
     arch = arch or default_guide_arch(dataset, config_dir)
-    return train_run_dir(root, dataset, arch, False, 0.1, 1, resize_mode=resize_mode, preset=preset) / "model_best.pth.tar"
+    return preset_run_dir(root, dataset, arch, False, 0.1, 1, preset=preset) / "model_best.pth.tar"
 
 
 def expansion_dir(root, dataset, exp):
