@@ -61,7 +61,8 @@ def guidance_config(args):
                           radius=args.radius, lambda_class=lambda_class, lambda_group=lambda_group,
                           normalize_features=args.normalize_features,
                           renormalize_prototypes=args.renormalize_prototypes,
-                          repeats=args.guidance_repeats, interval=args.guidance_interval)
+                          repeats=args.guidance_repeats, interval=args.guidance_interval,
+                          transform_start=args.transform_start)
 
 
 def sample_config(args):

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from distdiff import registry
 from distdiff.config import EXPAND_SPELLINGS, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
-from distdiff.guidance import GUIDANCE_MODES, GuidanceConfig
+from distdiff.guidance import GUIDANCE_MODES, TRANSFORM_STARTS, GuidanceConfig
 from distdiff.options import add_runtime_flags
 from distdiff.presets import PRESETS
 from distdiff.prototypes import CLUSTER_METHODS
@@ -136,6 +136,9 @@ def get_parser(description=None):
              "(and their squash for the prototype features)")
     add("guidance", "guidance_repeats", type=int, help="transform: number of applications")
     add("guidance", "guidance_interval", type=int, help="transform: steps between applications")
+    add("guidance", "transform_start", choices=TRANSFORM_STARTS,
+        help="transform: start (a, b) at the random draws (the paper), or at (0, 0) so that only the gradient "
+             "step moves the latent (with --step_size 0: the random perturbation alone)")
     add("runtime", "record_energy", type=energy_every, default=8, metavar="N",
         help="measure the energy with and without guidance on every N-th block (1: all, 0 or False: none); the "
              "measurement repeats the look-ahead twice without gradients, so doing it on every block nearly "

@@ -14,8 +14,9 @@ from distdiff import shards
 from distdiff.engine import load_classifier
 from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
-from distdiff.guidance import GUIDANCE_STATUS, GUIDED
-from distdiff.prototypes import compute_prototypes, fingerprint, prepare_prototypes
+from distdiff.numerics import GUIDANCE_STATUS, GUIDED
+from distdiff.prototype_store import fingerprint, prepare_prototypes
+from distdiff.prototypes import compute_prototypes
 from distdiff.sampler import GuidedSampler, draw_item
 
 logger = logging.getLogger(__name__)

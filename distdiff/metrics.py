@@ -19,7 +19,7 @@ from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff.engine import load_classifier
 from distdiff.guidance import energy
-from distdiff.prototypes import fingerprint
+from distdiff.prototype_store import fingerprint
 from models.classifiers import logits_from_penultimate, penultimate_features
 
 logger = logging.getLogger(__name__)

@@ -1,21 +1,10 @@
-"""Hierarchical prototypes: one class prototype and K group prototypes per class.
-
-Saved once to `prototypes.npz` (atomic, under a file lock so parallel shards never race) with a
-fingerprint of the guide checkpoint, the training split, the cluster method, K and the feature
-transform. A file with another fingerprint is an error, never silently recomputed.
-"""
-import hashlib
-import logging
-from pathlib import Path
-
+"""Hierarchical prototypes: one class prototype and K group prototypes per class (stored by
+distdiff.prototype_store)."""
 import numpy as np
-from filelock import FileLock
 from sklearn.cluster import AgglomerativeClustering, KMeans
 
 from distdiff import DistDiffError
-from distdiff.fileio import atomic_path
 
-logger = logging.getLogger(__name__)
 CLUSTER_METHODS = ("kmeans", "agglomerative")
 
 
@@ -54,51 +43,3 @@ def compute_prototypes(features, labels, num_classes, k=3, method="kmeans", seed
         group_protos[c, :len(groups)] = groups
         group_mask[c, :len(groups)] = True
     return class_protos, group_protos, group_mask
-
-
-def fingerprint(guide_ckpt, train_files, method, k, transform="guide"):
-    """Hash of the guide checkpoint bytes, the training file list, the cluster method, K and the
-    feature transform."""
-    digest = hashlib.sha256()
-    with open(guide_ckpt, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    digest.update("\n".join(sorted(str(p) for p in train_files)).encode())
-    digest.update(f"|{method}|{k}".encode() + (b"" if transform == "guide" else f"|{transform}".encode()))
-    return digest.hexdigest()[:20]
-
-
-def save_prototypes(path, class_protos, group_protos, group_mask, class_names, fprint):
-    """Write prototypes.npz atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, class_protos=class_protos, group_protos=group_protos, group_mask=group_mask,
-                 class_names=np.array(class_names), fingerprint=np.array(fprint))
-
-
-def load_prototypes(path, expected_fingerprint=None):
-    """Read prototypes.npz into a dict; a fingerprint mismatch is a DistDiffError."""
-    with np.load(path, allow_pickle=False) as data:
-        protos = {key: data[key] for key in data.files}
-    found = str(protos["fingerprint"])
-    if expected_fingerprint is not None and found != expected_fingerprint:
-        raise DistDiffError(f"{path} was built from another guide checkpoint, split, cluster method "
-                            f"or K (fingerprint {found} != {expected_fingerprint}); use a new --out "
-                            "or delete the file")
-    protos["class_names"] = [str(c) for c in protos["class_names"]]
-    return protos
-
-
-def prepare_prototypes(path, fprint, compute):
-    """Load `path` if it exists, else build it with `compute()` -> dict, under an exclusive lock.
-
-    The first shard to arrive computes; the others wait on the lock and then read the file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.parent / f".{path.name}.lock"):
-        if not path.is_file():
-            built = compute()
-            save_prototypes(path, built["class_protos"], built["group_protos"], built["group_mask"],
-                            built["class_names"], fprint)
-            logger.info("prototypes written to %s", path)
-    return load_prototypes(path, fprint)

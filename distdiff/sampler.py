@@ -17,7 +17,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from distdiff import DistDiffError
 from distdiff.features import guide_features
-from distdiff.guidance import GUIDED, direct_step, energy, transform_step, unit_prototypes
+from distdiff.guidance import direct_step, energy, transform_step, unit_prototypes
+from distdiff.numerics import GUIDED
 
 logger = logging.getLogger(__name__)
 FRAMINGS = ("center", "random", "squash")
@@ -195,7 +196,7 @@ class GuidedSampler:
         """Generate one batch. Inputs are per item: posterior [B, C, h, w], labels [B], draws.
 
         Returns (decoded images in [-1, 1] as a tensor [B, 3, H, W], guidance outcome per item
-        [B]: guidance.GUIDED unless some application lost it to a non-finite or all-zero
+        [B]: numerics.GUIDED unless some application lost it to a non-finite or all-zero
         gradient). `observer(index, latents, guided, unguided, embeds, labels)` is called after
         each guidance application, with the latent it started from, the guided result and the
         unguided one (transform: the same latent; direct: the plain DDIM step); it must not
@@ -241,6 +242,8 @@ class GuidedSampler:
         application = self.guidance_at.index(index)
         a = torch.stack([d.a[application] for d in draws]).to(self.device)  # fp32: the guidance's own variables
         b = torch.stack([d.b[application] for d in draws]).to(self.device)
+        if cfg.transform_start == "identity":  # the gradient alone (the draws stay drawn: paired noise)
+            a, b = torch.zeros_like(a), torch.zeros_like(b)
 
         def lookahead(z):
             return self.lookahead_energy(z, index, embeds, labels)

@@ -32,7 +32,7 @@ from distdiff.devices import configure_cpu
 from distdiff.fileio import atomic_write_json
 from distdiff.metrics import FeatureSpaceEvaluator, InceptionFID, load_eval_classifier, prototypes_match
 from distdiff.options import add_threads_flag, run_cli
-from distdiff.prototypes import load_prototypes
+from distdiff.prototype_store import load_prototypes
 from distdiff.runs import default_guide_ckpt, setup_logging
 
 COLUMNS = (("n_images", "n", "{}"), ("fid", "FID (guide)", "{:.3f}"), ("precision", "precision", "{:.3f}"),

@@ -253,7 +253,7 @@ def step_gradients(ctx):
 
     import torch
 
-    from distdiff.guidance import GUIDED, NONFINITE, ZERO_GRADIENT, scaled_grad
+    from distdiff.numerics import GUIDED, NONFINITE, ZERO_GRADIENT, scaled_grad
 
     requires("pipe")(ctx)
     half = torch.float16
@@ -295,7 +295,7 @@ def step_memory(ctx):
 
     from distdiff import memory
     from distdiff.expansion import BatchSize
-    from distdiff.guidance import scaled_grad
+    from distdiff.numerics import scaled_grad
 
     requires("pipe")(ctx)
     pipe = ctx.pipe

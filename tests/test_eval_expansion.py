@@ -18,7 +18,8 @@ from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff.features import extract_features
 from distdiff.metrics import manifold_metrics
-from distdiff.prototypes import compute_prototypes, fingerprint, save_prototypes
+from distdiff.prototype_store import fingerprint, save_prototypes
+from distdiff.prototypes import compute_prototypes
 
 CLASSES = [str(i) for i in range(10)]
 

@@ -3,6 +3,7 @@
 Shard invariance, SIGKILL + resume, batch invariance, energies in the manifest, --verify and
 the bad inputs of the design's section 6.
 """
+import dataclasses
 import json
 import signal
 import subprocess
@@ -327,13 +328,45 @@ def test_background_writer_reraises_a_failed_write_and_finishes_the_rest(tmp_pat
     assert (tmp_path / "a").is_file()
 
 
+def test_the_guidance_components_share_their_noise_and_differ_only_where_they_should(setup):
+    """The controls of the energy-or-noise study on one item: identity start with rho 0 is plain
+    img2img to the bit; the random perturbation alone (rho 0), the gradient alone (identity start)
+    and both each move the image, and the three differ from each other."""
+    from distdiff.expansion import build_prototypes, load_guide, load_sources
+    from distdiff.guidance import GuidanceConfig
+    from distdiff.pipeline import load_pipeline
+    from distdiff.registry import get_dataset
+    from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
+
+    cpu = torch.device("cpu")
+    pipe = load_pipeline(setup["pipe"], cpu, torch.float32)
+    spec = get_dataset(f"folder:{setup['tree']}")
+    sources = load_sources(spec)
+    guide, guide_input, meta = load_guide(setup["guide"], 2, cpu)
+    protos = build_prototypes(setup["root"] / "components.npz", spec, sources, guide, meta, cpu, setup["guide"])
+    prompts = [[f"a photo of a {c}"] for c in CLASSES]
+    images = {}
+    for name, cfg in {"none": GuidanceConfig(mode="none"), "nothing": GuidanceConfig(step_size=0, transform_start="identity"),
+                      "noise": GuidanceConfig(step_size=0), "gradient": GuidanceConfig(transform_start="identity"),
+                      "both": GuidanceConfig()}.items():
+        sampler = GuidedSampler(pipe, guide, guide_input, protos, prompts, SampleConfig(num_steps=10),
+                                dataclasses.replace(cfg, guidance_step=4), cpu)
+        mean, std = sampler.encode_sources([sources[0][0]])
+        draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1)]
+        images[name] = sampler.sample(mean, std, torch.tensor([0]), draws)[0]
+    assert torch.equal(images["nothing"], images["none"])
+    moved = ["noise", "gradient", "both"]
+    assert all(not torch.equal(images[a], images[b]) for a in moved for b in ["none"] + moved if a != b)
+
+
 @pytest.mark.slow
 def test_the_authors_precision_split_runs_encoders_in_fp32_and_the_rest_in_half(setup):
     """--encode_precision fp32 (the authors encode sources and prompts before the fp16 cast) and
     --guide_precision pipeline (their guide in half during guidance), on the CPU in bf16: every
     model call gets its own dtype, and the guidance still moves the latent with finite values."""
     from distdiff.expansion import build_prototypes, load_guide, load_sources
-    from distdiff.guidance import GUIDED, GuidanceConfig
+    from distdiff.guidance import GuidanceConfig
+    from distdiff.numerics import GUIDED
     from distdiff.pipeline import load_pipeline
     from distdiff.registry import get_dataset
     from distdiff.sampler import GuidedSampler, SampleConfig, draw_item

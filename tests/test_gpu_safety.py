@@ -73,7 +73,7 @@ def decoder_energy(dtype, weight=1.0):
 
 
 def test_scaled_half_gradient_matches_fp32_where_the_unscaled_one_vanishes():
-    from distdiff import guidance
+    from distdiff import numerics as guidance
 
     dtype = half_dtype()
     generator = torch.Generator().manual_seed(0)
@@ -93,7 +93,7 @@ def test_scaled_half_gradient_matches_fp32_where_the_unscaled_one_vanishes():
 
 
 def test_an_overflowing_scale_is_retried_smaller_per_item():
-    from distdiff import guidance
+    from distdiff import numerics as guidance
 
     calls = []
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from distdiff import DistDiffError
-from distdiff.guidance import GUIDED, NONFINITE, GuidanceConfig, direct_step, energy, project, transform_step, unit_prototypes
-from distdiff.prototypes import compute_prototypes, load_prototypes, save_prototypes
+from distdiff.guidance import GuidanceConfig, direct_step, energy, project, transform_step, unit_prototypes
+from distdiff.numerics import GUIDED, NONFINITE
+from distdiff.prototype_store import load_prototypes, save_prototypes
+from distdiff.prototypes import compute_prototypes
 from distdiff.shards import blocks, resolve_shard, select_sources, shard_blocks, work_items
 
 
@@ -115,3 +117,14 @@ def test_shards_partition_the_blocks_and_limit_covers_classes():
     assert resolve_shard(None, None, {"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
     with pytest.raises(DistDiffError):
         resolve_shard(2, 2, {})
+
+
+def test_rho_zero_is_the_clamped_perturbation_alone_without_a_backward():
+    torch.manual_seed(0)
+    z = torch.randn(3, 4, 2, 2)
+    a, b = torch.rand(3, 4, 1, 1), torch.randn(3, 4, 1, 1)
+
+    def lookahead(latents):
+        raise AssertionError("rho = 0 must not run the look-ahead")
+    new, status = transform_step(z, lookahead, a, b, step_size=0.0, radius=0.2)
+    assert (status == GUIDED).all() and torch.equal(new, project(z * (1 + a) + b, z, 0.2))
