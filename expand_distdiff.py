@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
@@ -26,8 +27,7 @@ from distdiff import registry
 from distdiff import shards
 from distdiff import expand_flags
 from distdiff.config import dataset_section, parse_args, resolved_dict
-from distdiff.devices import (configure_cpu, peak_memory_line, pipeline_dtype, resolve_device, resolve_precision,
-                              seed_everything)
+from distdiff.devices import configure_cpu, peak_memory_line, pipeline_dtype, resolve_device, resolve_precision
 from distdiff.guidance import GuidanceConfig
 from distdiff.options import run_cli
 from distdiff.pipeline import load_pipeline, resolve_model, speed_up
@@ -120,7 +120,7 @@ def main(argv=None):
         logger.info("shard %d/%d done: written 0, skipped %d (every image present)", args.split, args.total_split,
                     len(mine))
         return 0
-    seed_everything(args.seed)
+    set_seed(args.seed)
     protos = ex.build_prototypes(args.prototypes, spec, sources, guide, meta, device, args.guide_ckpt,
                                  args.cluster, args.num_groups, args.seed, args.guide_input)
     if args.prepare_only:

@@ -112,16 +112,17 @@ def _keep_suppress(kind):
     return convert
 
 
+_UNSET = object()  # marks a flag the command line did not give
+
+
 def explicit_args(parser, argv):
-    """{dest: value} of what the command line sets, with positional twins merged."""
-    saved = [(action, action.default) for action in parser._actions]
-    try:
-        for action, _ in saved:
-            action.default = argparse.SUPPRESS
-        given = vars(parser.parse_args(argv))
-    finally:
-        for action, default in saved:
-            action.default = default
+    """{dest: value} of what the command line sets, with positional twins merged.
+
+    argparse fills in a default only where the namespace it is given lacks the attribute, so a
+    namespace with every dest preset to a marker keeps the marker exactly where no flag was typed.
+    """
+    namespace = argparse.Namespace(**{dest: _UNSET for dest in _named_actions(parser)})
+    given = {dest: value for dest, value in vars(parser.parse_args(argv, namespace)).items() if value is not _UNSET}
     for key in [k for k in given if k.endswith(POSITIONAL_SUFFIX)]:
         name, value = key[:-len(POSITIONAL_SUFFIX)], given.pop(key)
         if name in given and given[name] != value:

@@ -7,24 +7,15 @@ where torch cannot use CUDA is a one-line error naming torch's CUDA build and th
 """
 import logging
 import os
-import random
 import shutil
 import subprocess
 
-import numpy as np
 import torch
 
 from distdiff import DistDiffError
 from distdiff.config import PRECISIONS
 
 logger = logging.getLogger(__name__)
-
-
-def seed_everything(seed):
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def configure_cpu(threads=None):

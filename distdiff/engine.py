@@ -95,8 +95,9 @@ def build_optimizer(model, lr, momentum=0.9, weight_decay=1e-4):
 
 
 def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=None, desc="train",
-                    batch_transform=None):
-    """One pass over `loader`; returns (mean loss, accuracy).
+                    batch_transform=None, scheduler=None):
+    """One pass over `loader` (any sized iterable of (images, labels) batches); returns (mean
+    loss, accuracy). `scheduler`, if given, steps after every batch (a per-step schedule).
 
     `batch_transform(images, labels) -> (images, soft targets [B, C])` (MixUp, CutMix) turns
     the step into soft-label cross-entropy; accuracy then counts agreement with the argmax of
@@ -124,6 +125,8 @@ def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=Non
         else:
             loss.backward()
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if not math.isfinite(loss.item()):
             raise DistDiffError("training loss became NaN/inf; lower --lr")
         total_loss += loss.item() * len(labels)

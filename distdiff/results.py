@@ -113,7 +113,7 @@ def add_paired(rows, experiments, baseline, metrics=("last_acc", "test_at_best_v
 
 def paired_table(rows, baseline, metrics=("last_acc", "test_at_best_val")):
     """Markdown table of paired differences vs the baseline with 95 % t intervals."""
-    lines = [f"| experiment | " + " | ".join(f"Δ{m} vs {baseline} [95% CI]" for m in metrics) + " | pairs |",
+    lines = ["| experiment | " + " | ".join(f"Δ{m} vs {baseline} [95% CI]" for m in metrics) + " | pairs |",
              "|---|" + "---|" * len(metrics) + "---|"]
     for row in rows:
         cells = [fmt_interval(row[f"d_{m}"], row[f"d_{m}_low"], row[f"d_{m}_high"]) for m in metrics]

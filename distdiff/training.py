@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate.utils import set_seed
 from torch.utils.data import ConcatDataset
 
 from distdiff import DistDiffError
@@ -12,7 +13,7 @@ from distdiff import datasets as ds
 from distdiff import registry
 from distdiff.augment import batch_transform, check_aug
 from distdiff.config import save_args
-from distdiff.devices import autocast_dtype, configure_cpu, resolve_device, seed_everything
+from distdiff.devices import autocast_dtype, configure_cpu, resolve_device
 from distdiff.engine import fit, is_complete, loader_workers, parse_workers, read_results
 from distdiff.fileio import remove_stale_temps_in
 from distdiff.runs import setup_logging, train_run_dir
@@ -166,7 +167,7 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     amp_dtype = autocast_dtype(cfg.precision) if device.type == "cuda" else None
     configure_cpu(cfg.threads)
     registry.ensure_prepared(spec)
-    seed_everything(cfg.seed)
+    set_seed(cfg.seed)
     workers = loader_workers(cfg.workers, device.type)
     train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, expanded_dirs)
     epochs = cfg.epochs

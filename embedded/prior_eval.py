@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from distdiff import DistDiffError
 from distdiff.datasets import load_split
-from distdiff.devices import seed_everything
+from distdiff.engine import train_one_epoch
 from distdiff.fileio import atomic_torch_save
 from distdiff.pipeline import load_pipeline
 from models.classifiers import create_classifier
@@ -85,25 +86,33 @@ def normalize(images):
     return (images - 0.5) / 0.5
 
 
+class AugmentedBatches:
+    """One epoch of evaluator batches: a fresh order and fresh small warps per epoch, both drawn
+    from `generator` (a sized iterable, as engine.train_one_epoch takes)."""
+
+    def __init__(self, images, labels, batch_size, generator):
+        self.images, self.labels, self.batch_size, self.generator = images, labels, batch_size, generator
+
+    def __len__(self):
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.images), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield normalize(augment(self.images[idx], self.generator, 2, 10)), self.labels[idx]
+
+
 def train_evaluator(images, labels, num_classes, epochs, batch_size, seed, device):
-    """Train resnet_small on the prior split with light augmentation (AdamW, cosine lr)."""
+    """Train resnet_small on the prior split with light augmentation (AdamW, one-cycle lr per
+    step), through the project's one training loop (engine.train_one_epoch)."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    batches = AugmentedBatches(images, labels, batch_size, torch.Generator().manual_seed(seed))
     model = create_classifier("resnet_small", num_classes).to(device)
-    steps = epochs * math.ceil(len(images) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4, fused=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    model.train()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * len(batches))
     for _ in tqdm(range(epochs), desc="evaluator", dynamic_ncols=True):
-        order = torch.randperm(len(images), generator=gen)
-        for start in range(0, len(images), batch_size):
-            idx = order[start:start + batch_size]
-            x = normalize(augment(images[idx], gen, 2, 10)).to(device)
-            loss = F.cross_entropy(model(x), labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        train_one_epoch(model, batches, opt, device, desc="evaluator batches", scheduler=sched)
     return model.eval()
 
 
@@ -227,7 +236,7 @@ def evaluate_prior(model_dir, spec, evaluator_cache, device, protocol=EvalProtoc
     """Run the whole protocol on a saved pipeline folder; returns the quality dict."""
     start = time.time()
     cfg = asdict(protocol)
-    seed_everything(cfg["seed"])
+    set_seed(cfg["seed"])
     text2img, img2img = load_pipelines(str(model_dir), device)
     evaluator, classes = get_evaluator(spec, evaluator_cache, cfg["evaluator_epochs"],
                                        cfg["seed"], device)

@@ -29,11 +29,12 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff.config import REPO_ROOT, load_yaml_config, parse_args, save_args
-from distdiff.devices import configure_cpu, resolve_device, seed_everything
+from distdiff.devices import configure_cpu, resolve_device
 from distdiff.fileio import atomic_torch_save
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.registry import ensure_prepared, get_dataset
@@ -76,7 +77,7 @@ def main(argv=None):
     save_args(work, args)
     start = time.time()
     configure_cpu(args.threads)
-    seed_everything(args.seed)
+    set_seed(args.seed)
     ensure_prepared(spec)
     recipe = PriorRecipe(**{f.name: getattr(args, f.name) for f in fields(PriorRecipe)})
     # The diffusion prior may only ever see `prior` splits: the target's, or a mixture of the same size.
