@@ -1,7 +1,6 @@
 """Hierarchical prototypes: one class prototype and K group prototypes per class (stored by
 distdiff.prototype_store)."""
 import numpy as np
-from sklearn.cluster import AgglomerativeClustering, KMeans
 
 from distdiff import DistDiffError
 
@@ -10,6 +9,8 @@ CLUSTER_METHODS = ("kmeans", "agglomerative")
 
 def cluster_groups(features, k, method="kmeans", seed=0):
     """Group means [k', D] of one class's features; k' = min(k, n) for small classes."""
+    from sklearn.cluster import AgglomerativeClustering, KMeans  # 1 s to import: only when clustering
+
     k = min(k, len(features))
     if k == 1:
         return features.mean(axis=0, keepdims=True)

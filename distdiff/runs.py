@@ -101,6 +101,8 @@ def main(argv=None):
         python -m distdiff.runs arch digits                    # the dataset YAML's train arch
         python -m distdiff.runs name --dataset digits --arch resnet_small --lr 0.1 --exp sd_x5
         python -m distdiff.runs dir --dataset digits --arch resnet_small --lr 0.1   # <output>/<dataset>/<name>
+        python -m distdiff.runs name --dataset digits --arch resnet_small --aug mixup   # ..._aug-mixup
+        python -m distdiff.runs expansion --dataset digits --exp distdiff_x5   # <output>/<dataset>/expansions/<exp>
         python -m distdiff.runs missing --dataset digits --arch resnet_small --lr 0.1 --exps - sd_x5 --seeds 1 2
     `missing` prints "<exp> <seed>" per run without results.json ("-": original only).
     """
@@ -110,6 +112,10 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="question", required=True)
     sub.add_parser("arch", help="the dataset YAML's train arch").add_argument("dataset")
+    q = sub.add_parser("expansion", help="an expansion's folder (expand_distdiff.py's default --out)")
+    q.add_argument("--dataset", required=True)
+    q.add_argument("--exp", required=True)
+    q.add_argument("--output", default="checkpoint")
     helps = {"name": "a run dir's name (seeds are its seed<N>/)", "dir": "the same as a path under --output",
              "missing": "runs without results.json"}
     for name, text in helps.items():
@@ -122,6 +128,7 @@ def main(argv=None):
         q.add_argument("--preset", default=None, help="the training preset the runs use (train_original.py --preset)")
         if name != "missing":
             q.add_argument("--exp", default=None)
+            q.add_argument("--aug", default="default", help="the --aug of the runs")
         else:
             q.add_argument("--exps", nargs="+", required=True, help="experiment names, - for original only")
             q.add_argument("--seeds", nargs="+", type=int, required=True)
@@ -129,9 +136,13 @@ def main(argv=None):
     if args.question == "arch":
         print(train_arch(args.dataset))
         return 0
+    if args.question == "expansion":
+        print(expansion_dir(args.output, args.dataset, args.exp))
+        return 0
     pretrained = args.pretrained == "True"
     if args.question in ("name", "dir"):
-        group = preset_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, 1, args.exp, args.preset).parent
+        group = preset_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, 1, args.exp, args.preset,
+                               args.aug).parent
         print(group.name if args.question == "name" else group)
         return 0
     exps = [None if exp == "-" else exp for exp in args.exps]

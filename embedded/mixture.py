@@ -10,6 +10,7 @@ per-class permutation; the class folders of every component must match the targe
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from distdiff import DistDiffError
 from distdiff.registry import ensure_prepared, get_dataset
 
 TOLERANCE = 1e-6
+PRIOR_ROOT = Path("checkpoint") / "prior"  # scripts/train_prior.py's default --out, under the repo root
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def prior_name(dataset, prior_data=None):
     return re.sub(r"[^\w.-]", "_", f"{dataset}_mix_{parts}")
 
 
-if __name__ == "__main__":  # the prior's folder name, for shell scripts
+if __name__ == "__main__":  # the prior's folder, for shell scripts
     if len(sys.argv) not in (2, 3) or sys.argv[1].startswith("-"):
-        sys.exit("usage: python -m embedded.mixture DATASET [MIXTURE]   (prints the prior's folder name)")
-    print(prior_name(*sys.argv[1:]))
+        sys.exit("usage: python -m embedded.mixture DATASET [MIXTURE]   (prints the prior's folder, "
+                 "checkpoint/prior/<name>)")
+    print(PRIOR_ROOT / prior_name(*sys.argv[1:]))

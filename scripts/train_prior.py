@@ -39,7 +39,7 @@ from distdiff.fileio import atomic_torch_save
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.registry import ensure_prepared, get_dataset
 from distdiff.runs import setup_logging
-from embedded.mixture import load_mixture, parse_mixture, prior_name
+from embedded.mixture import PRIOR_ROOT, load_mixture, parse_mixture, prior_name
 from embedded.prior import build_components, num_parameters
 from embedded.prior_eval import EvalProtocol, load_images
 from embedded.prior_training import (PriorRecipe, encode_latents, finalize, latent_scale, load_state, prompt_ids,
@@ -145,7 +145,7 @@ def get_parser():
         help="train on a mixture of the same size instead, e.g. digits:prior=0.1,printed:prior=0.9 "
         "(fractions sum to 1; embedded/mixture.py)")
     add("--name", default=None, help="output folder name (default: the dataset, or <dataset>_mix_<parts>)")
-    add("--out", default=str(REPO_ROOT / "checkpoint" / "prior"), help="root of <name>/ and <name>.work/")
+    add("--out", default=str(REPO_ROOT / PRIOR_ROOT), help="root of <name>/ and <name>.work/")
     add("--image_size", type=int, default=32, help="training image side")
     add("--vae_channels", type=int, nargs="+", default=[16, 32, 64], help="AutoencoderKL block widths (scale 2**(n-1))")
     add("--unet_channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")

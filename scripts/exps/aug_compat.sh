@@ -18,11 +18,11 @@ DATASET=${DATASET:-digits}
 ARCH=${ARCH:-resnet_small}
 LR=${LR:-0.1}
 EXP=${EXP:-distdiff_x5}
-EXPANDED=${EXPANDED:-checkpoint/$DATASET/expansions/$EXP}
+CHECKPOINT=${CHECKPOINT:-checkpoint}
+EXPANDED=${EXPANDED:-$($PY -m distdiff.runs expansion --dataset "$DATASET" --exp "$EXP")}
 AUGS=${AUGS:-default autoaug randaug randerasing gridmask mixup cutmix}
 SEEDS=${SEEDS:-1 2 3}
 JOBS=${JOBS:-2}
-CHECKPOINT=${CHECKPOINT:-checkpoint}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 [ -d "$EXPANDED" ] || { echo "error: expansion $EXPANDED not found; run bash single_exp.sh first" >&2; exit 1; }
 ARGS=("$DATASET" --arch "$ARCH" --lr "$LR" --output "$CHECKPOINT")
@@ -41,9 +41,14 @@ done
 echo "aug_compat: ${#cmds[@]} training runs, $JOBS at a time"
 run_jobs "${cmds[@]}"
 
-# One row per (set, aug); only the seeds asked for, so rows with extra seeds stay comparable.
-stem="${ARCH}_unpretrained"
+# One row per (set, aug), named by the library; only the seeds asked for, so rows with extra
+# seeds stay comparable.
+include=()
+for aug in $AUGS; do
+  for exp in "" "$EXP"; do
+    include+=(--include "$($PY -m distdiff.runs name --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --aug "$aug" \
+      ${exp:+--exp "$exp"})")
+  done
+done
 # shellcheck disable=SC2086
-$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --seeds $SEEDS \
-  --include "${stem}_lr${LR}" --include "${stem}_lr${LR}_aug-*" \
-  --include "${stem}_${EXP}_lr${LR}" --include "${stem}_${EXP}_lr${LR}_aug-*"
+$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --seeds $SEEDS "${include[@]}"

@@ -23,7 +23,7 @@ JOBS=${JOBS:-2}
 LR=${LR:-0.1}
 PRETRAINED=${PRETRAINED:-False}
 EXP=${EXP:-distdiff_x5}
-EXPANDED=${EXPANDED:-checkpoint/$DATASET/expansions/$EXP}
+EXPANDED=${EXPANDED:-$($PY -m distdiff.runs expansion --dataset "$DATASET" --exp "$EXP")}
 CHECKPOINT=${CHECKPOINT:-checkpoint/backbones}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 [ -d "$EXPANDED" ] || { echo "error: expansion $EXPANDED not found; run bash single_exp.sh first" >&2; exit 1; }
