@@ -52,6 +52,11 @@ def expansion_dir(root, dataset, exp):
     return Path(root) / dataset_dirname(dataset) / "expansions" / exp
 
 
+def sweep_dir(root, dataset, name):
+    """Where scripts/sweep.py writes a sweep's tables, logs and metrics."""
+    return Path(root) / dataset_dirname(dataset) / "sweeps" / name
+
+
 def setup_logging(run_dir=None, filename="log.txt"):
     """Log to stdout and, given a run dir, to <run_dir>/<filename>."""
     root = logging.getLogger()
@@ -103,6 +108,7 @@ def main(argv=None):
         python -m distdiff.runs dir --dataset digits --arch resnet_small --lr 0.1   # <output>/<dataset>/<name>
         python -m distdiff.runs name --dataset digits --arch resnet_small --aug mixup   # ..._aug-mixup
         python -m distdiff.runs expansion --dataset digits --exp distdiff_x5   # <output>/<dataset>/expansions/<exp>
+        python -m distdiff.runs sweep --dataset digits --name digits_study      # <output>/<dataset>/sweeps/<name>
         python -m distdiff.runs missing --dataset digits --arch resnet_small --lr 0.1 --exps - sd_x5 --seeds 1 2
     `missing` prints "<exp> <seed>" per run without results.json ("-": original only).
     """
@@ -112,10 +118,12 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="question", required=True)
     sub.add_parser("arch", help="the dataset YAML's train arch").add_argument("dataset")
-    q = sub.add_parser("expansion", help="an expansion's folder (expand_distdiff.py's default --out)")
-    q.add_argument("--dataset", required=True)
-    q.add_argument("--exp", required=True)
-    q.add_argument("--output", default="checkpoint")
+    for name, text, key in (("expansion", "an expansion's folder (expand_distdiff.py's default --out)", "--exp"),
+                            ("sweep", "a sweep's folder (scripts/sweep.py's tables)", "--name")):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("--dataset", required=True)
+        q.add_argument(key, required=True)
+        q.add_argument("--output", default="checkpoint")
     helps = {"name": "a run dir's name (seeds are its seed<N>/)", "dir": "the same as a path under --output",
              "missing": "runs without results.json"}
     for name, text in helps.items():
@@ -136,8 +144,9 @@ def main(argv=None):
     if args.question == "arch":
         print(train_arch(args.dataset))
         return 0
-    if args.question == "expansion":
-        print(expansion_dir(args.output, args.dataset, args.exp))
+    if args.question in ("expansion", "sweep"):
+        where = expansion_dir if args.question == "expansion" else sweep_dir
+        print(where(args.output, args.dataset, args.exp if args.question == "expansion" else args.name))
         return 0
     pretrained = args.pretrained == "True"
     if args.question in ("name", "dir"):

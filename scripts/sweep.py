@@ -36,10 +36,10 @@ from distdiff import DistDiffError, registry
 from distdiff.config import REPO_ROOT as REPO
 from distdiff.config import dataset_section, parse_args
 from distdiff.devices import configure_cpu
-from distdiff.fileio import atomic_write_text
+from distdiff.fileio import atomic_write_json, atomic_write_text
 from distdiff.options import add_threads_flag, add_train_expand_flags, run_cli
 from distdiff.results import to_csv
-from distdiff.runs import dataset_dirname, default_guide_ckpt, setup_logging, train_run_dir
+from distdiff.runs import dataset_dirname, default_guide_ckpt, setup_logging, sweep_dir, train_run_dir
 from studies import sweep as sw
 
 logger = logging.getLogger("distdiff")
@@ -66,7 +66,11 @@ def main(argv=None):
     failures = run_cells(plan)
     rows = collect_rows(plan, failures)
     table = write_tables(plan, rows)
-    plot_paired(plan, rows, Path(args.figure))
+    if plan.grid.expansion_seeds:  # the unit of replication is the expansion: tables over expansions
+        table = write_replicated(plan, rows)
+        plot_replicated(plan, Path(args.figure))
+    else:
+        plot_paired(plan, rows, Path(args.figure))
     print(table)
     if failures:
         raise DistDiffError(f"{len(failures)} of {len(plan.cells)} cell(s) failed ({', '.join(failures)}); "
@@ -96,7 +100,7 @@ def make_plan(args):
     root = Path(args.checkpoint_root)
     return argparse.Namespace(
         grid=grid, dataset=dataset, name=name, cells=cells, by_name={c.name: c for c in cells},
-        root=root, sweep_dir=root / dataset_dirname(dataset) / "sweeps" / name, seeds=sorted(set(args.seeds)),
+        root=root, sweep_dir=sweep_dir(root, dataset, name), seeds=sorted(set(args.seeds)),
         jobs=args.jobs, expand_jobs=args.expand_jobs, guide=str(args.guide_ckpt or default_guide_ckpt(root, dataset)),
         expand_tokens=expand_tokens, train_tokens=train_tokens,
         train=train_settings(dataset, train_tokens))
@@ -331,6 +335,88 @@ def write_tables(plan, rows):
     atomic_write_text(plan.sweep_dir / "sweep.md", text)
     logger.info("tables written to %s and %s", plan.sweep_dir / "sweep.csv", plan.sweep_dir / "sweep.md")
     return text
+
+
+def replicate_dirs(plan, group):
+    """The experiment dir of each expansion seed's copy of a cell group (the original-only runs,
+    the same dir for every seed, for `original`)."""
+    if group == sw.ORIGINAL:
+        t = plan.train
+        original = train_run_dir(plan.root, plan.dataset, t.arch, t.pretrained, t.lr, 1, None, t.aug,
+                                 t.resize_mode).parent
+        return [original] * len(plan.grid.expansion_seeds)
+    return [experiment_dir(plan, plan.by_name[f"{group}_e{seed}"]) for seed in plan.grid.expansion_seeds]
+
+
+def write_replicated(plan, rows):
+    """replicated.md/.json: per cell group, accuracy and mechanism means over expansions; per
+    contrast (each guided cell vs its control, then the grid's), t intervals over expansions."""
+    from studies import replication as rep
+
+    by_cell = {row["cell"]: row for row in rows}
+
+    def group_rows(group):
+        return [by_cell.get(f"{group}_e{seed}") for seed in plan.grid.expansion_seeds] if group != sw.ORIGINAL \
+            else [None] * len(plan.grid.expansion_seeds)
+
+    groups = list(dict.fromkeys(cell.group for cell in plan.cells))
+    summaries = []
+    for group in groups:
+        done = sum(row is not None and row.get("status") == "done" for row in group_rows(group))
+        summaries.append((group, done, rep.group_accuracy(replicate_dirs(plan, group), plan.seeds),
+                          rep.mechanism_summary(group_rows(group))))
+    first = plan.grid.expansion_seeds[0]
+    pairs = [{"a": g, "b": plan.by_name[plan.by_name[f"{g}_e{first}"].control].group, "confidence": 0.95,
+              "primary": False} for g in groups if not plan.by_name[f"{g}_e{first}"].is_control]
+    contrasts = [rep.contrast_row(f"{c['a']} − {c['b']}", replicate_dirs(plan, c["a"]), replicate_dirs(plan, c["b"]),
+                                  group_rows(c["a"]), group_rows(c["b"]), plan.seeds, c["confidence"], c["primary"])
+                 for c in pairs + plan.grid.contrasts]
+    text = (f"# Sweep {plan.name} on {plan.dataset}, over expansions\n\nGrid {plan.grid.path}; base: "
+            f"{sw.settings_text(plan.grid.base)}; expansion seeds {plan.grid.expansion_seeds}; training seeds "
+            f"{plan.seeds} inside each.\n\n## Cells (means over expansions)\n\n" + rep.mechanism_table(summaries)
+            + "\n\n## Contrasts\n\n" + rep.contrast_table(contrasts) + "\n")
+    atomic_write_text(plan.sweep_dir / "replicated.md", text)
+    atomic_write_json(plan.sweep_dir / "replicated.json", {
+        "expansion_seeds": plan.grid.expansion_seeds, "training_seeds": plan.seeds,
+        "cells": [{"cell": g, "expansions_done": n, **acc, **mech} for g, n, acc, mech in summaries],
+        "contrasts": contrasts})
+    logger.info("tables over expansions written to %s", plan.sweep_dir / "replicated.md")
+    return text
+
+
+def plot_replicated(plan, path):
+    """Each contrast's Δ test last_acc and Δ last-epoch val with its interval over expansions."""
+    import json
+
+    contrasts = json.loads((plan.sweep_dir / "replicated.json").read_text())["contrasts"]
+    if not contrasts:
+        return
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(contrasts) + 2.5), 4.2))
+    xs = list(range(len(contrasts)))
+    for offset, metric, label in ((-0.1, "last_acc", "test, last epoch"), (0.1, "last_val_acc", "val, last epoch")):
+        means = [_value(c[f"d_{metric}"]) for c in contrasts]
+        arms = [[_arm(c, metric, "low") for c in contrasts], [_arm(c, metric, "high") for c in contrasts]]
+        ax.errorbar([x + offset for x in xs], means, yerr=arms, fmt="o", ms=4, capsize=3, label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(xs, [c["contrast"] + (" *" if c["primary"] else "") for c in contrasts], rotation=30,
+                  ha="right", fontsize=8)
+    ax.set_ylabel("Δ accuracy (points)")
+    ax.set_title(f"sweep {plan.name} ({plan.dataset}): mean over {len(plan.grid.expansion_seeds)} expansions, "
+                 "t interval over expansions\n(* primary: its own, corrected level)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    logger.info("figure written to %s", path)
+
+
+def _arm(contrast, metric, side):
+    """One error-bar arm of a contrast (0 when the interval is blank)."""
+    mean, bound = contrast[f"d_{metric}"], contrast[f"d_{metric}_{side}"]
+    if mean is None or bound is None:
+        return 0.0
+    return mean - bound if side == "low" else bound - mean
 
 
 def plot_paired(plan, rows, path):

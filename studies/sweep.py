@@ -40,7 +40,9 @@ UNGUIDED_KEYS = tuple(expand_flags.keys("sample", "items", "execution", "preset"
 # Flags the sweep sets itself, in every spelling; pass-through strings must not set them.
 EXPAND_OWNED = tuple(expand_flags.spellings(expand_flags.keys("path", "shard") + ["guidance"]))
 TRAIN_OWNED = ("dataset", "exp", "output", "seed", "expanded_dir")
-GRID_KEYS = ("dataset", "base", "axes", "cells")
+GRID_KEYS = ("dataset", "base", "axes", "cells", "expansion_seeds", "contrasts")
+CONTRAST_KEYS = ("a", "b", "confidence", "primary")
+ORIGINAL = "original"  # a contrast side: the original-only runs (train_original.py), no expansion
 ACC_METRICS = ("last_acc", "test_at_best_val", "best_acc")
 # The val columns select cells (best_val_acc, and last_val_acc, the last epoch's val accuracy,
 # which is what the last_acc read on test corresponds to); test is read after the selection.
@@ -64,6 +66,11 @@ class Cell:
     overrides: dict
     control: str | None = None  # name of the paired unguided cell; None for a control itself
     axis: tuple = field(default=())
+    group: str | None = None    # the grid cell this one replicates (with expansion_seeds), else its name
+    expansion_seed: int | None = None
+
+    def __post_init__(self):
+        self.group = self.group or self.name
 
     @property
     def is_control(self):
@@ -79,6 +86,8 @@ class Grid:
     base: dict
     axes: dict
     cells: list
+    expansion_seeds: list = field(default_factory=list)  # each cell once per seed: <name>_e<seed>
+    contrasts: list = field(default_factory=list)        # [{a, b, confidence, primary}] over expansions
 
 
 # ---------------------------------------------------------------------------
@@ -121,7 +130,32 @@ def load_grid(path):
     if not axes and not explicit:
         raise DistDiffError(f"{path} defines no cells; add `axes` (flag -> values) or `cells`")
     dataset = raw.get("dataset")
-    return Grid(path, None if dataset is None else str(dataset), base, axes, explicit)
+    seeds, contrasts = check_replication(raw, base, axes, explicit, path.name)
+    return Grid(path, None if dataset is None else str(dataset), base, axes, explicit, seeds, contrasts)
+
+
+def check_replication(raw, base, axes, cells, where):
+    """Validated expansion_seeds and contrasts; with expansion seeds no cell may set --seed."""
+    seeds = raw.get("expansion_seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise DistDiffError(f"{where} expansion_seeds: expected a list of distinct integers, got {seeds!r}")
+    if seeds and ("seed" in base or "seed" in axes or any("seed" in c["flags"] for c in cells)):
+        raise DistDiffError(f"{where}: with expansion_seeds the sweep sets --seed itself; remove `seed`")
+    contrasts = raw.get("contrasts") or []
+    if contrasts and not seeds:
+        raise DistDiffError(f"{where} contrasts: they are computed over expansions; add expansion_seeds")
+    checked = []
+    for i, item in enumerate(contrasts if isinstance(contrasts, list) else [None]):
+        if not isinstance(item, dict) or not {"a", "b"} <= set(item) or set(item) - set(CONTRAST_KEYS):
+            raise DistDiffError(f"{where} contrasts[{i}]: expected a mapping with a, b and optionally "
+                                f"confidence, primary; got {item!r}")
+        confidence = float(item.get("confidence", 0.95))
+        if not 0 < confidence < 1:
+            raise DistDiffError(f"{where} contrasts[{i}]: confidence {confidence} must be in (0, 1)")
+        checked.append({"a": str(item["a"]), "b": str(item["b"]), "confidence": confidence,
+                        "primary": bool(item.get("primary", False))})
+    return seeds, checked
 
 
 def check_names(names, where):
@@ -182,6 +216,14 @@ def expand_grid(grid):
         name = req["name"] or auto_name(req["flags"])
         cells.append(Cell(name, flags, dict(req["flags"]), controls[key].name, tuple(req["flags"])))
     cells = list(controls.values()) + cells
+    if grid.expansion_seeds:
+        cells = replicate(cells, grid.expansion_seeds)
+        groups = {cell.group for cell in cells} | {ORIGINAL}
+        for contrast in grid.contrasts:
+            for side in (contrast["a"], contrast["b"]):
+                if side not in groups:
+                    raise DistDiffError(f"{grid.path.name} contrasts: {side!r} is not a cell name "
+                                        f"({', '.join(sorted(groups))})")
     seen = {}
     for cell in cells:
         if cell.name in seen:
@@ -189,6 +231,14 @@ def expand_grid(grid):
                                 f"({cell.overrides} and {seen[cell.name].overrides}); give them a `name`")
         seen[cell.name] = cell
     return cells
+
+
+def replicate(cells, seeds):
+    """Every cell once per expansion seed (--seed), seed-major so that a stopped run has every
+    cell for its first seeds; each copy is paired with its control's copy of the same seed."""
+    return [Cell(f"{cell.name}_e{seed}", {**cell.flags, "seed": seed}, cell.overrides,
+                 None if cell.control is None else f"{cell.control}_e{seed}", cell.axis, cell.name, seed)
+            for seed in seeds for cell in cells]
 
 
 def is_unguided(flags):

@@ -3,8 +3,10 @@ is needed (each subprocess pays several seconds of imports); subprocesses are ke
 the shell launchers and the paper-path rehearsal."""
 import importlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,55 @@ DIGITS = tuple(str(i) for i in range(10))
 # A few steps of scripts/train_prior.py; every other setting comes from configs/prior.yaml.
 PRIOR_SMOKE = ["--vae_steps", "6", "--steps", "8", "--batch_size", "16", "--vae_batch_size", "4",
                "--latent_copies", "1", "--eval_per_class", "0", "--ckpt_every", "3", "--device", "cpu"]
+
+
+# Checks that run only as subprocesses and take long: started in the background as soon as the
+# session knows it will run them, so they use the second core while the in-process tests use the
+# first; their tests then wait for them and check the outcome. nodeid -> (key, command).
+BACKGROUND_CHECKS = {
+    "tests/test_gpu_check.py::test_cpu_smoke_runs_every_step_and_writes_the_report":
+        ("gpu_check_smoke", ["bash", "scripts/gpu_check.sh", "--cpu_smoke", "--workdir", "{work}/work",
+                             "--report", "{work}/report.json"]),
+}
+_BACKGROUND = {}
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        if item.nodeid in BACKGROUND_CHECKS:
+            start_background(*BACKGROUND_CHECKS[item.nodeid])
+
+
+def start_background(key, command):
+    """Start a background check once (niced, so the tests in front keep priority)."""
+    if key not in _BACKGROUND:
+        work = Path(tempfile.mkdtemp(prefix=f"distdiff-{key}-"))
+        out, err = open(work / "stdout.txt", "w"), open(work / "stderr.txt", "w")
+        proc = subprocess.Popen(["nice", "-n", "10", *[part.format(work=work) for part in command]], cwd=REPO,
+                                env=script_env(), stdout=out, stderr=err)
+        _BACKGROUND[key] = (proc, work, out, err)
+    return _BACKGROUND[key]
+
+
+def background_result(nodeid, timeout=600):
+    """(return code, stdout, stderr, work dir) of a background check, started now if it was not."""
+    proc, work, out, err = start_background(*BACKGROUND_CHECKS[nodeid])
+    code = proc.wait(timeout=timeout)
+    out.close()
+    err.close()
+    return code, (work / "stdout.txt").read_text(), (work / "stderr.txt").read_text(), work
+
+
+def pytest_sessionfinish(session):
+    for proc, work, out, err in _BACKGROUND.values():
+        if proc.poll() is None:  # an interrupted session: do not leave it running
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def script(name):

@@ -1,13 +1,12 @@
 """scripts/gpu_check.sh: its CPU mode runs every step with tiny shapes (so the GPU acceptance run
 cannot rot), and a step that fails, hangs or cannot run never hides the others."""
 import json
-import subprocess
 import time
 
 import pytest
 import torch
 
-from conftest import REPO, run_main, script, script_env
+from conftest import background_result, run_main, script
 
 HF_VARS = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "DISTDIFF_DATA_ROOT", "HF_HUB_DISABLE_PROGRESS_BARS",
            "DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY")
@@ -21,17 +20,16 @@ def restore_env(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_smoke_runs_every_step_and_writes_the_report(tmp_path):
-    report = tmp_path / "report.json"
-    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--cpu_smoke", "--workdir", str(tmp_path / "work"),
-                           "--report", str(report)], cwd=REPO, env=script_env(), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    steps = json.loads(report.read_text())["steps"]
+def test_cpu_smoke_runs_every_step_and_writes_the_report(request):
+    """bash scripts/gpu_check.sh --cpu_smoke, run in the background from the start of the session
+    (tests/conftest.py BACKGROUND_CHECKS)."""
+    code, stdout, stderr, work = background_result(request.node.nodeid)
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    steps = json.loads((work / "report.json").read_text())["steps"]
     assert [s["name"] for s in steps] == [name for name, *_ in script("scripts.gpu_check").STEPS]
     assert all(s["status"] == "PASS" for s in steps), [(s["name"], s["status"], s["detail"]) for s in steps]
     for step in steps:  # one line per step, printed as it finished
-        assert f"PASS  {step['name']} (" in proc.stdout
+        assert f"PASS  {step['name']} (" in stdout
     numbers = {s["name"]: s["numbers"] for s in steps}
     assert numbers["gradients"]["fp16 scaled"]["cosine"] > 0.99
     assert numbers["expand"]["written"] == 10 and numbers["expand"]["lost_guidance"] == 0

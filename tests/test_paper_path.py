@@ -134,18 +134,19 @@ def test_retraining_and_parse_logs(paper, retrained, capsys):
 
 
 def test_the_authors_expand_diff_argument_list_runs_unchanged(paper, guide, monkeypatch):
-    """Their scripts/exps/expand_diff.sh command for split 0 of 4, pasted after expand_distdiff.py."""
+    """Their scripts/exps/expand_diff.sh command for split 0 of 4, pasted after expand_distdiff.py,
+    with one size knob appended (--limit 1: one source image)."""
     import huggingface_hub.constants as hub
 
     from test_fidelity import AUTHORS_ARGS
     in_clone(paper, monkeypatch)
     monkeypatch.chdir(paper["clone"])  # their paths are relative to the repository
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(paper["hf_cache"]))
-    assert run_main("expand_distdiff", *AUTHORS_ARGS) == 0
+    assert run_main("expand_distdiff", *AUTHORS_ARGS, "--limit", "1") == 0
     out = paper["clone"] / "data/caltech-101_expansion/save/distdiff_batch_5x"
     images = sorted(out.rglob("*.png"))
-    # 2 classes x 2 shots x 5 copies = 20 items in blocks of 8; split 0 of 4 owns block 0 (batch 1
-    # or any other: ownership does not depend on the batch size).
-    assert len(images) == 8
+    # 1 source x 5 copies = 5 items in one block of 8; split 0 of 4 owns block 0 (batch 1 or any
+    # other: ownership does not depend on the batch size).
+    assert len(images) == 5
     assert all(Image.open(p).size == (512, 512) for p in images)
     assert (out / "prototypes.npz").is_file() and (out / "manifest_shard0.jsonl").is_file()

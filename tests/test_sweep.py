@@ -277,3 +277,67 @@ def test_bad_grids_give_one_line_errors(tmp_path):
         sw.check_passthrough(["--strength", "0.7"], sw.EXPAND_OWNED, {"strength"}, "--expand_flags")
     with pytest.raises(DistDiffError, match="must not set --out"):
         sw.check_passthrough(["--out=x"], sw.EXPAND_OWNED, set(), "--expand_flags")
+
+
+# ---------------------------------------------------------------------------
+# Expansions as the unit of replication
+# ---------------------------------------------------------------------------
+
+REPLICATED = ("dataset: digits\nexpansion_seeds: [42, 43, 44]\nbase: {num_steps: 10}\ncells:\n"
+              "  - {name: none, guidance: none}\n  - {name: noise, step_size: 0}\n  - {name: both}\n"
+              "contrasts:\n  - {a: both, b: noise, confidence: 0.99, primary: true}\n  - {a: none, b: original}\n")
+
+
+def test_expansion_seeds_replicate_every_cell_with_its_own_control(tmp_path):
+    cells = sw.expand_grid(sw.load_grid(write_grid(tmp_path / "g.yaml", REPLICATED)))
+    assert [c.name for c in cells[:3]] == ["none_e42", "noise_e42", "both_e42"]  # seed-major
+    assert len(cells) == 9 and {c.group for c in cells} == {"none", "noise", "both"}
+    both = {c.expansion_seed: c for c in cells if c.group == "both"}
+    assert both[43].flags == {"num_steps": 10, "seed": 43} and both[43].control == "none_e43"
+    assert sw.cell_cli(both[44])[-2:] == ["--seed", "44"]
+    for text, message in (("expansion_seeds: [1, 1]\n", "distinct integers"),
+                          ("expansion_seeds: [1]\nbase: {seed: 3}\n", "sets --seed itself"),
+                          ("contrasts: [{a: x, b: y}]\n", "add expansion_seeds"),
+                          ("expansion_seeds: [1]\ncontrasts: [{a: both, b: nope}]\n", "'nope' is not a cell name"),
+                          ("expansion_seeds: [1]\ncontrasts: [{a: both}]\n", "expected a mapping with a, b")):
+        with pytest.raises(DistDiffError, match=message):
+            sw.expand_grid(sw.load_grid(write_grid(tmp_path / "bad.yaml", text + "cells:\n  - {name: both}\n")))
+
+
+def test_contrasts_are_means_of_per_expansion_differences_with_t_over_expansions(tmp_path):
+    """Fabricated runs for 3 expansions x 2 training seeds: each expansion's value is the mean of
+    its same-seed differences, and the interval is t over the 3 expansions (not over 6 runs)."""
+    sweep_cli = script("scripts.sweep")
+    grid = write_grid(tmp_path / "rep.yaml", REPLICATED)
+    args = sweep_cli.get_parser().parse_args([str(grid), "--seeds", "1", "2", "--checkpoint_root", str(tmp_path)])
+    plan = sweep_cli.make_plan(args)
+    # both - noise per run: expansion 42: +1, +3 -> 2; 43: 0, +2 -> 1; 44: +4, +2 -> 3.
+    accuracy = {"noise": {42: (70, 71), 43: (72, 70), 44: (69, 70)},
+                "both": {42: (71, 74), 43: (72, 72), 44: (73, 72)},
+                "none": {42: (60, 60), 43: (61, 61), 44: (62, 62)}}
+    for group, by_seed in accuracy.items():
+        for seed, values in by_seed.items():
+            for training_seed, value in zip((1, 2), values):
+                fake_results(sweep_cli.experiment_dir(plan, plan.by_name[f"{group}_e{seed}"]), training_seed,
+                             value, value, value)
+    for training_seed, value in ((1, 50), (2, 52)):
+        fake_results(sweep_cli.replicate_dirs(plan, "original")[0], training_seed, value, value, value)
+    rows = [{"cell": c.name, "status": "done", "energy_before": 1.0, "energy_after": 0.5 if c.group == "both" else 1.0}
+            for c in plan.cells]
+    plan.sweep_dir.mkdir(parents=True)
+    text = sweep_cli.write_replicated(plan, rows)
+    saved = json.loads((plan.sweep_dir / "replicated.json").read_text())
+    contrast = {c["contrast"]: c for c in saved["contrasts"]}
+    primary = contrast["both − noise"]
+    t99 = 9.924843200918276  # Student t, 99.5 %, 2 degrees of freedom
+    assert primary["primary"] and primary["d_last_acc"] == 2.0 and primary["d_last_acc_n"] == 3
+    assert math.isclose(primary["d_last_acc_high"] - 2.0, t99 * 1.0 / math.sqrt(3))  # sd of (2, 1, 3) is 1
+    assert primary["d_energy_after"] == -0.5
+    # none - original: the original-only runs serve every expansion: (10, 8), (11, 9), (12, 10) -> 9, 10, 11.
+    assert contrast["none − original"]["d_last_acc"] == 10.0
+    assert math.isclose(contrast["none − original"]["d_last_acc_high"] - 10.0, T975[2] / math.sqrt(3))
+    cells = {c["cell"]: c for c in saved["cells"]}
+    assert cells["both"]["expansions_done"] == 3 and math.isclose(cells["both"]["last_acc"], 72.333333333333)
+    assert "Unit of replication: the expansion" in text and "| both − noise | 99% (primary) | 3 |" in text
+    sweep_cli.plot_replicated(plan, tmp_path / "rep.png")
+    assert (tmp_path / "rep.png").stat().st_size > 1000

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Energy or noise? (docs/energy_or_noise.md): the gradient of the distribution-aware energy
+# against the random clamped perturbation it rides on, with the expansion as the unit of
+# replication. Settings in order: 3 shots (radius 0.2 and 1.0); the headroom check at 10 shots;
+# guidance at 10 shots (radius 0.2) where the check passes; then the report and the figure.
+#
+#   bash scripts/exps/energy_or_noise.sh               # everything (design budget: 4 h on 2 CPU cores)
+#   SEEDS="1 2" bash scripts/exps/energy_or_noise.sh   # other training seeds inside each expansion
+#
+# Every step skips finished work (priors, guides, expansions, training runs, metrics): a rerun,
+# after a kill or a crash, resumes where the last one stopped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+SEEDS=${SEEDS:-1 2 3}  # training seeds inside each expansion (the rule was committed with 1 2 3)
+JOBS=${JOBS:-2}
+export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+bash scripts/setup.sh
+# shellcheck source=scripts/run_jobs.sh
+source scripts/run_jobs.sh
+sweep() {  # sweep NAME: one grid of configs/sweeps/, its training seeds and its figure
+  # shellcheck disable=SC2086
+  $PY scripts/sweep.py "configs/sweeps/$1.yaml" --seeds $SEEDS --jobs "$JOBS" --figure "figure/$1.png"
+}
+$PY scripts/train_prior.py                                  # the in-domain prior (the demo's)
+$PY train_original.py digits --seed 1                       # the 3-shot guide (the demo's)
+sweep energy_noise_3shot
+# Headroom at 10 shots: original-only runs (seed 1 is also the 10-shot guide) and the two
+# shifted priors (0 % target; the domain-shift study's, when it has run).
+cmds=()
+for s in $SEEDS; do cmds+=("$PY train_original.py digits10 --seed $s"); done
+run_jobs "${cmds[@]}"
+$PY train_original.py digits10 --seed 1                     # the guide, whatever SEEDS holds
+$PY scripts/train_prior.py --prior_data inverted:prior=1
+$PY scripts/train_prior.py --prior_data lowcontrast:prior=1
+sweep energy_noise_10shot_headroom
+headroom=$($PY -m distdiff.runs sweep --dataset digits10 --name energy_noise_10shot_headroom)/replicated.json
+for prior in indomain inverted0 lowcontrast0; do
+  if $PY -m studies.energy_noise headroom "$headroom" "$prior"; then
+    sweep "energy_noise_10shot_$prior"
+  fi
+done
+$PY -m studies.energy_noise report --figure figure/energy_or_noise.png | tee checkpoint/energy_or_noise.md

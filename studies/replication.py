@@ -1,0 +1,120 @@
+"""Expansions as the unit of replication: per-expansion values and t intervals over expansions.
+
+A grid with `expansion_seeds` expands every cell once per seed (cell `<name>_e<seed>`), each
+retrained at a few training seeds. One expansion's value for a contrast a - b is the mean over its
+training seeds of the same-seed difference; the interval is Student t over the expansions, so it
+covers expansion noise as well as training noise (an interval over training seeds of one
+expansion covers only the latter).
+"""
+import math
+
+import numpy as np
+
+from distdiff.stats import paired_difference
+from studies.sweep import _clean, _seed_values
+
+# Accuracy contrasts: test at the last epoch, val at the last epoch (what a selection on val
+# reads), and test at the best val epoch.
+CONTRAST_METRICS = ("last_acc", "last_val_acc", "test_at_best_val")
+# Per-expansion mechanism values (means over the expansion's images), averaged over expansions.
+MECHANISM_KEYS = ("energy_before", "energy_after", "energy_drop_frac", "pixel_change_vs_control",
+                  "pixel_change_vs_source", "fid_val", "precision", "recall", "coverage", "guide_agreement")
+HEADER = ("Unit of replication: the expansion. Each value is a mean over expansions of that expansion's "
+          "mean same-seed difference over its training seeds; intervals are Student t over expansions "
+          "(n = number of expansions).")
+
+
+def expansion_difference(dir_a, dir_b, seeds, metric):
+    """Mean over the training seeds both runs finished of a - b, or None when none did."""
+    a, b = _seed_values(dir_a, seeds), _seed_values(dir_b, seeds)
+    common = [s for s in seeds if metric in a.get(s, {}) and metric in b.get(s, {})]
+    return float(np.mean([a[s][metric] - b[s][metric] for s in common])) if common else None
+
+
+def over_expansions(values, confidence=0.95):
+    """{mean, low, high, n} of per-expansion values (None entries dropped), t interval."""
+    kept = {i: v for i, v in enumerate(values) if v is not None}
+    result = paired_difference(kept, dict.fromkeys(kept, 0.0), confidence)
+    return {key: _clean(result[key]) for key in ("mean", "low", "high")} | {"n": result["n"]}
+
+
+def contrast_row(name, dirs_a, dirs_b, rows_a, rows_b, seeds, confidence=0.95, primary=False):
+    """One contrast a - b over expansions: accuracy metrics from the runs (dirs per expansion,
+    in the same order for a and b), and the mechanism's energy after the step from the rows."""
+    row = {"contrast": name, "primary": primary, "confidence": confidence}
+    for metric in CONTRAST_METRICS:
+        values = [expansion_difference(a, b, seeds, metric) for a, b in zip(dirs_a, dirs_b)]
+        for key, value in over_expansions(values, confidence).items():
+            row[f"d_{metric}" + ("" if key == "mean" else f"_{key}")] = value
+    for key in ("energy_after", "energy_drop_frac", "fid_val", "guide_agreement"):
+        values = [None if a is None or b is None or a.get(key) is None or b.get(key) is None else a[key] - b[key]
+                  for a, b in zip(rows_a, rows_b)]
+        stats = over_expansions(values, confidence)
+        row[f"d_{key}"], row[f"d_{key}_low"], row[f"d_{key}_high"] = stats["mean"], stats["low"], stats["high"]
+    return row
+
+
+def group_accuracy(dirs, seeds):
+    """{metric: mean over expansions of the expansion's mean over its finished training seeds}."""
+    means = {}
+    for metric in CONTRAST_METRICS:
+        per_expansion = []
+        for exp_dir in dirs:
+            values = [r[metric] for r in _seed_values(exp_dir, seeds).values() if metric in r]
+            if values:
+                per_expansion.append(float(np.mean(values)))
+        means[metric] = float(np.mean(per_expansion)) if per_expansion else None
+    return means
+
+
+def mechanism_summary(rows):
+    """Mean over expansions of each mechanism value (blank where no expansion has it)."""
+    summary = {}
+    for key in MECHANISM_KEYS:
+        values = [r.get(key) for r in rows if r is not None and r.get(key) is not None]
+        summary[key] = float(np.mean(values)) if values else None
+    return summary
+
+
+def fmt(mean, low=None, high=None, digits=2):
+    """'+1.23 [+0.10, +2.36]', '+1.23' without an interval, '-' when blank."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    text = f"{mean:+.{digits}f}"
+    if low is not None and high is not None:
+        text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return text
+
+
+def contrast_table(rows):
+    """Markdown: one line per contrast."""
+    lines = [HEADER, "", "| contrast | level | n expansions | Δ test last_acc | Δ last-epoch val | Δ test_at_best_val | "
+             "Δ energy after | Δ energy dropped | Δ FID to val | Δ guide agrees |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        acc = [fmt(row[f"d_{m}"], row[f"d_{m}_low"], row[f"d_{m}_high"]) for m in CONTRAST_METRICS]
+        mech = [fmt(row["d_energy_after"], row["d_energy_after_low"], row["d_energy_after_high"], 4),
+                fmt(row["d_energy_drop_frac"], digits=3), fmt(row["d_fid_val"]), fmt(row["d_guide_agreement"], digits=3)]
+        level = f"{row['confidence']:.0%}" + (" (primary)" if row["primary"] else "")
+        lines.append(f"| {row['contrast']} | {level} | {row['d_last_acc_n']} | " + " | ".join(acc + mech) + " |")
+    return "\n".join(lines)
+
+
+def mechanism_table(groups):
+    """Markdown: one line per cell group with its accuracy and mechanism means over expansions.
+    `groups` is [(name, n expansions, {accuracy means}, mechanism summary)]."""
+    lines = ["| cell | n expansions | test last_acc | last-epoch val | energy before → after | energy dropped | "
+             "Δpx vs unguided | Δpx vs source | FID to val | guide agrees |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, n, acc, mech in groups:
+        energy = "-" if mech["energy_before"] is None else f"{mech['energy_before']:.4f} → {mech['energy_after']:.4f}"
+        cells = [name, str(n), _num(acc.get("last_acc")), _num(acc.get("last_val_acc")), energy,
+                 _num(mech["energy_drop_frac"], "{:.0%}"), _num(mech["pixel_change_vs_control"], "{:.4f}"),
+                 _num(mech["pixel_change_vs_source"], "{:.4f}"), _num(mech["fid_val"]),
+                 _num(mech["guide_agreement"], "{:.1%}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(value, pattern="{:.2f}"):
+    return "-" if value is None else pattern.format(value)
