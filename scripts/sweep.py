@@ -62,7 +62,7 @@ def main(argv=None):
     setup_logging(plan.sweep_dir)
     configure_cpu(args.threads)
     logger.info("sweep %s on %s: %d cells (%d controls), seeds %s -> %s", plan.name, plan.dataset,
-                len(plan.cells), sum(c.is_control for c in plan.cells), plan.seeds, plan.sweep_dir)
+                len(plan.run), sum(c.is_control for c in plan.run), plan.seeds, plan.sweep_dir)
     failures = run_cells(plan)
     rows = collect_rows(plan, failures)
     table = write_tables(plan, rows)
@@ -73,7 +73,7 @@ def main(argv=None):
         plot_paired(plan, rows, Path(args.figure))
     print(table)
     if failures:
-        raise DistDiffError(f"{len(failures)} of {len(plan.cells)} cell(s) failed ({', '.join(failures)}); "
+        raise DistDiffError(f"{len(failures)} of {len(plan.run)} cell(s) failed ({', '.join(failures)}); "
                             f"first: {next(iter(failures.values()))}")
 
 
@@ -93,17 +93,31 @@ def make_plan(args):
     if args.jobs < 1 or args.expand_jobs < 1:
         raise DistDiffError(f"--jobs and --expand_jobs must be at least 1, got {args.jobs} and {args.expand_jobs}")
     cells = sw.expand_grid(grid)
+    run = select_cells(cells, args.cells, args.grid)
     expand_tokens, train_tokens = split_flags(args.expand_flags, "--expand_flags"), \
         split_flags(args.train_flags, "--train_flags")
     sw.check_passthrough(expand_tokens, sw.EXPAND_OWNED, sw.grid_flag_names(cells), "--expand_flags")
     sw.check_passthrough(train_tokens, sw.TRAIN_OWNED, set(), "--train_flags")
     root = Path(args.checkpoint_root)
     return argparse.Namespace(
-        grid=grid, dataset=dataset, name=name, cells=cells, by_name={c.name: c for c in cells},
+        grid=grid, dataset=dataset, name=name, cells=cells, run=run, by_name={c.name: c for c in cells},
         root=root, sweep_dir=sweep_dir(root, dataset, name), seeds=sorted(set(args.seeds)),
         jobs=args.jobs, expand_jobs=args.expand_jobs, guide=str(args.guide_ckpt or default_guide_ckpt(root, dataset)),
         expand_tokens=expand_tokens, train_tokens=train_tokens,
         train=train_settings(dataset, train_tokens))
+
+
+def select_cells(cells, names, grid_path):
+    """The cells to run: all, or those of the named grid cells (every expansion seed's copy) and
+    their controls. The tables still cover every cell of the grid."""
+    if not names:
+        return cells
+    unknown = sorted(set(names) - {c.group for c in cells})
+    if unknown:
+        raise DistDiffError(f"--cells {unknown}: not in {grid_path} ({', '.join(dict.fromkeys(c.group for c in cells))})")
+    chosen = [c for c in cells if c.group in names]
+    controls = {c.control for c in chosen if c.control}
+    return [c for c in cells if c.group in names or c.name in controls]
 
 
 def split_flags(text, what):
@@ -163,9 +177,9 @@ def train_command(plan, cell, seed):
 
 def print_plan(plan):
     """--dry_run: the cells, their pairing and the commands, without running anything."""
-    print(f"sweep {plan.name} on {plan.dataset}: {len(plan.cells)} cells -> {plan.sweep_dir}")
+    print(f"sweep {plan.name} on {plan.dataset}: {len(plan.run)} cells -> {plan.sweep_dir}")
     print(f"base: {sw.settings_text(plan.grid.base)}")
-    for cell in plan.cells:
+    for cell in plan.run:
         role = "control" if cell.is_control else f"paired with {cell.control}"
         print(f"\n[{cell.name}] {sw.settings_text(cell.overrides)} ({role})")
         print("  " + shlex.join(expand_command(plan, cell)))
@@ -188,7 +202,7 @@ def run_cells(plan):
     """Expand cells (--expand_jobs at a time); each finished expansion trains its seeds in the
     background (--jobs at a time) while later cells expand. Returns {cell name: error}."""
     failures, lock = {}, threading.Lock()
-    bar = tqdm(total=len(plan.cells), desc=f"sweep {plan.name}", unit="cell", dynamic_ncols=True)
+    bar = tqdm(total=len(plan.run), desc=f"sweep {plan.name}", unit="cell", dynamic_ncols=True)
 
     def finish(cell, start, errors=()):
         """Log a cell's end; called from worker threads."""
@@ -218,7 +232,7 @@ def run_cells(plan):
     # been queued before the training pool waits for its queue to drain.
     with ThreadPoolExecutor(max_workers=plan.jobs) as train_pool, \
             ThreadPoolExecutor(max_workers=plan.expand_jobs) as expand_pool:
-        expansions = [expand_pool.submit(expand_then_train, cell, train_pool) for cell in plan.cells]
+        expansions = [expand_pool.submit(expand_then_train, cell, train_pool) for cell in plan.run]
     bar.close()
     for future in expansions:
         future.result()  # re-raise anything unexpected (a bug, a full disk) instead of losing it
@@ -395,7 +409,7 @@ def plot_replicated(plan, path):
     xs = list(range(len(contrasts)))
     for offset, metric, label in ((-0.1, "last_acc", "test, last epoch"), (0.1, "last_val_acc", "val, last epoch")):
         means = [_value(c[f"d_{metric}"]) for c in contrasts]
-        arms = [[_arm(c, metric, "low") for c in contrasts], [_arm(c, metric, "high") for c in contrasts]]
+        arms = [[_half(c, metric, "low") for c in contrasts], [_half(c, metric, "high") for c in contrasts]]
         ax.errorbar([x + offset for x in xs], means, yerr=arms, fmt="o", ms=4, capsize=3, label=label)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(xs, [c["contrast"] + (" *" if c["primary"] else "") for c in contrasts], rotation=30,
@@ -403,20 +417,17 @@ def plot_replicated(plan, path):
     ax.set_ylabel("Δ accuracy (points)")
     ax.set_title(f"sweep {plan.name} ({plan.dataset}): mean over {len(plan.grid.expansion_seeds)} expansions, "
                  "t interval over expansions\n(* primary: its own, corrected level)", fontsize=9)
+    save_figure(fig, ax, path)
+
+
+def save_figure(fig, ax, path):
+    """Legend, layout, write, close."""
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     logger.info("figure written to %s", path)
-
-
-def _arm(contrast, metric, side):
-    """One error-bar arm of a contrast (0 when the interval is blank)."""
-    mean, bound = contrast[f"d_{metric}"], contrast[f"d_{metric}_{side}"]
-    if mean is None or bound is None:
-        return 0.0
-    return mean - bound if side == "low" else bound - mean
 
 
 def plot_paired(plan, rows, path):
@@ -450,12 +461,7 @@ def plot_paired(plan, rows, path):
     # A sweep of a few cells draws a narrow figure, where one title line would be clipped.
     ax.set_title(f"sweep {plan.name} ({plan.dataset}): same-seed Δ vs control,{' ' if width > 8 else chr(10)}"
                  f"95 % t interval, {len(plan.seeds)} seed(s)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    logger.info("figure written to %s", path)
+    save_figure(fig, ax, path)
 
 
 def _value(value):
@@ -464,7 +470,8 @@ def _value(value):
 
 
 def _half(row, metric, side):
-    """Length of one error-bar arm; 0 (no bar) when the interval is undefined (fewer than 2 seeds)."""
+    """Length of one error-bar arm of a row or contrast (d_<metric> with d_<metric>_low/high); 0 (no
+    bar) when the interval is undefined (fewer than 2 seeds or expansions)."""
     mean, bound = row.get(f"d_{metric}"), row.get(f"d_{metric}_{side}")
     if mean is None or bound is None:
         return 0.0
@@ -492,6 +499,8 @@ def get_parser():
                         help="extra train_expand.py flags for every run, e.g. \"--epochs 30\"")
     parser.add_argument("--figure", default="figure/guidance_sweep.png", help="paired-Δ figure path")
     add_threads_flag(parser, 1, "torch CPU threads for the metrics in this process (the expander's come from the grid)")
+    parser.add_argument("--cells", nargs="+", default=None, metavar="NAME",
+                        help="run only these grid cells (with their controls); the tables cover the whole grid")
     parser.add_argument("--dry_run", "--dry-run", action="store_true", help="print the cells and commands only")
     return parser
 

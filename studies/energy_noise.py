@@ -1,6 +1,6 @@
 """The energy-or-noise study (docs/energy_or_noise.md): the headroom gate and the report.
 
-    python -m studies.energy_noise headroom checkpoint/digits10/sweeps/energy_noise_10shot_headroom/replicated.json inverted0
+    python -m studies.energy_noise headroom checkpoint/digits10/sweeps/energy_noise_10shot/replicated.json inverted0
     python -m studies.energy_noise report --figure figure/energy_or_noise.png
 
 `headroom` exits 0 when guidance is to be tested with that prior at 10 shots (the rule committed
@@ -17,12 +17,14 @@ from pathlib import Path
 from studies.replication import HEADER, fmt
 
 COMPONENTS = ("none", "noise", "gradient", "both")
-# (label, sweep dir under the checkpoint root, suffix of the guided cells' names)
-SETTINGS = (("3 shots, in-domain, radius 0.2", "digits/sweeps/energy_noise_3shot", ""),
-            ("3 shots, in-domain, radius 1.0", "digits/sweeps/energy_noise_3shot", "_r1"),
-            ("10 shots, in-domain, radius 0.2", "digits10/sweeps/energy_noise_10shot_indomain", ""),
-            ("10 shots, inverted 0 %, radius 0.2", "digits10/sweeps/energy_noise_10shot_inverted0", ""),
-            ("10 shots, low-contrast 0 %, radius 0.2", "digits10/sweeps/energy_noise_10shot_lowcontrast0", ""))
+# (label, sweep dir under the checkpoint root, the unguided cell, suffix of the guided cells' names)
+SETTINGS = (("3 shots, in-domain, radius 0.2", "digits/sweeps/energy_noise_3shot", "none", ""),
+            ("3 shots, in-domain, radius 1.0", "digits/sweeps/energy_noise_3shot", "none", "_r1"),
+            ("10 shots, in-domain, radius 0.2", "digits10/sweeps/energy_noise_10shot", "none_indomain", "_indomain"),
+            ("10 shots, inverted 0 %, radius 0.2", "digits10/sweeps/energy_noise_10shot", "none_inverted0",
+             "_inverted0"),
+            ("10 shots, low-contrast 0 %, radius 0.2", "digits10/sweeps/energy_noise_10shot", "none_lowcontrast0",
+             "_lowcontrast0"))
 
 
 def headroom(replicated, prior):
@@ -55,27 +57,32 @@ def verdict(contrast):
 
 
 def load_settings(root):
-    """[(label, suffix, replicated dict)] of the settings whose sweep has run."""
+    """[(label, {component: cell name}, replicated dict)] of the settings whose guided cells have
+    at least one finished expansion."""
     found = []
-    for label, folder, suffix in SETTINGS:
+    for label, folder, none, suffix in SETTINGS:
         path = Path(root) / folder / "replicated.json"
-        if path.is_file():
-            found.append((label, suffix, json.loads(path.read_text())))
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        names = {comp: none if comp == "none" else comp + suffix for comp in COMPONENTS}
+        done = {c["cell"]: c["expansions_done"] for c in data["cells"]}
+        if any(done.get(names[comp]) for comp in COMPONENTS[1:]):
+            found.append((label, names, data))
     return found
 
 
-def setting_section(label, suffix, data):
+def setting_section(label, names, data):
     """Markdown for one setting."""
     cells = {c["cell"]: c for c in data["cells"]}
     contrasts = {c["contrast"]: c for c in data["contrasts"]}
-    names = {comp: comp if comp == "none" else comp + suffix for comp in COMPONENTS}
     lines = [f"### {label}", "", "| component | expansions | test last_acc | Δ vs none, test last_acc | "
              "Δ vs none, last-epoch val | energy before → after | energy dropped |", "|---|---|---|---|---|---|---|"]
     for comp, name in names.items():
         cell = cells.get(name)
         if cell is None:
             continue
-        vs = contrasts.get(f"{name} − none")
+        vs = contrasts.get(f"{name} − {names['none']}")
         acc = "-" if cell["last_acc"] is None else f"{cell['last_acc']:.2f}"
         d_test = "-" if vs is None else fmt(vs["d_last_acc"], vs["d_last_acc_low"], vs["d_last_acc_high"])
         d_val = "-" if vs is None else fmt(vs["d_last_val_acc"], vs["d_last_val_acc_low"], vs["d_last_val_acc_high"])
@@ -101,13 +108,13 @@ def plot(settings, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(settings), figsize=(3.2 * len(settings) + 1, 6), squeeze=False)
-    for column, (label, suffix, data) in enumerate(settings):
+    for column, (label, names, data) in enumerate(settings):
         cells = {c["cell"]: c for c in data["cells"]}
         contrasts = {c["contrast"]: c for c in data["contrasts"]}
-        guided = [comp for comp in COMPONENTS[1:] if comp + suffix in cells]
+        guided = [comp for comp in COMPONENTS[1:] if names[comp] in cells]
         means, arms = [], [[], []]
         for comp in guided:
-            c = contrasts.get(f"{comp}{suffix} − none", {})
+            c = contrasts.get(f"{names[comp]} − {names['none']}", {})
             mean, low, high = c.get("d_last_acc"), c.get("d_last_acc_low"), c.get("d_last_acc_high")
             means.append(float("nan") if mean is None else mean)
             arms[0].append(0.0 if low is None else mean - low)
@@ -119,8 +126,8 @@ def plot(settings, path):
         ax.set_title(label, fontsize=9)
         ax.set_ylabel("Δ test last_acc vs none" if column == 0 else "")
         ax = axes[1][column]
-        before = [cells[comp + suffix]["energy_before"] for comp in guided]
-        after = [cells[comp + suffix]["energy_after"] for comp in guided]
+        before = [cells[names[comp]]["energy_before"] for comp in guided]
+        after = [cells[names[comp]]["energy_after"] for comp in guided]
         ax.bar(range(len(guided)), [float("nan") if a is None else a for a in after], color="tab:orange",
                label="after the step")
         ax.plot(range(len(guided)), [float("nan") if b is None else b for b in before], "k_", ms=20,

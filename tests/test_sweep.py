@@ -309,7 +309,8 @@ def test_contrasts_are_means_of_per_expansion_differences_with_t_over_expansions
     its same-seed differences, and the interval is t over the 3 expansions (not over 6 runs)."""
     sweep_cli = script("scripts.sweep")
     grid = write_grid(tmp_path / "rep.yaml", REPLICATED)
-    args = sweep_cli.get_parser().parse_args([str(grid), "--seeds", "1", "2", "--checkpoint_root", str(tmp_path)])
+    args = sweep_cli.get_parser().parse_args([str(grid), "--seeds", "1", "2", "--checkpoint_root", str(tmp_path),
+                                              "--name", "energy_noise_3shot"])  # where the study's report looks
     plan = sweep_cli.make_plan(args)
     # both - noise per run: expansion 42: +1, +3 -> 2; 43: 0, +2 -> 1; 44: +4, +2 -> 3.
     accuracy = {"noise": {42: (70, 71), 43: (72, 70), 44: (69, 70)},
@@ -341,3 +342,28 @@ def test_contrasts_are_means_of_per_expansion_differences_with_t_over_expansions
     assert "Unit of replication: the expansion" in text and "| both − noise | 99% (primary) | 3 |" in text
     sweep_cli.plot_replicated(plan, tmp_path / "rep.png")
     assert (tmp_path / "rep.png").stat().st_size > 1000
+    # The study's report reads the same file: the primary contrast's 99 % interval on test is
+    # above zero, but last-epoch val (half of last_acc here) must clear zero too.
+    from studies import energy_noise
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert energy_noise.main(["report", "--checkpoint_root", str(tmp_path), "--figure", str(tmp_path / "s.png")]) == 0
+    report = out.getvalue()
+    assert "### 3 shots, in-domain, radius 0.2" in report and "radius 1.0" not in report  # no _r1 cells ran
+    assert "Primary, both − noise only (99% t over 3 expansions)" in report
+    assert energy_noise.verdict(primary) == ("the gradient contributes" if primary["d_last_val_acc_low"] > 0
+                                             else "no measurable contribution of the gradient")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_the_headroom_gate_follows_the_committed_rule(tmp_path):
+    from studies import energy_noise
+
+    def gate(prior, low, high):
+        path = tmp_path / "replicated.json"
+        name = "none_indomain − original" if prior == "indomain" else f"none_{prior} − none_indomain"
+        path.write_text(json.dumps({"contrasts": [{"contrast": name, "d_last_acc": (low + high) / 2,
+                                                   "d_last_acc_low": low, "d_last_acc_high": high, "d_last_acc_n": 6}]}))
+        return energy_noise.headroom(path, prior)[0]
+    assert gate("indomain", 0.5, 2.0) and not gate("indomain", -0.5, 2.0)
+    assert gate("inverted0", -3.0, -0.1) and not gate("inverted0", -3.0, 0.4)

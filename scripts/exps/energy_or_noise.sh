@@ -18,9 +18,10 @@ export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 bash scripts/setup.sh
 # shellcheck source=scripts/run_jobs.sh
 source scripts/run_jobs.sh
-sweep() {  # sweep NAME: one grid of configs/sweeps/, its training seeds and its figure
+sweep() {  # sweep NAME [FLAGS]: one grid of configs/sweeps/, its training seeds and its figure
+  local name=$1; shift
   # shellcheck disable=SC2086
-  $PY scripts/sweep.py "configs/sweeps/$1.yaml" --seeds $SEEDS --jobs "$JOBS" --figure "figure/$1.png"
+  $PY scripts/sweep.py "configs/sweeps/$name.yaml" --seeds $SEEDS --jobs "$JOBS" --figure "figure/$name.png" "$@"
 }
 $PY scripts/train_prior.py                                  # the in-domain prior (the demo's)
 $PY train_original.py digits --seed 1                       # the 3-shot guide (the demo's)
@@ -33,11 +34,14 @@ run_jobs "${cmds[@]}"
 $PY train_original.py digits10 --seed 1                     # the guide, whatever SEEDS holds
 $PY scripts/train_prior.py --prior_data inverted:prior=1
 $PY scripts/train_prior.py --prior_data lowcontrast:prior=1
-sweep energy_noise_10shot_headroom
-headroom=$($PY -m distdiff.runs sweep --dataset digits10 --name energy_noise_10shot_headroom)/replicated.json
+sweep energy_noise_10shot --cells none_indomain none_inverted0 none_lowcontrast0
+# Guidance at 10 shots only where the headroom gate passes (the rule in docs/energy_or_noise.md).
+headroom=$($PY -m distdiff.runs sweep --dataset digits10 --name energy_noise_10shot)/replicated.json
+cells=()
 for prior in indomain inverted0 lowcontrast0; do
   if $PY -m studies.energy_noise headroom "$headroom" "$prior"; then
-    sweep "energy_noise_10shot_$prior"
+    cells+=("noise_$prior" "gradient_$prior" "both_$prior")
   fi
 done
+[ "${#cells[@]}" -eq 0 ] || sweep energy_noise_10shot --cells "${cells[@]}"
 $PY -m studies.energy_noise report --figure figure/energy_or_noise.png | tee checkpoint/energy_or_noise.md
