@@ -54,15 +54,12 @@ def resolve_paths(args):
 
 
 def guidance_config(args):
-    """GuidanceConfig from the flags."""
-    lambda_class, lambda_group = apply_targets(args.optimize_targets, args.lambda_class, args.lambda_group)
-    return GuidanceConfig(mode=args.guidance, guidance_step=args.guidance_step,
-                          lookahead_steps=args.lookahead_steps, step_size=args.step_size,
-                          radius=args.radius, lambda_class=lambda_class, lambda_group=lambda_group,
-                          normalize_features=args.normalize_features,
-                          renormalize_prototypes=args.renormalize_prototypes,
-                          repeats=args.guidance_repeats, interval=args.guidance_interval,
-                          transform_start=args.transform_start)
+    """GuidanceConfig from the flags (its fields are flag names, or GUIDANCE_FLAGS' names)."""
+    fields = {f.name: getattr(args, expand_flags.GUIDANCE_FLAGS.get(f.name, f.name))
+              for f in dataclasses.fields(GuidanceConfig)}
+    fields["lambda_class"], fields["lambda_group"] = apply_targets(args.optimize_targets, args.lambda_class,
+                                                                   args.lambda_group)
+    return GuidanceConfig(**fields)
 
 
 def sample_config(args):

@@ -155,7 +155,12 @@ def evaluate(model, loader, device, amp_dtype=None):
 # ---------------------------------------------------------------------------
 
 def write_summary(run_dir, history):
-    """Rewrite summary.csv (one row per finished epoch) atomically from the history."""
+    """Rewrite summary.csv (one row per finished epoch) atomically from the history.
+
+    Not timm.utils.update_summary: it appends, so an epoch redone after a kill would appear twice
+    and a kill mid-write would leave a torn row; rewriting from the checkpointed history cannot.
+    (timm's CheckpointSaver is not used for the same reason: it keeps neither the RNG state nor
+    the history that an exact resume needs, and it pickles the argparse namespace.)"""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS)
     writer.writeheader()

@@ -42,6 +42,7 @@ class PenultimateFeatures(torch.nn.Module):
         return penultimate_features(self.model, images)
 
 
+# Written here: none of the pinned libraries computes these (torchmetrics has FID, KID and IS).
 def kth_neighbour_radii(features, k, chunk=1024):
     """Distance from every row to its k-th nearest other row (the row itself is the 0-th)."""
     if len(features) <= k:

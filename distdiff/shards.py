@@ -86,7 +86,10 @@ def shard_batches(items, split, total_split, batch_size):
 
 
 def resolve_shard(split=None, total_split=None, env=None):
-    """(split, total) from the flags, else RANK/WORLD_SIZE, else SLURM array variables, else (0, 1)."""
+    """(split, total) from the flags, else RANK/WORLD_SIZE, else SLURM array variables, else (0, 1).
+
+    The environment is read directly: accelerate's PartialState would also start a process group,
+    which independent shards do not need (they never communicate)."""
     env = os.environ if env is None else env
     if split is None and total_split is None:
         if "WORLD_SIZE" in env and "RANK" in env:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError, registry
 from distdiff.config import REPO_ROOT as REPO
-from distdiff.config import dataset_section, parse_args
+from distdiff.config import TRAIN_SPELLINGS, dataset_section, parse_args, spellings_of
 from distdiff.devices import configure_cpu
 from distdiff.fileio import atomic_write_json, atomic_write_text
 from distdiff.options import add_threads_flag, add_train_expand_flags, run_cli
@@ -97,14 +97,15 @@ def make_plan(args):
     expand_tokens, train_tokens = split_flags(args.expand_flags, "--expand_flags"), \
         split_flags(args.train_flags, "--train_flags")
     sw.check_passthrough(expand_tokens, sw.EXPAND_OWNED, sw.grid_flag_names(cells), "--expand_flags")
-    sw.check_passthrough(train_tokens, sw.TRAIN_OWNED, set(), "--train_flags")
     root = Path(args.checkpoint_root)
-    return argparse.Namespace(
+    plan = argparse.Namespace(
         grid=grid, dataset=dataset, name=name, cells=cells, run=run, by_name={c.name: c for c in cells},
         root=root, sweep_dir=sweep_dir(root, dataset, name), seeds=sorted(set(args.seeds)),
         jobs=args.jobs, expand_jobs=args.expand_jobs, guide=str(args.guide_ckpt or default_guide_ckpt(root, dataset)),
         expand_tokens=expand_tokens, train_tokens=train_tokens,
         train=train_settings(dataset, train_tokens))
+    sw.check_passthrough(train_tokens, train_owned(plan), set(), "--train_flags")
+    return plan
 
 
 def select_cells(cells, names, grid_path):
@@ -169,10 +170,22 @@ def expand_command(plan, cell):
             *plan.expand_tokens, *sw.cell_cli(cell)]
 
 
+def own_train_args(plan, cell, seed):
+    """The train_expand.py flags the sweep sets itself for a cell and seed."""
+    return ["--dataset", plan.dataset, "--exp", exp_name(plan, cell), "--output", str(plan.root), "--seed", str(seed)]
+
+
 def train_command(plan, cell, seed):
     """The train_expand.py command of a cell and seed."""
-    return [sys.executable, "train_expand.py", "--dataset", plan.dataset, "--exp", exp_name(plan, cell),
-            "--output", str(plan.root), "--seed", str(seed), *plan.train_tokens]
+    return [sys.executable, "train_expand.py", *own_train_args(plan, cell, seed), *plan.train_tokens]
+
+
+def train_owned(plan):
+    """Every spelling of the training flags the sweep sets, and of --expanded_dir, which its --exp
+    implies: --train_flags must not set them."""
+    names = sw.passthrough_flag_names(own_train_args(plan, plan.cells[0], 1)) + ["expanded_dir"]
+    return {s.lstrip("-").replace("-", "_") for name in names for s in spellings_of(name, TRAIN_SPELLINGS)
+            if s.startswith("--")}
 
 
 def print_plan(plan):

@@ -39,7 +39,6 @@ SWEEPABLE = tuple(expand_flags.keys("sample", "guidance", "items", "execution", 
 UNGUIDED_KEYS = tuple(expand_flags.keys("sample", "items", "execution", "preset"))
 # Flags the sweep sets itself, in every spelling; pass-through strings must not set them.
 EXPAND_OWNED = tuple(expand_flags.spellings(expand_flags.keys("path", "shard") + ["guidance"]))
-TRAIN_OWNED = ("dataset", "exp", "output", "seed", "expanded_dir")
 GRID_KEYS = ("dataset", "base", "axes", "cells", "expansion_seeds", "contrasts")
 CONTRAST_KEYS = ("a", "b", "confidence", "primary")
 ORIGINAL = "original"  # a contrast side: the original-only runs (train_original.py), no expansion

@@ -277,6 +277,10 @@ def test_bad_grids_give_one_line_errors(tmp_path):
         sw.check_passthrough(["--strength", "0.7"], sw.EXPAND_OWNED, {"strength"}, "--expand_flags")
     with pytest.raises(DistDiffError, match="must not set --out"):
         sw.check_passthrough(["--out=x"], sw.EXPAND_OWNED, set(), "--expand_flags")
+    for token in ("--manualSeed", "--data_expanded_dir", "--seed"):  # the authors' spellings too
+        with pytest.raises(DistDiffError, match=f"--train_flags must not set {token}"):
+            run_main("scripts.sweep", REPO / "configs" / "sweeps" / "tiny.yaml", "--checkpoint_root", tmp_path,
+                     "--train_flags", f"{token} 3", "--dry_run")
 
 
 # ---------------------------------------------------------------------------
