@@ -128,13 +128,14 @@ def plot(settings, path):
         ax = axes[1][column]
         before = [cells[names[comp]]["energy_before"] for comp in guided]
         after = [cells[names[comp]]["energy_after"] for comp in guided]
-        ax.bar(range(len(guided)), [float("nan") if a is None else a for a in after], color="tab:orange",
-               label="after the step")
+        # Points, not bars: the axis does not start at zero.
+        ax.plot(range(len(guided)), [float("nan") if a is None else a for a in after], "o", color="tab:orange",
+                ms=8, label="after the step")
         ax.plot(range(len(guided)), [float("nan") if b is None else b for b in before], "k_", ms=20,
                 label="before")
         lows = [v for v in before + after if v is not None]
         if lows:
-            ax.set_ylim(min(lows) * 0.995, max(lows) * 1.005)
+            ax.set_ylim(min(lows) * 0.98, max(lows) * 1.02)
         ax.set_xticks(range(len(guided)), guided)
         ax.set_ylabel("look-ahead energy" if column == 0 else "")
         if column == 0:
