@@ -121,13 +121,13 @@ def paired_table(rows, baseline, metrics=("last_acc", "test_at_best_val")):
     return "\n".join(lines)
 
 
-def fmt_interval(mean, low, high):
-    """'+1.20 [-0.30, +2.70]'."""
+def fmt_interval(mean, low, high, digits=2):
+    """'+1.20 [-0.30, +2.70]'; '+1.20' without an interval, '-' without a mean (nan)."""
     if mean != mean:  # nan
         return "-"
     if low != low:
-        return f"{mean:+.2f}"
-    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+        return f"{mean:+.{digits}f}"
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def authors_summary(path, multi=False):

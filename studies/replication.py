@@ -6,12 +6,12 @@ training seeds of the same-seed difference; the interval is Student t over the e
 covers expansion noise as well as training noise (an interval over training seeds of one
 expansion covers only the latter).
 """
-import math
-
 import numpy as np
 
+from distdiff.results import fmt_interval
 from distdiff.stats import paired_difference
-from studies.sweep import _clean, _seed_values
+from studies.sweep import _clean, _nan, _seed_values
+from studies.sweep import _num as num
 
 # Accuracy contrasts: test at the last epoch, val at the last epoch (what a selection on val
 # reads), and test at the best val epoch.
@@ -77,13 +77,8 @@ def mechanism_summary(rows):
 
 
 def fmt(mean, low=None, high=None, digits=2):
-    """'+1.23 [+0.10, +2.36]', '+1.23' without an interval, '-' when blank."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "-"
-    text = f"{mean:+.{digits}f}"
-    if low is not None and high is not None:
-        text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
-    return text
+    """'+1.23 [+0.10, +2.36]', '+1.23' without an interval, '-' when blank (None or nan)."""
+    return fmt_interval(_nan(mean), _nan(low), _nan(high), digits)
 
 
 def contrast_table(rows):
@@ -108,13 +103,9 @@ def mechanism_table(groups):
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, n, acc, mech in groups:
         energy = "-" if mech["energy_before"] is None else f"{mech['energy_before']:.4f} → {mech['energy_after']:.4f}"
-        cells = [name, str(n), _num(acc.get("last_acc")), _num(acc.get("last_val_acc")), energy,
-                 _num(mech["energy_drop_frac"], "{:.0%}"), _num(mech["pixel_change_vs_control"], "{:.4f}"),
-                 _num(mech["pixel_change_vs_source"], "{:.4f}"), _num(mech["fid_val"]),
-                 _num(mech["guide_agreement"], "{:.1%}")]
+        cells = [name, str(n), num(acc.get("last_acc"), "{:.2f}"), num(acc.get("last_val_acc"), "{:.2f}"), energy,
+                 num(mech["energy_drop_frac"], "{:.0%}"), num(mech["pixel_change_vs_control"], "{:.4f}"),
+                 num(mech["pixel_change_vs_source"], "{:.4f}"), num(mech["fid_val"], "{:.2f}"),
+                 num(mech["guide_agreement"], "{:.1%}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _num(value, pattern="{:.2f}"):
-    return "-" if value is None else pattern.format(value)
