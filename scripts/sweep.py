@@ -67,8 +67,8 @@ def main(argv=None):
     rows = collect_rows(plan, failures)
     table = write_tables(plan, rows)
     if plan.grid.expansion_seeds:  # the unit of replication is the expansion: tables over expansions
-        table = write_replicated(plan, rows)
-        plot_replicated(plan, Path(args.figure))
+        table, contrasts = write_replicated(plan, rows)
+        plot_replicated(plan, contrasts, Path(args.figure))
     else:
         plot_paired(plan, rows, Path(args.figure))
     print(table)
@@ -155,8 +155,13 @@ def expansion_dir(plan, cell):
 
 def experiment_dir(plan, cell):
     """The train_expand.py experiment dir holding the cell's seed<N>/ runs."""
+    return run_group_dir(plan, exp_name(plan, cell) + ("_eqiter" if plan.train.equal_iterations else ""))
+
+
+def run_group_dir(plan, exp):
+    """The dir of the seed<N>/ runs of experiment `exp` (None: original-only) with the sweep's
+    training settings."""
     t = plan.train
-    exp = exp_name(plan, cell) + ("_eqiter" if t.equal_iterations else "")
     return train_run_dir(plan.root, plan.dataset, t.arch, t.pretrained, t.lr, 1, exp, t.aug, t.resize_mode).parent
 
 
@@ -368,16 +373,14 @@ def replicate_dirs(plan, group):
     """The experiment dir of each expansion seed's copy of a cell group (the original-only runs,
     the same dir for every seed, for `original`)."""
     if group == sw.ORIGINAL:
-        t = plan.train
-        original = train_run_dir(plan.root, plan.dataset, t.arch, t.pretrained, t.lr, 1, None, t.aug,
-                                 t.resize_mode).parent
-        return [original] * len(plan.grid.expansion_seeds)
+        return [run_group_dir(plan, None)] * len(plan.grid.expansion_seeds)
     return [experiment_dir(plan, plan.by_name[f"{group}_e{seed}"]) for seed in plan.grid.expansion_seeds]
 
 
 def write_replicated(plan, rows):
     """replicated.md/.json: per cell group, accuracy and mechanism means over expansions; per
-    contrast (each guided cell vs its control, then the grid's), t intervals over expansions."""
+    contrast (each guided cell vs its control, then the grid's), t intervals over expansions.
+    Returns (markdown text, contrast rows)."""
     from studies import replication as rep
 
     by_cell = {row["cell"]: row for row in rows}
@@ -408,14 +411,11 @@ def write_replicated(plan, rows):
         "cells": [{"cell": g, "expansions_done": n, **acc, **mech} for g, n, acc, mech in summaries],
         "contrasts": contrasts})
     logger.info("tables over expansions written to %s", plan.sweep_dir / "replicated.md")
-    return text
+    return text, contrasts
 
 
-def plot_replicated(plan, path):
+def plot_replicated(plan, contrasts, path):
     """Each contrast's Δ test last_acc and Δ last-epoch val with its interval over expansions."""
-    import json
-
-    contrasts = json.loads((plan.sweep_dir / "replicated.json").read_text())["contrasts"]
     if not contrasts:
         return
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(contrasts) + 2.5), 4.2))

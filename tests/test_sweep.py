@@ -330,7 +330,7 @@ def test_contrasts_are_means_of_per_expansion_differences_with_t_over_expansions
     rows = [{"cell": c.name, "status": "done", "energy_before": 1.0, "energy_after": 0.5 if c.group == "both" else 1.0}
             for c in plan.cells]
     plan.sweep_dir.mkdir(parents=True)
-    text = sweep_cli.write_replicated(plan, rows)
+    text, contrasts = sweep_cli.write_replicated(plan, rows)
     saved = json.loads((plan.sweep_dir / "replicated.json").read_text())
     contrast = {c["contrast"]: c for c in saved["contrasts"]}
     primary = contrast["both − noise"]
@@ -344,7 +344,7 @@ def test_contrasts_are_means_of_per_expansion_differences_with_t_over_expansions
     cells = {c["cell"]: c for c in saved["cells"]}
     assert cells["both"]["expansions_done"] == 3 and math.isclose(cells["both"]["last_acc"], 72.333333333333)
     assert "Unit of replication: the expansion" in text and "| both − noise | 99% (primary) | 3 |" in text
-    sweep_cli.plot_replicated(plan, tmp_path / "rep.png")
+    sweep_cli.plot_replicated(plan, contrasts, tmp_path / "rep.png")
     assert (tmp_path / "rep.png").stat().st_size > 1000
     # The study's report reads the same file: the primary contrast's 99 % interval on test is
     # above zero, but last-epoch val (half of last_acc here) must clear zero too.
