@@ -41,7 +41,9 @@ def default_loss(tmp_path_factory, digits_ready):
     return summary(run_dir(out, "default"))[0]["train_loss"]
 
 
-@pytest.mark.parametrize("aug", list(AUGMENTATIONS))
+# The quick tier trains the default and the batch-level mix; the per-image policies are slow-tier.
+@pytest.mark.parametrize("aug", [pytest.param(a, marks=() if a in ("default", "cutmix") else pytest.mark.slow)
+                                 for a in AUGMENTATIONS])
 def test_every_aug_trains_one_epoch(tmp_path, default_loss, aug):
     results = train_classifier(train_args(tmp_path, "--aug", aug))
     run = run_dir(tmp_path, aug)  # the suffix appears only for non-default augs

@@ -38,6 +38,7 @@ def test_clip_vit_b32_as_guide_is_differentiable(clip_model):
     assert features.shape == (2, 768) and decoded.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_pretrained_clip_offline_names_the_hub_model(tmp_path, digits_ready):
     # conftest sets HF_HUB_OFFLINE=1 and the cache is empty, as on an offline machine. The scripts
     # print a DistDiffError as its one line (run_cli), so one line in, one line out.

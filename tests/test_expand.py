@@ -91,6 +91,7 @@ def test_outputs_layout_and_summary(reference):
     assert img.size == (16, 16) and img.mode == "RGB"  # the tiny pipeline's native size
 
 
+@pytest.mark.slow
 def test_three_shards_give_identical_bytes_and_verify(setup, reference, monkeypatch, capsys):
     out = setup["root"] / "sharded"
     expand(setup, out, "--split", "1", "--total_split", "3")
@@ -171,6 +172,7 @@ def test_energy_drops_for_most_items_with_transform_and_direct(setup, reference)
     assert np.mean([r["energy_after"] < r["energy_before"] for r in records]) > 0.5
 
 
+@pytest.mark.slow
 def test_radius_zero_reproduces_guidance_none_byte_for_byte(setup, reference):
     """Guided and unguided runs share every item's noise: a guidance step projected back onto
     the unguided latent (radius 0) must give exactly the unguided images."""

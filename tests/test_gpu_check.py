@@ -46,6 +46,7 @@ def test_without_a_gpu_the_run_fails_in_one_step_and_skips_the_rest(tmp_path, ca
     assert json.loads((tmp_path / "r.json").read_text())["steps"][0]["status"] == "FAIL"
 
 
+@pytest.mark.slow
 def test_a_failing_hanging_or_skipped_step_is_reported_and_never_raises():
     check = script("scripts.gpu_check")
 

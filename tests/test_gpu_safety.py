@@ -109,6 +109,7 @@ def test_an_overflowing_scale_is_retried_smaller_per_item():
 
 # -- memory model ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_memory_model_halves_in_fp16_and_plans_checkpointing_only_when_needed():
     from distdiff import memory
     from models.classifiers import create_classifier

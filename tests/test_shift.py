@@ -45,6 +45,7 @@ def test_restyles_keep_the_ink_and_photo_patches_come_from_disjoint_photos():
         shifted.restyle(digit, "blurred", None)
 
 
+@pytest.mark.slow
 def test_derived_export_restyles_the_digits_splits_one_to_one(tmp_path):
     shifted.export_shift("inverted", tmp_path / "inverted", tmp_path / "digits")
     for split in shifted.SPLITS:

@@ -142,6 +142,7 @@ def crash_in_epoch(monkeypatch, epoch):
     return lambda: monkeypatch.setattr(engine, "train_one_epoch", real)
 
 
+@pytest.mark.slow
 def test_resume_after_an_epoch_without_evaluation(tmp_path, every_epoch, monkeypatch):
     flags = ["digits", "--epochs", "3", "--eval_every", "2", "--output", tmp_path, *QUICK]
     restore = crash_in_epoch(monkeypatch, 2)  # last.pt holds epoch 1, which had no evaluation
@@ -211,6 +212,7 @@ def read_log(tmp_path):
     return {int(j): (gpu, int(jobs), int(busy)) for j, gpu, jobs, busy in rows}
 
 
+@pytest.mark.slow
 def test_run_jobs_spreads_runs_round_robin_one_per_gpu(tmp_path):
     # Uneven lengths: later runs take whichever GPU has just been freed.
     seconds = [0.1, 0.6, 0.3, 0.2, 0.1, 0.4, 0.1, 0.2]
