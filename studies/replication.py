@@ -10,8 +10,7 @@ import numpy as np
 
 from distdiff.results import fmt_interval
 from distdiff.stats import paired_difference
-from studies.sweep import _clean, _nan, _seed_values
-from studies.sweep import _num as num
+from studies.sweep import fmt_number, nan_for_none, none_for_nan, seed_values
 
 # Accuracy contrasts: test at the last epoch, val at the last epoch (what a selection on val
 # reads), and test at the best val epoch.
@@ -26,7 +25,7 @@ HEADER = ("Unit of replication: the expansion. Each value is a mean over expansi
 
 def expansion_difference(dir_a, dir_b, seeds, metric):
     """Mean over the training seeds both runs finished of a - b, or None when none did."""
-    a, b = _seed_values(dir_a, seeds), _seed_values(dir_b, seeds)
+    a, b = seed_values(dir_a, seeds), seed_values(dir_b, seeds)
     common = [s for s in seeds if metric in a.get(s, {}) and metric in b.get(s, {})]
     return float(np.mean([a[s][metric] - b[s][metric] for s in common])) if common else None
 
@@ -35,7 +34,7 @@ def over_expansions(values, confidence=0.95):
     """{mean, low, high, n} of per-expansion values (None entries dropped), t interval."""
     kept = {i: v for i, v in enumerate(values) if v is not None}
     result = paired_difference(kept, dict.fromkeys(kept, 0.0), confidence)
-    return {key: _clean(result[key]) for key in ("mean", "low", "high")} | {"n": result["n"]}
+    return {key: none_for_nan(result[key]) for key in ("mean", "low", "high")} | {"n": result["n"]}
 
 
 def contrast_row(name, dirs_a, dirs_b, rows_a, rows_b, seeds, confidence=0.95, primary=False):
@@ -60,7 +59,7 @@ def group_accuracy(dirs, seeds):
     for metric in CONTRAST_METRICS:
         per_expansion = []
         for exp_dir in dirs:
-            values = [r[metric] for r in _seed_values(exp_dir, seeds).values() if metric in r]
+            values = [r[metric] for r in seed_values(exp_dir, seeds).values() if metric in r]
             if values:
                 per_expansion.append(float(np.mean(values)))
         means[metric] = float(np.mean(per_expansion)) if per_expansion else None
@@ -78,7 +77,7 @@ def mechanism_summary(rows):
 
 def fmt(mean, low=None, high=None, digits=2):
     """'+1.23 [+0.10, +2.36]', '+1.23' without an interval, '-' when blank (None or nan)."""
-    return fmt_interval(_nan(mean), _nan(low), _nan(high), digits)
+    return fmt_interval(nan_for_none(mean), nan_for_none(low), nan_for_none(high), digits)
 
 
 def contrast_table(rows):
@@ -103,9 +102,11 @@ def mechanism_table(groups):
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, n, acc, mech in groups:
         energy = "-" if mech["energy_before"] is None else f"{mech['energy_before']:.4f} → {mech['energy_after']:.4f}"
-        cells = [name, str(n), num(acc.get("last_acc"), "{:.2f}"), num(acc.get("last_val_acc"), "{:.2f}"), energy,
-                 num(mech["energy_drop_frac"], "{:.0%}"), num(mech["pixel_change_vs_control"], "{:.4f}"),
-                 num(mech["pixel_change_vs_source"], "{:.4f}"), num(mech["fid_val"], "{:.2f}"),
-                 num(mech["guide_agreement"], "{:.1%}")]
+        cells = [name, str(n), fmt_number(acc.get("last_acc"), "{:.2f}"),
+                 fmt_number(acc.get("last_val_acc"), "{:.2f}"), energy,
+                 fmt_number(mech["energy_drop_frac"], "{:.0%}"),
+                 fmt_number(mech["pixel_change_vs_control"], "{:.4f}"),
+                 fmt_number(mech["pixel_change_vs_source"], "{:.4f}"), fmt_number(mech["fid_val"], "{:.2f}"),
+                 fmt_number(mech["guide_agreement"], "{:.1%}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -379,22 +379,22 @@ def missing_seeds(exp_dir, seeds):
 
 def accuracy_metrics(exp_dir, seeds, control_dir=None):
     """Mean/std/n over `seeds` per metric, plus same-seed differences vs `control_dir`."""
-    done = _seed_values(exp_dir, seeds)
+    done = seed_values(exp_dir, seeds)
     row = {"n": len(done)}
     for metric in ACC_METRICS:
         mean, std, _ = mean_std(r.get(metric) for r in done.values())
-        row[f"{metric}_mean"], row[f"{metric}_std"] = _clean(mean), _clean(std)
-    control = None if control_dir is None else _seed_values(control_dir, seeds)
+        row[f"{metric}_mean"], row[f"{metric}_std"] = none_for_nan(mean), none_for_nan(std)
+    control = None if control_dir is None else seed_values(control_dir, seeds)
     for metric in PAIRED_METRICS:  # blank for a control, so every row has the same columns
         diff = {} if control is None else paired_difference(
             {s: r[metric] for s, r in done.items() if metric in r},
             {s: r[metric] for s, r in control.items() if metric in r})
         for suffix, key in (("", "mean"), ("_low", "low"), ("_high", "high"), ("_n", "n")):
-            row[f"d_{metric}{suffix}"] = _clean(diff.get(key))
+            row[f"d_{metric}{suffix}"] = none_for_nan(diff.get(key))
     return row
 
 
-def _seed_values(exp_dir, seeds):
+def seed_values(exp_dir, seeds):
     """{seed: results} of the requested seeds that finished, with `last_val_acc` (the last row
     of the run's summary.csv) where the dataset has a val split."""
     if not Path(exp_dir).is_dir():
@@ -409,7 +409,7 @@ def _seed_values(exp_dir, seeds):
     return done
 
 
-def _clean(value):
+def none_for_nan(value):
     """nan -> None, so CSV cells are blank and JSON is standard."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
@@ -419,7 +419,7 @@ def manifest_metrics(out_dir):
     records = shards.read_manifests(out_dir) if Path(out_dir).is_dir() else []
     guided = [r for r in records if r.get("energy_before") is not None and r.get("energy_after") is not None]
     row = {"n_images": len(records), "energy_before": None, "energy_after": None, "energy_drop_frac": None,
-           "sec_per_img": _clean(float(np.mean([r["seconds"] for r in records]))) if records else None}
+           "sec_per_img": none_for_nan(float(np.mean([r["seconds"] for r in records]))) if records else None}
     if guided:
         before = np.array([r["energy_before"] for r in guided], dtype=float)
         after = np.array([r["energy_after"] for r in guided], dtype=float)
@@ -516,7 +516,7 @@ def store_row(path, signature, row):
 # Tables
 # ---------------------------------------------------------------------------
 
-def _num(value, fmt="{:.3f}"):
+def fmt_number(value, fmt="{:.3f}"):
     """Formatted number, or '-' for a blank."""
     return "-" if value is None else fmt.format(value)
 
@@ -529,20 +529,20 @@ def markdown_table(rows):
              "precision | recall | coverage | guide agrees | s/img |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        acc = [fmt_mean_std(_nan(row[f"{m}_mean"]), _nan(row[f"{m}_std"])) for m in ACC_METRICS]
-        paired = [fmt_interval(_nan(row.get(f"d_{m}")), _nan(row.get(f"d_{m}_low")), _nan(row.get(f"d_{m}_high")))
+        acc = [fmt_mean_std(nan_for_none(row[f"{m}_mean"]), nan_for_none(row[f"{m}_std"])) for m in ACC_METRICS]
+        paired = [fmt_interval(nan_for_none(row.get(f"d_{m}")), nan_for_none(row.get(f"d_{m}_low")), nan_for_none(row.get(f"d_{m}_high")))
                   for m in PAIRED_METRICS] if row["control"] else ["(control)"] * len(PAIRED_METRICS)
         energy = "-" if row["energy_before"] is None else f"{row['energy_before']:.4f} → {row['energy_after']:.4f}"
         cells = [row["cell"] + ("" if row.get("status", "done") == "done" else f" ({row['status']})"),
                  row["settings"], str(row["n"]), *acc, *paired, energy,
-                 _num(row["energy_drop_frac"], "{:.0%}"), _num(row["pixel_change_vs_control"], "{:.4f}"),
-                 _num(row["pixel_change_vs_source"], "{:.4f}"), _num(row.get("fid_val"), "{:.2f}"),
-                 _num(row.get("precision")), _num(row.get("recall")), _num(row.get("coverage")),
-                 _num(row.get("guide_agreement"), "{:.1%}"), _num(row["sec_per_img"], "{:.2f}")]
+                 fmt_number(row["energy_drop_frac"], "{:.0%}"), fmt_number(row["pixel_change_vs_control"], "{:.4f}"),
+                 fmt_number(row["pixel_change_vs_source"], "{:.4f}"), fmt_number(row.get("fid_val"), "{:.2f}"),
+                 fmt_number(row.get("precision")), fmt_number(row.get("recall")), fmt_number(row.get("coverage")),
+                 fmt_number(row.get("guide_agreement"), "{:.1%}"), fmt_number(row["sec_per_img"], "{:.2f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _nan(value):
+def nan_for_none(value):
     """None -> nan, for the nan-aware formatters in distdiff.stats and distdiff.results."""
     return math.nan if value is None else value
