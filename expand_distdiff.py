@@ -15,6 +15,7 @@ depends only on (seed, source, copy), never on the shard count or a resume point
 """
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -113,7 +114,9 @@ def main(argv=None):
     ex.check_or_write_args(out, resolved_dict(args), expand_flags.GENERATION_KEYS)
     setup_logging(out, filename="log.txt" if args.split == 0 else f"log_shard{args.split}.txt")
     mine = [it for _, block in shards.shard_blocks(shards.blocks(items), args.split, args.total_split) for it in block]
+    argv = sys.argv[1:] if argv is None else argv  # recorded, so a missing shard's command can be given
     if not args.prepare_only and not shards.missing_items(mine, out, sources.classes):
+        shards.write_shard_record(out, args.split, args.total_split, len(mine), argv, "done")
         logger.info("shard %d/%d done: written 0, skipped %d (every image present)", args.split, args.total_split,
                     len(mine))
         return 0
@@ -136,10 +139,13 @@ def main(argv=None):
     speed_up(pipe, args.channels_last, args.compile)
     logger.info("shard %d/%d on %s, %s, batch %d%s", args.split, args.total_split, device, args.precision, batch,
                 ", gradient checkpointing" if checkpointing else "")
+    shards.write_shard_record(out, args.split, args.total_split, len(mine), argv, "running")
     counters = ex.run_batches(sampler, sources, shards.shard_batches(items, args.split, args.total_split, batch), out,
                               out / f"manifest_shard{args.split}.jsonl", args.seed, args.guidance_repeats,
                               ex.BatchSize(batch), desc=f"expand shard {args.split}/{args.total_split}",
                               energy_every=args.record_energy, allow_unguided=args.allow_unguided)
+    shards.write_shard_record(out, args.split, args.total_split, len(mine), argv, "done",
+                              **{k: v for k, v in counters.items() if k not in ("before", "after")})
     logger.info("shard %d/%d done: %s%s", args.split, args.total_split, ex.summary_line(counters),
                 peak_memory_line(device))
     return 0

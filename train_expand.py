@@ -5,7 +5,9 @@
     python train_expand.py --dataset digits --exp distdiff_x5 --equal_iterations   # control
 
 The expanded ImageFolder defaults to checkpoint/<dataset>/expansions/<exp> (what
-expand_distdiff.py writes); its class folders must match the dataset's. The run goes to
+expand_distdiff.py writes); its class folders must match the dataset's, and before any heavy
+work it is checked against its args.yaml and manifests: an expansion with shards still missing is
+an error naming them (--allow_partial trains on what is there and records the fraction). The run goes to
 checkpoint/<dataset>/<arch>_<pretrained|unpretrained>_<exp>_lr<lr>/seed<N>/ with the same files,
 recipe, resume and metrics as train_original.py.
 """
@@ -32,7 +34,7 @@ def main(argv=None):
     expanded = args.expanded_dir or [expansion_dir(args.output, args.dataset, args.exp)]
     exp = (args.exp or Path(expanded[0]).name) + ("_eqiter" if args.equal_iterations else "")
     return train_classifier(TrainConfig.from_args(args), exp=exp, expanded_dirs=expanded,
-                            equal_iterations=args.equal_iterations)
+                            equal_iterations=args.equal_iterations, allow_partial=args.allow_partial)
 
 
 if __name__ == "__main__":

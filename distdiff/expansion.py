@@ -1,4 +1,6 @@
 """Orchestration of one expansion shard: inputs, prototypes, the sampling loop and outputs."""
+import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ from distdiff import shards
 from distdiff.engine import load_classifier
 from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
-from distdiff.numerics import GUIDANCE_STATUS, GUIDED
+from distdiff.numerics import GUIDANCE_STATUS, GUIDED, NONFINITE
 from distdiff.prototype_store import fingerprint, prepare_prototypes
 from distdiff.prototypes import compute_prototypes
 from distdiff.sampler import GuidedSampler, draw_item
@@ -150,8 +152,8 @@ def choose_batch_size(batch_size, pipe, guide, guide_side, resolution, guided, d
 
 
 class EnergyRecorder:
-    """The manifest's energies of one batch, as a GuidedSampler observer; measuring repeats model
-    calls without gradients and never changes an image.
+    """The manifest's energies of the chosen rows of one batch, as a GuidedSampler observer;
+    measuring repeats model calls without gradients (on those rows only) and never changes an image.
 
     transform: the look-ahead energy (the estimator the step lowers) of the unguided latent at the
     first application and of the guided one at the last, so repeated guidance is spanned whole.
@@ -159,11 +161,13 @@ class EnergyRecorder:
     latent and of the unguided trajectory, which the recorder runs alongside from the first step.
     """
 
-    def __init__(self, sampler):
-        self.sampler, self.before, self.after, self._unguided = sampler, None, None, None
+    def __init__(self, sampler, rows):
+        self.sampler, self.rows = sampler, rows
+        self.before, self.after, self._unguided = None, None, None
 
     def __call__(self, index, latents, guided, unguided, embeds, labels):
-        sampler = self.sampler
+        sampler, rows = self.sampler, self.rows
+        latents, guided, unguided, embeds, labels = (t[rows] for t in (latents, guided, unguided, embeds, labels))
         if sampler.guidance_cfg.mode == "transform":
             if self.before is None:
                 self.before = sampler.lookahead_energy(latents, index, embeds, labels).float().cpu()
@@ -178,39 +182,57 @@ class EnergyRecorder:
 
 
 def merge_pieces(pieces):
-    """(images, status, energy before, energy after) of a batch from those of its pieces."""
-    def cat(part):
-        values = [p[part] for p in pieces]
-        return None if any(v is None for v in values) else torch.cat(values)
-    return tuple(cat(part) for part in range(4))
+    """One batch's BlockResult from those of its pieces (BatchSize runs a batch in pieces)."""
+    return BlockResult(*(torch.cat([getattr(p, f.name) for p in pieces]) for f in dataclasses.fields(BlockResult)))
 
 
-def check_guidance_kept(status, block_id, allow_unguided, max_lost=0.01):
-    """Stop when more than `max_lost` of a batch's items lost their guidance (non-finite or
-    all-zero gradients), unless unguided items are allowed; returns the loss counts."""
-    counts = {name: int((status == code).sum()) for code, name in GUIDANCE_STATUS.items() if code != GUIDED}
-    lost = sum(counts.values())
-    if lost:
-        logger.warning("block %d: guidance lost for %d of %d items (%d non-finite, %d all-zero gradients)%s",
-                       block_id, lost, len(status), counts["nonfinite"], counts["zero_gradient"],
-                       ": kept unguided" if allow_unguided else "")
-    if lost > max_lost * len(status) and not allow_unguided:
-        raise DistDiffError(f"guidance lost for {lost} of {len(status)} items of block {block_id} "
-                            f"({counts['nonfinite']} non-finite, {counts['zero_gradient']} all-zero gradients); "
-                            "nothing of this batch was written; try --precision fp32, or pass --allow_unguided to "
-                            "keep such items unguided")
-    return counts
+LOST = ("nonfinite", "zero_gradient")  # manifest outcomes of items kept unguided
+
+
+class GuidanceLosses:
+    """Items whose guidance was lost (non-finite or all-zero gradients, kept unguided and marked),
+    counted over a shard: its manifest so far, then each batch. The shard stops when more than
+    `max_lost` of its items are lost, judged from the 100th item on, or when every item so far
+    (at least 8, a block) is: a systematic failure stops at once, a rare bad item does not stop a
+    shard for ever (an item's noise is fixed, so it would fail again on every rerun)."""
+
+    MIN_ITEMS, MIN_SYSTEMATIC = 100, shards.BLOCK_ITEMS
+
+    def __init__(self, previous_records=(), max_lost=0.01):
+        self.max_lost = max_lost
+        self.seen = len(previous_records)
+        self.lost = sum(r.get("guidance") in LOST for r in previous_records)
+
+    def check(self, status, block_id, allow_unguided):
+        """Count a batch's outcomes (before it is written); raise when the shard must stop."""
+        counts = {name: int((status == code).sum()) for code, name in GUIDANCE_STATUS.items() if code != GUIDED}
+        lost, seen = self.lost + sum(counts.values()), self.seen + len(status)
+        if sum(counts.values()):
+            logger.warning("block %d: guidance lost for %d of %d items (%d non-finite, %d all-zero gradients); "
+                           "%d of %d items of this shard so far", block_id, sum(counts.values()), len(status),
+                           counts["nonfinite"], counts["zero_gradient"], lost, seen)
+        too_many = seen >= self.MIN_ITEMS and lost > self.max_lost * seen
+        systematic = seen >= self.MIN_SYSTEMATIC and lost == seen
+        if (too_many or systematic) and not allow_unguided:
+            raise DistDiffError(f"guidance lost for {lost} of the {seen} items of this shard so far "
+                                f"({counts['nonfinite']} non-finite, {counts['zero_gradient']} all-zero gradients in "
+                                f"block {block_id}); nothing of this batch was written; try --precision fp32, or "
+                                "pass --allow_unguided to keep such items unguided")
+        self.lost, self.seen = lost, seen
+        return counts
 
 
 def run_batches(sampler, sources, my_batches, out_dir, manifest, seed, repeats, batch_size, desc="expand",
                 energy_every=1, allow_unguided=False):
     """Sample every unfinished batch of this shard; returns summary counters. The energy is
-    measured on the batches whose first block id is a multiple of `energy_every` (0: none)."""
+    measured on the items whose position in the work list is a multiple of `energy_every` (0:
+    none), so every block, and so every shard, measures the same share."""
     latents = SourceLatents(sampler, sources, seed)
-    counters = {"written": 0, "skipped": 0, "nonfinite": 0, "zero_gradient": 0, "seconds": 0.0,
-                "before": [], "after": []}
+    counters = {"written": 0, "skipped": 0, "nonfinite": 0, "zero_gradient": 0, "upcast_retried": 0,
+                "seconds": 0.0, "before": [], "after": []}
     bar = tqdm(total=sum(len(b) for _, b in my_batches), desc=desc, dynamic_ncols=True)
     guided = sampler.guidance_cfg.mode != "none"
+    losses = GuidanceLosses(shards.read_manifests(manifest.parent, [manifest]))
     with shards.BackgroundWriter() as writer:  # PNG encoding overlaps with the next batch
         for block_id, batch in my_batches:
             todo = set(shards.missing_items(batch, out_dir, sources.classes))
@@ -218,31 +240,48 @@ def run_batches(sampler, sources, my_batches, out_dir, manifest, seed, repeats, 
                 for it in todo:  # this shard alone writes its items, so a leftover temp is a killed writer's
                     remove_stale_temps(it.output_path(out_dir, sources.classes))
                 start = time.time()
-                record = bool(energy_every) and block_id % energy_every == 0
-                pieces = batch_size.run(lambda piece: sample_block(sampler, latents, piece, seed, repeats, record), batch)
-                images, status, before, after = merge_pieces(pieces)
-                lost = check_guidance_kept(status, block_id, allow_unguided) if guided else {}
-                records = _block_records(batch, todo, status, before, after, out_dir, sources.classes,
+                result = merge_pieces(batch_size.run(
+                    lambda piece: sample_block(sampler, latents, piece, seed, repeats, energy_every), batch))
+                lost = losses.check(result.status, block_id, allow_unguided) if guided else {}
+                records = _block_records(batch, todo, result, out_dir, sources.classes,
                                          (time.time() - start) / len(batch), guided)
                 shards.append_manifest(manifest, records)
                 keep = [j for j, it in enumerate(batch) if it in todo]
-                writer.submit(_write_images, sampler, images[keep],
+                writer.submit(_write_images, sampler, result.images[keep],
                               [batch[j].output_path(out_dir, sources.classes) for j in keep])
                 counters["written"] += len(todo)
                 for name, count in lost.items():
                     counters[name] += count
+                counters["upcast_retried"] += int(result.upcast.sum())
                 counters["seconds"] += time.time() - start
                 counters["before"] += [r["energy_before"] for r in records if r["energy_before"] is not None]
                 counters["after"] += [r["energy_after"] for r in records if r["energy_after"] is not None]
             counters["skipped"] += len(batch) - len(todo)
             bar.update(len(batch))
     bar.close()
+    counters["loss_scale"] = sampler.loss_scale.counts()
     return counters
 
 
-def sample_block(sampler, latents, block, seed, repeats, record_energy=False):
-    """(decoded images [B, 3, H, W], guidance outcome [B], energy before, after) of one block
-    (energies: [B], or None unless recorded); every item draws from its own seed."""
+@dataclasses.dataclass
+class BlockResult:
+    """What sampling a batch gives, per item: decoded images [B, 3, H, W] in [-1, 1], guidance
+    outcome [B], energy before / after guidance [B] (NaN where not measured), the smallest
+    half-precision loss scale its gradients used [B] (NaN: none), and whether it was redone with
+    the models upcast to fp32 [B]."""
+    images: torch.Tensor
+    status: torch.Tensor
+    before: torch.Tensor
+    after: torch.Tensor
+    loss_scale: torch.Tensor
+    upcast: torch.Tensor
+
+
+def sample_block(sampler, latents, block, seed, repeats, energy_every=0):
+    """BlockResult of one block, every item drawing from its own seed; the energy is measured on
+    the items whose work-list position is a multiple of `energy_every` (0: none). An item whose
+    half-precision gradients are non-finite at every loss scale is sampled once more with the
+    models upcast to fp32 before it counts as lost."""
     posts = [latents.get(it.index) for it in block]
     cfg = sampler.sample_cfg
     draws = [draw_item(shards.item_generator(seed, it.index, it.k), sampler.latent_shape(), repeats,
@@ -253,17 +292,61 @@ def sample_block(sampler, latents, block, seed, repeats, record_energy=False):
         if cfg.shared_prompt and sampler.prompts_per_class(it.label) > 1:
             d.prompt = int(torch.randint(sampler.prompts_per_class(it.label), (1,),
                                          generator=shards.item_generator(seed, it.index, PROMPT_STREAM)))
-    recorder = EnergyRecorder(sampler) if record_energy and sampler.guidance_cfg.mode != "none" else None
-    images, status = sampler.sample(torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
-                                    torch.tensor([it.label for it in block]), draws, recorder)
-    return images, status, *((recorder.before, recorder.after) if recorder else (None, None))
+    mean, std = torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts])
+    labels = torch.tensor([it.label for it in block])
+    rows = [j for j, it in enumerate(block) if energy_every and it.position % energy_every == 0]
+    recorder = EnergyRecorder(sampler, torch.tensor(rows)) if rows and sampler.guidance_cfg.mode != "none" else None
+    sampler.loss_scale.take_row_scales()  # drop what an attempt cut short (out of memory) left
+    images, status = sampler.sample(mean, std, labels, draws, recorder)
+    scales = sampler.loss_scale.take_row_scales()
+    result = BlockResult(images, status, *(torch.full((len(block),), float("nan")) for _ in range(2)),
+                         torch.full((len(block),), float("nan")) if scales is None else scales.float(),
+                         torch.zeros(len(block), dtype=torch.bool))
+    if recorder is not None and recorder.before is not None:
+        result.before[rows], result.after[rows] = recorder.before, recorder.after
+    redo = [j for j in range(len(block)) if status[j] == NONFINITE and sampler.dtype != torch.float32]
+    if redo:
+        with upcast(sampler):
+            images, status = sampler.sample(mean[redo].float(), std[redo].float(), labels[redo],
+                                            [draws[j] for j in redo])
+        logger.warning("%d item(s) non-finite at every loss scale: redone in fp32, %d guided", len(redo),
+                       int((status == GUIDED).sum()))
+        result.images = result.images.clone()  # out of inference mode, to be written into
+        result.images[redo], result.status[redo] = images.to(result.images.dtype), status.to(result.status.device)
+        result.upcast[redo] = True
+    return result
 
 
-def _block_records(block, todo, status, before, after, out_dir, class_names, seconds, guided=True):
+@contextlib.contextmanager
+def upcast(sampler):
+    """The modules sampling runs (UNet, VAE decoder, guide) and the prompt embeddings in fp32 for a
+    while; each module gets its own dtype back exactly (fp16 and bf16 are subsets of fp32)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    pipe = sampler.pipe
+    modules = [m for m in (pipe.unet, pipe.vae.decoder, pipe.vae.post_quant_conv, sampler.guide) if m is not None]
+    dtypes = [next(m.parameters()).dtype for m in modules]
+    saved, verbosity = (sampler.dtype, sampler.prompt_embeds), diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # its advice on .to(dtype) concerns loading, not a round trip
+    for module in modules:
+        module.to(torch.float32)
+    sampler.dtype, sampler.prompt_embeds = torch.float32, saved[1].float()
+    try:
+        yield sampler
+    finally:
+        for module, dtype in zip(modules, dtypes):
+            module.to(dtype)
+        sampler.dtype, sampler.prompt_embeds = saved
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def _block_records(block, todo, result, out_dir, class_names, seconds, guided=True):
     """Manifest records of the block's items that were missing."""
-    before, after = (None if e is None else e.tolist() for e in (before, after))
-    status = [GUIDANCE_STATUS[code] if guided else "none" for code in status.tolist()]  # one copy off the GPU
-    return [_record(it, j, out_dir, class_names, before, after, seconds, status[j])
+    numbers = {name: [None if v != v else round(v, 6) for v in getattr(result, name).tolist()]  # NaN: none
+               for name in ("before", "after", "loss_scale")}
+    status = [GUIDANCE_STATUS[code] if guided else "none" for code in result.status.tolist()]  # one copy off the GPU
+    upcast_rows = result.upcast.tolist()
+    return [_record(it, j, out_dir, class_names, numbers, seconds, status[j], upcast_rows[j])
             for j, it in enumerate(block) if it in todo]
 
 
@@ -273,15 +356,17 @@ def _write_images(sampler, images, paths):
         atomic_save_image(image, path)
 
 
-def _record(item, j, out_dir, class_names, before, after, seconds, guidance):
+def _record(item, j, out_dir, class_names, numbers, seconds, guidance, upcast_row):
     """One manifest line (source paths relative to the split dir, so manifests are portable);
-    `guidance` is the item's outcome: guided, nonfinite, zero_gradient (kept unguided) or none."""
+    `guidance` is the item's outcome: guided, nonfinite, zero_gradient (kept unguided) or none;
+    loss_scale the smallest half-precision loss scale its gradients used, "fp32" when it was redone
+    with the models upcast, None without a half-precision backward."""
     path = item.output_path(out_dir, class_names)
-    return {"source": str(Path(item.source).relative_to(Path(item.source).parents[1])), "index": item.index,
+    return {"source": item.source_key, "index": item.index, "position": item.position,
             "k": item.k, "class": class_names[item.label], "guidance": guidance,
             "path": str(path.relative_to(out_dir)), "seconds": round(seconds, 4),
-            "energy_before": None if before is None else round(before[j], 6),
-            "energy_after": None if after is None else round(after[j], 6)}
+            "energy_before": numbers["before"][j], "energy_after": numbers["after"][j],
+            "loss_scale": "fp32" if upcast_row else numbers["loss_scale"][j]}
 
 
 def summary_line(counters):
@@ -292,6 +377,11 @@ def summary_line(counters):
         before, after = np.array(counters["before"]), np.array(counters["after"])
         line += (f", energy {before.mean():.4f} -> {after.mean():.4f} "
                  f"(dropped for {100 * np.mean(after < before):.1f} % of the {len(before)} items measured)")
+    scale = counters.get("loss_scale", {})
+    if any(scale.get(k) for k in scale if k.startswith("rows_at_")):
+        used = ", ".join(f"{k[len('rows_at_'):]}: {v}" for k, v in scale.items() if k.startswith("rows_at_") and v)
+        line += (f", loss scale rows ({used}), {scale['retried_rows']} rows retried, "
+                 f"{counters['upcast_retried']} items redone in fp32, scale now {scale['scale_now']:g}")
     return line + (f", guidance lost (kept unguided): {counters['nonfinite']} non-finite, "
                    f"{counters['zero_gradient']} all-zero gradients")
 

@@ -90,12 +90,13 @@ def project(z_new, z, radius):
     return torch.clamp(z_new, z - radius, z + radius)
 
 
-def transform_step(z, lookahead_energy, a, b, step_size, radius):
+def transform_step(z, lookahead_energy, a, b, step_size, radius, loss_scale=None):
     """One transform-guidance application; returns (new latent, status [B]).
 
     `lookahead_energy(z') -> [B]` runs the P-step look-ahead from the perturbed latent. a, b
     and the update are fp32 whatever the latent's dtype (a gradient step of 1e-4 on a half-
     precision a near 1 would round away); the perturbed latent is cast to the model's dtype.
+    `loss_scale` (numerics.LossScale) carries the half-precision loss scale from pass to pass.
     """
     z32 = z.float()
     if step_size == 0:  # the perturbation alone: nothing to differentiate
@@ -105,13 +106,13 @@ def transform_step(z, lookahead_energy, a, b, step_size, radius):
     def energy_of(a, b):
         return lookahead_energy((z32 * (1 + a) + b).to(z.dtype))
 
-    _, (grad_a, grad_b), status = scaled_grad(energy_of, [a.float(), b.float()], z.dtype)
+    _, (grad_a, grad_b), status = scaled_grad(energy_of, [a.float(), b.float()], z.dtype, loss_scale=loss_scale)
     a, b = a.float() - step_size * grad_a, b.float() - step_size * grad_b
     guided = project(z32 * (1 + a) + b, z32, radius).to(z.dtype)
     return keep_guided(guided, z, status), status
 
 
-def direct_step(z, step_energy, step_size):
+def direct_step(z, step_energy, step_size, loss_scale=None):
     """One direct-guidance step from z_t; returns (guided z_{t-1}, unguided z_{t-1}, status [B]).
 
     `step_energy(z_t) -> (z_{t-1}, energy [B])` runs one DDIM step and scores its x0.
@@ -122,7 +123,7 @@ def direct_step(z, step_energy, step_size):
         outputs["prev"], values = step_energy(z_var.to(z.dtype))
         return values
 
-    _, (grad,), status = scaled_grad(energy_of, [z.float()], z.dtype)
+    _, (grad,), status = scaled_grad(energy_of, [z.float()], z.dtype, loss_scale=loss_scale)
     prev = outputs["prev"].detach()
     guided = (prev.float() - step_size * grad).to(prev.dtype)
     return keep_guided(guided, prev, status), prev, status

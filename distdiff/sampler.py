@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from distdiff import DistDiffError
 from distdiff.features import guide_features
 from distdiff.guidance import direct_step, energy, transform_step, unit_prototypes
-from distdiff.numerics import GUIDED
+from distdiff.numerics import GUIDED, LossScale
 
 logger = logging.getLogger(__name__)
 FRAMINGS = ("center", "random", "squash")
@@ -122,6 +122,7 @@ class GuidedSampler:
         self.prompt_embeds, self.prompt_index = self._encode_prompts(prompts)
         protos = {k: torch.as_tensor(prototypes[k]).to(device) for k in ("class_protos", "group_protos", "group_mask")}
         self.protos = unit_prototypes(protos) if guidance_cfg.renormalize_prototypes else protos
+        self.loss_scale = LossScale()  # half precision: each pass starts where the last one's scale worked
 
     # -- set-up --------------------------------------------------------------
     @torch.no_grad()
@@ -247,11 +248,11 @@ class GuidedSampler:
 
         def lookahead(z):
             return self.lookahead_energy(z, index, embeds, labels)
-        return transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius)
+        return transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius, self.loss_scale)
 
     def _direct(self, latents, index, embeds, labels):
         """One direct-guidance step at `index`: (guided latent of index + 1, unguided one, outcome)."""
         def step_energy(z):
             out = self.step(z, index, embeds)
             return out.prev_sample, self.image_energy(out.pred_original_sample, labels)
-        return direct_step(latents, step_energy, self.guidance_cfg.step_size)
+        return direct_step(latents, step_energy, self.guidance_cfg.step_size, self.loss_scale)

@@ -12,26 +12,36 @@ round differently), which is why the batch size never locks an output folder.
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from distdiff import DistDiffError
+from distdiff.fileio import atomic_write_json
 
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One output image: copy `k` of source `index` (position in the sorted training split)."""
+    """One output image: copy `k` of source `index` (position in the sorted training split), at
+    `position` in the expansion's work list."""
     index: int
     k: int
     label: int
     source: str
+    position: int
 
     def output_path(self, out_dir, class_names):
         """<out>/<class>/<source stem>_expand_<k>.png"""
         return Path(out_dir) / class_names[self.label] / f"{Path(self.source).stem}_expand_{self.k}.png"
+
+    @property
+    def source_key(self):
+        """The source as manifests name it: <class>/<file>, relative to the split dir (portable)."""
+        return str(Path(self.source).relative_to(Path(self.source).parents[1]))
 
 
 def item_seed(seed, index, k):
@@ -61,8 +71,8 @@ def select_sources(samples, limit=None):
 
 def work_items(samples, ratio, limit=None, first_copy=0):
     """All items in canonical order: by source index, then copy k (k >= first_copy)."""
-    return [WorkItem(i, k, samples[i][1], samples[i][0])
-            for i in select_sources(samples, limit) for k in range(first_copy, ratio)]
+    pairs = [(i, k) for i in select_sources(samples, limit) for k in range(first_copy, ratio)]
+    return [WorkItem(i, k, samples[i][1], samples[i][0], position) for position, (i, k) in enumerate(pairs)]
 
 
 BLOCK_ITEMS = 8  # the unit of shard ownership (and the CPU batch size, so CPU runs keep their bytes)
@@ -143,10 +153,13 @@ def append_manifest(path, records):
         os.fsync(f.fileno())
 
 
-def read_manifests(out_dir):
-    """All manifest records, last one per (source, k) winning; torn lines are skipped."""
+def read_manifests(out_dir, paths=None):
+    """All manifest records (of `paths`, default every shard's manifest), last one per (source, k)
+    winning; torn lines are skipped."""
     records = {}
-    for path in sorted(Path(out_dir).glob("manifest_shard*.jsonl")):
+    for path in paths if paths is not None else sorted(Path(out_dir).glob("manifest_shard*.jsonl")):
+        if not Path(path).is_file():
+            continue
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
@@ -171,3 +184,144 @@ def verify_report(items, out_dir, class_names, total_split):
                 per_class[class_names[item.label]] = per_class.get(class_names[item.label], 0) + 1
                 shards.add(b % total_split)
     return len(missing), per_class, sorted(shards)
+
+
+# ---------------------------------------------------------------------------
+# Shard records and the completeness check that training relies on
+# ---------------------------------------------------------------------------
+
+# The option strings of --split and --total_split (distdiff.config.EXPAND_SPELLINGS adds the
+# accelerate-style names), so a recorded command line can be re-aimed at another shard.
+SPLIT_FLAGS = ("--split", "--shard_id", "--shard-id")
+TOTAL_FLAGS = ("--total_split", "--total-split", "--num_shards", "--num-shards")
+
+
+def shard_record_path(out_dir, split):
+    """<out>/shard<i>.json: one file per shard (shards never write each other's), at the top
+    level, where an ImageFolder does not look for classes."""
+    return Path(out_dir) / f"shard{split}.json"
+
+
+def write_shard_record(out_dir, split, total_split, items, argv, status, **extra):
+    """Record that shard `split` of `total_split` (owning `items` items, started with expand_distdiff.py
+    `argv`) is "running" or "done", with `extra` numbers; atomic, so a kill leaves the previous record."""
+    path = shard_record_path(out_dir, split)
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    started = (read_json(path) or {}).get("started", now) if status == "done" else now
+    record = {"split": split, "total_split": total_split, "items": items, "argv": [str(a) for a in argv],
+              "status": status, "started": started, **({"finished": now} if status == "done" else {}), **extra}
+    atomic_write_json(path, record)
+    return record
+
+
+def read_json(path):
+    """A JSON file's content, or None where it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def shard_command(argv, split, total_split):
+    """The recorded expand_distdiff.py command line `argv` aimed at shard `split` of `total_split`."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if name in SPLIT_FLAGS + TOTAL_FLAGS:
+            skip = "=" not in token
+            continue
+        kept.append(token)
+    return ["python", "expand_distdiff.py", *kept, "--split", str(split), "--total_split", str(total_split)]
+
+
+@dataclass
+class ExpansionCheck:
+    """What a training run is about to read from an expanded folder."""
+    folder: Path
+    verified: bool                   # written by expand_distdiff.py: its args.yaml and manifests exist
+    expected: int | None = None      # items its settings (args.yaml) call for
+    written: int = 0                 # of those, with both the PNG and its manifest line present
+    unguided: int = 0                # written items whose guidance was lost (kept unguided, marked)
+    total_split: int | None = None   # the shard count recorded by its shards (None: not recorded)
+    owners: dict = field(default_factory=dict)  # shard id owning missing items -> its state, in words
+    command: list | None = None      # a recorded command line, aimed at the first such shard
+
+    @property
+    def complete(self):
+        return self.verified and self.written == self.expected
+
+    @property
+    def fraction(self):
+        return None if not self.expected else self.written / self.expected
+
+    def summary(self):
+        """For args.yaml."""
+        return {"dir": str(self.folder), "verified": self.verified, "expected": self.expected,
+                "written": self.written, "fraction": None if self.fraction is None else round(self.fraction, 6),
+                "unguided": self.unguided}
+
+    def problem(self):
+        """One sentence on why this folder is not a complete expansion (None when it is)."""
+        if self.complete:
+            return None
+        if not self.verified:
+            return (f"expanded set {self.folder} was not written by expand_distdiff.py (no args.yaml and "
+                    "manifest_shard*.jsonl), so nothing says it is complete")
+        line = (f"expansion {self.folder} is incomplete: {self.written} of {self.expected} images written "
+                f"({100 * self.fraction:.1f} %)")
+        if self.total_split is None:
+            return line + "; rerun expand_distdiff.py with the flags it was started with (it resumes), and " \
+                          "`--verify --total_split N` lists the shards that own the missing images"
+        states = "; ".join(f"{', '.join(map(str, ids))}: {state}" for state, ids in _by_state(self.owners))
+        command = " ".join(self.command[:-4] + ["--split", "<i>", "--total_split", str(self.total_split)])
+        running = any(state.startswith("still running") for state in self.owners.values())
+        return (f"{line}; shard(s) {', '.join(map(str, self.owners))} of {self.total_split} unfinished "
+                f"({states}); {'wait for the running ones, then ' if running else ''}complete them with "
+                f"`{command}` for each i")
+
+
+def _by_state(owners):
+    """[(state, [shard ids])] in the order the states first appear."""
+    groups = {}
+    for split, state in owners.items():
+        groups.setdefault(state, []).append(split)
+    return list(groups.items())
+
+
+def check_expansion(folder, data_dir=None):
+    """Compare an expanded folder with what its own settings call for: every item of its
+    args.yaml (dataset, --expand_ratio, --limit, --first_image_index) needs its PNG and its
+    manifest line. Reads file names and manifests only (no image is decoded)."""
+    from distdiff import datasets, registry
+
+    folder = Path(folder)
+    settings_path = folder / "args.yaml"
+    if not settings_path.is_file() or not any(folder.glob("manifest_shard*.jsonl")):
+        return ExpansionCheck(folder, verified=False)
+    settings = yaml.safe_load(settings_path.read_text()) or {}
+    spec = registry.get_dataset(settings["dataset"], data_dir)
+    sources = datasets.load_split(spec, spec.train_split, verify=False)
+    items = work_items(sources.samples, settings["expand_ratio"], settings.get("limit"),
+                       settings.get("first_image_index") or 0)
+    records = {(r["source"], r["k"]): r for r in read_manifests(folder)}
+    present = [it for it in items
+               if (it.source_key, it.k) in records and it.output_path(folder, sources.classes).is_file()]
+    check = ExpansionCheck(folder, verified=True, expected=len(items), written=len(present),
+                           unguided=sum(records[it.source_key, it.k].get("guidance") in ("nonfinite", "zero_gradient")
+                                        for it in present))
+    shard_records = [r for r in map(read_json, sorted(folder.glob("shard*.json"))) if r]
+    if check.complete or not shard_records:
+        return check
+    latest = max(shard_records, key=lambda r: r.get("started") or "")
+    total = check.total_split = int(latest["total_split"])
+    states = {r["split"]: r["status"] for r in shard_records if r.get("total_split") == total}
+    present_set = set(present)
+    owners = sorted({b % total for b, block in enumerate(blocks(items)) for it in block if it not in present_set})
+    check.owners = {s: ("still running or interrupted" if states.get(s) == "running" else
+                            "done, images deleted since" if states.get(s) == "done" else "never started")
+                        for s in owners}
+    check.command = shard_command(latest["argv"], owners[0], total)
+    return check

@@ -10,7 +10,7 @@ from torch.utils.data import ConcatDataset
 
 from distdiff import DistDiffError
 from distdiff import datasets as ds
-from distdiff import registry
+from distdiff import registry, shards
 from distdiff.augment import batch_transform, check_aug
 from distdiff.config import save_args
 from distdiff.devices import autocast_dtype, configure_cpu, resolve_device
@@ -147,8 +147,33 @@ def classifier_meta(cfg, classes):
             "std": list(registry.IMAGENET_STD), "pretrained": cfg.pretrained}
 
 
-def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
-    """Train (or resume, or skip if complete) one run; returns its results dict."""
+def check_expansions(expanded_dirs, data_dir=None, allow_partial=False):
+    """The completeness of each expanded folder (distdiff.shards.check_expansion), read before
+    any heavy work: an incomplete or unverifiable one is an error, or with `allow_partial` a
+    warning; returns their summaries for args.yaml."""
+    summaries = []
+    for folder in expanded_dirs:
+        if not Path(folder).is_dir():
+            continue  # build_datasets names the missing folder and the command that writes it
+        check = shards.check_expansion(folder, data_dir)
+        problem = check.problem()
+        if problem and not allow_partial:
+            raise DistDiffError(f"{problem}; or pass --allow_partial to train on what is there")
+        if problem:
+            logger.warning("%s; training on it anyway (--allow_partial)", problem)
+        else:
+            logger.info("expansion %s: complete, %d images checked against its args.yaml and manifests",
+                        folder, check.written)
+        if check.unguided:
+            logger.warning("expansion %s: %d of its images lost their guidance and were kept unguided "
+                           "(marked in its manifests)", folder, check.unguided)
+        summaries.append(check.summary())
+    return summaries
+
+
+def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, allow_partial=False):
+    """Train (or resume, or skip if complete) one run; returns its results dict. Expanded folders
+    must be complete expansions unless `allow_partial`."""
     spec = registry.get_dataset(cfg.dataset, cfg.data_dir)
     check_aug(cfg.aug)
     check_values(cfg)
@@ -163,6 +188,7 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
     if is_complete(run_dir):
         logger.info("%s is complete (results.json exists); nothing to do", run_dir)
         return read_results(run_dir)
+    expansions = check_expansions(expanded_dirs, cfg.data_dir, allow_partial)
     device = resolve_device(cfg.device, cfg.gpu)
     amp_dtype = autocast_dtype(cfg.precision) if device.type == "cuda" else None
     configure_cpu(cfg.threads)
@@ -179,8 +205,12 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False):
         raise DistDiffError(str(err)) from None
     setup_logging(run_dir)
     remove_stale_temps_in(run_dir)  # one process per run dir: a leftover temp is a killed writer's
+    for partial in (e for e in expansions if e["fraction"] != 1):  # this run's log says it too
+        logger.warning("training on %s: %s of its expected images present (--allow_partial)", partial["dir"],
+                       "an unknown share" if partial["fraction"] is None else f"{100 * partial['fraction']:.1f} %")
     save_args(run_dir, cfg, extra={"exp": exp, "expanded_dirs": [str(d) for d in expanded_dirs],
                                    "equal_iterations": equal_iterations, "epochs_run": epochs,
+                                   "allow_partial": allow_partial, "expansions": expansions,
                                    "n_train": len(train), "device_resolved": str(device),
                                    "workers_resolved": workers, "cache_mb_resolved": cache_mb,
                                    "guide_selection": selection_label(cfg.guide_selection, val is not None)})

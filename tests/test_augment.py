@@ -111,9 +111,10 @@ def test_cutmix_run_resumes_exactly(tmp_path, digits_ready, monkeypatch):
 
 
 def test_train_expand_takes_aug(tmp_path, digits_ready):
-    # The 3-shot train split doubles as a stand-in expanded set (same class folders).
+    # The 3-shot train split doubles as a stand-in expanded set (same class folders; not an
+    # expansion, so --allow_partial).
     run_main("train_expand", "digits", "--exp", "copy", "--expanded_dir", digits_ready.split_dir("train"),
-             "--aug", "mixup", "--output", tmp_path, *QUICK)
+             "--aug", "mixup", "--output", tmp_path, "--allow_partial", *QUICK)
     run = run_dir(tmp_path, "mixup", exp="copy")
     args = yaml.safe_load((run / "args.yaml").read_text())
     assert args["aug"] == "mixup" and args["n_train"] == 60 and (run / "results.json").is_file()

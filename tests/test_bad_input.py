@@ -84,7 +84,7 @@ def test_train_expand_rejects_mismatched_classes(tmp_path):
     expanded = make_tree(tmp_path / "exp", classes=("cat", "emu")) / "train"
     with pytest.raises(DistDiffError, match=r"expanded set .*missing \['dog'\], unexpected \['emu'\]"):
         run_main("train_expand", f"folder:{root}", *TINY, "--exp", "x", "--expanded_dir", expanded,
-                 "--output", tmp_path / "out")
+                 "--output", tmp_path / "out", "--allow_partial")  # a hand-made folder: no manifests
     assert not (tmp_path / "out").exists()
 
 

@@ -94,7 +94,7 @@ def test_outputs_layout_and_summary(reference):
 @pytest.mark.slow
 def test_three_shards_give_identical_bytes_and_verify(setup, reference, monkeypatch, capsys):
     out = setup["root"] / "sharded"
-    expand(setup, out, "--split", "1", "--total_split", "3")
+    expand(setup, out, "--split", "1", "--total_split", "3", "--record_energy", "8")
     capsys.readouterr()
     assert expand(setup, out, "--total_split", "3", "--verify") == 1
     assert "rerun shards [0, 2]" in capsys.readouterr().out
@@ -103,19 +103,22 @@ def test_three_shards_give_identical_bytes_and_verify(setup, reference, monkeypa
              if not (out / name).is_file()]
     for tmp in temps:
         tmp.write_bytes(b"torn")
-    expand(setup, out, "--split", "0", "--total_split", "3")
+    expand(setup, out, "--split", "0", "--total_split", "3", "--record_energy", "8")
     kept = [t for t in temps if t.is_file()]
     assert 0 < len(kept) < len(temps)
     assert all(not (t.parent / t.name[1:].removesuffix(".killed.tmp")).is_file() for t in kept)
     monkeypatch.setenv("RANK", "2")  # the torchrun/accelerate variables pick the shard
     monkeypatch.setenv("WORLD_SIZE", "3")
-    expand(setup, out)
+    expand(setup, out, "--record_energy", "8")
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert png_bytes(out) == reference["files"]
     assert not list(out.rglob("*.tmp"))
     assert expand(setup, out, "--verify") == 0
     assert {(r["source"], r["k"]) for r in manifest(out)} == {(r["source"], r["k"]) for r in manifest(reference["out"])}
+    measured = {s: [json.loads(line)["position"] for line in (out / f"manifest_shard{s}.jsonl").read_text().splitlines()
+                    if json.loads(line)["energy_before"] is not None] for s in range(3)}
+    assert measured == {0: [0], 1: [8], 2: [16]}  # one item of each shard's block: equal shares
 
 
 @pytest.mark.slow
@@ -186,15 +189,27 @@ def test_radius_zero_reproduces_guidance_none_byte_for_byte(setup, reference):
 
 
 @pytest.mark.slow
-def test_energy_is_measured_on_every_nth_block_and_never_changes_an_image(setup, reference):
+def test_energy_is_measured_on_every_nth_item_and_never_changes_an_image(setup, reference):
     out = setup["root"] / "sampled"
-    expand(setup, out, "--record_energy", "2", batch=2)  # 24 items, blocks of 8: blocks 0 and 2 measured
-    measured = [r["index"] for r in manifest(out) if r["energy_before"] is not None]
-    assert len(measured) == 16 and len(manifest(out)) == 24
+    expand(setup, out, "--record_energy", "2", batch=2)  # 24 items: positions 0, 2, ..., 22 measured
+    measured = sorted(r["position"] for r in manifest(out) if r["energy_before"] is not None)
+    assert measured == list(range(0, 24, 2)) and len(manifest(out)) == 24
     assert max(max_pixel_diffs(out, reference)) <= 2  # batch 2 vs 4: float rounding only
     off = setup["root"] / "off"
     expand(setup, off, "--record_energy", "False", batch=2)
     assert png_bytes(off) == png_bytes(out) and all(r["energy_before"] is None for r in manifest(off))
+
+
+def test_energy_recording_is_shared_equally_by_the_shards_of_a_4_shard_run():
+    """The default rule (every 8th item of the work list) measures one item of every block of 8,
+    so each shard measures the same share whatever the shard count or batch size."""
+    from distdiff import shards
+
+    items = shards.work_items([(f"/d/c{i % 3}/{i}.png", i % 3) for i in range(13)], 5)  # 65 items, 9 blocks
+    for batch in (1, 3, 8):
+        per_shard = [sum(it.position % 8 == 0 for _, b in shards.shard_batches(items, s, 4, batch) for it in b)
+                     for s in range(4)]
+        assert per_shard == [3, 2, 2, 2]  # blocks 0-8 dealt round robin: shard 0 owns one more block
 
 
 def test_changed_settings_in_same_out_dir_are_refused(setup, reference):
@@ -240,23 +255,47 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_images(setup, reference, m
 
 def test_a_vanished_guidance_gradient_stops_the_run_unless_allowed(setup, monkeypatch, capsys):
     """An energy whose gradient is exactly zero (as an fp16 underflow leaves it) is not a guidance
-    step: the run stops before writing the batch; with --allow_unguided the items are kept
-    unguided (the same bytes as --guidance none) and marked in the manifest."""
+    step. When every item so far loses it (a block of 8: systematic) the shard stops before
+    writing that batch; the first batch's 4 items are kept unguided and marked. With
+    --allow_unguided the items are kept unguided (the same bytes as --guidance none) and marked."""
     from distdiff.sampler import GuidedSampler
 
     energy = GuidedSampler.image_energy
     monkeypatch.setattr(GuidedSampler, "image_energy", lambda self, x0, labels: energy(self, x0, labels).detach() + 0 * x0.sum())
     out = setup["root"] / "zero_grad"
-    with pytest.raises(DistDiffError, match=r"guidance lost for 4 of 4 items of block 0 \(0 non-finite, 4 all-zero "
-                                            r"gradients\); nothing of this batch was written"):
+    with pytest.raises(DistDiffError, match=r"guidance lost for 8 of the 8 items of this shard so far \(0 non-finite, "
+                                            r"4 all-zero gradients in block 0\); nothing of this batch was written"):
         expand(setup, out, "--expand_ratio", "2")
-    assert not list(out.rglob("*.png")) and not manifest(out)
+    assert len(list(out.rglob("*.png"))) == 4 and {r["guidance"] for r in manifest(out)} == {"zero_gradient"}
     expand(setup, out, "--expand_ratio", "2", "--allow_unguided")
     assert {r["guidance"] for r in manifest(out)} == {"zero_gradient"} and len(manifest(out)) == 12
-    assert "guidance lost (kept unguided): 0 non-finite, 12 all-zero gradients" in (out / "log.txt").read_text()
+    assert "guidance lost (kept unguided): 0 non-finite, 8 all-zero gradients" in (out / "log.txt").read_text()
     none = setup["root"] / "zero_grad_none"
     expand(setup, none, "--expand_ratio", "2", "--guidance", "none")
     assert png_bytes(out) == png_bytes(none)
+
+
+def test_one_bad_item_is_kept_unguided_and_does_not_stop_the_shard(setup, reference, monkeypatch):
+    """One item of 24 whose gradient vanishes (under 1 % is judged from the 100th item on, and
+    not every item is lost): it is marked and kept unguided, the others are the reference's."""
+    from distdiff.sampler import GuidedSampler
+
+    energy, passes = GuidedSampler.image_energy, []
+
+    def first_row_lost_once(self, x0, labels):
+        values = energy(self, x0, labels)
+        if torch.is_grad_enabled() and len(passes) < 2:  # the first guided pass: P = 2 look-ahead steps
+            passes.append(1)
+            values = torch.cat([values[:1].detach() + 0 * x0[:1].sum(), values[1:]])
+        return values
+    monkeypatch.setattr(GuidedSampler, "image_energy", first_row_lost_once)
+    out = setup["root"] / "one_bad"
+    assert expand(setup, out) == 0
+    lost = [r for r in manifest(out) if r["guidance"] != "guided"]
+    assert [(r["position"], r["guidance"]) for r in lost] == [(0, "zero_gradient")]
+    files = png_bytes(out)
+    assert files.keys() == reference["files"].keys()
+    assert [name for name in files if files[name] != reference["files"][name]] == ["disc/disc0_expand_0.png"]
 
 
 # ---------------------------------------------------------------------------
@@ -390,3 +429,75 @@ def test_the_authors_precision_split_runs_encoders_in_fp32_and_the_rest_in_half(
     draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1)]
     images, status = sampler.sample(mean, std, torch.tensor([0]), draws)
     assert torch.isfinite(images.float()).all() and status.tolist() == [GUIDED]
+
+
+# ---------------------------------------------------------------------------
+# Training reads only complete expansions
+# ---------------------------------------------------------------------------
+
+TRAIN_TINY = ["--epochs", "1", "--arch", "resnet_small", "--image_size", "16", "--resize_size", "16",
+              "--threads", "1", "--device", "cpu"]
+
+
+def train_on(setup, expanded, tmp_path, *extra):
+    return run_main("train_expand", f"folder:{setup['tree']}", "--exp", "x", "--expanded_dir", expanded,
+                    "--output", tmp_path / "runs", *TRAIN_TINY, *extra)
+
+
+def test_a_half_written_expansion_is_refused_naming_the_missing_shard(setup, tmp_path, capsys):
+    """Shard 1 of 2 written (8 of 24 items, both classes present): training stops before any work
+    with one line naming shard 0 and its command; --allow_partial trains and records the fraction."""
+    from distdiff.options import run_cli
+
+    out = tmp_path / "half"
+    expand(setup, out, "--split", "1", "--total_split", "2")
+    assert len(png_bytes(out)) == 8 and {p.parent.name for p in out.rglob("*.png")} == set(CLASSES)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda argv: train_on(setup, out, tmp_path))
+    assert stop.value.code != 0
+    line = str(stop.value.code)
+    assert line.startswith("error: expansion ") and "\n" not in line
+    assert "8 of 24 images written (33.3 %)" in line and "shard(s) 0 of 2 unfinished (0: never started)" in line
+    assert "--split <i> --total_split 2` for each i" in line and "--allow_partial" in line
+    assert f"expand_distdiff.py --dataset folder:{setup['tree']}" in line
+    assert not (tmp_path / "runs").exists()  # refused before any run dir was made
+    results = train_on(setup, out, tmp_path, "--allow_partial")
+    assert results["n_train"] == 6 + 8
+    args = next((tmp_path / "runs").rglob("args.yaml")).read_text()
+    import yaml
+    recorded = yaml.safe_load(args)
+    assert recorded["allow_partial"] is True
+    assert recorded["expansions"] == [{"dir": str(out), "verified": True, "expected": 24, "written": 8,
+                                       "fraction": round(8 / 24, 6), "unguided": 0}]
+
+
+def test_the_missing_shards_command_completes_the_expansion(setup, reference, tmp_path):
+    """The command the error names, run for shard 0, makes the expansion whole and trainable."""
+    from distdiff import shards
+
+    out = tmp_path / "completed"
+    expand(setup, out, "--split", "1", "--total_split", "2")
+    check = shards.check_expansion(out)
+    assert check.owners == {0: "never started"} and check.command[:2] == ["python", "expand_distdiff.py"]
+    assert run_main("expand_distdiff", *check.command[2:]) == 0
+    assert png_bytes(out) == reference["files"]
+    assert shards.check_expansion(out).complete
+    assert json.loads((out / "shard0.json").read_text())["status"] == "done"
+
+
+def test_a_folder_not_written_by_the_expander_needs_allow_partial(setup, tmp_path):
+    foreign = tmp_path / "foreign"
+    for kind in CLASSES:
+        (foreign / kind).mkdir(parents=True)
+        draw_shape(kind, 7).save(foreign / kind / "x.png")
+    with pytest.raises(DistDiffError, match=r"not written by expand_distdiff.py .*--allow_partial"):
+        train_on(setup, foreign, tmp_path)
+    assert train_on(setup, foreign, tmp_path, "--allow_partial")["n_train"] == 6 + 2
+
+
+def test_shard_command_re_aims_every_spelling_of_the_shard_flags():
+    from distdiff.shards import shard_command
+
+    assert shard_command(["--dataset", "d", "--shard-id=3", "--num_shards", "4", "--gpu", "0"], 1, 4) == \
+        ["python", "expand_distdiff.py", "--dataset", "d", "--gpu", "0", "--split", "1", "--total_split", "4"]

@@ -263,14 +263,15 @@ def test_authors_training_command_lines_parse_to_the_same_settings(tmp_path):
 def test_shared_prompt_gives_every_copy_of_a_source_one_sentence():
     """The authors' language enhancement draws one sentence per source image; the project's
     default draws one per copy. Checked on the draws handed to the sampler (a stand-in)."""
+    from distdiff.numerics import LossScale
     from distdiff.sampler import SampleConfig
     from distdiff.shards import work_items
 
     class Recorder:
-        guidance_cfg = SimpleNamespace(mode="none")
+        guidance_cfg, dtype = SimpleNamespace(mode="none"), torch.float32
 
         def __init__(self, shared):
-            self.sample_cfg, self.seen = SampleConfig(shared_prompt=shared), []
+            self.sample_cfg, self.seen, self.loss_scale = SampleConfig(shared_prompt=shared), [], LossScale()
 
         def prompts_per_class(self, label):
             return 5
@@ -313,4 +314,6 @@ def test_the_authors_training_argument_lists_run(tmp_path, digits_ready):
     their_expand = ["-d", "digits", "--checkpoint", retrain, "--data_dir", digits_ready.root.parent, "-a", "resnet_small",
                     "--manualSeed", "1", "--data_expanded_dir", expanded, "--train-batch-size", "64", "--lr", "0.1",
                     "--val-batch-size", "64", "--epochs", "100"]
-    assert run_main("train_expand", *their_expand, *knobs)["n_train"] == 60  # 30 originals + 30 "expanded"
+    with pytest.raises(DistDiffError, match="not written by expand_distdiff.py"):  # a copy, not an expansion
+        run_main("train_expand", *their_expand, *knobs)
+    assert run_main("train_expand", *their_expand, *knobs, "--allow_partial")["n_train"] == 60  # 30 + 30 "expanded"
