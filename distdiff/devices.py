@@ -2,8 +2,10 @@
 
 The device rule is strict so that a first GPU run cannot quietly run on the CPU: a GPU index
 (`--gpu`, the GPUS of the shell chains, torchrun's LOCAL_RANK) or `--device cuda` on a machine
-where torch cannot use CUDA is a one-line error naming torch's CUDA build and the driver;
-`--device auto` falls back to the CPU only where no NVIDIA GPU exists at all, and says so.
+where torch cannot use CUDA is a one-line error naming torch's CUDA build and the driver (or,
+where CUDA_VISIBLE_DEVICES names a GPU the driver does not list, how many it lists);
+`--device auto` falls back to the CPU only where no NVIDIA GPU exists at all, and says so. Under
+torchrun each local rank takes its own GPU.
 """
 import logging
 import os
@@ -61,15 +63,48 @@ def _no_cuda_error(asked):
                          "torch build that matches the driver (INSTALL.md), or pass --device cpu")
 
 
+def local_ranks(env=None):
+    """(this process's local rank, processes on this node) under torchrun or accelerate, else None."""
+    env = os.environ if env is None else env
+    if "LOCAL_RANK" not in env:
+        return None
+    try:
+        rank = int(env["LOCAL_RANK"])
+        size = int(env.get("LOCAL_WORLD_SIZE", env.get("WORLD_SIZE", rank + 1)))
+    except ValueError:
+        raise DistDiffError(f"LOCAL_RANK={env['LOCAL_RANK']!r} / LOCAL_WORLD_SIZE: not numbers") from None
+    return rank, size
+
+
+def check_visible_devices(env=None):
+    """A one-line error where CUDA_VISIBLE_DEVICES (the GPUS of the shell chains) names a GPU index
+    that the driver does not list: CUDA then hides every GPU, which torch would report as a build
+    problem."""
+    env = os.environ if env is None else env
+    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    listed = listed_gpus()
+    if not listed:
+        return
+    wrong = [v for v in visible if v.isdigit() and int(v) >= len(listed)]
+    if wrong:
+        raise DistDiffError(f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} names GPU {', '.join(wrong)}, but "
+                            f"nvidia-smi lists {len(listed)} GPU(s) (indices 0-{len(listed) - 1}); fix GPUS or the "
+                            "GPU argument")
+
+
 def resolve_device(device="auto", gpu=None, env=None):
     """Turn --device/--gpu (and torchrun's LOCAL_RANK) into a torch.device, and make it current.
 
-    The index comes from `cuda:<i>`, else `gpu` (the authors' positional), else LOCAL_RANK (one
-    process per GPU under torchrun), else 0. `torch.cuda.set_device` is called, so memory
-    queries, streams and synchronisation of every rank use its own GPU, not cuda:0.
+    Under torchrun with several processes on the node, the local rank decides the GPU (one per
+    rank, shared round robin where ranks outnumber GPUs), and an explicit index (`--gpu`, which the
+    authors' launcher always passes, or `cuda:<i>`) is ignored with a note: obeyed, it would stack
+    every rank on one GPU. Otherwise the index comes from `cuda:<i>`, else `gpu` (the authors'
+    positional), else 0. `torch.cuda.set_device` is called, so memory queries, streams and
+    synchronisation of every rank use its own GPU, not cuda:0.
     """
     env = os.environ if env is None else env
     gpu = None if gpu in (None, "", "cpu") else str(gpu)
+    ranks = local_ranks(env)
     local_rank = env.get("LOCAL_RANK")
     if device == "cpu":
         if gpu is not None or local_rank is not None:
@@ -78,6 +113,7 @@ def resolve_device(device="auto", gpu=None, env=None):
     if device != "auto" and not device.startswith("cuda"):
         raise DistDiffError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:<i>")
     if not torch.cuda.is_available():
+        check_visible_devices(env)
         if device.startswith("cuda"):
             raise _no_cuda_error(f"--device {device}")
         if gpu is not None:
@@ -92,27 +128,41 @@ def resolve_device(device="auto", gpu=None, env=None):
         logger.warning("no GPU on this machine: running on the CPU")
         return torch.device("cpu")
     count = torch.cuda.device_count()
-    index = _cuda_index(device, gpu, local_rank, count)
+    index = cuda_index(device, gpu, ranks, count)
     if not 0 <= index < count:
         raise DistDiffError(f"GPU {index} asked for, but this process sees {count} GPU(s) "
                             f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')})")
     torch.cuda.set_device(index)
+    sharing = ranks_on_device(index, count, env)
     logger.info("device cuda:%d (%s)%s", index, torch.cuda.get_device_name(index),
                 f", LOCAL_RANK {local_rank}" if local_rank is not None else "")
+    if sharing > 1:
+        logger.warning("%d local ranks share cuda:%d (%d GPU(s) for %d ranks): each sizes its batch from its share "
+                       "of the free memory", sharing, index, count, ranks[1])
     return torch.device(f"cuda:{index}")
 
 
-def _cuda_index(device, gpu, local_rank, count):
-    """The CUDA index from cuda:<i>, the GPU index or LOCAL_RANK (in that order), else 0. Ranks
-    beyond the GPU count share GPUs round robin (e.g. 2 processes on a 1-GPU test machine)."""
+def cuda_index(device, gpu, ranks, count):
+    """The CUDA index: the local rank's (modulo the GPU count) under torchrun with several local
+    processes, else cuda:<i>, else the GPU index, else 0."""
+    explicit = device.split(":", 1)[1] if ":" in device else gpu
+    if ranks is not None and ranks[1] > 1:
+        if explicit is not None:
+            logger.info("torchrun: LOCAL_RANK %d decides the GPU; the explicit GPU index %s is ignored", ranks[0],
+                        explicit)
+        return ranks[0] % count
     try:
-        if ":" in device:
-            return int(device.split(":", 1)[1])
-        if gpu is not None:
-            return int(gpu)
+        return int(explicit) if explicit is not None else (ranks[0] % count if ranks is not None else 0)
     except ValueError:
-        raise DistDiffError(f"GPU index {gpu if ':' not in device else device!r} is not a number") from None
-    return int(local_rank) % count if local_rank is not None else 0
+        raise DistDiffError(f"GPU index {explicit!r} is not a number") from None
+
+
+def ranks_on_device(index, count, env=None):
+    """How many local ranks (torchrun) use cuda:<index> (1 without torchrun)."""
+    ranks = local_ranks(env)
+    if ranks is None or ranks[1] <= 1:
+        return 1
+    return sum(1 for rank in range(ranks[1]) if rank % count == index)
 
 
 def peak_memory_line(device):
@@ -142,3 +192,23 @@ def pipeline_dtype(precision, device):
     if dtype != torch.float32 and device.type != "cuda":
         raise DistDiffError(f"--precision {precision} needs --device cuda; use fp32 on the CPU")
     return dtype
+
+
+def check_gpu_list(gpus):
+    """A one-line error where a list of GPU indices (the shell chains' GPUS) names one the driver
+    does not list; nothing to check on a machine without a driver."""
+    listed = listed_gpus()
+    wrong = [g for g in gpus if not g.isdigit() or (listed and int(g) >= len(listed))]
+    if wrong:
+        seen = f"nvidia-smi lists {len(listed)} GPU(s) (indices 0-{len(listed) - 1})" if listed else "indices are numbers"
+        raise DistDiffError(f"GPUS names {', '.join(wrong)}, but {seen}")
+
+
+if __name__ == "__main__":
+    # `python -m distdiff.devices 0 1 2 3`: the shell chains check GPUS before starting any process.
+    import sys
+
+    try:
+        check_gpu_list(sys.argv[1:])
+    except DistDiffError as err:
+        sys.exit(f"error: {err}")

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff import shards
+from distdiff.devices import ranks_on_device
 from distdiff.engine import load_classifier
 from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
@@ -141,13 +142,16 @@ def choose_batch_size(batch_size, pipe, guide, guide_side, resolution, guided, d
 
     per_image = pipeline_image_memory(pipe, guide, guide_side, resolution, lookahead_steps)
     free, total = torch.cuda.mem_get_info(device)
+    sharing = ranks_on_device(device.index, torch.cuda.device_count())
+    free //= sharing  # torchrun ranks that share this GPU split its free memory
     batch, checkpointing = plan_batch(free, per_image, guided, checkpointing)
     need = (per_image.checkpointed if checkpointing else per_image.plain) if guided else per_image.unguided
     if batch < 1:
         raise DistDiffError(f"not even one image fits: {need / GIB:.1f} GiB per image predicted, {free / GIB:.1f} of "
                             f"{total / GIB:.1f} GiB free on {device}; free the GPU or lower --resolution")
-    logger.info("--batch_size auto: %d (%.2f GiB per image predicted%s; %.1f of %.1f GiB free on %s)", batch,
-                need / GIB, ", gradient checkpointing" if checkpointing else "", free / GIB, total / GIB, device)
+    logger.info("--batch_size auto: %d (%.2f GiB per image predicted%s; %.1f of %.1f GiB free on %s%s)", batch,
+                need / GIB, ", gradient checkpointing" if checkpointing else "", free / GIB, total / GIB, device,
+                f", its share for {sharing} ranks" if sharing > 1 else "")
     return batch, checkpointing
 
 

@@ -9,6 +9,7 @@ PY=python
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 read -r -a gpus <<< "${GPUS:-0}"
 n=${#gpus[@]}
+"$PY" -m distdiff.devices "${gpus[@]}"  # an index the driver does not list: one line, before any shard
 CUDA_VISIBLE_DEVICES=${gpus[0]} "$PY" expand_distdiff.py "$@" --prepare_only
 pids=()
 for i in "${!gpus[@]}"; do
