@@ -36,6 +36,7 @@ TRAIN_SPELLINGS = {
     "dataset": ("-d",), "arch": ("-a",), "lr": ("--learning-rate",), "batch_size": ("--train-batch-size",),
     "weight_decay": ("--wd",), "eval_batch_size": ("--val-batch-size",), "workers": ("-j",),
     "run_dir": ("--checkpoint",), "seed": ("--manualSeed",), "expanded_dir": ("--data_expanded_dir",),
+    "precision": ("--amp",),
 }
 
 

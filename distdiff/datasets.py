@@ -2,6 +2,7 @@
 names, roots and prompts is distdiff/registry.py)."""
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -72,10 +73,29 @@ def rgb_loader(path):
         raise DistDiffError(f"cannot read image {path}: {err}; delete or replace it") from None
 
 
-def _check_images(folder):
+def _check_images(folder, threads=1):
     """Open every image once so that a corrupt file fails before training, not mid-epoch."""
-    for path, _ in folder.samples:
-        rgb_loader(path)
+    decode_all(folder, lambda image: None, threads)
+
+
+def decode_all(folder, fn, threads=1, desc=None):
+    """[fn(decoded image) for every image of `folder`], in order, each image decoded once, on
+    `threads` threads (PIL decodes and torch resizes release the GIL); a bar for long folders."""
+    samples = folder.samples
+    bar = tqdm(total=len(samples), desc=desc or f"decode {Path(folder.root).name}", leave=False,
+               disable=len(samples) < 2000, dynamic_ncols=True)
+
+    def one(path):
+        out = fn(folder.loader(path))
+        bar.update()
+        return out
+    try:
+        if threads <= 1:
+            return [one(path) for path, _ in samples]
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+            return list(pool.map(one, [path for path, _ in samples]))
+    finally:
+        bar.close()
 
 
 def image_folder(root, transform=None, hint="", verify=True):
@@ -111,10 +131,8 @@ class Preloaded(torch.utils.data.Dataset):
     60 % of a digits training epoch.
     """
 
-    def __init__(self, folder, head, tail):
-        self.images = [head(folder.loader(path)) for path, _ in
-                       tqdm(folder.samples, desc=f"cache {Path(folder.root).name}", leave=False,
-                            disable=len(folder) < 2000, dynamic_ncols=True)]
+    def __init__(self, folder, head, tail, threads=1):
+        self.images = decode_all(folder, head, threads, desc=f"cache {Path(folder.root).name}")
         self.targets = list(folder.targets)
         self.classes = folder.classes
         self.tail = tail
@@ -214,9 +232,17 @@ def cache_budget_mb(cache_mb, need_bytes, available_bytes, processes=1):
 def estimate_cache_bytes(folder, head, probes=5):
     """Bytes that the uint8 outputs of `head` take for every image of `folder`, estimated from up
     to `probes` images spread over the folder (exact for centre-cropped evaluation splits,
-    approximate for resized training images of varying aspect ratio)."""
+    approximate for resized training images of varying aspect ratio). Only the files' headers are
+    read: `head` runs on blank pixels of each probe's size, so no image is decoded for this."""
     step = max(1, len(folder) // probes)
-    sizes = [_nbytes(head(folder.loader(path))) for path, _ in folder.samples[::step][:probes]]
+    sizes = []
+    for path, _ in folder.samples[::step][:probes]:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+        except (UnidentifiedImageError, OSError) as err:
+            raise DistDiffError(f"cannot read image {path}: {err}; delete or replace it") from None
+        sizes.append(_nbytes(head(torch.zeros(3, height, width, dtype=torch.uint8))))
     return int(sum(sizes) / len(sizes) * len(folder))
 
 
@@ -225,23 +251,25 @@ def _nbytes(tensor):
 
 
 class CacheBudget:
-    """Bytes left for in-memory image caches; splits that do not fit are decoded per access."""
+    """Bytes left for in-memory image caches; splits that do not fit are decoded per access.
+    Either way every image is decoded once here, before training, so a corrupt file fails first."""
 
-    def __init__(self, megabytes):
-        self.left = int(megabytes) << 20
+    def __init__(self, megabytes, threads=1):
+        self.left, self.threads = int(megabytes) << 20, threads
 
     def preload(self, folder, head, tail, need=None):
         """Preloaded(folder, head, tail) if its uint8 images (`need` bytes; estimated when None)
         fit the remaining budget, else the folder itself with the composed transform (the same
-        items, decoded on every access)."""
+        items, decoded on every access, after one checking pass)."""
         need = estimate_cache_bytes(folder, head) if need is None else need
         if need > self.left:
             logger.info("%s: %d images need ~%d MB in memory (%d MB of the cache budget left); decoding "
                         "them every epoch instead", folder.root, len(folder), need >> 20, self.left >> 20)
+            _check_images(folder, self.threads)
             folder.transform = v2.Compose([head, tail])
             return folder
         self.left -= need
-        return Preloaded(folder, head, tail)
+        return Preloaded(folder, head, tail, self.threads)
 
 
 def check_same_classes(expected, found, what):

@@ -179,6 +179,20 @@ def autocast_dtype(precision):
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def train_precision(precision, device):
+    """(resolved name, autocast dtype or None) of a training run's --precision: auto is bf16 on
+    CUDA where the GPU has it (Ampere and later), else fp16 (with a GradScaler), and fp32 on the
+    CPU; half precision asked for on the CPU is an error, never a silent fp32 run."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32", None
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = autocast_dtype(precision)
+    if dtype is not None and device.type != "cuda":
+        raise DistDiffError(f"--precision {precision} needs --device cuda; use auto or fp32 on the CPU")
+    return precision, dtype
+
+
 def resolve_precision(precision, device):
     """--precision auto: fp16 on CUDA (the authors' choice for the pipeline), fp32 on the CPU."""
     if precision == "auto":

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -74,6 +75,34 @@ def loader_workers(workers, device_type, cores=None):
     return min(cores or available_cores(), MAX_AUTO_WORKERS) if device_type == "cuda" else 0
 
 
+PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready in shared memory
+
+
+def sample_bytes(batch_size, image_size):
+    """Bytes of one float32 batch of RGB images, as a worker hands it over through /dev/shm."""
+    return batch_size * 3 * image_size * image_size * 4
+
+
+def shm_safe_workers(workers, batch_bytes, free_bytes=None, margin=0.5):
+    """`workers`, lowered where their batches in flight (PREFETCH_FACTOR per worker) would fill more
+    than `margin` of the free /dev/shm (a container's default is 64 MB): DataLoader workers hand
+    batches over there, and a full /dev/shm kills them with a bus error mid-epoch."""
+    if workers == 0:
+        return 0
+    if free_bytes is None:
+        try:
+            free_bytes = shutil.disk_usage("/dev/shm").free
+        except OSError:
+            return workers  # no /dev/shm (not Linux): the platform's own sharing applies
+    fits = int(free_bytes * margin // (PREFETCH_FACTOR * batch_bytes))
+    if fits >= workers:
+        return workers
+    logger.warning("/dev/shm has %d MB free and each DataLoader worker keeps ~%d MB of batches there: %d worker(s) "
+                   "instead of %d%s (give the container more, e.g. docker run --shm-size 8g)", free_bytes >> 20,
+                   PREFETCH_FACTOR * batch_bytes >> 20, fits, workers, "; loading in the main process" if not fits else "")
+    return fits
+
+
 def make_loader(dataset, batch_size, shuffle, workers, seed=0, pin_memory=False, persistent=False):
     """DataLoader whose shuffling order depends only on `seed` (set per epoch for resume).
 
@@ -95,7 +124,7 @@ def build_optimizer(model, lr, momentum=0.9, weight_decay=1e-4):
 
 
 def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=None, desc="train",
-                    batch_transform=None, scheduler=None):
+                    batch_transform=None, scheduler=None, memory_format=torch.preserve_format):
     """One pass over `loader` (any sized iterable of (images, labels) batches); returns (mean
     loss, accuracy). `scheduler`, if given, steps after every batch (a per-step schedule).
 
@@ -108,7 +137,8 @@ def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=Non
     # A per-batch bar only where an epoch is long enough to need one.
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                                disable=len(loader) < 20):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
         if batch_transform is not None:
             images, targets = batch_transform(images, labels)
             labels = targets.argmax(1)
@@ -136,14 +166,15 @@ def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=Non
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp_dtype=None):
+def evaluate(model, loader, device, amp_dtype=None, memory_format=torch.preserve_format):
     """Top-1 accuracy in percent; None when there is no loader."""
     if loader is None:
         return None
     model.eval()
     correct, seen = 0, 0
     for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             correct += (model(images).argmax(1) == labels).sum().item()
         seen += len(labels)
@@ -201,7 +232,7 @@ def write_results(run_dir, results):
 
 def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, batch_size=64, lr=0.1,
         momentum=0.9, weight_decay=1e-4, seed=1, workers=0, amp_dtype=None, batch_transform=None,
-        eval_batch_size=64, eval_every=1, select_on="val"):
+        eval_batch_size=64, eval_every=1, select_on="val", channels_last=False):
     """Train with the paper recipe, resuming from <run_dir>/last.pt; returns the results.json dict.
 
     `meta` (arch, classes, transform sizes) is stored in every checkpoint so the guide can be
@@ -215,14 +246,15 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
     epochs can be selected.
     """
     run_dir = Path(run_dir)
-    model.to(device)  # resolve_device made `device` current, so pinning uses this run's GPU
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format)  # resolve_device made `device` current, so pinning uses it
     optimizer = build_optimizer(model, lr, momentum, weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     run_args = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                     weight_decay=weight_decay, seed=seed, workers=workers)
     history, best_score, elapsed = [], -1.0, 0.0
-    state = _load_last(run_dir, model, optimizer, scheduler, epochs)
+    state = _load_last(run_dir, model, optimizer, scheduler, epochs, scaler)
     if state is not None:
         history, best_score, elapsed = state["history"], state["best_score"], state["seconds"]
         logger.info("resuming %s from epoch %d", run_dir, len(history))
@@ -246,11 +278,11 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
         loader = make_loader(train_set, batch_size, True, workers, seed=seed * 100003 + epoch, pin_memory=pin)
         current_lr = optimizer.param_groups[0]["lr"]
         loss, train_acc = train_one_epoch(model, loader, optimizer, device, amp_dtype, scaler,
-                                          batch_transform=batch_transform)
+                                          batch_transform=batch_transform, memory_format=memory_format)
         scheduler.step()
         val_acc = test_acc = None
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-            val_acc, test_acc = (evaluate(model, ld, device, amp_dtype) for ld in eval_loaders)
+            val_acc, test_acc = (evaluate(model, ld, device, amp_dtype, memory_format) for ld in eval_loaders)
         elapsed += time.time() - start
         history.append({"epoch": epoch + 1, "lr": current_lr, "train_loss": round(loss, 5),
                         "train_acc": round(train_acc, 3), "val_acc": val_acc, "test_acc": test_acc,
@@ -261,7 +293,7 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, 
         improved = score is not None and score > best_score
         if improved:
             best_score = score
-        checkpoint = _checkpoint(model, optimizer, scheduler, history, best_score, elapsed, run_args, meta)
+        checkpoint = _checkpoint(model, optimizer, scheduler, history, best_score, elapsed, run_args, meta, scaler)
         if improved:
             atomic_torch_save(checkpoint, run_dir / "model_best.pth.tar")
         atomic_torch_save(checkpoint, run_dir / "last.pt")
@@ -278,15 +310,16 @@ def _fmt(value):
     return "-" if value is None else f"{value:.2f}"
 
 
-def _checkpoint(model, optimizer, scheduler, history, best_score, seconds, run_args, meta):
-    """Everything needed to resume exactly: weights, optimizer, schedule, RNG and history."""
+def _checkpoint(model, optimizer, scheduler, history, best_score, seconds, run_args, meta, scaler=None):
+    """Everything needed to resume exactly: weights, optimizer, schedule, RNG, history, and the
+    fp16 loss scale where a GradScaler runs."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": len(history), "history": history,
             "best_score": best_score, "seconds": seconds, "meta": meta, "args": run_args,
-            "rng": torch.get_rng_state()}
+            "rng": torch.get_rng_state(), **({"scaler": scaler.state_dict()} if scaler is not None else {})}
 
 
-def _load_last(run_dir, model, optimizer, scheduler, epochs):
+def _load_last(run_dir, model, optimizer, scheduler, epochs, scaler=None):
     """Restore last.pt if present; an epoch budget change is an error, not a silent restart."""
     path = Path(run_dir) / "last.pt"
     if not path.is_file():
@@ -299,6 +332,8 @@ def _load_last(run_dir, model, optimizer, scheduler, epochs):
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     return state
 
 

@@ -56,6 +56,19 @@ def add_runtime_flags(parser, seed=None, seed_help="random seed", precision_help
     return parser
 
 
+TRAIN_PRECISIONS = ("auto",) + PRECISIONS
+
+
+def train_precision(value):
+    """--precision / --amp: auto, fp32, fp16 or bf16; off means fp32 and on means auto."""
+    return {"off": "fp32", "on": "auto"}.get(str(value).strip().lower(), str(value).strip().lower())
+
+
+def auto_or_bool(value):
+    """auto, or a True/False the way str2bool reads it."""
+    return "auto" if str(value).strip().lower() == "auto" else str2bool(value)
+
+
 # Positional forms from the seed README: `train_original.py caltech-101 resnet50 0.1 False 0`.
 TRAIN_POSITIONALS = [("dataset", str), ("arch", str), ("lr", float), ("pretrained", str2bool), ("gpu", str)]
 
@@ -116,9 +129,14 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
         help="set a group of flags at once (flags on the command line still win): authors = their training "
              "(Resize((256, 256)), bicubic for the guide and bilinear for retraining, the best test epoch kept); "
              "the run dir gets _preset-<name>")
-    add_runtime_flags(parser,
-                      precision_help="autocast dtype on CUDA (fp16 uses a GradScaler)")
+    add("precision", type=train_precision, choices=TRAIN_PRECISIONS,
+        help="autocast dtype (also --amp): auto = bf16 on CUDA (fp16 with a GradScaler on GPUs without bf16), "
+             "fp32 on the CPU; off or fp32 = no autocast; fp16 and bf16 need CUDA")
+    add("channels_last", type=auto_or_bool,
+        help="NHWC model and batches (faster convolutions on tensor cores): auto = on CUDA, off on the CPU")
+    add_runtime_flags(parser)
     return parser
+
 
 
 def add_train_expand_flags(parser):

@@ -28,8 +28,8 @@ PRESETS = {"authors": AUTHORS}
 # The authors' training (their train.py for the guide and the original-only baseline, and
 # train_expanded_data_concat_original.py for the retraining): Resize((256, 256)) then the same
 # crops and augmentations as ours, bicubic for the guide, torchvision's default bilinear for the
-# retraining, and the checkpoint of the best test epoch kept as the guide.
-TRAIN_PRESETS = {"authors": {"resize_mode": "squash", "guide_selection": "test"}}
+# retraining, and the checkpoint of the best test epoch kept as the guide; no autocast (fp32).
+TRAIN_PRESETS = {"authors": {"resize_mode": "squash", "guide_selection": "test", "precision": "fp32"}}
 AUTHORS_INTERPOLATION = {"original": "bicubic", "expand": "bilinear"}
 
 

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate.utils import set_seed
 from torch.utils.data import ConcatDataset
 
@@ -13,8 +14,8 @@ from distdiff import datasets as ds
 from distdiff import registry, shards
 from distdiff.augment import batch_transform, check_aug
 from distdiff.config import save_args
-from distdiff.devices import autocast_dtype, configure_cpu, resolve_device
-from distdiff.engine import fit, is_complete, loader_workers, parse_workers, read_results
+from distdiff.devices import configure_cpu, resolve_device, train_precision
+from distdiff.engine import fit, is_complete, loader_workers, parse_workers, read_results, sample_bytes, shm_safe_workers
 from distdiff.fileio import remove_stale_temps_in
 from distdiff.runs import setup_logging, train_run_dir
 from models.classifiers import UnknownArch, WeightsUnavailable, check_arch, create_classifier
@@ -45,7 +46,8 @@ class TrainConfig:
     data_dir: str | None = None      # root of the registered datasets (default: data/)
     device: str = "auto"
     gpu: str | None = None
-    precision: str = "fp32"
+    precision: str = "auto"         # autocast: bf16 on CUDA (fp16 + GradScaler without bf16), fp32 on the CPU
+    channels_last: str | bool = "auto"  # NHWC model and batches: on CUDA
     threads: int = 0
     eval_batch_size: int = 64
     eval_every: int = 1              # val/test passes every N epochs; the last epoch always has one
@@ -103,17 +105,18 @@ def side_by_side_jobs(env=None):
     return int(value)
 
 
-def build_datasets(spec, cfg, expanded_dirs=()):
+def build_datasets(spec, cfg, expanded_dirs=(), threads=1):
     """(train, val, test, classes, n_original, cache MB); expanded ImageFolders are concatenated
-    to the original train split. Every image is opened once here, before any training."""
+    to the original train split. Every image is decoded once here, before any training, on
+    `threads` threads: into the cache, or as a check where the cache cannot hold it."""
     (head, tail), (eval_head, eval_tail) = build_transforms(cfg)
-    train = ds.load_split(spec, spec.train_split)
+    train = ds.load_split(spec, spec.train_split, verify=False)
     expanded = []
     for folder in expanded_dirs:
-        expanded.append(ds.image_folder(folder, hint="run expand_distdiff.py first"))
+        expanded.append(ds.image_folder(folder, hint="run expand_distdiff.py first", verify=False))
         ds.check_same_classes(train.classes, expanded[-1].classes, f"expanded set {folder}")
-    val = ds.load_split(spec, spec.val_split)
-    test = ds.load_split(spec, spec.test_split)
+    val = ds.load_split(spec, spec.val_split, verify=False)
+    test = ds.load_split(spec, spec.test_split, verify=False)
     for name, split in (("val", val), ("test", test)):
         if split is not None:
             ds.check_same_classes(train.classes, split.classes, f"{name} split of {spec.name}")
@@ -124,7 +127,7 @@ def build_datasets(spec, cfg, expanded_dirs=()):
     cache_mb, reason = ds.cache_budget_mb(cfg.cache_mb, sum(needs), ds.available_memory(),
                                           side_by_side_jobs())
     logger.info("image cache: %s", reason)
-    budget = ds.CacheBudget(cache_mb)
+    budget = ds.CacheBudget(cache_mb, threads)
     loaded = [budget.preload(*split, need) for split, need in zip(splits, needs)]
     parts, evals = loaded[:1 + len(expanded)], iter(loaded[1 + len(expanded):])
     val, test = (next(evals) if split is not None else None for split in (val, test))
@@ -190,12 +193,16 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
         return read_results(run_dir)
     expansions = check_expansions(expanded_dirs, cfg.data_dir, allow_partial)
     device = resolve_device(cfg.device, cfg.gpu)
-    amp_dtype = autocast_dtype(cfg.precision) if device.type == "cuda" else None
+    precision, amp_dtype = train_precision(cfg.precision, device)
+    channels_last = device.type == "cuda" if cfg.channels_last == "auto" else cfg.channels_last
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN's fastest kernels, found once
     configure_cpu(cfg.threads)
     registry.ensure_prepared(spec)
     set_seed(cfg.seed)
-    workers = loader_workers(cfg.workers, device.type)
-    train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, expanded_dirs)
+    workers = shm_safe_workers(loader_workers(cfg.workers, device.type),
+                               sample_bytes(max(cfg.batch_size, cfg.eval_batch_size), cfg.image_size))
+    train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, expanded_dirs, threads=max(1, workers))
     epochs = cfg.epochs
     if equal_iterations:
         epochs = equal_iteration_epochs(cfg.epochs, n_original, len(train), cfg.batch_size)
@@ -212,14 +219,17 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
                                    "equal_iterations": equal_iterations, "epochs_run": epochs,
                                    "allow_partial": allow_partial, "expansions": expansions,
                                    "n_train": len(train), "device_resolved": str(device),
+                                   "precision_resolved": precision, "channels_last_resolved": channels_last,
+                                   "cudnn_benchmark": device.type == "cuda",
                                    "workers_resolved": workers, "cache_mb_resolved": cache_mb,
                                    "guide_selection": selection_label(cfg.guide_selection, val is not None)})
-    logger.info("%s: %d train images (%d classes), val %s, test %d, %d epochs, device %s, %d DataLoader "
+    logger.info("%s: %d train images (%d classes), val %s, test %d, %d epochs, device %s, %s%s, %d DataLoader "
                 "workers, image cache %d MB", run_dir, len(train), len(classes), len(val) if val else "-",
-                len(test), epochs, device, workers, cache_mb)
+                len(test), epochs, device, precision, ", channels_last" if channels_last else "", workers, cache_mb)
     results = fit(run_dir, model, train, val, test, device, meta=classifier_meta(cfg, classes),
                   epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                   weight_decay=cfg.weight_decay, seed=cfg.seed, workers=workers, amp_dtype=amp_dtype,
+                  channels_last=channels_last,
                   eval_batch_size=cfg.eval_batch_size, eval_every=cfg.eval_every, select_on=cfg.guide_selection,
                   batch_transform=batch_transform(cfg.aug, len(classes)))
     logger.info("results: %s", {k: results[k] for k in sorted(results)})

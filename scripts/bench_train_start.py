@@ -1,0 +1,100 @@
+"""What a retraining run does before its first step: image decodes and seconds (CPU).
+
+    python scripts/bench_train_start.py                          # this checkout
+    PYTHONPATH=/tmp/old python /tmp/old/scripts/bench_train_start.py --out bench/x.json   # another one
+
+It writes, once, a folder dataset shaped like the paper's retraining input (Caltech-like JPEGs of
+about 300x200 for train and test, plus an expansion of 512x512 PNGs, 5 per training image, as
+SD-1.4 writes them) into --workdir, then calls the library's `distdiff.training.build_datasets`
+as train_expand.py does (224-px crops from a 256 resize, the decoded-image cache on) and counts
+every image decode PIL performs (ImageFile.load calls that still have data to decode). Each image
+should be decoded once: the cache keeps its resized pixels and checks that it opens.
+"""
+import argparse
+import time
+from collections import Counter
+from pathlib import Path
+
+from PIL import ImageFile
+
+import embedded  # noqa: F401 - registers the embedded benchmark's datasets
+from distdiff import registry
+from distdiff.fileio import atomic_write_json
+from distdiff.options import run_cli
+from distdiff.training import TrainConfig, build_datasets
+from embedded.rehearsal import SIZES, fabricate_image
+
+
+def make_data(root, classes, train, test, ratio):
+    """<root>/{train,test}/<class>/*.jpg and <root>_expanded/<class>/*.png, once."""
+    expanded = root.parent / f"{root.name}_expanded"
+    if (root / "done").is_file():
+        return root, expanded
+    for label in range(classes):
+        name = f"class_{label:03d}"
+        for split, count in (("train", train), ("test", test)):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                index = i + (train if split == "test" else 0)
+                fabricate_image(label, index, SIZES[(label + index) % len(SIZES)]).save(folder / f"{i:04d}.jpg",
+                                                                                         quality=90)
+        (expanded / name).mkdir(parents=True, exist_ok=True)
+        for i in range(train):
+            for k in range(ratio):
+                fabricate_image(label, 1000 * k + i, (512, 512)).save(expanded / name / f"{i:04d}_expand_{k}.png")
+    (root / "done").write_text("ok\n")
+    return root, expanded
+
+
+def count_decodes():
+    """Patch PIL so that every decode of image data is counted by file name; returns the Counter."""
+    decodes, load = Counter(), ImageFile.ImageFile.load
+
+    def counted(self):
+        if self.tile:  # data left to decode (a second load() of the same image returns early)
+            decodes[getattr(self, "filename", "?")] += 1
+        return load(self)
+    ImageFile.ImageFile.load = counted
+    return decodes
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="bench/train_start", help="where the generated images go")
+    parser.add_argument("--classes", type=int, default=10, help="classes")
+    parser.add_argument("--train_per_class", type=int, default=30, help="training images per class (the paper's 30)")
+    parser.add_argument("--test_per_class", type=int, default=30, help="test images per class")
+    parser.add_argument("--expand_ratio", type=int, default=5, help="expanded images per training image")
+    parser.add_argument("--workers", default="0",
+                        help="--workers of the run (the cache decodes on this many threads where the library "
+                             "does so; 0 is the CPU default)")
+    parser.add_argument("--out", default="bench/train_start.json", help="JSON report")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    root, expanded = make_data(Path(args.workdir).resolve() / "data", args.classes, args.train_per_class,
+                               args.test_per_class, args.expand_ratio)
+    spec = registry.get_dataset(f"folder:{root}")
+    fields = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(dataset=spec.name, image_size=224, resize_size=256,
+                      **({"workers": int(args.workers)} if "workers" in fields else {}))
+    decodes = count_decodes()
+    start = time.time()
+    train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, [expanded])
+    seconds = time.time() - start
+    images = len(train) + len(test) + (len(val) if val is not None else 0)
+    report = {"images": images, "decodes": sum(decodes.values()), "decodes_per_image": sum(decodes.values()) / images,
+              "images_decoded_more_than_once": sum(n > 1 for n in decodes.values()), "seconds": round(seconds, 2),
+              "cache_mb": cache_mb, "workers": args.workers}
+    atomic_write_json(args.out, report)
+    print(f"build_datasets on {images} images ({len(train)} train incl. {len(train) - n_original} expanded at 512 px, "
+          f"{len(test)} test): {report['decodes']} decodes ({report['decodes_per_image']:.2f} per image, "
+          f"{report['images_decoded_more_than_once']} images more than once), {seconds:.1f} s, cache {cache_mb} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
