@@ -44,9 +44,11 @@ def read_results(run_dir):
 # Building blocks
 # ---------------------------------------------------------------------------
 
-# "auto" workers on CUDA stop at 8: more rarely speeds up one GPU at 224 px, and every worker
-# holds its own copy of the dataset object.
-MAX_AUTO_WORKERS = 8
+# "auto" workers on CUDA stop at 16. The training tail (RandomRotation on the cached uint8 tensor
+# dominates) costs about 4.5 ms per 224-px image on one core (docs/performance.md), so 8 workers
+# top out near 1,800 images/s, below what one recent GPU trains ResNet-50 at in bf16; beyond 16 a
+# node's other GPUs need the cores. Forked workers share the cache's pages (nothing writes them).
+MAX_AUTO_WORKERS = 16
 
 
 def available_cores():
@@ -62,17 +64,21 @@ def parse_workers(value):
     return auto_or_count(value, "--workers", "a number of DataLoader processes >= 0 (0 = the main process)")
 
 
-def loader_workers(workers, device_type, cores=None):
+def loader_workers(workers, device_type, cores=None, jobs=1):
     """DataLoader worker processes for --workers on a device of type `device_type`.
 
     "auto" is 0 (the main process) on the CPU, where workers would only compete with the
-    training threads for the same cores, and min(available cores, MAX_AUTO_WORKERS) on CUDA,
-    so that decoding and augmentation overlap with the GPU's work. A number is used as given.
+    training threads for the same cores, and on CUDA the available cores divided among the `jobs`
+    training processes running side by side (one per GPU with scripts/run_jobs.sh), at most
+    MAX_AUTO_WORKERS and at least 1, so that decoding and augmentation overlap with the GPU's
+    work. A number is used as given.
     """
     workers = parse_workers(workers)
     if workers != "auto":
         return workers
-    return min(cores or available_cores(), MAX_AUTO_WORKERS) if device_type == "cuda" else 0
+    if device_type != "cuda":
+        return 0
+    return max(1, min((cores or available_cores()) // max(1, jobs), MAX_AUTO_WORKERS))
 
 
 PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready in shared memory

@@ -108,7 +108,8 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
              "other epochs' accuracies empty and results.json uses the evaluated epochs only")
     add("workers", type=int_or_text,
         help="DataLoader worker processes (0 = the main process); auto: 0 on the CPU, on CUDA the cores "
-             f"this process may use, at most {engine.MAX_AUTO_WORKERS}")
+             f"this process may use divided by $DISTDIFF_TRAIN_JOBS (runs side by side), at most "
+             f"{engine.MAX_AUTO_WORKERS}")
     add("cache_mb", type=int_or_text,
         help=_help("keep decoded, resized uint8 images in memory up to this many MB in all (training images "
                    "first; 0 = no cache); splits that do not fit are decoded every epoch. auto: what the "

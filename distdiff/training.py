@@ -200,7 +200,7 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
     configure_cpu(cfg.threads)
     registry.ensure_prepared(spec)
     set_seed(cfg.seed)
-    workers = shm_safe_workers(loader_workers(cfg.workers, device.type),
+    workers = shm_safe_workers(loader_workers(cfg.workers, device.type, jobs=side_by_side_jobs()),
                                sample_bytes(max(cfg.batch_size, cfg.eval_batch_size), cfg.image_size))
     train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, expanded_dirs, threads=max(1, workers))
     epochs = cfg.epochs

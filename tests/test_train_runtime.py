@@ -30,8 +30,11 @@ def run_dir(out, seed=1):
 def test_auto_workers_are_the_main_process_on_the_cpu_and_the_cores_on_cuda():
     assert loader_workers("auto", "cpu", cores=16) == 0  # the CPU demo keeps its speed and numbers
     assert loader_workers("auto", "cuda", cores=4) == 4
-    assert loader_workers("auto", "cuda", cores=64) == MAX_AUTO_WORKERS == 8
-    assert loader_workers("auto", "cuda") == min(len(engine.os.sched_getaffinity(0)), 8)
+    assert loader_workers("auto", "cuda", cores=64) == MAX_AUTO_WORKERS == 16
+    assert loader_workers("auto", "cuda") == min(len(engine.os.sched_getaffinity(0)), 16)
+    assert loader_workers("auto", "cuda", cores=32, jobs=4) == 8  # 4 runs side by side share the cores
+    assert loader_workers("auto", "cuda", cores=2, jobs=4) == 1
+    assert loader_workers("auto", "cpu", cores=32, jobs=4) == 0
     for device_type in ("cpu", "cuda"):  # an explicit number wins
         assert loader_workers(3, device_type, cores=16) == 3
         assert loader_workers("0", device_type, cores=16) == 0
