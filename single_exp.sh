@@ -33,13 +33,15 @@ EQITER=${EQITER:-1}
 CHECKPOINT=${CHECKPOINT:-checkpoint}
 FIGURE_DIR=${FIGURE_DIR:-figure}
 PY=.venv/bin/python
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-$([ "$DATASET" = digits ] && echo 1 || echo 0)}
+case "$DATASET" in digits|digits10) export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} ;; esac  # embedded: no Hub; else as the user set it
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # jobs share the cores: OpenMP threads must not spin
 start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 
 stage "1/8 environment"
 bash scripts/setup.sh
+# shellcheck disable=SC2086
+[ -z "$GPUS" ] || $PY -m distdiff.devices $GPUS  # a GPUS index the driver does not list: one line, now
 # The arch comes from configs/<dataset>.yaml unless ARCH is set (resnet50 for the paper's datasets).
 # Run directories and the YAML are the library's business: `python -m distdiff.runs` answers.
 ARCH=${ARCH:-$($PY -m distdiff.runs arch "$DATASET")}
