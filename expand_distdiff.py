@@ -101,6 +101,7 @@ def main(argv=None):
     items = shards.work_items(sources.samples, args.expand_ratio, args.limit, args.first_image_index)
     if args.verify:
         return verify(args, sources, items)
+    setup_logging()  # stdout only until the inputs are known to be good; the device line is shown
     device = resolve_device(args.device, args.gpu)
     dtype = pipeline_dtype(args.precision, device)
     args.precision = resolve_precision(args.precision, device)  # args.yaml records what ran

@@ -4,10 +4,12 @@
   reads (`<root>/caltech101/101_ObjectCategories/<class>/image_0001.jpg`), with BACKGROUND_Google
   and Faces_easy among a few classes, JPEGs at real-world sizes and aspect ratios, one grayscale.
 * `install_in_hf_cache(folder, repo_id, cache_dir)`: put a diffusers folder into a Hugging Face
-  cache under a Hub id, so `from_pretrained(repo_id)` finds it offline.
+  cache under a Hub id, so that `distdiff.pipeline.load_pipeline(repo_id)` finds it without
+  network, as it finds a real cached snapshot (the SD-1.4 stand-in of embedded/sd_shapes.py has
+  SD-1.4's file layout).
 
-tests/test_paper_path.py, scripts/gpu_check.py and
-scripts/bench_memory.py use them.
+tests/test_paper_path.py, tests/test_hub.py, scripts/gpu_check.py and scripts/bench_memory.py
+use them.
 """
 import shutil
 from pathlib import Path

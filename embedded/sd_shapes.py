@@ -2,21 +2,23 @@
 
     build_shape("sd14", device="meta")   # SD-1.4's UNet / VAE / CLIP ViT-L/14 text encoder, no memory
     build_shape("sd14")                  # the same with seeded random weights (benchmarks only)
-    save_rehearsal_pipeline(dir, prompts) # a tiny pipeline laid out like CompVis/stable-diffusion-v1-4
+    save_rehearsal_pipeline(dir, prompts) # a tiny pipeline in CompVis/stable-diffusion-v1-4's file layout
     save_shape_pipeline("sd14", dir)      # SD-1.4's shape, random fp16 weights, in that layout
 
 The cost of a network (time, activation memory) depends on its shape, not on its weights, so the
 benchmarks measure SD-scale cost on these. Their images are noise: expand_distdiff.py refuses a
 `shape:` model. The configs below are written out from the model repositories' config.json files
 (CompVis/stable-diffusion-v1-4, stabilityai/stable-diffusion-2-1-base); keys not listed take the
-diffusers/transformers defaults, which match those files.
+diffusers/transformers defaults, which match those files. The SD14_* files below are SD-1.4's
+published ones (its Hub repository's main branch), so that the stand-ins load through the same
+code paths as a real snapshot of it.
 """
 import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from embedded.prior import build_components, build_tokenizer, export_vocab_files
 
@@ -27,9 +29,6 @@ _SD_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=
                 block_out_channels=(320, 640, 1280, 1280),
                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-# The scheduler SD-1.4 and 2.1-base ship (expand_distdiff.py swaps in DDIM from this config).
-SD_PNDM = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-               skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
 SHAPES = {
     "sd14": dict(  # CompVis/stable-diffusion-v1-4: 859.5M UNet, 83.7M VAE, 123.1M text encoder
         unet=dict(_SD_UNET, cross_attention_dim=768, attention_head_dim=8),
@@ -47,6 +46,77 @@ SHAPES = {
     ),
 }
 SHAPE_PREFIX = "shape:"
+
+
+# ---------------------------------------------------------------------------
+# CompVis/stable-diffusion-v1-4's files as published: the keys and values of its main branch
+# (read from a git mirror of the Hub repository's history)
+# ---------------------------------------------------------------------------
+
+SD14_MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.2.2",
+    "feature_extractor": ["transformers", "CLIPImageProcessor"],
+    "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+    "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+# The scheduler SD-1.4 ships; the expander swaps in DDIM from this config. PNDM ignores
+# clip_sample, but the DDIM scheduler built from the config inherits it.
+SD14_SCHEDULER = {
+    "_class_name": "PNDMScheduler", "_diffusers_version": "0.7.0.dev0", "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+    "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+    "clip_sample": False,
+}
+
+
+def _sd14_token(content, typed=True):
+    """A special token as SD-1.4's tokenizer files spell it (tokenizer_config.json adds `__type`)."""
+    token = {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+    return {"__type": "AddedToken", **token} if typed else token
+
+
+# The tokenizer folder holds vocab.json, merges.txt and these two files; no tokenizer.json.
+SD14_TOKENIZER_CONFIG = {
+    "add_prefix_space": False, "bos_token": _sd14_token("<|startoftext|>"), "do_lower_case": True,
+    "eos_token": _sd14_token("<|endoftext|>"), "errors": "replace", "model_max_length": 77,
+    "name_or_path": "openai/clip-vit-large-patch14", "pad_token": "<|endoftext|>",
+    "special_tokens_map_file": "./special_tokens_map.json", "tokenizer_class": "CLIPTokenizer",
+    "unk_token": _sd14_token("<|endoftext|>"),
+}
+SD14_SPECIAL_TOKENS_MAP = {
+    "bos_token": _sd14_token("<|startoftext|>", False), "eos_token": _sd14_token("<|endoftext|>", False),
+    "pad_token": "<|endoftext|>", "unk_token": _sd14_token("<|endoftext|>", False),
+}
+# The feature extractor's config in its 2022 format (integer sizes, CLIPFeatureExtractor).
+SD14_PREPROCESSOR = {
+    "crop_size": 224, "do_center_crop": True, "do_convert_rgb": True, "do_normalize": True, "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224,
+}
+# The safety checker's config.json, abridged: its top-level keys and the two *_config_dict
+# entries; the published file also holds transformers' dump of every text and vision default
+# (text_config, vision_config), which nothing here reads. Its weights are absent, as in a
+# snapshot downloaded without them: the pipeline is loaded with safety_checker=None.
+SD14_SAFETY_CHECKER = {
+    "_name_or_path": "./safety_module", "architectures": ["StableDiffusionSafetyChecker"],
+    "initializer_factor": 1.0, "logit_scale_init_value": 2.6592, "model_type": "clip", "projection_dim": 768,
+    "text_config_dict": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                         "num_hidden_layers": 12},
+    "vision_config_dict": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                           "num_hidden_layers": 24, "patch_size": 14},
+    "torch_dtype": "float32", "transformers_version": None,
+}
+# Every file of a stand-in saved by save_like_sd14: SD-1.4's layout with one weight file per
+# model (SD-1.4 also ships .bin, fp16 and non-EMA variants, which a download skips).
+SD14_FILES = (
+    "feature_extractor/preprocessor_config.json", "model_index.json", "safety_checker/config.json",
+    "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+    "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
 
 
 def shape_name(model):
@@ -82,8 +152,9 @@ def build_shape(name, device="cpu", seed=0, prompts=("a photo of a thing",)):
 def sd_scheduler():
     """SD's PNDM scheduler with its config file's clip_sample=False, which PNDM ignores but the DDIM
     scheduler built from this config inherits (DDIM's own default would clip x0 to [-1, 1])."""
-    scheduler = PNDMScheduler(**SD_PNDM)
-    scheduler.register_to_config(clip_sample=False)
+    settings = {k: v for k, v in SD14_SCHEDULER.items() if not k.startswith("_") and k != "clip_sample"}
+    scheduler = PNDMScheduler(**settings)
+    scheduler.register_to_config(clip_sample=SD14_SCHEDULER["clip_sample"])
     return scheduler
 
 
@@ -96,12 +167,11 @@ def shape_pipeline(name, device="cpu", dtype=torch.float32, seed=0, prompts=("a 
 
 
 def save_rehearsal_pipeline(out_dir, prompts, seed=0):
-    """A tiny untrained pipeline in CompVis/stable-diffusion-v1-4's layout, for the paper-path test.
+    """A tiny untrained pipeline in CompVis/stable-diffusion-v1-4's file layout, for the paper-path test.
 
     SD-1.4's config where it matters: 512 px images from 64x64x4 latents (a 4-level VAE), the
     scaling factor 0.18215, SD's PNDM scheduler config (the expander swaps in DDIM from it), a CLIP
-    tokenizer folder with 77-token prompts, a feature extractor, and a model_index.json that lists
-    the safety checker as SD-1.4's does (its weights are absent; the expander never loads it).
+    tokenizer with 77-token prompts, and SD-1.4's files around the models (save_like_sd14).
     Widths are tiny, and attention runs only at the UNet's 16x16 level (SD also attends at 64x64
     and in the VAE's middle, which at this width would cost more than everything else), so a
     512-px image costs about a second on a CPU.
@@ -112,7 +182,7 @@ def save_rehearsal_pipeline(out_dir, prompts, seed=0):
                              vae_norm_groups=4, unet_norm_groups=8, heads=2, vae_mid_attention=False)
     parts["vae"].register_to_config(scaling_factor=_SD_VAE["scaling_factor"])
     parts["scheduler"] = sd_scheduler()
-    pipe = StableDiffusionImg2ImgPipeline(**parts, safety_checker=None, feature_extractor=CLIPImageProcessor(),
+    pipe = StableDiffusionImg2ImgPipeline(**parts, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
     return save_like_sd14(pipe, out_dir)
 
@@ -124,12 +194,28 @@ def save_shape_pipeline(name, out_dir, prompts=("a photo of a thing",), dtype=to
 
 
 def save_like_sd14(pipe, out_dir):
-    """save_pretrained, plus the tokenizer's vocab/merges files and a model_index.json that lists
-    the safety checker as SD-1.4's does (its weights are absent; the expander never loads it)."""
+    """`pipe` written in CompVis/stable-diffusion-v1-4's file layout (SD14_FILES): the UNet, VAE
+    and text encoder by their own save_pretrained, the tokenizer's vocabulary as vocab.json +
+    merges.txt, and every other file SD-1.4's published one. That is what a loader meets in a
+    snapshot of SD-1.4, unlike a folder that today's `save_pretrained` writes: no tokenizer.json
+    (the tokenizer is built from the vocabulary files), the feature extractor's 2022 config, the
+    safety checker's config without weights, and a model_index.json naming StableDiffusionPipeline."""
+    config = pipe.scheduler.config
+    differs = {k: config.get(k) for k, v in SD14_SCHEDULER.items() if not k.startswith("_") and config.get(k) != v}
+    if type(pipe.scheduler).__name__ != SD14_SCHEDULER["_class_name"] or differs:
+        raise ValueError(f"the pipeline's scheduler ({type(pipe.scheduler).__name__}, {differs}) is not SD-1.4's, "
+                         "whose config file this layout holds")
     out_dir = Path(out_dir)
-    pipe.save_pretrained(out_dir)
+    for name in ("unet", "vae", "text_encoder"):
+        getattr(pipe, name).save_pretrained(out_dir / name)
     export_vocab_files(pipe.tokenizer, out_dir / "tokenizer")
-    index = json.loads((out_dir / "model_index.json").read_text())
-    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"], requires_safety_checker=True)
-    (out_dir / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    files = {"model_index.json": SD14_MODEL_INDEX, "scheduler/scheduler_config.json": SD14_SCHEDULER,
+             "tokenizer/tokenizer_config.json": dict(SD14_TOKENIZER_CONFIG,
+                                                     model_max_length=pipe.tokenizer.model_max_length),
+             "tokenizer/special_tokens_map.json": SD14_SPECIAL_TOKENS_MAP,
+             "feature_extractor/preprocessor_config.json": SD14_PREPROCESSOR,
+             "safety_checker/config.json": SD14_SAFETY_CHECKER}
+    for name, content in files.items():
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / name).write_text(json.dumps(content, indent=2) + "\n")
     return out_dir

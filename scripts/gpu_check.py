@@ -1,35 +1,55 @@
 """The acceptance run for a new GPU machine, in at most 8 minutes (scripts/gpu_check.sh).
 
     bash scripts/gpu_check.sh                       # on the GPU machine; report in $OUT or the work dir
+    bash scripts/gpu_check.sh --with_compile        # also --compile in the speed-ups step (about 1 minute more)
     bash scripts/gpu_check.sh --cpu_smoke           # the same steps with tiny shapes on the CPU (the tests run it)
 
 Each step prints PASS, FAIL or SKIP as it finishes, runs under its own time cap (and within the
 total budget), and a failing step never hides the others; one JSON report holds every step's
-numbers (`$OUT/gpu_check.json` when OUT is set, else `<workdir>/gpu_check.json`). Exit 1 when any
-step failed. Offline: stand-ins with the real shapes replace every download.
+numbers (`$OUT/gpu_check.json` when OUT is set, else `<workdir>/gpu_check.json`; the temporary
+work dir's report is kept beside it as `<workdir>.json`, since the dir is removed). Offline:
+stand-ins with the real shapes replace every download.
+
+Exit status: 0 only when every step passed; 1 when any step failed; 2 when none failed but some
+were skipped (a cap that no longer fit the budget, or an earlier step's result missing), so a run
+cannot pass by skipping. The last line names the failed and the skipped steps.
+
+Every step after the first starts from a clean GPU: the in-process pipeline of steps 3-5 is freed
+before the steps that start their own processes (expand, torchrun, speed-ups), the allocator
+cache is emptied, and each step's line and report entry give the GPU memory free at its start.
 
 Steps, with the time each should take on one H100 (from counted FLOPs, docs/performance.md: a
 CFG UNet call is 1.6 TFLOP, a 512-px decode 2.5, the look-ahead's forward and backward 17, a guided
 image 60; assuming 300 TFLOP/s sustained in fp16 and 60 in fp32, plus measured CPU-side costs):
  1 versions     torch, CUDA build, driver, the GPUs; FAIL when a GPU is listed but torch cannot use it (~2 s)
- 2 pipeline     SD-1.4's shape (random weights) saved in fp16 into a temporary Hugging Face cache as
-                CompVis/stable-diffusion-v1-4, loaded through the real Hub-id path; dtype, device and
-                the DDIM scheduler asserted (~40 s: 1.07 B parameters initialised, 2.1 GB written and read)
- 3 guide        stand-in Caltech-101 prepared, ResNet-50 guide trained 2 epochs on CUDA; training
+ 2 guide        stand-in Caltech-101 prepared, ResNet-50 guide trained 2 epochs on CUDA; training
                 images/s (~40 s, mostly process start-up)
+ 3 pipeline     SD-1.4's shape (random weights) saved in fp16 in SD-1.4's file layout (a tokenizer
+                of vocab.json + merges.txt without tokenizer.json, the safety checker's config
+                without weights, its model_index.json and scheduler config) into a temporary
+                Hugging Face cache as CompVis/stable-diffusion-v1-4, loaded through the real Hub-id
+                path; dtype, device and the DDIM scheduler asserted (~40 s: 1.07 B parameters
+                initialised, 2.1 GB written and read)
  4 gradients    the guidance gradient on (a, b) at SD-1.4 shape: fp16 loss-scaled and the authors' unscaled
                 fp16 against fp32 (cosine, norm ratio, zero and non-finite counts) (~20 s: 3 x 17 TFLOP)
  5 memory       the ladder --batch_size auto relies on: measured peak vs predicted per image, plain and
-                with checkpointing, at batch 1, 2 and the planned batch; then an out-of-memory recovery
-                from twice the planned batch (~40 s)
+                with checkpointing, at batch 1, 2 and the planned batch; out-of-memory recovery: twice
+                the planned batch must be halved until it fits, and 4 images whose guidance meets an
+                injected out-of-memory error at batch 4 must equal those of a plain run at the halved
+                batch (~50 s)
  6 expand       expand_distdiff.py by Hub id at SD-1.4 shape, 2 sources x 5 copies, all defaults
-                (batch auto, fp16); images/s and peak memory (~60 s: 10 x 60 TFLOP plus loading)
- 7 torchrun     2 processes (one per GPU, or sharing one) give the images of one process (~40 s)
- 8 speed-ups    --compile and --channels_last give the same images, only if the budget allows (~90 s)
-Predicted total: about 5.5 minutes; the caps add up to more, and the 8-minute budget cuts the
-last steps short rather than overrun (a step starts only with its cap's time left).
+                (batch auto, fp16) on the freed GPU; images/s and peak memory (~60 s: 10 x 60 TFLOP
+                plus loading)
+ 7 torchrun     2 processes (one per GPU, or sharing one) give the images of one process; each rank's
+                device from its log, distinct GPUs where there are 2 or more (~40 s)
+ 8 speed-ups    --channels_last, and with --with_compile also --compile, gives the same images
+                (~30 s; ~90 s with compile)
+Predicted total: about 5 minutes (6 with --with_compile); the caps add up to more, and the
+8-minute budget cuts the last steps short (SKIP, exit 2) rather than overrun: a step starts
+only with its cap's time left.
 """
 import argparse
+import gc
 import json
 import os
 import platform
@@ -41,6 +61,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 SD14 = "CompVis/stable-diffusion-v1-4"
@@ -63,9 +84,12 @@ def get_parser():
         help="tiny shapes on the CPU: the same steps, to keep this script working (the test suite runs it)")
     add("--budget", type=float, default=480.0, help="seconds for all steps together")
     add("--workdir", default=None, help="stand-ins and outputs (default: a temporary dir, removed afterwards)")
-    add("--report", default=None, help="JSON report path (default: $OUT/gpu_check.json, else <workdir>/gpu_check.json)")
+    add("--report", default=None, help="JSON report path (default: $OUT/gpu_check.json, else <workdir>/gpu_check.json, "
+                                       "or <workdir>.json for the temporary work dir, which is removed)")
     add("--tolerance", type=float, default=3.0,
         help="largest mean |difference| in 8-bit levels between runs that must give the same images")
+    add("--with_compile", "--with-compile", action="store_true",
+        help="also check --compile in the speed-ups step (off by default: compiling costs about a minute)")
     return parser
 
 
@@ -74,7 +98,7 @@ def get_parser():
 # ---------------------------------------------------------------------------
 
 class Context:
-    """What the steps share: paths, device, the loaded pipeline, the report."""
+    """What the steps share: paths, device, the loaded pipeline, the earlier steps' results."""
 
     def __init__(self, args, work):
         self.args, self.work, self.cpu = args, work, args.cpu_smoke
@@ -83,7 +107,7 @@ class Context:
                         HF_HUB_CACHE=str(self.hf_cache), HF_HUB_OFFLINE="1",
                         PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         self.ckpt = work / "checkpoint"
-        self.device, self.dtype, self.pipe, self.guide_ckpt, self.tiny, self.expanded = (None,) * 6
+        self.device, self.dtype, self.pipe, self.hub_model, self.guide_ckpt, self.tiny, self.expanded = (None,) * 7
         # Expansions: 2 sources x 5 copies (2 blocks: one per torchrun rank); the smoke at 128 px, 10 steps.
         self.limit, self.schedule = (2, ["--num_steps", "10", "--guidance_step", "4", "--resolution", "128",
                                          "--device", "cpu"]) if self.cpu else (2, [])
@@ -102,6 +126,25 @@ class Context:
             errors = [line for line in lines if line.startswith("error:")] or lines[-1:] or ["no output"]
             raise AssertionError(f"`{Path(str(argv[1])).name}` exit {proc.returncode}: {errors[0][:200]} (see {log})")
         return proc.stdout + proc.stderr
+
+    def clean_gpu(self, keep_pipe):
+        """Free what the last step left: the pipeline too unless this step uses it (a step that starts
+        its own processes must find the GPU as empty as a user's run would), then the allocator cache."""
+        if not keep_pipe:
+            self.pipe = None
+        gc.collect()
+        if self.device is not None and self.device.type == "cuda":
+            import torch
+            torch.cuda.empty_cache()
+
+    def gpu_memory(self):
+        """{free_gib, total_gib, held_here_gib} of the GPU now; None where it is not measured (CPU)."""
+        if self.device is None or self.device.type != "cuda":
+            return None
+        import torch
+        free, total = torch.cuda.mem_get_info(self.device)
+        return {"free_gib": round(free / 2 ** 30, 2), "total_gib": round(total / 2 ** 30, 2),
+                "held_here_gib": round(torch.cuda.memory_reserved(self.device) / 2 ** 30, 2)}
 
 
 def images(folder):
@@ -124,6 +167,11 @@ def expand_cmd(ctx, exp, model, *extra):
     return [sys.executable, "expand_distdiff.py", "--dataset", "caltech-101", "--model", model, "--guide_ckpt",
             ctx.guide_ckpt, "--checkpoint_root", ctx.ckpt, "--limit", str(ctx.limit), "--exp", exp, *ctx.schedule,
             *extra]
+
+
+def halved(start, final):
+    """True when a batch of `start` ran as `final` after one or more halvings (start // 2**k, k >= 1)."""
+    return any(start >> k == final for k in range(1, start.bit_length()))
 
 
 def requires(*names):
@@ -166,7 +214,7 @@ def step_pipeline(ctx):
 
     from distdiff.pipeline import load_pipeline
     from embedded.rehearsal import hf_snapshot
-    from embedded.sd_shapes import save_rehearsal_pipeline, save_shape_pipeline
+    from embedded.sd_shapes import SD14_FILES, save_rehearsal_pipeline, save_shape_pipeline
 
     prompts = [f"a photo of a {c}" for c in KEPT]
     start = time.time()
@@ -176,6 +224,8 @@ def step_pipeline(ctx):
     else:
         save_shape_pipeline("sd14", snapshot, prompts, dtype=torch.float16)
     saved = time.time() - start
+    layout = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
+    assert layout == sorted(SD14_FILES), f"the snapshot is not in SD-1.4's file layout: {layout}"
     ctx.tiny = save_rehearsal_pipeline(ctx.work / "tiny_pipeline", prompts)  # steps 7 and 8
     start = time.time()
     pipe = load_pipeline(SD14, ctx.device, ctx.dtype)  # the real Hub-id path, from the temporary cache
@@ -184,9 +234,11 @@ def step_pipeline(ctx):
     assert pipe.unet.device.type == ctx.device.type, f"UNet on {pipe.unet.device}"
     config = pipe.scheduler.config
     assert type(pipe.scheduler).__name__ == "DDIMScheduler" and not config.clip_sample and config.steps_offset == 1
-    ctx.pipe = pipe
+    assert pipe.safety_checker is None and type(pipe.tokenizer).__name__ == "CLIPTokenizer"
+    ctx.pipe, ctx.hub_model = pipe, SD14
     params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
     return (f"{params / 1e6:,.1f} M parameters, {ctx.dtype}, {ctx.device}, DDIM (clip_sample False, steps_offset 1); "
+            f"SD-1.4's file layout (vocab/merges tokenizer, safety checker config without weights); "
             f"saved in {saved:.0f} s, loaded by Hub id in {loaded:.0f} s"), {"parameters": params, "save_s": saved,
                                                                               "load_s": loaded}
 
@@ -301,6 +353,7 @@ def step_memory(ctx):
     pipe = ctx.pipe
     sampler, _, _, _ = guidance_fixture(ctx, pipe, batch=1)
     predicted = memory.pipeline_image_memory(pipe, sampler.guide, sampler.guide_input.image_size, sampler.resolution)
+    del sampler
     cuda = ctx.device.type == "cuda"
     free = torch.cuda.mem_get_info(ctx.device)[0] if cuda else 80 * memory.GIB  # the smoke plans for 80 GB
     numbers = {"predicted_gib": {k: v / memory.GIB for k, v in vars(predicted).items()}, "free_gib": free / memory.GIB,
@@ -331,24 +384,90 @@ def step_memory(ctx):
                 worst = max(worst, measured / (per_image / memory.GIB))
     for module in (pipe.unet, pipe.vae):
         module.disable_gradient_checkpointing()
-    # Out-of-memory recovery: twice the planned plain batch must halve until it fits.
-    start_batch = 2 * max(memory.largest_batch(free, predicted.plain), 1) if cuda else 2
-    sizes = BatchSize(start_batch)
-    sizes.run(lambda piece: guidance_pass(len(piece)), list(range(start_batch)))
-    numbers.update(oom_start_batch=start_batch, oom_final_batch=sizes.size, worst_measured_over_predicted=worst)
+    numbers["worst_measured_over_predicted"] = worst
     ladder = ", ".join(f"{'ckpt' if r['checkpointing'] else 'plain'} b{r['batch']}: "
                        + (f"{r['measured_gib_per_image']:.2f}/{r['predicted_gib_per_image']:.2f}"
                           if r["measured_gib_per_image"] is not None else f"-/{r['predicted_gib_per_image']:.2f}")
                        for r in numbers["ladder"])
-    detail = (f"GiB per image measured/predicted: {ladder}; batch {start_batch} ran as {sizes.size}"
-              + ("" if cuda else " (CPU: peaks not measured)"))
+    detail = f"GiB per image measured/predicted: {ladder}" + ("" if cuda else " (CPU: peaks not measured)")
     assert worst <= 1.1, f"the model under-predicts (worst measured/predicted {worst:.2f}): {detail}"
+    if cuda:  # a real out-of-memory error: twice the planned plain batch must be halved until it fits
+        start_batch = 2 * max(memory.largest_batch(free, predicted.plain), 1)
+        sizes = BatchSize(start_batch)
+        sizes.run(lambda piece: guidance_pass(len(piece)), list(range(start_batch)))
+        numbers.update(oom_start_batch=start_batch, oom_final_batch=sizes.size)
+        assert halved(start_batch, sizes.size), (f"batch {start_batch}, twice the planned one, ran as {sizes.size} "
+                                                 f"without being halved: the memory model over-predicts ({detail})")
+        detail += f"; out of memory: batch {start_batch} halved to {sizes.size}"
+    else:
+        detail += "; a real out-of-memory error is not provoked on the CPU"
+    injected = injected_oom_images(ctx, pipe)
+    numbers["injected_oom"] = injected
+    same = "identical to" if injected["max_diff"] == 0 else f"within {injected['max_diff']} levels of"
+    detail += (f"; injected out-of-memory error: batch {injected['start_batch']} halved to {injected['final_batch']}, "
+               f"images {same} a plain run at batch {injected['final_batch']}")
     return detail, numbers
 
 
+def injected_oom_images(ctx, pipe, items=4, fits=2):
+    """Sample `items` images through BatchSize(items).run, with an out-of-memory error raised from the
+    guidance of any piece larger than `fits` (mid-sampling, where a real one strikes), and compare
+    them with a plain run at the batch it fell back to: the retry must redo the failed piece whole.
+    Each run has a sampler of its own, as each expand_distdiff.py process has."""
+    import torch
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    from distdiff.expansion import BatchSize
+    from distdiff.sampler import draw_item
+
+    def out_of_memory():
+        return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by gpu_check)")
+    assert should_reduce_batch_size(out_of_memory()), "accelerate does not take the injected error for out-of-memory"
+    sampler = guidance_fixture(ctx, pipe)[0]
+    shape = sampler.latent_shape()
+    generator = torch.Generator().manual_seed(2)
+    posterior_mean = torch.randn(items, *shape, generator=generator)
+    posterior_std = torch.full_like(posterior_mean, 0.1)
+    labels = torch.arange(items) % len(KEPT)
+    injected = []
+
+    def fail_large_guidance(module, args):  # classifier-free guidance doubles the UNet's batch
+        if torch.is_grad_enabled() and args[0].shape[0] > 2 * fits:
+            injected.append(args[0].shape[0] // 2)
+            raise out_of_memory()
+
+    def sampling(sampler):
+        def sample(piece):  # every item draws from its own generator, as in an expansion
+            draws = [draw_item(torch.Generator().manual_seed(1000 + i), shape, sampler.guidance_cfg.repeats)
+                     for i in piece]
+            mean, std = (x[piece].to(ctx.device, sampler.dtype) for x in (posterior_mean, posterior_std))
+            images, _ = sampler.sample(mean, std, labels[piece], draws)
+            return ((images.float().clamp(-1, 1) + 1) * 127.5).round().cpu()  # 8-bit levels
+        return sample
+
+    hook = pipe.unet.register_forward_pre_hook(fail_large_guidance)
+    try:
+        sizes = BatchSize(items)
+        recovered = torch.cat(sizes.run(sampling(sampler), list(range(items))))
+    finally:
+        hook.remove()
+    fresh = guidance_fixture(ctx, pipe)[0]
+    plain = torch.cat(BatchSize(sizes.size).run(sampling(fresh), list(range(items))))
+    diff = (recovered - plain).abs()
+    result = {"start_batch": items, "final_batch": sizes.size, "injected_at": injected,
+              "mean_diff": float(diff.mean()), "max_diff": int(diff.max())}
+    assert injected, f"the injected out-of-memory error never fired: {result}"
+    assert halved(items, sizes.size) and sizes.size <= fits, f"batch {items} was not halved to {fits}: {result}"
+    if ctx.device.type == "cpu":  # the same pieces on deterministic kernels: bit for bit
+        assert result["max_diff"] == 0, f"the images after the out-of-memory retry differ: {result}"
+    else:  # attention backward kernels may sum in another order
+        assert result["mean_diff"] <= ctx.args.tolerance, f"the images after the retry differ: {result}"
+    return result
+
+
 def step_expand(ctx, cap):
-    requires("guide_ckpt", "pipe")(ctx)
-    log = ctx.run(expand_cmd(ctx, "hub", SD14), cap, "expand")
+    requires("guide_ckpt", "hub_model")(ctx)
+    log = ctx.run(expand_cmd(ctx, "hub", ctx.hub_model), cap, "expand")
     out = ctx.ckpt / "caltech-101" / "expansions" / "hub"
     written = len(list(out.rglob("*.png")))
     manifest = [json.loads(line) for p in out.glob("manifest_shard*.jsonl") for line in p.read_text().splitlines()]
@@ -360,7 +479,7 @@ def step_expand(ctx, cap):
                "peak_mb": int(peak[-1]) if peak else None, "batch": int(batch[0]) if batch else None}
     assert written == 5 * ctx.limit and lost == 0, f"{written} of {5 * ctx.limit} images, {lost} without guidance"
     ctx.expanded = out
-    return (f"{written} guided images by Hub id, batch {numbers['batch']}, {numbers['images_per_s']} images/s, "
+    return (f"{written} guided images by Hub id, batch {numbers['batch']} (auto), {numbers['images_per_s']} images/s, "
             f"peak {numbers['peak_mb']} MB"), numbers
 
 
@@ -376,6 +495,16 @@ def reference_run(ctx, cap):
     return ctx.tiny, "single"
 
 
+def rank_devices(log):
+    """{rank: CUDA index} from the ranks' `device cuda:<i> (<name>), LOCAL_RANK <r>` lines
+    (distdiff.devices.resolve_device), else from their `shard <r>/2 on cuda:<i>` lines; and which."""
+    lines = re.findall(r"device cuda:(\d+) \((.+?)\), LOCAL_RANK (\d+)", log)
+    if lines:
+        return {int(rank): int(index) for index, _, rank in lines}, "device lines"
+    shards = re.findall(r"shard (\d+)/2 on cuda:(\d+)", log)
+    return {int(rank): int(index) for rank, index in shards}, "shard lines (no rank logged a `device cuda:` line)"
+
+
 def step_torchrun(ctx, cap):
     requires("guide_ckpt", "tiny")(ctx)
     deadline = time.time() + cap
@@ -389,13 +518,28 @@ def step_torchrun(ctx, cap):
     assert ranks == ["0", "1"], f"shards that finished: {ranks}"
     assert worst <= 2, f"torchrun images differ from one process's by up to {worst} levels"
     peaks = re.findall(r"peak CUDA memory (\d+) MB on (cuda:\d)", log)
-    return f"2 ranks, images within {worst} levels of one process; per-rank peaks {peaks or 'n/a (CPU)'}", \
-        {"max_diff": worst, "mean_diff": mean, "rank_peaks": peaks}
+    numbers = {"max_diff": worst, "mean_diff": mean, "rank_peaks": peaks}
+    if ctx.cpu:
+        devices = "devices not checked (CPU smoke)"
+    else:
+        import torch
+
+        found, source = rank_devices(log)
+        assert sorted(found) == [0, 1], f"the ranks' devices are not in the torchrun output (found {found})"
+        numbers["rank_devices"] = found
+        if torch.cuda.device_count() >= 2:
+            assert found[0] != found[1], f"both ranks ran on cuda:{found[0]} with {torch.cuda.device_count()} GPUs"
+            devices = f"rank 0 on cuda:{found[0]}, rank 1 on cuda:{found[1]} (from their {source})"
+        else:
+            assert found == {0: 0, 1: 0}, f"one GPU, yet the ranks' devices are {found}"
+            devices = f"one GPU: both ranks shared cuda:0 (from their {source})"
+    return (f"2 ranks, images within {worst} levels of one process; {devices}; "
+            f"per-rank peaks {peaks or 'n/a (CPU)'}"), numbers
 
 
 def step_speedups(ctx, cap):
     requires("guide_ckpt", "tiny")(ctx)
-    flags = ["--channels_last", "True"] + ([] if ctx.cpu else ["--compile", "True"])
+    flags = ["--channels_last", "True"] + (["--compile", "True"] if ctx.args.with_compile else [])
     start = time.time()
     model, reference = reference_run(ctx, cap / 2)
     ctx.run(expand_cmd(ctx, "fast", model, "--precision", "fp32", *flags), start + cap - time.time(), "speedups")
@@ -403,18 +547,28 @@ def step_speedups(ctx, cap):
     mean, worst = compare(out / "fast", out / reference)
     assert mean <= ctx.args.tolerance, f"mean |diff| {mean:.2f} levels over {ctx.args.tolerance}"
     return (f"{' '.join(flags)}: mean |diff| {mean:.2f}, max {worst} levels vs plain, {time.time() - start:.0f} s"
-            + (" (compile not tried in the CPU smoke)" if ctx.cpu else "")), {"mean_diff": mean, "max_diff": worst}
+            + ("" if ctx.args.with_compile else " (compile not tried: --with_compile)")), \
+        {"flags": flags, "mean_diff": mean, "max_diff": worst}
 
 
-STEPS = (  # (name, cap in seconds, function, takes the cap)
-    ("versions", 30, step_versions, False),
-    ("pipeline", 150, step_pipeline, False),
-    ("guide", 120, step_guide, True),
-    ("gradients", 90, step_gradients, False),
-    ("memory", 120, step_memory, False),
-    ("expand", 150, step_expand, True),
-    ("torchrun", 120, step_torchrun, True),
-    ("speed-ups", 120, step_speedups, True),
+class Step(NamedTuple):
+    """One step of the run."""
+    name: str
+    cap: int              # seconds
+    run: Callable
+    takes_cap: bool       # run(ctx, cap) rather than run(ctx)
+    uses_pipe: bool       # works on the in-process pipeline; every other step starts with it freed
+
+
+STEPS = (  # the guide trains first, so that only steps 3-5 share the GPU with the loaded pipeline
+    Step("versions", 30, step_versions, False, False),
+    Step("guide", 120, step_guide, True, False),
+    Step("pipeline", 150, step_pipeline, False, True),
+    Step("gradients", 90, step_gradients, False, True),
+    Step("memory", 120, step_memory, False, True),
+    Step("expand", 150, step_expand, True, False),
+    Step("torchrun", 120, step_torchrun, True, False),
+    Step("speed-ups", 120, step_speedups, True, False),
 )
 
 
@@ -457,30 +611,57 @@ def main(argv=None):
     report = {"mode": "cpu_smoke" if args.cpu_smoke else "gpu", "budget_s": args.budget, "steps": [],
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     start = time.time()
-    for name, cap, fn, takes_cap in STEPS:
+    for step in STEPS:
         left = args.budget - (time.time() - start)
-        step_start = time.time()
-        if left < cap:
-            status, detail, numbers = "SKIP", f"not started: {left:.0f} s of the budget left, cap {cap} s", {}
-        elif ctx.device is None and name != "versions":
+        step_start, memory = time.time(), None
+        if left < step.cap:
+            status, detail, numbers = "SKIP", f"not started: {left:.0f} s of the budget left, cap {step.cap} s", {}
+        elif ctx.device is None and step.name != "versions":
             status, detail, numbers = "SKIP", "no usable device (see versions)", {}
         else:
-            status, detail, numbers = run_step(ctx, fn, cap, takes_cap)
+            if step.name != "versions":
+                memory = start_clean(ctx, step)
+            status, detail, numbers = run_step(ctx, step.run, step.cap, step.takes_cap)
         seconds = time.time() - step_start
-        print(f"{status:4s}  {name} ({seconds:.0f} s, cap {cap} s): {detail}", flush=True)
-        report["steps"].append({"name": name, "status": status, "seconds": round(seconds, 1), "cap_s": cap,
-                                "detail": detail, "numbers": numbers})
+        if isinstance(memory, dict):  # the GPU at the step's start
+            at_start = f"; {memory['free_gib']:.1f} of {memory['total_gib']:.1f} GiB free"
+        else:
+            at_start = "" if memory is None else "; GPU memory not measured"
+        print(f"{status:4s}  {step.name} ({seconds:.0f} s, cap {step.cap} s{at_start}): {detail}", flush=True)
+        report["steps"].append({"name": step.name, "status": status, "seconds": round(seconds, 1), "cap_s": step.cap,
+                                "gpu_memory_at_start": memory, "detail": detail, "numbers": numbers})
     report["total_s"] = round(time.time() - start, 1)
-    failed = [s["name"] for s in report["steps"] if s["status"] == "FAIL"]
+    code, summary = verdict(report["steps"])
+    report.update(exit_code=code, summary=summary)
     path = Path(args.report) if args.report else Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") \
-        else work / "gpu_check.json"
+        else work / "gpu_check.json" if args.workdir else work.parent / f"{work.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"gpu_check: {len(report['steps']) - len(failed)} of {len(report['steps'])} steps did not fail"
-          f"{' (failed: ' + ', '.join(failed) + ')' if failed else ''}; {report['total_s']:.0f} s; report {path}")
+    print(f"gpu_check: {summary}; {report['total_s']:.0f} s; report {path}")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if failed else 0
+    return code
+
+
+def start_clean(ctx, step):
+    """Free the GPU for `step` and return its memory at the start (or why it is not measured)."""
+    try:
+        ctx.clean_gpu(keep_pipe=step.uses_pipe)
+        return ctx.gpu_memory() or "not measured (CPU smoke)"
+    except Exception as err:  # noqa: BLE001 - a broken CUDA context fails the step itself, not the run
+        return f"not measured ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+
+
+def verdict(steps):
+    """(exit status, summary): 0 when every step passed, 1 when any failed, 2 when none failed but
+    some were skipped; the summary names the failed and the skipped steps."""
+    named = {status: [s["name"] for s in steps if s["status"] == status] for status in ("PASS", "FAIL", "SKIP")}
+    code = 1 if named["FAIL"] else 2 if named["SKIP"] else 0
+    words = {0: "PASS", 1: "FAIL", 2: "INCOMPLETE"}[code]
+    parts = [f"{words} (exit {code}): {len(named['PASS'])} of {len(steps)} steps passed"]
+    parts += [f"{label}: {', '.join(named[status])}" for status, label in (("FAIL", "failed"), ("SKIP", "skipped"))
+              if named[status]]
+    return code, "; ".join(parts)
 
 
 if __name__ == "__main__":

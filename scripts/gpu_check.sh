@@ -4,7 +4,9 @@
 # pinned packages (INSTALL.md says how to carry them to a machine without an index); uses
 # .venv/bin/python when there is one, else python3, and sets the import path itself.
 #   bash scripts/gpu_check.sh                # every step; report in $OUT/gpu_check.json when OUT is set
+#   bash scripts/gpu_check.sh --with_compile # also --compile in the speed-ups step (about a minute more)
 #   bash scripts/gpu_check.sh --cpu_smoke    # the same steps with tiny shapes on the CPU
+# Exit status: 0 only when every step passed, 1 when any failed, 2 when none failed but some were skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python3

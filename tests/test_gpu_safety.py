@@ -1,5 +1,8 @@
 """The device rule: a GPU asked for where torch cannot use CUDA is a one-line error, never a
-quiet CPU run; --device auto uses the CPU only where no GPU exists, and says so."""
+quiet CPU run; --device auto uses the CPU only where no GPU exists, and says so.
+
+Every test runs on a GPU machine too, except the ones that assert the behaviour without CUDA;
+the CUDA-only ones skip on the CPU."""
 import logging
 
 import pytest
@@ -8,9 +11,10 @@ import torch
 from distdiff import DistDiffError
 from distdiff import devices
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+without_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 
 
+@without_cuda
 @pytest.mark.parametrize("device, gpu, env, asked", [
     ("cuda", None, {}, "--device cuda"),
     ("cuda:1", None, {}, "--device cuda:1"),
@@ -23,6 +27,7 @@ def test_a_gpu_asked_for_without_cuda_is_an_error_naming_build_and_driver(device
         devices.resolve_device(device, gpu, env=env)
 
 
+@without_cuda
 def test_auto_falls_back_to_cpu_only_without_a_gpu_and_says_so(monkeypatch, caplog):
     monkeypatch.setattr(devices, "listed_gpus", lambda: [])
     with caplog.at_level(logging.WARNING, logger="distdiff.devices"):
