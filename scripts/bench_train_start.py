@@ -13,6 +13,7 @@ should be decoded once: the cache keeps its resized pixels and checks that it op
 import argparse
 import time
 from collections import Counter
+from inspect import signature
 from pathlib import Path
 
 from PIL import ImageFile
@@ -66,9 +67,9 @@ def get_parser():
     parser.add_argument("--train_per_class", type=int, default=30, help="training images per class (the paper's 30)")
     parser.add_argument("--test_per_class", type=int, default=30, help="test images per class")
     parser.add_argument("--expand_ratio", type=int, default=5, help="expanded images per training image")
-    parser.add_argument("--workers", default="0",
-                        help="--workers of the run (the cache decodes on this many threads where the library "
-                             "does so; 0 is the CPU default)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="--workers of the run: the start-up decodes on max(1, workers) threads, as "
+                             "train_classifier does (0 is the CPU default)")
     parser.add_argument("--out", default="bench/train_start.json", help="JSON report")
     return parser
 
@@ -78,12 +79,12 @@ def main(argv=None):
     root, expanded = make_data(Path(args.workdir).resolve() / "data", args.classes, args.train_per_class,
                                args.test_per_class, args.expand_ratio)
     spec = registry.get_dataset(f"folder:{root}")
-    fields = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(dataset=spec.name, image_size=224, resize_size=256,
-                      **({"workers": int(args.workers)} if "workers" in fields else {}))
+    cfg = TrainConfig(dataset=spec.name, image_size=224, resize_size=256, workers=args.workers)
+    # The decode threads train_classifier gives build_datasets (code before them takes none).
+    threads = {"threads": max(1, args.workers)} if "threads" in signature(build_datasets).parameters else {}
     decodes = count_decodes()
     start = time.time()
-    train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, [expanded])
+    train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, [expanded], **threads)
     seconds = time.time() - start
     images = len(train) + len(test) + (len(val) if val is not None else 0)
     report = {"images": images, "decodes": sum(decodes.values()), "decodes_per_image": sum(decodes.values()) / images,
