@@ -81,7 +81,12 @@ def export_digits(root):
                 class_dir = tmp / str(digits.target[i])
                 class_dir.mkdir(exist_ok=True)
                 digit_to_image(digits.images[i]).save(class_dir / f"{i:04d}.png")
-            os.replace(tmp, root / name)  # the split appears whole or not at all
+            try:
+                os.replace(tmp, root / name)  # the split appears whole or not at all
+            except OSError:
+                if not (root / name).is_dir():
+                    raise
+                continue  # another process exported it meanwhile: the same seeded images
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("digits: wrote %d images to %s", len(splits[name]), root / name)

@@ -275,6 +275,7 @@ def test_a_vanished_guidance_gradient_stops_the_run_unless_allowed(setup, monkey
     assert png_bytes(out) == png_bytes(none)
 
 
+@pytest.mark.slow
 def test_one_bad_item_is_kept_unguided_and_does_not_stop_the_shard(setup, reference, monkeypatch):
     """One item of 24 whose gradient vanishes (under 1 % is judged from the 100th item on, and
     not every item is lost): it is marked and kept unguided, the others are the reference's."""
@@ -472,6 +473,7 @@ def test_a_half_written_expansion_is_refused_naming_the_missing_shard(setup, tmp
                                        "fraction": round(8 / 24, 6), "unguided": 0}]
 
 
+@pytest.mark.slow
 def test_the_missing_shards_command_completes_the_expansion(setup, reference, tmp_path):
     """The command the error names, run for shard 0, makes the expansion whole and trainable."""
     from distdiff import shards

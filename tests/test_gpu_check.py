@@ -21,10 +21,10 @@ def restore_env(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_smoke_runs_every_step_and_writes_the_report(request):
+def test_cpu_smoke_runs_every_step_and_writes_the_report():
     """bash scripts/gpu_check.sh --cpu_smoke, run in the background from the start of the session
     (tests/conftest.py BACKGROUND_CHECKS)."""
-    code, stdout, stderr, work = background_result(request.node.nodeid)
+    code, stdout, stderr, work = background_result("gpu_check_smoke")
     assert code == 0, stdout[-3000:] + stderr[-3000:]
     report = json.loads((work / "report.json").read_text())
     steps = report["steps"]

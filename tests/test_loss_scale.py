@@ -115,6 +115,7 @@ def half_sampler(tiny_pipe, random_guide):
                          GuidanceConfig(guidance_step=2), cpu)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nan_in_fp32", [False, True])
 def test_an_item_non_finite_at_every_scale_is_redone_in_fp32(tiny_pipe, random_guide, monkeypatch, nan_in_fp32):
     from distdiff import expansion

@@ -1,0 +1,93 @@
+"""The paper's path as the README gives it, run whole in a fresh copy of the repository on offline
+stand-ins (tests/test_paper_path.py reads what it leaves):
+
+    python tests/jobs/paper_path.py WORKDIR
+
+Stand-ins with the real shapes replace the downloads: a tiny pipeline in CompVis/stable-diffusion-
+v1-4's layout inside a temporary Hugging Face cache under that repo id, and a folder with the
+Caltech-101 download's layout (embedded/rehearsal.py). The README's block runs as one bash script,
+backgrounded shards and `wait` included, from the guide's training to parse_logs; its first two
+lines (the venv, and the Caltech-101 download, which needs the network) are replaced by the
+preparation from the stand-in folder that their comment offers, and the last line is the
+all-at-once alternative. Only size knobs are added, by a `python` on PATH that appends them to
+the stage scripts' arguments: --epochs 1 (training), --limit 2 --batch_size 2 (expansion),
+SEEDS=1 (retraining), and --device cpu, because the GPU index the commands pass is an error on a
+machine without CUDA (never a silent CPU run). Then the authors' own expand_diff.sh argument list
+runs after expand_distdiff.py, with one size knob (--limit 1).
+
+Writes WORKDIR/steps.json: per step its command, exit code and output; it stops at the first
+failure. Started by tests/conftest.py in the background, so it uses the second core.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(TESTS))
+from conftest import REPO, copy_repo, script_env  # noqa: E402
+
+SD14 = "CompVis/stable-diffusion-v1-4"
+CLASSES = ("BACKGROUND_Google", "Faces", "Faces_easy", "Leopards")
+KEPT = ["Faces", "Leopards"]  # BACKGROUND_Google and Faces_easy are dropped
+# Size knobs per stage script, appended by the `python` on PATH (the README's lines stay as written).
+KNOBS = {"train_original.py": ["--epochs", "1", "--device", "cpu"],
+         "expand_distdiff.py": ["--limit", "2", "--batch_size", "2", "--device", "cpu"],
+         "train_expand.py": ["--epochs", "1", "--device", "cpu"]}
+SHIM = """#!{python}
+import os, sys
+knobs = {knobs!r}
+args = sys.argv[1:]
+extra = knobs.get(os.path.basename(args[0]), []) if args else []
+os.execv({python!r}, [{python!r}, *args, *extra])
+"""
+
+
+def readme_paper_block():
+    """The README's lines from the guide's training to parse_logs under "The paper's setting"."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## The paper's setting"):]
+    lines = re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("python train_original.py"))
+    last = next(i for i, line in enumerate(lines) if line.startswith("python parse_logs.py"))
+    return lines[first:last + 1]
+
+
+def main(work):
+    from embedded.rehearsal import fabricate_caltech101, install_in_hf_cache
+    from embedded.sd_shapes import save_rehearsal_pipeline
+    from test_fidelity import AUTHORS_ARGS
+
+    work = Path(work)
+    clone = copy_repo(work / "clone")
+    fabricate_caltech101(work / "downloads", CLASSES, per_class=4)
+    install_in_hf_cache(save_rehearsal_pipeline(work / "sd14", [f"a photo of a {c}" for c in KEPT]), SD14,
+                        work / "hf" / "hub")
+    bin_dir = work / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(SHIM.format(python=sys.executable, knobs=KNOBS))
+    (bin_dir / "python").chmod(0o755)
+    env = dict(script_env(), HF_HOME=str(work / "hf"), HF_HUB_CACHE=str(work / "hf" / "hub"), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(clone), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    block = readme_paper_block()
+    steps = [("prepare", f"python scripts/prepare_data.py caltech-101 --source {work / 'downloads'} --shots 2", {}),
+             ("readme_block", "set -e\n" + "\n".join(block) + "\n", {"SEEDS": "1"}),
+             # their split 0 of 4 (its paths are relative to the repository), one source image; this
+             # venv's python, not the one on PATH that adds the block's knobs
+             ("authors_args", " ".join([sys.executable, "expand_distdiff.py", *AUTHORS_ARGS, "--limit", "1"]), {})]
+    report = {"clone": str(clone), "hf_cache": str(work / "hf" / "hub"), "block": block, "steps": []}
+    for name, command, extra in steps:
+        proc = subprocess.run(["bash", "-c", command], cwd=clone, env=dict(env, **extra), capture_output=True,
+                              text=True, timeout=900)
+        report["steps"].append({"name": name, "command": command, "returncode": proc.returncode,
+                                "stdout": proc.stdout[-20000:], "stderr": proc.stderr[-6000:]})
+        if proc.returncode:
+            break
+    (work / "steps.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
