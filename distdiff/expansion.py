@@ -246,17 +246,17 @@ def run_batches(sampler, sources, my_batches, out_dir, manifest, seed, repeats, 
                 start = time.time()
                 result = merge_pieces(batch_size.run(
                     lambda piece: sample_block(sampler, latents, piece, seed, repeats, energy_every), batch))
-                lost = losses.check(result.status, block_id, allow_unguided) if guided else {}
+                keep = [j for j, it in enumerate(batch) if it in todo]  # a resumed batch: its missing items
+                lost = losses.check(result.status[keep], block_id, allow_unguided) if guided else {}
                 records = _block_records(batch, todo, result, out_dir, sources.classes,
                                          (time.time() - start) / len(batch), guided)
                 shards.append_manifest(manifest, records)
-                keep = [j for j, it in enumerate(batch) if it in todo]
                 writer.submit(_write_images, sampler, result.images[keep],
                               [batch[j].output_path(out_dir, sources.classes) for j in keep])
                 counters["written"] += len(todo)
                 for name, count in lost.items():
                     counters[name] += count
-                counters["upcast_retried"] += int(result.upcast.sum())
+                counters["upcast_retried"] += int(result.upcast[keep].sum())
                 counters["seconds"] += time.time() - start
                 counters["before"] += [r["energy_before"] for r in records if r["energy_before"] is not None]
                 counters["after"] += [r["energy_after"] for r in records if r["energy_after"] is not None]
@@ -318,6 +318,7 @@ def sample_block(sampler, latents, block, seed, repeats, energy_every=0):
         result.images = result.images.clone()  # out of inference mode, to be written into
         result.images[redo], result.status[redo] = images.to(result.images.dtype), status.to(result.status.device)
         result.upcast[redo] = True
+        result.before[redo], result.after[redo] = float("nan"), float("nan")  # they measured the failed pass
     return result
 
 

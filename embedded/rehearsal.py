@@ -8,8 +8,11 @@
   network, as it finds a real cached snapshot (the SD-1.4 stand-in of embedded/sd_shapes.py has
   SD-1.4's file layout).
 
-tests/test_paper_path.py, tests/test_hub.py, scripts/gpu_check.py and scripts/bench_memory.py
-use them.
+* `fabricate_folder_dataset(root, classes, train, test)`: a Caltech-sized folder dataset for the
+  training benchmarks.
+
+tests/jobs/paper_path.py, tests/test_hub.py, scripts/gpu_check.py, scripts/bench_memory.py and
+scripts/bench_train_start.py use them.
 """
 import shutil
 from pathlib import Path
@@ -37,6 +40,24 @@ def fabricate_image(label, index, size, seed=0):
     [draw.ellipse, draw.rectangle, draw.pieslice][label % 3](box, fill=colour, **({"start": 30, "end": 300}
                                                                                  if label % 3 == 2 else {}))
     return image
+
+
+def fabricate_folder_dataset(root, classes, train, test):
+    """A folder dataset of Caltech-like JPEGs, <root>/{train,test}/class_<i>/<n>.jpg (`train` and
+    `test` images per class), once: a `done` marker makes reruns instant (the benchmarks use it)."""
+    root = Path(root)
+    if (root / "done").is_file():
+        return root
+    for split, per_class in (("train", train), ("test", test)):
+        for label in range(classes):
+            folder = root / split / f"class_{label:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                index = i + (train if split == "test" else 0)
+                fabricate_image(label, index, SIZES[(label + index) % len(SIZES)]).save(folder / f"{i:04d}.jpg",
+                                                                                         quality=90)
+    (root / "done").write_text("ok\n")
+    return root
 
 
 def fabricate_caltech101(root, classes=CLASSES, per_class=5, seed=0):

@@ -23,22 +23,7 @@ import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import REPO_ROOT
 from distdiff.fileio import atomic_write_json
 from distdiff.options import run_cli
-from embedded.rehearsal import SIZES, fabricate_image
-
-
-def make_split(root, classes, train, test):
-    """<root>/{train,test}/<class>/<i>.jpg, once (a `done` marker makes reruns instant)."""
-    if (root / "done").is_file():
-        return root
-    for split, per_class in (("train", train), ("test", test)):
-        for label in range(classes):
-            folder = root / split / f"class_{label:03d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                index = i + (train if split == "test" else 0)
-                fabricate_image(label, index, SIZES[(label + index) % len(SIZES)]).save(folder / f"{i:04d}.jpg", quality=90)
-    (root / "done").write_text("ok\n")
-    return root
+from embedded.rehearsal import fabricate_folder_dataset
 
 
 def get_parser():
@@ -59,7 +44,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     work = Path(args.workdir).resolve()
     start = time.time()
-    data = make_split(work / "data", args.classes, args.train_per_class, args.test_per_class)
+    data = fabricate_folder_dataset(work / "data", args.classes, args.train_per_class, args.test_per_class)
     generated = time.time() - start
     run_root = work / f"runs_{int(time.time())}"
     cmd = [sys.executable, "train_original.py", f"folder:{data}", "--arch", args.arch, "--epochs", "1",

@@ -23,7 +23,7 @@ from distdiff import registry
 from distdiff.fileio import atomic_write_json
 from distdiff.options import run_cli
 from distdiff.training import TrainConfig, build_datasets
-from embedded.rehearsal import SIZES, fabricate_image
+from embedded.rehearsal import fabricate_folder_dataset, fabricate_image
 
 
 def make_data(root, classes, train, test, ratio):
@@ -32,20 +32,12 @@ def make_data(root, classes, train, test, ratio):
     if (root / "done").is_file():
         return root, expanded
     for label in range(classes):
-        name = f"class_{label:03d}"
-        for split, count in (("train", train), ("test", test)):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                index = i + (train if split == "test" else 0)
-                fabricate_image(label, index, SIZES[(label + index) % len(SIZES)]).save(folder / f"{i:04d}.jpg",
-                                                                                         quality=90)
-        (expanded / name).mkdir(parents=True, exist_ok=True)
+        (expanded / f"class_{label:03d}").mkdir(parents=True, exist_ok=True)
         for i in range(train):
             for k in range(ratio):
-                fabricate_image(label, 1000 * k + i, (512, 512)).save(expanded / name / f"{i:04d}_expand_{k}.png")
-    (root / "done").write_text("ok\n")
-    return root, expanded
+                fabricate_image(label, 1000 * k + i, (512, 512)).save(
+                    expanded / f"class_{label:03d}" / f"{i:04d}_expand_{k}.png")
+    return fabricate_folder_dataset(root, classes, train, test), expanded  # its `done` marker comes last
 
 
 def count_decodes():

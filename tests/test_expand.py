@@ -503,3 +503,28 @@ def test_shard_command_re_aims_every_spelling_of_the_shard_flags():
 
     assert shard_command(["--dataset", "d", "--shard-id=3", "--num_shards", "4", "--gpu", "0"], 1, 4) == \
         ["python", "expand_distdiff.py", "--dataset", "d", "--gpu", "0", "--split", "1", "--total_split", "4"]
+
+
+def test_the_stop_rule_counts_lost_items_over_the_shard_and_its_manifest():
+    from distdiff.expansion import GuidanceLosses
+    from distdiff.numerics import GUIDED, ZERO_GRADIENT
+
+    def batch(lost, size=8):
+        return torch.tensor([ZERO_GRADIENT] * lost + [GUIDED] * (size - lost))
+    losses = GuidanceLosses([{"guidance": "guided"}] * 91 + [{"guidance": "nonfinite"}])  # a resumed shard
+    assert losses.check(batch(0), 0, False)["zero_gradient"] == 0  # 1 of 100: not over 1 %
+    with pytest.raises(DistDiffError, match=r"guidance lost for 2 of the 101 items of this shard so far"):
+        losses.check(batch(1, 1), 1, False)
+    assert (losses.lost, losses.seen) == (1, 100)  # the refused batch is not counted
+    assert losses.check(batch(1, 1), 1, True)["zero_gradient"] == 1  # --allow_unguided never stops
+    early = GuidanceLosses()
+    early.check(batch(4, 4), 0, False)  # 4 of 4: too few to call it systematic, kept unguided
+    early.check(batch(3, 3), 0, False)
+    with pytest.raises(DistDiffError, match="8 of the 8 items"):
+        early.check(batch(1, 1), 1, False)
+    mixed = GuidanceLosses()
+    for _ in range(10):  # one lost item in every batch of 8 early on: not systematic, judged at 100
+        mixed.check(batch(1), 0, False)
+    with pytest.raises(DistDiffError, match="13 of the 104 items"):
+        for _ in range(3):
+            mixed.check(batch(1), 0, False)
