@@ -82,14 +82,8 @@ def check_visible_devices(env=None):
     problem."""
     env = os.environ if env is None else env
     visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    listed = listed_gpus()
-    if not listed:
-        return
-    wrong = [v for v in visible if v.isdigit() and int(v) >= len(listed)]
-    if wrong:
-        raise DistDiffError(f"CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']} names GPU {', '.join(wrong)}, but "
-                            f"nvidia-smi lists {len(listed)} GPU(s) (indices 0-{len(listed) - 1}); fix GPUS or the "
-                            "GPU argument")
+    check_gpu_list([v for v in visible if v.isdigit()],
+                   f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')} names GPU")
 
 
 def resolve_device(device="auto", gpu=None, env=None):
@@ -208,14 +202,15 @@ def pipeline_dtype(precision, device):
     return dtype
 
 
-def check_gpu_list(gpus):
+def check_gpu_list(gpus, what="GPUS names"):
     """A one-line error where a list of GPU indices (the shell chains' GPUS) names one the driver
     does not list; nothing to check on a machine without a driver."""
     listed = listed_gpus()
     wrong = [g for g in gpus if not g.isdigit() or (listed and int(g) >= len(listed))]
     if wrong:
         seen = f"nvidia-smi lists {len(listed)} GPU(s) (indices 0-{len(listed) - 1})" if listed else "indices are numbers"
-        raise DistDiffError(f"GPUS names {', '.join(wrong)}, but {seen}")
+        hint = "; fix GPUS or the GPU argument" if listed else ""
+        raise DistDiffError(f"{what} {', '.join(wrong)}, but {seen}{hint}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from distdiff.devices import ranks_on_device
 from distdiff.engine import load_classifier
 from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
-from distdiff.numerics import GUIDANCE_STATUS, GUIDED, NONFINITE
+from distdiff.numerics import GUIDANCE_STATUS, GUIDED, LOST, NONFINITE
 from distdiff.prototype_store import fingerprint, prepare_prototypes
 from distdiff.prototypes import compute_prototypes
 from distdiff.sampler import GuidedSampler, draw_item
@@ -188,9 +188,6 @@ class EnergyRecorder:
 def merge_pieces(pieces):
     """One batch's BlockResult from those of its pieces (BatchSize runs a batch in pieces)."""
     return BlockResult(*(torch.cat([getattr(p, f.name) for p in pieces]) for f in dataclasses.fields(BlockResult)))
-
-
-LOST = ("nonfinite", "zero_gradient")  # manifest outcomes of items kept unguided
 
 
 class GuidanceLosses:

@@ -22,6 +22,7 @@ import yaml
 
 from distdiff import DistDiffError
 from distdiff.fileio import atomic_write_json
+from distdiff.numerics import LOST
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ def check_expansion(folder, data_dir=None):
     present = [it for it in items
                if (it.source_key, it.k) in records and it.output_path(folder, sources.classes).is_file()]
     check = ExpansionCheck(folder, verified=True, expected=len(items), written=len(present),
-                           unguided=sum(records[it.source_key, it.k].get("guidance") in ("nonfinite", "zero_gradient")
+                           unguided=sum(records[it.source_key, it.k].get("guidance") in LOST
                                         for it in present))
     shard_records = [r for r in map(read_json, sorted(folder.glob("shard*.json"))) if r]
     if check.complete or not shard_records:
