@@ -13,6 +13,10 @@ left out of the mean. The std is the sample std (ddof=1). best_acc is the paper'
 prints instead what the authors' parse_logs.py prints: each results.yaml's best_accuracy, and
 their mean ± population std (ddof=0), the numbers their paper reports.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import sys
 from pathlib import Path

@@ -11,10 +11,13 @@ an error naming them (--allow_partial trains on what is there and records the fr
 checkpoint/<dataset>/<arch>_<pretrained|unpretrained>_<exp>_lr<lr>/seed<N>/ with the same files,
 recipe, resume and metrics as train_original.py.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 from pathlib import Path
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.options import add_train_expand_flags, parse_train_args, run_cli
 from distdiff.runs import expansion_dir
 from distdiff.training import TrainConfig, train_classifier

@@ -9,9 +9,12 @@ Its checkpoint is the guide model for expansion, and its accuracy is the origina
 Outputs go to checkpoint/<dataset>/<arch>_<pretrained|unpretrained>_lr<lr>/seed<N>/.
 Rerunning resumes an interrupted run and skips a finished one.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.options import add_train_flags, parse_train_args, run_cli
 from distdiff.training import TrainConfig, train_classifier
 

@@ -10,26 +10,32 @@ The roles say what a flag changes, and every list of keys elsewhere is derived f
   runtime    neither images nor items (GPU index, energy measurement, --allow_unguided)
   preset     a group of the above at once
 The authors' second spellings are aliases of the same flags (their expand_diff.sh argument list
-runs unchanged).
+runs unchanged). `parse(argv)` gives the resolved ExpandConfig that distdiff.expansion.run takes.
 """
 import argparse
+import dataclasses
 from dataclasses import asdict
+from pathlib import Path
 
-from distdiff import registry
-from distdiff.config import EXPAND_SPELLINGS, spellings_of, str2bool
+from distdiff import DistDiffError, registry
+from distdiff.config import EXPAND_SPELLINGS, dataset_section, parse_args, resolved_dict, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
 from distdiff.guidance import GUIDANCE_MODES, TRANSFORM_STARTS, GuidanceConfig
 from distdiff.options import add_runtime_flags
-from distdiff.presets import PRESETS
+from distdiff.presets import PRESETS, apply_targets, preset_values
+from distdiff.prototype_store import PrototypeConfig
 from distdiff.prototypes import CLUSTER_METHODS
 from distdiff.registry import PROMPT_SETS
+from distdiff.runs import default_guide_ckpt, expansion_dir
 from distdiff.sampler import FRAMINGS, START_RULES, SampleConfig
 
 ROLES = ("path", "sample", "guidance", "items", "shard", "execution", "runtime", "preset")
 # Flags named differently from their GuidanceConfig field.
 GUIDANCE_FLAGS = {"mode": "guidance", "repeats": "guidance_repeats", "interval": "guidance_interval"}
+PROTOTYPE_FLAGS = {"path": "prototypes"}
 DATACLASS_DEFAULTS = {**asdict(SampleConfig()),
-                      **{GUIDANCE_FLAGS.get(name, name): value for name, value in asdict(GuidanceConfig()).items()}}
+                      **{GUIDANCE_FLAGS.get(name, name): value for name, value in asdict(GuidanceConfig()).items()},
+                      **{PROTOTYPE_FLAGS.get(name, name): value for name, value in asdict(PrototypeConfig()).items()}}
 
 
 def radius_type(value):
@@ -143,8 +149,8 @@ def get_parser(description=None):
         help="measure the energy with and without guidance on every N-th block (1: all, 0 or False: none); the "
              "measurement repeats the look-ahead twice without gradients, so doing it on every block nearly "
              "doubles the guidance's cost; it never changes an image")
-    add("guidance", "cluster", default="kmeans", choices=CLUSTER_METHODS, help="group prototype clustering")
-    add("guidance", "num_groups", type=int, default=3, help="K group prototypes per class")
+    add("guidance", "cluster", choices=CLUSTER_METHODS, help="group prototype clustering")
+    add("guidance", "num_groups", type=int, help="K group prototypes per class")
     add("preset", "preset", default=None, choices=sorted(PRESETS),
         help="set a group of flags at once (flags on the command line still win): authors = the authors' "
              "algorithm, see README")
@@ -191,3 +197,99 @@ def spellings(names):
 
 # Settings that change the images: one output dir is produced with one set of them.
 GENERATION_KEYS = tuple(["dataset", "guide_ckpt"] + keys("sample", "guidance"))
+
+
+@dataclasses.dataclass
+class ExpandConfig:
+    """One expansion shard, resolved: what it makes (sample, guidance, prototypes), from what and
+    to where, which items, and how it runs. No defaults here: they are the flags' (above) and the
+    dataclasses' they come from. `settings` is what args.yaml records (by flag name), `argv` the
+    command line that a missing shard's command repeats."""
+    dataset: str
+    model: str
+    guide_ckpt: str
+    out: Path
+    sample: SampleConfig
+    guidance: GuidanceConfig
+    prototypes: PrototypeConfig
+    expand_ratio: int
+    limit: int | None
+    first_image_index: int
+    split: int | None
+    total_split: int | None
+    seed: int
+    prompts: str
+    prompt_file: str | None  # with --language_enhance only
+    guide_input: str
+    guide_precision: str
+    encode_precision: str
+    device: str
+    gpu: str | None
+    precision: str
+    threads: int
+    batch_size: int | str
+    gradient_checkpointing: bool
+    channels_last: bool
+    compile: bool
+    record_energy: int
+    allow_unguided: bool
+    prepare_only: bool
+    verify: bool
+    settings: dict
+    argv: list
+
+
+def resolve_paths(args):
+    """Fill in the default guide checkpoint, experiment name, output dir and prototypes path."""
+    if args.guide_ckpt is None:
+        # With a preset, the preset's guide (train_original.py --preset), in its own run dir.
+        args.guide_ckpt = str(default_guide_ckpt(args.checkpoint_root, args.dataset, args.guide_arch, preset=args.preset))
+    if args.exp is None:
+        name = {"transform": "distdiff", "none": "sd"}.get(args.guidance, args.guidance)
+        args.exp = f"{name}_x{args.expand_ratio}"
+    if args.out is None:
+        args.out = str(expansion_dir(args.checkpoint_root, args.dataset, args.exp))
+    if args.prototypes is None:
+        args.prototypes = str(Path(args.out) / "prototypes.npz")
+    return args
+
+
+def guidance_config(args):
+    """GuidanceConfig from the flags (its fields are flag names, or GUIDANCE_FLAGS' names)."""
+    fields = {f.name: getattr(args, GUIDANCE_FLAGS.get(f.name, f.name)) for f in dataclasses.fields(GuidanceConfig)}
+    fields["lambda_class"], fields["lambda_group"] = apply_targets(args.optimize_targets, args.lambda_class,
+                                                                   args.lambda_group)
+    return GuidanceConfig(**fields)
+
+
+def sample_config(args):
+    """SampleConfig from the flags (its fields are flag names)."""
+    return SampleConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)})
+
+
+def parse_namespace(argv=None, description=None):
+    """The resolved flags: defaults < configs/<dataset>.yaml (expand) < --preset < command line."""
+    args = parse_args(get_parser(description), argv, config=dataset_section("expand"),
+                      overlay=lambda s: preset_values(s.preset, s.guidance))
+    if not args.dataset:
+        raise DistDiffError("a dataset is required (--dataset)")
+    if args.language_enhance and args.prompt_file is None:
+        args.prompt_file = str(registry.DATA_ROOT / f"{args.dataset}_le.json")
+    return resolve_paths(args)
+
+
+def config_from_args(args, argv):
+    """The ExpandConfig of resolved flags (parse_namespace)."""
+    direct = {f.name for f in dataclasses.fields(ExpandConfig)} - {"out", "sample", "guidance", "prototypes",
+                                                                    "prompt_file", "settings", "argv"}
+    return ExpandConfig(**{name: getattr(args, name) for name in direct}, out=Path(args.out),
+                        sample=sample_config(args), guidance=guidance_config(args),
+                        prototypes=PrototypeConfig(**{f.name: getattr(args, PROTOTYPE_FLAGS.get(f.name, f.name))
+                                                      for f in dataclasses.fields(PrototypeConfig)}),
+                        prompt_file=args.prompt_file if args.language_enhance else None,
+                        settings=resolved_dict(args), argv=list(argv))
+
+
+def parse(argv, description=None):
+    """expand_distdiff.py's command line (a list) as an ExpandConfig."""
+    return config_from_args(parse_namespace(argv, description), argv)

@@ -1,4 +1,7 @@
-"""Orchestration of one expansion shard: inputs, prototypes, the sampling loop and outputs."""
+"""One expansion shard, `run(config)`, in three phases: plan (the work list, this shard's part
+of it, --verify), build (guide, prototypes, pipeline, sampler, batch size) and sample (batches,
+images, manifests). A shard with nothing left to make stops after the plan, before any model loads.
+"""
 import contextlib
 import dataclasses
 import logging
@@ -12,19 +15,131 @@ from tqdm.auto import tqdm
 
 from distdiff import DistDiffError
 from distdiff import datasets as ds
-from distdiff import shards
-from distdiff.devices import ranks_on_device
+from distdiff import registry, shards
+from distdiff.devices import (configure_cpu, peak_memory_line, pipeline_dtype, ranks_on_device, resolve_device,
+                              resolve_precision)
 from distdiff.engine import load_classifier
+from distdiff.expand_flags import GENERATION_KEYS
 from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
 from distdiff.numerics import GUIDANCE_STATUS, GUIDED, LOST, NONFINITE
 from distdiff.prototype_store import fingerprint, prepare_prototypes
 from distdiff.prototypes import compute_prototypes
+from distdiff.runs import setup_logging
 from distdiff.sampler import GuidedSampler, draw_item
 
 logger = logging.getLogger(__name__)
 
 SOURCE_STREAM, CROP_STREAM, PROMPT_STREAM = -1, -2, -3  # per-source generators: (seed, source index, stream)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one shard is to make: the dataset, its sources, the whole work list and this shard's
+    part of it, in blocks."""
+    spec: registry.DatasetSpec
+    sources: object
+    items: list
+    split: int
+    total_split: int
+    mine: list
+
+
+def run(cfg):
+    """Make this shard's images (distdiff.expand_flags.ExpandConfig); returns the exit status.
+    Every input is checked before any heavy work, and before anything is written."""
+    plan = plan_shard(cfg)
+    if cfg.verify:
+        return verify(plan, cfg.out)
+    setup_logging()  # stdout only until the inputs are known to be good; the device line is shown
+    device = resolve_device(cfg.device, cfg.gpu)
+    settings = dict(cfg.settings, precision=resolve_precision(cfg.precision, device))  # args.yaml: what ran
+    configure_cpu(cfg.threads)
+    cfg.sample.check_guidance(cfg.guidance)
+    state = (plan.split, plan.total_split, len(plan.mine), cfg.argv)
+    if not cfg.prepare_only and (cfg.out / "args.yaml").is_file() and not shards.missing_items(
+            plan.mine, cfg.out, plan.sources.classes):
+        open_output(cfg.out, settings, plan.split)  # still refuses other settings
+        shards.write_shard_record(cfg.out, *state, "done")
+        logger.info("shard %d/%d done: written 0, skipped %d (every image present)", plan.split, plan.total_split,
+                    len(plan.mine))
+        return 0
+    sampler, batch = build(cfg, plan, device, settings)
+    if sampler is None:  # --prepare_only
+        print(f"prototypes ready at {cfg.prototypes.path}")
+        return 0
+    shards.write_shard_record(cfg.out, *state, "running")
+    counters = run_batches(sampler, plan.sources, shards.shard_batches(plan.items, plan.split, plan.total_split, batch),
+                           cfg.out, cfg.out / f"manifest_shard{plan.split}.jsonl", cfg.seed, cfg.guidance.repeats,
+                           BatchSize(batch), desc=f"expand shard {plan.split}/{plan.total_split}",
+                           energy_every=cfg.record_energy, allow_unguided=cfg.allow_unguided)
+    shards.write_shard_record(cfg.out, *state, "done", **{k: v for k, v in counters.items() if k not in ("before", "after")})
+    logger.info("shard %d/%d done: %s%s", plan.split, plan.total_split, summary_line(counters),
+                peak_memory_line(device))
+    return 0
+
+
+def plan_shard(cfg):
+    """Phase 1: the dataset's sources, every item of the expansion and this shard's blocks of them."""
+    split, total_split = shards.resolve_shard(cfg.split, cfg.total_split)
+    spec = registry.get_dataset(cfg.dataset)
+    registry.ensure_prepared(spec)
+    sources = load_sources(spec)
+    items = shards.work_items(sources.samples, cfg.expand_ratio, cfg.limit, cfg.first_image_index)
+    mine = [it for _, block in shards.shard_blocks(shards.blocks(items), split, total_split) for it in block]
+    return Plan(spec, sources, items, split, total_split, mine)
+
+
+def verify(plan, out):
+    """--verify: report missing outputs per class and the shard ids that own them; 1 if any."""
+    missing, per_class, owners = shards.verify_report(plan.items, out, plan.sources.classes, plan.total_split)
+    print(f"{len(plan.items) - missing}/{len(plan.items)} images present in {out}")
+    if missing:
+        for name, count in sorted(per_class.items()):
+            print(f"  {name}: {count} missing")
+        print(f"rerun shards {owners} of --total_split {plan.total_split} (same command, --split <id>)")
+        return 1
+    return 0
+
+
+def build(cfg, plan, device, settings):
+    """Phase 2: the guide, the prototypes, the pipeline, the sampler and the batch size; the
+    output dir's args.yaml and log once the inputs are known to be good. (None, None) with
+    --prepare_only, once the prototypes are written."""
+    from accelerate.utils import set_seed
+
+    from distdiff.pipeline import load_pipeline, resolve_model, speed_up
+
+    dtype = pipeline_dtype(cfg.precision, device)
+    prompts = class_prompts(plan.spec, plan.sources.classes, cfg.prompts, cfg.prompt_file)
+    guide, guide_input, meta = load_guide(cfg.guide_ckpt, len(plan.sources.classes), device, cfg.guide_input)
+    model_dir = resolve_model(cfg.model)
+    open_output(cfg.out, settings, plan.split)
+    set_seed(cfg.seed)
+    protos = build_prototypes(cfg.prototypes.path, plan.spec, plan.sources, guide, meta, device, cfg.guide_ckpt,
+                              cfg.prototypes.cluster, cfg.prototypes.num_groups, cfg.seed, cfg.guide_input)
+    if cfg.prepare_only:
+        return None, None
+    pipe = load_pipeline(model_dir, device, dtype, torch.float32 if cfg.encode_precision == "fp32" else None)
+    if cfg.guide_precision == "pipeline":  # after the prototypes, which stay fp32
+        guide.to(dtype)
+    sampler = build_sampler(pipe, guide, guide_input, protos, prompts, cfg.sample, cfg.guidance, device)
+    batch, checkpointing = choose_batch_size(cfg.batch_size, pipe, guide, meta["image_size"], sampler.resolution,
+                                             cfg.guidance.mode != "none", device, cfg.gradient_checkpointing,
+                                             cfg.guidance.lookahead_steps)
+    if checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.vae.enable_gradient_checkpointing()
+    speed_up(pipe, cfg.channels_last, cfg.compile)
+    logger.info("shard %d/%d on %s, %s, batch %d%s", plan.split, plan.total_split, device, settings["precision"],
+                batch, ", gradient checkpointing" if checkpointing else "")
+    return sampler, batch
+
+
+def open_output(out, settings, split):
+    """args.yaml (or the refusal of an output dir made with other settings), then the shard's log."""
+    check_or_write_args(out, settings, GENERATION_KEYS)
+    setup_logging(out, filename="log.txt" if split == 0 else f"log_shard{split}.txt")
 
 
 def check_or_write_args(out_dir, resolved, generation_keys):

@@ -4,6 +4,7 @@ transform. A file with another fingerprint is an error, never silently recompute
 """
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,14 @@ from distdiff import DistDiffError
 from distdiff.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrototypeConfig:
+    """How the prototypes are made (the defaults are the paper's) and the file that holds them."""
+    path: str | None = None   # None: <out>/prototypes.npz
+    cluster: str = "kmeans"   # group prototypes: k-means (the paper), or the authors' average linkage
+    num_groups: int = 3       # K group prototypes per class
 
 
 def fingerprint(guide_ckpt, train_files, method, k, transform="guide"):

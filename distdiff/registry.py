@@ -3,9 +3,12 @@ light tools (parse_logs.py, plot_results.py) stay fast; distdiff/datasets.py loa
 
 Every dataset is an ImageFolder tree `<DATA_ROOT>/<name>/<split>/<class>/*`. Class order is the
 sorted folder order (torchvision's rule), so labels are stable across machines. The paper's
-datasets are listed here; the embedded benchmark's (digits and its shifted domains) are added by
-`import embedded`, which every entry point does, so the library never imports the stand-ins.
+datasets are listed here. Other packages add theirs through the `distdiff.datasets` entry-point
+group (pyproject.toml): on the first lookup the registry calls each provider found there once.
+This repository's embedded benchmark (digits and its shifted domains) is such a provider, so
+the library never imports the stand-ins and no script imports anything for its side effects.
 """
+import importlib.metadata
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -77,17 +80,41 @@ REGISTRY = {
 }
 
 
+PROVIDER_GROUP = "distdiff.datasets"
+_providers_loaded = []  # the entry points called, once per process
+
+
 def register(spec):
-    """Add a dataset (the embedded package registers its own); a name is registered once."""
+    """Add a dataset (providers call this); a name is registered once."""
     if spec.name in REGISTRY and REGISTRY[spec.name] != spec:
         raise DistDiffError(f"dataset {spec.name!r} is registered twice with different settings")
     REGISTRY[spec.name] = spec
     return spec
 
 
+def registered():
+    """Every registered dataset by name: the paper's, then each provider's (loaded on first call)."""
+    if not _providers_loaded:
+        for entry in sorted(importlib.metadata.entry_points(group=PROVIDER_GROUP), key=lambda e: e.name):
+            entry.load()()
+            _providers_loaded.append(entry.name)
+        _providers_loaded.append(None)  # loaded, even where no provider is installed
+    return REGISTRY
+
+
 def dataset_names():
     """Registered names plus the `folder:<path>` form, for help texts."""
-    return sorted(REGISTRY) + ["folder:<path>"]
+    return sorted(registered()) + ["folder:<path>"]
+
+
+def _not_installed_hint():
+    """Why the embedded datasets may be missing: this checkout is importable but not installed."""
+    try:
+        importlib.metadata.distribution("distdiff")
+        return ""
+    except importlib.metadata.PackageNotFoundError:
+        return (" (this checkout is not installed, so its embedded datasets are not registered: "
+                "bash scripts/setup.sh, or pip install --no-deps -e .)")
 
 
 def get_dataset(name, data_root=None):
@@ -98,8 +125,8 @@ def get_dataset(name, data_root=None):
         val = "val" if (root / "val").is_dir() else None
         return DatasetSpec(name=name, root=root, val_split=val,
                            prepare_hint=f"create {root}/train/<class>/* and {root}/test/<class>/*")
-    if name not in REGISTRY:
-        raise DistDiffError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+    if name not in registered():
+        raise DistDiffError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}{_not_installed_hint()}")
     spec = REGISTRY[name]
     return replace(spec, root=Path(data_root) / spec.root.name) if data_root else spec
 

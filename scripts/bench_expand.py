@@ -23,6 +23,10 @@ calls), s/image = measured - denoise + denoise * (full denoised steps / measured
 With a `shape:` model the guide is a randomly initialised --guide_arch at 224 px with random unit
 prototypes: the cost of a network depends on its shape, not on its weights.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import statistics
 import tempfile
@@ -33,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff import expansion as ex
 from distdiff import registry, shards

@@ -15,6 +15,10 @@ sees a batch of 2 per image):
   guided   = unguided + the look-ahead: P * (UNet(2) + VAE decode + guide) forward, and the
              backward through all of it, once per guidance application.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import json
 from pathlib import Path

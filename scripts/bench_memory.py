@@ -11,15 +11,17 @@ figure is the data pipeline's: with the paper's ResNet-50 on a GPU its activatio
 memory, not in this process's RSS; --arch resnet50 measures the CPU case, where one batch of 64
 adds the activations of a ResNet-50 forward and backward.
 """
-import argparse
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
+import argparse
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import REPO_ROOT
 from distdiff.fileio import atomic_write_json
 from distdiff.options import run_cli

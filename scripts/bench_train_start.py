@@ -10,6 +10,10 @@ as train_expand.py does (224-px crops from a 256 resize, the decoded-image cache
 every image decode PIL performs (ImageFile.load calls that still have data to decode). Each image
 should be decoded once: the cache keeps its resized pixels and checks that it opens.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import time
 from collections import Counter
@@ -18,7 +22,6 @@ from pathlib import Path
 
 from PIL import ImageFile
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import registry
 from distdiff.fileio import atomic_write_json
 from distdiff.options import run_cli

@@ -17,13 +17,16 @@ real training split ("original"), against the reference set (default: the datase
 The guide defaults to the dataset's default guide checkpoint (the one expand_distdiff.py uses).
 Each folder's row goes to <folder>/eval_metrics.json; --out also writes all rows to one file.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import sys
 from pathlib import Path
 
 import yaml
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff import registry

@@ -8,11 +8,14 @@ trained on the `prior` split scores text-to-image samples and img2img outputs by
 reconstruction error is measured on val. Writes quality.json into the model folder (or
 --output) and prints it.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 from dataclasses import fields
 from pathlib import Path
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.config import REPO_ROOT
 from distdiff.devices import configure_cpu, resolve_device
 from distdiff.fileio import atomic_write_json

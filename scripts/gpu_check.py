@@ -48,10 +48,13 @@ Predicted total: about 5 minutes (6 with --with_compile); the caps add up to mor
 8-minute budget cuts the last steps short (SKIP, exit 2) rather than overrun: a step starts
 only with its cap's time left.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import gc
 import json
-import os
 import platform
 import re
 import shutil

@@ -12,5 +12,11 @@ cd "$(dirname "$0")/.."
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The embedded datasets register through this repository's entry point (pyproject.toml), so the
+# checkout must be installed; editable and without dependencies, as scripts/setup.sh does.
+if ! "$PY" -c 'import importlib.metadata as m; m.distribution("distdiff")' 2>/dev/null; then
+  echo "gpu_check: installing this checkout (pip install --no-deps --no-build-isolation -e .)"
+  "$PY" -m pip install --quiet --no-deps --no-build-isolation -e .
+fi
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 exec "$PY" scripts/gpu_check.py "$@"

@@ -5,6 +5,10 @@ writes figure/accuracy.png (original vs SD vs DistDiff, mean ± std over seeds, 
 results.json files) and figure/expansion_grid.png (per class: a source image, its guided copies
 and its unguided copies made with the same seeds).
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 from pathlib import Path
 
@@ -12,7 +16,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 from PIL import Image
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff.options import run_cli
 from distdiff.registry import get_dataset

@@ -12,13 +12,16 @@ Left: the paired guided - unguided test last_acc of every guided cell against it
 percent so that their intervals do not hide each other (log scale).
 Right: the unguided expansion's own test last_acc (mean ± std over seeds) per prior.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import csv
 from pathlib import Path
 
 import matplotlib
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff.options import run_cli
 

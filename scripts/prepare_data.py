@@ -7,15 +7,18 @@
 The split conventions (val splits, dropped classes) are in distdiff/prepare.py and INSTALL.md.
 The tree appears whole or not at all; a complete tree (one with prepare.json) is left alone.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import json
 from pathlib import Path
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff.options import run_cli
 from distdiff.prepare import SOURCES, is_complete, prepare
-from distdiff.registry import DATA_ROOT, REGISTRY, get_dataset
+from distdiff.registry import DATA_ROOT, get_dataset, registered
 
 DOWNLOAD_ROOT = DATA_ROOT / "raw"
 
@@ -37,7 +40,7 @@ def source_root(name, source, download):
 
 def not_convertible(name):
     """Why `name` has nothing to convert here, and what to run instead."""
-    if name in REGISTRY or name.startswith("folder:"):
+    if name in registered() or name.startswith("folder:"):
         return f"{name} is not converted from torchvision (to prepare it: {get_dataset(name).prepare_hint})"
     return f"unknown dataset {name!r}; choose from {', '.join(sorted(SOURCES))}"
 

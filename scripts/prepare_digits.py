@@ -5,12 +5,15 @@ and, on request, the shifted domains (embedded/shifted.py) into data/<shift>/{pr
     python scripts/prepare_digits.py --shifts printed photo
     python scripts/prepare_digits.py --shifts            # all shifted domains
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 from pathlib import Path
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff.options import run_cli
-from distdiff.registry import REGISTRY
+from distdiff.registry import get_dataset
 from distdiff.runs import setup_logging
 from embedded.digits import export_digits
 from embedded.shifted import SHIFTS, SPLITS, export_shift
@@ -18,7 +21,7 @@ from embedded.shifted import SHIFTS, SPLITS, export_shift
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--root", default=str(REGISTRY["digits"].root), help="output directory")
+    parser.add_argument("--root", default=str(get_dataset("digits").root), help="output directory")
     parser.add_argument("--shifts", nargs="*", default=None, choices=SHIFTS, metavar="NAME",
                         help=f"also export these shifted domains beside it ({', '.join(SHIFTS)}); "
                              "--shifts alone exports all of them")

@@ -16,9 +16,12 @@ seconds per image. Outputs go to <root>/<dataset>/sweeps/<name>/ (sweep.csv, swe
 logs/ with every subprocess's output, metrics/ caching finished cells) plus the --figure.
 A rerun skips cells whose expansion is complete and whose seeds all have results.json.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -31,7 +34,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError, registry
 from distdiff.config import REPO_ROOT as REPO
 from distdiff.config import TRAIN_SPELLINGS, dataset_section, parse_args, spellings_of
@@ -297,9 +299,8 @@ def run_logged(cmd, log_path, what):
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        # Several runs share the cores: OpenMP threads must sleep, not spin, while they wait.
-        env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        # The children inherit this process's OMP_WAIT_POLICY (set at the top): several share the cores.
+        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     if code:
         lines = [line for line in log_path.read_text().splitlines() if line.strip()]
         raise DistDiffError(f"{what} exited with {code}: {lines[-1] if lines else '(no output)'} (log {log_path})")

@@ -22,6 +22,10 @@ the same command resumes from it. The final folder is written to a temp dir and 
 Two runs with the same seed and thread count give bit-identical weights.
 At the end, embedded/prior_eval.py's protocol writes quality.json into the folder.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import logging
 import time
@@ -31,7 +35,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-import embedded  # noqa: F401 - registers the embedded benchmark's datasets
 from distdiff import DistDiffError
 from distdiff.config import REPO_ROOT, load_yaml_config, parse_args, save_args
 from distdiff.devices import configure_cpu, resolve_device

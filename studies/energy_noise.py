@@ -9,6 +9,10 @@ replicated.json that exists and prints one markdown section: per setting, the fo
 accuracy and energy means over expansions, their contrasts against `none`, and the primary
 contrast (both - noise only) with the rule's verdict; the figure shows the same.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
 import argparse
 import json
 import sys

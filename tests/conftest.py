@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import embedded  # noqa: F401 - registers the embedded datasets, as every entry point does
-
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -34,6 +32,16 @@ BACKGROUND_CHECKS = {
     "chain": (("tests/test_chain.py::",), [sys.executable, "tests/jobs/chain.py", "{work}"]),
 }
 _BACKGROUND = {}
+_DATA_ROOT = []
+
+
+def pytest_configure(config):
+    """Tests write only to temporary folders: the registered datasets' trees (the embedded digits,
+    exported on first use) go to a folder of this session, for the tests and every process they
+    start, set before any test module imports distdiff.registry. Removed when the session ends.
+    (Here, not at import: the background jobs import this module for its helpers.)"""
+    _DATA_ROOT.append(Path(tempfile.mkdtemp(prefix="distdiff-test-data-")))
+    os.environ["DISTDIFF_DATA_ROOT"] = str(_DATA_ROOT[0])
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -84,6 +92,8 @@ def pytest_sessionfinish(session):
         out.close()
         err.close()
         shutil.rmtree(work, ignore_errors=True)
+    for root in _DATA_ROOT:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def script(name):
@@ -161,7 +171,7 @@ def save_random_guide(path, classes=DIGITS, image_size=32, resize_size=36):
 
 @pytest.fixture(scope="session")
 def digits_ready():
-    """The embedded digits dataset exported under data/digits (idempotent)."""
+    """The embedded digits dataset exported under the session's DATA_ROOT (idempotent)."""
     from distdiff.registry import ensure_prepared, get_dataset
     ensure_prepared(get_dataset("digits"))
     return get_dataset("digits")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from conftest import DIGITS, run_main, script
-from distdiff import DistDiffError
+from conftest import DIGITS, run_main
+from distdiff import DistDiffError, expand_flags
 from distdiff import expansion as ex
 from distdiff.registry import get_dataset
 
@@ -28,7 +28,8 @@ AUTHORS_ARGS = [
 
 
 def parse(*argv):
-    return script("expand_distdiff").parse([str(a) for a in argv])
+    """expand_distdiff.py's resolved flags (the namespace its ExpandConfig is made from)."""
+    return expand_flags.parse_namespace([str(a) for a in argv])
 
 
 def test_authors_argument_list_parses_to_the_same_settings():
@@ -41,14 +42,14 @@ def test_authors_argument_list_parses_to_the_same_settings():
         (20, 2, 7.5, 0.2, 10.0)
     assert args.guide_ckpt.endswith("resnet50_unpretrained_lr0.1/seed1/model_best.pth.tar")
     assert (args.total_split, args.split) == (4, 0)
-    guidance = script("expand_distdiff").guidance_config(args)
+    guidance = expand_flags.guidance_config(args)
     assert (guidance.lambda_class, guidance.lambda_group) == (1.0, 1.0)
-    only_class = script("expand_distdiff").guidance_config(parse("--dataset", "digits", "--optimize_targets",
+    only_class = expand_flags.guidance_config(parse("--dataset", "digits", "--optimize_targets",
                                                                  "global_prototype", "--gs", "2"))
     assert (only_class.lambda_class, only_class.lambda_group) == (2.0, 0.0)
     assert parse("--dataset", "digits", "--guidance_type", "direct_guidance").guidance == "direct"
     with pytest.raises(DistDiffError, match="--optimize_targets 'global'"):
-        script("expand_distdiff").guidance_config(parse("--dataset", "digits", "--optimize_targets", "global"))
+        expand_flags.guidance_config(parse("--dataset", "digits", "--optimize_targets", "global"))
 
 
 def test_preset_authors_sets_their_values_and_command_line_flags_win():
@@ -86,7 +87,6 @@ def test_their_prompt_templates():
 def samplers(tiny_pipe, random_guide):
     """Transform and direct samplers configured by --preset authors, on the tiny digits pipeline."""
     from distdiff.pipeline import load_pipeline
-    module = script("expand_distdiff")
     torch.manual_seed(0)
     protos = {"class_protos": torch.randn(10, 128).numpy(), "group_protos": torch.randn(10, 3, 128).numpy(),
               "group_mask": np.ones((10, 3), bool)}
@@ -97,8 +97,8 @@ def samplers(tiny_pipe, random_guide):
         pipe = load_pipeline(tiny_pipe, torch.device("cpu"))
         guide, guide_input, _ = ex.load_guide(random_guide, 10, torch.device("cpu"), args.guide_input)
         prompts = ex.class_prompts(get_dataset("digits"), list(DIGITS), args.prompts)
-        out[mode] = ex.build_sampler(pipe, guide, guide_input, protos, prompts, module.sample_config(args),
-                                     module.guidance_config(args), torch.device("cpu"))
+        out[mode] = ex.build_sampler(pipe, guide, guide_input, protos, prompts, expand_flags.sample_config(args),
+                                     expand_flags.guidance_config(args), torch.device("cpu"))
     return {**out, "protos": protos, "guide": out["transform"].guide}
 
 
@@ -142,7 +142,10 @@ def test_transform_guidance_equals_the_authors_update(samplers):
             latents = out.prev_sample
         grad_a, grad_b = torch.autograd.grad(score / 2, [a_var, b_var])
     theirs = (z * (1 + (a - 10.0 * grad_a)) + (b - 10.0 * grad_b)).clamp(z - 0.2, z + 0.2)
-    assert not torch.equal(theirs, z)
+    # The gradient step must move the result well beyond the tolerance (vanishing gradients would
+    # make both sides the clamped random perturbation alone, equal whatever the energy).
+    no_step = (z * (1 + a) + b).clamp(z - 0.2, z + 0.2)
+    assert (theirs - no_step).abs().max() > 100 * 1e-5
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
@@ -156,7 +159,7 @@ def test_direct_guidance_equals_the_authors_update(samplers):
         ours = sampler._direct(ours.clone(), index, embeds, torch.tensor([label]))[0]
     # Theirs, at each of the P=2 timesteps: one step with CFG, unit features, energy not divided by
     # P, gradient with respect to z_t subtracted (rho = 10) from z_{t-1}, no projection.
-    theirs = z.clone()
+    theirs, unguided = z.clone(), z.clone()
     for t in sampler.timesteps[sampler.guidance_at[0]:sampler.guidance_at[0] + 2]:
         with torch.enable_grad():
             z_t = theirs.clone().requires_grad_()
@@ -164,6 +167,11 @@ def test_direct_guidance_equals_the_authors_update(samplers):
             score = authors_score(sampler, samplers["protos"], out.pred_original_sample, label, True)
             (grad,) = torch.autograd.grad(score, [z_t])
         theirs = (out.prev_sample - 10.0 * grad).detach()
+        with torch.no_grad():
+            unguided = authors_step(sampler, unguided, t, embeds).prev_sample
+    # The gradient steps must move the result well beyond the tolerance (with vanishing gradients
+    # both sides would be plain DDIM steps, equal whatever the energy).
+    assert (theirs - unguided).abs().max() > 100 * 1e-5
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
@@ -189,7 +197,12 @@ def test_prototypes_equal_the_authors_recipe(tmp_path, digits_ready, random_guid
         np.testing.assert_allclose(unit(ours["class_protos"][c]), unit(members.mean(0)), atol=1e-5)
         groups = AgglomerativeClustering(n_clusters=3, linkage="average").fit_predict(members)
         theirs = np.stack([unit(members[groups == g].mean(0)) for g in range(3)])
-        np.testing.assert_allclose(np.sort(unit(ours["group_protos"][c]), axis=0), np.sort(theirs, axis=0), atol=1e-5)
+        # Cluster labels are arbitrary: pair each of ours with its nearest of theirs (whole vectors),
+        # which must be a one-to-one matching, then compare the pairs.
+        mine = unit(ours["group_protos"][c])
+        match = [int(np.argmin(np.linalg.norm(theirs - row, axis=1))) for row in mine]
+        assert sorted(match) == [0, 1, 2], match
+        np.testing.assert_allclose(mine, theirs[match], atol=1e-5)
 
 
 # ---------------------------------------------------------------------------

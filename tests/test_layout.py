@@ -59,3 +59,44 @@ def test_the_method_is_four_small_files_without_timing_or_recording():
     for name in METHOD:
         used = imports(REPO / "distdiff" / f"{name}.py")
         assert not {"time", "distdiff.timing", "distdiff.expansion"} & used, (name, used)
+
+
+def entry_points():
+    """Files run as programs: the stage scripts, scripts/ and studies/ (those with a __main__ block)."""
+    files = [*REPO.glob("*.py"), *(REPO / "scripts").glob("*.py"), *(REPO / "studies").glob("*.py")]
+    return sorted(p for p in files if '__name__ == "__main__"' in p.read_text())
+
+
+def test_every_entry_point_sets_passive_openmp_before_any_other_import():
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads it: the default must be in os.environ
+    before the first import that can load torch (two runs started from a plain shell spin otherwise)."""
+    assert len(entry_points()) >= 18
+    for path in entry_points():
+        body = ast.parse(path.read_text()).body[1:]  # after the docstring
+        first_other = next(i for i, node in enumerate(body) if isinstance(node, (ast.Import, ast.ImportFrom))
+                           and not (isinstance(node, ast.Import) and [a.name for a in node.names] == ["os"]))
+        calls = [ast.unparse(node) for node in body[:first_other] if isinstance(node, ast.Expr)]
+        assert "os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')" in calls, path.relative_to(REPO)
+
+
+def test_datasets_are_registered_through_the_entry_point_not_an_import():
+    """A fresh interpreter that imports only the registry finds the embedded datasets (the
+    `distdiff.datasets` entry point), and no file imports a package for its side effects."""
+    import subprocess
+    import sys
+    code = ("import sys; from distdiff.registry import get_dataset, dataset_names; "
+            "print(get_dataset('digits').name, 'embedded' in sys.modules, len(dataset_names()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    name, imported, count = out.split()
+    assert (name, imported) == ("digits", "True") and int(count) > 10
+    needle = "# noqa: " + "F401"  # an import kept only for what importing it does
+    for path in [*REPO.glob("*.py"), *REPO.glob("*/*.py"), *REPO.glob("tests/jobs/*.py")]:
+        assert needle not in path.read_text(), path.relative_to(REPO)
+
+
+def test_an_unknown_dataset_lists_the_known_ones():
+    import pytest
+
+    from distdiff import DistDiffError, registry
+    with pytest.raises(DistDiffError, match="unknown dataset 'nope'; known: .*digits.*folder:<path>"):
+        registry.get_dataset("nope")

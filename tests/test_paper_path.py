@@ -65,8 +65,8 @@ def test_guide_is_resnet50_at_224_and_the_last_epoch(paper):
 def in_clone(paper, monkeypatch):
     """Point the in-process registry at the clone's data (verify and parse_logs need no new process)."""
     from distdiff import registry
-    spec = registry.REGISTRY["caltech-101"]
-    monkeypatch.setitem(registry.REGISTRY, "caltech-101",
+    spec = registry.get_dataset("caltech-101")
+    monkeypatch.setitem(registry.registered(), "caltech-101",
                         dataclasses.replace(spec, root=paper["clone"] / "data" / "caltech-101"))
 
 

@@ -206,14 +206,14 @@ def test_prepare_converts_caltech_and_then_does_nothing(tmp_path, capsys):
 def test_script_reports_an_existing_tree_and_a_seed_mismatch(tmp_path, monkeypatch, capsys):
     root = tmp_path / "caltech-101"
     prep.build_tree(root, caltech_like_splits(FakeDataset(["a", "b"], [5, 5]), 2), seed=0, ext="png")
-    monkeypatch.setattr(registry, "REGISTRY", {**registry.REGISTRY, "caltech-101": registry.DatasetSpec("caltech-101", root)})
+    monkeypatch.setitem(registry.registered(), "caltech-101", registry.DatasetSpec("caltech-101", root))
     assert run_main("scripts.prepare_data", "caltech-101", "--seed", "3") == 0
     out = capsys.readouterr().out
     assert "already prepared" in out and "drawn with --seed 0, not 3" in out
 
 
 def test_missing_or_absent_source_and_other_names_are_one_line_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "REGISTRY", {**registry.REGISTRY, "dtd": registry.DatasetSpec("dtd", tmp_path / "dtd")})
+    monkeypatch.setitem(registry.registered(), "dtd", registry.DatasetSpec("dtd", tmp_path / "dtd"))
     with pytest.raises(DistDiffError, match="no source for dtd: pass --download .* or --source DIR"):
         run_main("scripts.prepare_data", "dtd")
     with pytest.raises(DistDiffError, match="does not exist.*--download"):
@@ -235,7 +235,7 @@ def test_an_already_split_source_is_kept_as_it_is(tmp_path, monkeypatch, capsys)
             for i in range(per_class):
                 Image.new("RGB", (40 + i, 30), (40 * c, 10 * i, 100)).save(source / split / name / f"image_{i:04d}.jpg")
     root = tmp_path / "caltech-101"
-    monkeypatch.setattr(registry, "REGISTRY", {**registry.REGISTRY, "caltech-101": registry.DatasetSpec("caltech-101", root)})
+    monkeypatch.setitem(registry.registered(), "caltech-101", registry.DatasetSpec("caltech-101", root))
     with pytest.raises(DistDiffError, match="--shots draws a training split, but .* is already split"):
         run_main("scripts.prepare_data", "caltech-101", "--source", source, "--shots", "2")
     assert not root.exists()

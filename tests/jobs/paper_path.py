@@ -71,6 +71,7 @@ def main(work):
     (bin_dir / "python").chmod(0o755)
     env = dict(script_env(), HF_HOME=str(work / "hf"), HF_HUB_CACHE=str(work / "hf" / "hub"), HF_HUB_OFFLINE="1",
                PYTHONPATH=str(clone), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env.pop("DISTDIFF_DATA_ROOT", None)  # as in a fresh clone: the datasets go to the clone's data/
     block = readme_paper_block()
     steps = [("prepare", f"python scripts/prepare_data.py caltech-101 --source {work / 'downloads'} --shots 2", {}),
              ("readme_block", "set -e\n" + "\n".join(block) + "\n", {"SEEDS": "1"}),
