@@ -1,6 +1,6 @@
 """Two expansions started at once from a plain shell, against one alone, on the CPU.
 
-    python scripts/bench_concurrent.py                 # 12 sources x 2 copies per run
+    python scripts/bench_concurrent.py                 # 30 sources x 4 copies per run
     python scripts/bench_concurrent.py --limit 4       # shorter
 
 Each run is `expand_distdiff.py` on the embedded digits with a tiny untrained pipeline and a
@@ -45,8 +45,8 @@ def timed(commands, env):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=12, help="source images per run")
-    parser.add_argument("--expand_ratio", type=int, default=2, help="copies per source image")
+    parser.add_argument("--limit", type=int, default=30, help="source images per run")
+    parser.add_argument("--expand_ratio", type=int, default=4, help="copies per source image")
     args = parser.parse_args(argv)
     from distdiff.registry import ensure_prepared, get_dataset
     from embedded.prior import build_tiny_pipeline
@@ -57,7 +57,7 @@ def main(argv=None):
         tmp = Path(tmp)
         pipe = build_tiny_pipeline(tmp / "pipe", [spec.prompt(str(d)) for d in range(10)])
         subprocess.run([sys.executable, "train_original.py", "--dataset", "digits", "--arch", "resnet_small",
-                        "--epochs", "1", "--checkpoint_root", str(tmp / "ckpt")], cwd=REPO, env=plain_env(),
+                        "--epochs", "1", "--output", str(tmp / "ckpt")], cwd=REPO, env=plain_env(),
                        check=True, capture_output=True)
         guide = next((tmp / "ckpt").rglob("model_best.pth.tar"))
 
