@@ -29,8 +29,8 @@ def _resize(size, interpolation):
     return v2.Resize(size, interpolation=v2.InterpolationMode(interpolation))
 
 
-def train_transform(image_size=224, resize_size=256, rotation=15.0, hflip=True,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False, aug="default", interpolation="bilinear"):
+def train_transform(image_size, resize_size, rotation, hflip, *, aug, interpolation, mean=IMAGENET_MEAN,
+                    std=IMAGENET_STD, split=False):
     """The paper's training augmentation, ending in a normalised float tensor.
 
     With split=True it returns (head, tail): the deterministic decode-and-resize head, which
@@ -48,7 +48,7 @@ def train_transform(image_size=224, resize_size=256, rotation=15.0, hflip=True,
     return (v2.Compose(head), v2.Compose(tail)) if split else v2.Compose(head + tail)
 
 
-def test_transform(image_size=224, resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False,
+def test_transform(image_size, resize_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, split=False,
                    interpolation="bilinear"):
     """Resize -> CenterCrop -> normalise: used for evaluation and for feature extraction.
 

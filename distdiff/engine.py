@@ -123,7 +123,7 @@ def make_loader(dataset, batch_size, shuffle, workers, seed=0, pin_memory=False,
                       persistent_workers=persistent and workers > 0)
 
 
-def build_optimizer(model, lr, momentum=0.9, weight_decay=1e-4):
+def build_optimizer(model, lr, momentum, weight_decay):
     """SGD with Nesterov momentum, as in the paper."""
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
                            weight_decay=weight_decay)
@@ -236,10 +236,11 @@ def write_results(run_dir, results):
 # The training loop with resume
 # ---------------------------------------------------------------------------
 
-def fit(run_dir, model, train_set, val_set, test_set, device, meta, epochs=100, batch_size=64, lr=0.1,
-        momentum=0.9, weight_decay=1e-4, seed=1, workers=0, amp_dtype=None, batch_transform=None,
-        eval_batch_size=64, eval_every=1, select_on="val", channels_last=False):
-    """Train with the paper recipe, resuming from <run_dir>/last.pt; returns the results.json dict.
+def fit(run_dir, model, train_set, val_set, test_set, device, meta, *, epochs, batch_size, lr, momentum,
+        weight_decay, seed, eval_batch_size, eval_every, workers=0, amp_dtype=None, batch_transform=None,
+        select_on="val", channels_last=False):
+    """Train with the given recipe (training.TrainConfig holds the paper's), resuming from
+    <run_dir>/last.pt; returns the results.json dict.
 
     `meta` (arch, classes, transform sizes) is stored in every checkpoint so the guide can be
     rebuilt without the training script's arguments. `batch_transform` is MixUp/CutMix (see

@@ -14,7 +14,6 @@ runs unchanged). `parse(argv)` gives the resolved ExpandConfig that distdiff.exp
 """
 import argparse
 import dataclasses
-from dataclasses import asdict
 from pathlib import Path
 
 from distdiff import DistDiffError, registry
@@ -33,9 +32,14 @@ ROLES = ("path", "sample", "guidance", "items", "shard", "execution", "runtime",
 # Flags named differently from their GuidanceConfig field.
 GUIDANCE_FLAGS = {"mode": "guidance", "repeats": "guidance_repeats", "interval": "guidance_interval"}
 PROTOTYPE_FLAGS = {"path": "prototypes"}
-DATACLASS_DEFAULTS = {**asdict(SampleConfig()),
-                      **{GUIDANCE_FLAGS.get(name, name): value for name, value in asdict(GuidanceConfig()).items()},
-                      **{PROTOTYPE_FLAGS.get(name, name): value for name, value in asdict(PrototypeConfig()).items()}}
+
+
+def dataclass_defaults():
+    """The defaults of the img2img, guidance and prototype settings, by flag name, read from their
+    dataclasses' fields each time a parser is built (the one place they are written)."""
+    return {renames.get(f.name, f.name): f.default
+            for cls, renames in ((SampleConfig, {}), (GuidanceConfig, GUIDANCE_FLAGS), (PrototypeConfig, PROTOTYPE_FLAGS))
+            for f in dataclasses.fields(cls)}
 
 
 def radius_type(value):
@@ -67,10 +71,12 @@ def get_parser(description=None):
     """expand_distdiff.py's parser; every flag carries its role (ROLES) as `action.role`."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    defaults = dataclass_defaults()
+
     def add(role, name, **kwargs):
         assert role in ROLES, role
-        if name in DATACLASS_DEFAULTS:  # the img2img and guidance defaults live in their dataclasses
-            kwargs["default"] = DATACLASS_DEFAULTS[name]
+        if name in defaults:  # the img2img, guidance and prototype defaults live in their dataclasses
+            kwargs["default"] = defaults[name]
         p.add_argument(*spellings_of(name, EXPAND_SPELLINGS), **kwargs).role = role
     # Other spellings of a flag (the authors' generate_data.py names among them): EXPAND_SPELLINGS.
     # data, models, outputs

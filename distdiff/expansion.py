@@ -163,8 +163,8 @@ def load_sources(spec):
     return ds.load_split(spec, spec.train_split, transform=None, verify=True)
 
 
-def build_prototypes(path, spec, sources, guide, meta, device, guide_ckpt, cluster="kmeans", num_groups=3,
-                     seed=0, guide_input="guide"):
+def build_prototypes(path, spec, sources, guide, meta, device, guide_ckpt, cluster, num_groups, seed=0,
+                     guide_input="guide"):
     """Load or compute the prototypes file at `path` for this guide, split, cluster method, K and
     feature transform (the guide's test transform, or the authors' squash)."""
     root = spec.split_dir(spec.train_split)
@@ -243,8 +243,8 @@ class BatchSize:
 CPU_BATCH = shards.BLOCK_ITEMS  # --batch_size auto on the CPU: throughput is flat beyond it
 
 
-def choose_batch_size(batch_size, pipe, guide, guide_side, resolution, guided, device, checkpointing=False,
-                      lookahead_steps=2):
+def choose_batch_size(batch_size, pipe, guide, guide_side, resolution, guided, device, checkpointing,
+                      lookahead_steps):
     """(batch size, gradient checkpointing) for --batch_size (an int, or 'auto').
 
     auto on CUDA: the largest batch that fits the free memory by the per-image model of

@@ -62,7 +62,7 @@ class GuidanceConfig:
         return num_steps - (self.lookahead_steps if self.mode == "transform" else 1)
 
 
-def energy(features, class_protos, group_protos, group_mask, lambda_class=1.0, lambda_group=1.0):
+def energy(features, class_protos, group_protos, group_mask, lambda_class, lambda_group):
     """Per-item energy [B] against the item's class prototype and its nearest group prototype.
 
     features [B, D]; class_protos [B, D]; group_protos [B, K, D]; group_mask [B, K] (bool).

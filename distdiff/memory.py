@@ -113,7 +113,7 @@ def _meta_models(pipe, guide, dtype):
     return unet, vae, meta_guide
 
 
-def count_lookahead(unet, vae, guide, latent_side, tokens, width, guide_side, lookahead_steps=2,
+def count_lookahead(unet, vae, guide, latent_side, tokens, width, guide_side, lookahead_steps,
                     dtype=torch.float16, attention_min_side=1024):
     """What one guided image keeps for the backward, on meta modules: a dict of bytes
     (outside units, unit inputs, per unit call, attention matrices)."""
@@ -149,7 +149,7 @@ def image_memory(counts):
     return ImageMemory(plain=plain, checkpointed=checkpointed, unguided=largest)
 
 
-def pipeline_image_memory(pipe, guide, guide_side, resolution, lookahead_steps=2):
+def pipeline_image_memory(pipe, guide, guide_side, resolution, lookahead_steps):
     """ImageMemory of a loaded pipeline and guide at `resolution`, in the pipeline's dtype."""
     unet, vae, meta_guide = _meta_models(pipe, guide, pipe.unet.dtype)
     latent_side = resolution // pipe.vae_scale_factor

@@ -15,19 +15,19 @@ def dataset_dirname(dataset):
     return dataset
 
 
-def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug="default", resize_mode="shorter",
-                  preset=None):
+def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug=None, resize_mode=None, preset=None):
     """checkpoint/<dataset>/<arch>_<pretrained|unpretrained>[_<exp>]_lr<lr>[_aug-<aug>][_resize-squash]
     [_preset-<name>]/seed<N>.
 
-    The augmentation, resize mode and preset appear only when they are not the defaults, so run
-    dirs made before those flags existed keep their names and stay valid.
+    The augmentation, resize mode and preset appear only when they are given and not the paper's
+    (None means the paper's: "default" augmentation, "shorter" resize), so run dirs made before
+    those flags existed keep their names and stay valid.
     """
     tag = "pretrained" if pretrained else "unpretrained"
     name = f"{arch}_{tag}" + (f"_{exp}" if exp else "") + f"_lr{lr:g}"
-    if aug and aug != "default":
+    if aug not in (None, "default"):
         name += f"_aug-{aug}"
-    if resize_mode != "shorter":
+    if resize_mode not in (None, "shorter"):
         name += f"_resize-{resize_mode}"
     if preset:
         name += f"_preset-{preset}"
@@ -84,11 +84,11 @@ def train_arch(dataset, config_dir=CONFIG_DIR):
     return (dataset_yaml(dataset, config_dir).get("train") or {}).get("arch", "resnet50")
 
 
-def preset_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, preset=None, aug="default"):
+def preset_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, preset=None, aug=None):
     """train_run_dir of a run trained with `preset` (its resize mode and name), or with none."""
     from distdiff.presets import TRAIN_PRESETS
 
-    resize_mode = TRAIN_PRESETS[preset]["resize_mode"] if preset else "shorter"
+    resize_mode = TRAIN_PRESETS[preset]["resize_mode"] if preset else None
     return train_run_dir(output, dataset, arch, pretrained, lr, seed, exp, aug, resize_mode, preset)
 
 

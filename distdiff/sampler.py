@@ -67,7 +67,7 @@ class ItemDraws:
     prompt: int = 0            # which of its class's prompts the item uses
 
 
-def draw_item(generator, latent_shape, repeats, num_prompts=1, offset_noise=False):
+def draw_item(generator, latent_shape, repeats, num_prompts, offset_noise):
     """Draw an item's random numbers in a fixed order (the same for every guidance mode, so guided
     and unguided images with the same seed share their noise). Optional draws come last, so
     turning them on leaves the others unchanged."""
@@ -83,7 +83,7 @@ def draw_item(generator, latent_shape, repeats, num_prompts=1, offset_noise=Fals
     return draws
 
 
-def frame(image, side, framing="center", generator=None):
+def frame(image, side, framing, generator=None):
     """A PIL image as a [3, side, side] tensor in [-1, 1]: shorter side resized to `side`, then a
     centre or (seeded) random crop; or the whole image squashed to side x side."""
     x = TF.to_dtype(TF.to_image(image.convert("RGB")), torch.float32, scale=True)

@@ -46,6 +46,7 @@ from distdiff.fileio import atomic_save_image, atomic_write_json
 from distdiff.guidance import GuidanceConfig
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import finish_pipeline, load_pipeline, speed_up
+from distdiff.prototype_store import PrototypeConfig
 from distdiff.runs import default_guide_ckpt, setup_logging
 from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
 from distdiff.timing import stage_timer
@@ -123,7 +124,8 @@ def build(args, device):
     guide_ckpt = args.guide_ckpt or str(default_guide_ckpt("checkpoint", args.dataset, args.guide_arch))
     guide, guide_input, meta = ex.load_guide(guide_ckpt, len(sources.classes), device)
     protos = ex.build_prototypes(Path(tempfile.mkdtemp()) / "prototypes.npz", registry.get_dataset(args.dataset),
-                                 sources, guide, meta, device, guide_ckpt)
+                                 sources, guide, meta, device, guide_ckpt, PrototypeConfig().cluster,
+                                 PrototypeConfig().num_groups)
     return sources, guide, guide_input, protos
 
 
@@ -163,7 +165,7 @@ def make_batches(sampler, sources, items, batch_size):
     batches = []
     for block in shards.blocks(work, batch_size):
         posts = [latents.get(it.index) for it in block]
-        draws = [draw_item(shards.item_generator(0, it.index, 0), sampler.latent_shape(), 1) for it in block]
+        draws = [draw_item(shards.item_generator(0, it.index, 0), sampler.latent_shape(), 1, 1, False) for it in block]
         batches.append((torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
                         torch.tensor([it.label for it in block]), draws))
     return batches

@@ -355,7 +355,8 @@ def step_memory(ctx):
     requires("pipe")(ctx)
     pipe = ctx.pipe
     sampler, _, _, _ = guidance_fixture(ctx, pipe, batch=1)
-    predicted = memory.pipeline_image_memory(pipe, sampler.guide, sampler.guide_input.image_size, sampler.resolution)
+    predicted = memory.pipeline_image_memory(pipe, sampler.guide, sampler.guide_input.image_size, sampler.resolution,
+                                            sampler.guidance_cfg.lookahead_steps)
     del sampler
     cuda = ctx.device.type == "cuda"
     free = torch.cuda.mem_get_info(ctx.device)[0] if cuda else 80 * memory.GIB  # the smoke plans for 80 GB
@@ -441,7 +442,7 @@ def injected_oom_images(ctx, pipe, items=4, fits=2):
 
     def sampling(sampler):
         def sample(piece):  # every item draws from its own generator, as in an expansion
-            draws = [draw_item(torch.Generator().manual_seed(1000 + i), shape, sampler.guidance_cfg.repeats)
+            draws = [draw_item(torch.Generator().manual_seed(1000 + i), shape, sampler.guidance_cfg.repeats, 1, False)
                      for i in piece]
             mean, std = (x[piece].to(ctx.device, sampler.dtype) for x in (posterior_mean, posterior_std))
             images, _ = sampler.sample(mean, std, labels[piece], draws)

@@ -385,7 +385,7 @@ def test_the_guidance_components_share_their_noise_and_differ_only_where_they_sh
     spec = get_dataset(f"folder:{setup['tree']}")
     sources = load_sources(spec)
     guide, guide_input, meta = load_guide(setup["guide"], 2, cpu)
-    protos = build_prototypes(setup["root"] / "components.npz", spec, sources, guide, meta, cpu, setup["guide"])
+    protos = build_prototypes(setup["root"] / "components.npz", spec, sources, guide, meta, cpu, setup["guide"], "kmeans", 3)
     prompts = [[f"a photo of a {c}"] for c in CLASSES]
     images = {}
     for name, cfg in {"none": GuidanceConfig(mode="none"), "nothing": GuidanceConfig(step_size=0, transform_start="identity"),
@@ -394,7 +394,7 @@ def test_the_guidance_components_share_their_noise_and_differ_only_where_they_sh
         sampler = GuidedSampler(pipe, guide, guide_input, protos, prompts, SampleConfig(num_steps=10),
                                 dataclasses.replace(cfg, guidance_step=4), cpu)
         mean, std = sampler.encode_sources([sources[0][0]])
-        draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1)]
+        draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1, 1, False)]
         images[name] = sampler.sample(mean, std, torch.tensor([0]), draws)[0]
     assert torch.equal(images["nothing"], images["none"])
     moved = ["noise", "gradient", "both"]
@@ -420,14 +420,14 @@ def test_the_authors_precision_split_runs_encoders_in_fp32_and_the_rest_in_half(
     spec = get_dataset(f"folder:{setup['tree']}")
     sources = load_sources(spec)
     guide, guide_input, meta = load_guide(setup["guide"], 2, cpu)
-    protos = build_prototypes(setup["root"] / "split_precision.npz", spec, sources, guide, meta, cpu, setup["guide"])
+    protos = build_prototypes(setup["root"] / "split_precision.npz", spec, sources, guide, meta, cpu, setup["guide"], "kmeans", 3)
     guide.to(half)  # after the prototypes, as expand_distdiff.py does
     sampler = GuidedSampler(pipe, guide, guide_input, protos, [[f"a photo of a {c}"] for c in CLASSES],
                             SampleConfig(num_steps=10), GuidanceConfig(guidance_step=4), cpu)
     assert sampler.prompt_embeds.dtype == half
     mean, std = sampler.encode_sources([sources[0][0]])
     assert mean.dtype == half
-    draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1)]
+    draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1, 1, False)]
     images, status = sampler.sample(mean, std, torch.tensor([0]), draws)
     assert torch.isfinite(images.float()).all() and status.tolist() == [GUIDED]
 

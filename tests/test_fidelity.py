@@ -214,7 +214,7 @@ def test_framing_keeps_the_aspect_ratio_and_random_crops_are_seeded_per_source()
     from distdiff.sampler import frame
     ramp = np.linspace(0, 255, 60).round().astype(np.uint8)
     wide = Image.fromarray(np.tile(ramp, (40, 1))).convert("RGB")  # 60x40, black at the left, white at the right
-    center = frame(wide, 32)
+    center = frame(wide, 32, "center")
     assert center.shape == (3, 32, 32)
     # Shorter side 40 -> 32 (width 48), then the middle 32 columns: a centred ramp is antisymmetric,
     # and it spans less than the full range (a squash would keep the black and white ends).
@@ -228,7 +228,7 @@ def test_framing_keeps_the_aspect_ratio_and_random_crops_are_seeded_per_source()
 def test_draw_options_leave_the_other_draws_unchanged():
     from distdiff import shards
     from distdiff.sampler import OFFSET_NOISE, draw_item
-    plain = draw_item(shards.item_generator(0, 1, 2), (4, 2, 2), 1)
+    plain = draw_item(shards.item_generator(0, 1, 2), (4, 2, 2), 1, 1, False)
     extra = draw_item(shards.item_generator(0, 1, 2), (4, 2, 2), 1, num_prompts=5, offset_noise=True)
     assert torch.equal(plain.latent_eps, extra.latent_eps) and torch.equal(plain.a, extra.a)
     offset = extra.noise - plain.noise

@@ -100,3 +100,51 @@ def test_an_unknown_dataset_lists_the_known_ones():
     from distdiff import DistDiffError, registry
     with pytest.raises(DistDiffError, match="unknown dataset 'nope'; known: .*digits.*folder:<path>"):
         registry.get_dataset("nope")
+
+
+def test_no_default_of_the_recipes_is_written_again_in_a_library_signature():
+    """The expansion's and training's defaults live in their dataclasses (the flags take them from
+    there): a library function's parameter of the same name repeats none of them."""
+    import dataclasses
+
+    from distdiff.guidance import GuidanceConfig
+    from distdiff.prototype_store import PrototypeConfig
+    from distdiff.sampler import SampleConfig
+    from distdiff.training import TrainConfig
+    defaults = {f.name: f.default for cls in (SampleConfig, GuidanceConfig, PrototypeConfig, TrainConfig)
+                for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    # The same word for another setting: the device rule of every script, the batches of feature
+    # extraction (not training), torch's thread default, and torchvision's own resize filter for
+    # the test transform of a guide whose checkpoint does not record one.
+    other_settings = {"resolve_device(device)", "extract_features(batch_size)", "__init__(batch_size)",
+                      "add_runtime_flags(threads)", "test_transform(interpolation)"}
+    copies = []
+    for path in [*package_files("distdiff"), *package_files("studies")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = node.args
+            pairs = [*zip(args.args[len(args.args) - len(args.defaults):], args.defaults),
+                     *((a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None)]
+            for arg, default in pairs:
+                if arg.arg in defaults and isinstance(default, ast.Constant) and default.value is not None \
+                        and type(default.value) is type(defaults[arg.arg]) and default.value == defaults[arg.arg] \
+                        and f"{node.name}({arg.arg})" not in other_settings:
+                    copies.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}({arg.arg}={default.value!r})")
+    assert not copies, "\n".join(copies)
+
+
+def test_a_default_changed_in_its_dataclass_reaches_the_flags_and_args_yaml(monkeypatch):
+    """Defaults are written once: changing a dataclass field's default changes what the parser
+    gives, the ExpandConfig and the settings args.yaml records, with no other edit."""
+    from distdiff import expand_flags
+    from distdiff.guidance import GuidanceConfig
+    from distdiff.prototype_store import PrototypeConfig
+    from distdiff.sampler import SampleConfig
+    for cls, field, value in ((SampleConfig, "cfg_scale", 6.0), (GuidanceConfig, "step_size", 3.0),
+                              (PrototypeConfig, "num_groups", 4)):  # none of them set by configs/digits.yaml
+        monkeypatch.setattr(cls.__dataclass_fields__[field], "default", value)
+    assert expand_flags.get_parser().get_default("cfg_scale") == 6.0
+    cfg = expand_flags.parse(["--dataset", "digits"])
+    assert (cfg.sample.cfg_scale, cfg.guidance.step_size, cfg.prototypes.num_groups) == (6.0, 3.0, 4)
+    assert (cfg.settings["cfg_scale"], cfg.settings["step_size"], cfg.settings["num_groups"]) == (6.0, 3.0, 4)

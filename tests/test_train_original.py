@@ -137,7 +137,7 @@ def test_bicubic_interpolation_reaches_the_resize():
     from torchvision.transforms import v2
 
     from distdiff import datasets as ds
-    head, _ = ds.train_transform(32, [36, 36], split=True, interpolation="bicubic")
+    head, _ = ds.train_transform(32, [36, 36], 15.0, True, split=True, aug="default", interpolation="bicubic")
     resize = [t for t in head.transforms if isinstance(t, v2.Resize)][0]
     assert resize.interpolation == v2.InterpolationMode.BICUBIC and list(resize.size) == [36, 36]
     test_head, _ = ds.test_transform(32, 36, split=True)
