@@ -130,7 +130,7 @@ if [ "$PRESET" = authors ]; then  # and the line their parse_logs.py prints (bes
 fi
 
 stage "8/8 figures"
-$PY scripts/plot_results.py --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --ratio "$RATIO" --exp_suffix "$SUFFIX" \
+$PY studies/plot_results.py --dataset "$DATASET" --arch "$ARCH" --lr "$LR" --ratio "$RATIO" --exp_suffix "$SUFFIX" \
   --checkpoint "$CHECKPOINT" --figure_dir "$FIGURE_DIR" $([ "$PRETRAINED" = True ] && echo --pretrained) \
   ${PRESET:+--preset "$PRESET"}
 stage "done in $(( $(date +%s) - start ))s"

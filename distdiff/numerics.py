@@ -109,7 +109,7 @@ def scaled_grad(energy_fn, inputs, dtype, scales=None, loss_scale=None):
     divided by it in fp32 (exact in binary floating point), retrying the rows that overflowed at
     the next smaller scale. With `loss_scale` (a LossScale) half-precision passes start at its
     current rung and are booked there; `scales` overrides the ladder (and `loss_scale`): (1.0,) is
-    the authors' unscaled backward, which scripts/gpu_check.py compares."""
+    the authors' unscaled backward, which studies/gpu_check.py compares."""
     adaptive = loss_scale is not None and scales is None and dtype in HALF_DTYPES
     ladder, first = (loss_scale.ladder, loss_scale.rung) if adaptive else (scales or loss_scales(dtype), 0)
     values, grads, status, rungs, retried = None, None, None, None, 0

@@ -53,7 +53,7 @@ def expansion_dir(root, dataset, exp):
 
 
 def sweep_dir(root, dataset, name):
-    """Where scripts/sweep.py writes a sweep's tables, logs and metrics."""
+    """Where studies/sweep.py writes a sweep's tables, logs and metrics."""
     return Path(root) / dataset_dirname(dataset) / "sweeps" / name
 
 
@@ -119,7 +119,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="question", required=True)
     sub.add_parser("arch", help="the dataset YAML's train arch").add_argument("dataset")
     for name, text, key in (("expansion", "an expansion's folder (expand_distdiff.py's default --out)", "--exp"),
-                            ("sweep", "a sweep's folder (scripts/sweep.py's tables)", "--name")):
+                            ("sweep", "a sweep's folder (studies/sweep.py's tables)", "--name")):
         q = sub.add_parser(name, help=text)
         q.add_argument("--dataset", required=True)
         q.add_argument(key, required=True)

@@ -9,7 +9,7 @@ Protocol (never touches the test split):
     the source class;
   * (c) VAE reconstruction MSE on `val` (pixels in [0, 1]);
   * img2img throughput (images/s) at batch 1 and 16.
-scripts/eval_prior.py runs it on a folder; scripts/train_prior.py at the end of training.
+studies/eval_prior.py runs it on a folder; scripts/train_prior.py at the end of training.
 """
 import logging
 import math

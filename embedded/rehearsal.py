@@ -11,8 +11,8 @@
 * `fabricate_folder_dataset(root, classes, train, test)`: a Caltech-sized folder dataset for the
   training benchmarks.
 
-tests/jobs/paper_path.py, tests/test_hub.py, scripts/gpu_check.py, scripts/bench_memory.py and
-scripts/bench_train_start.py use them.
+tests/jobs/paper_path.py, tests/test_hub.py, studies/gpu_check.py, studies/bench_memory.py and
+studies/bench_train_start.py use them.
 """
 import shutil
 from pathlib import Path

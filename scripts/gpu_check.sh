@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The acceptance run for a new GPU machine, at most 8 minutes (steps and predicted times:
-# scripts/gpu_check.py, or bash scripts/gpu_check.sh --help). Needs only this repository and the
+# studies/gpu_check.py, or bash scripts/gpu_check.sh --help). Needs only this repository and the
 # pinned packages (INSTALL.md says how to carry them to a machine without an index); uses
 # .venv/bin/python when there is one, else python3, and sets the import path itself.
 #   bash scripts/gpu_check.sh                # every step; report in $OUT/gpu_check.json when OUT is set
@@ -19,4 +19,4 @@ if ! "$PY" -c 'import importlib.metadata as m; m.distribution("distdiff")' 2>/de
   "$PY" -m pip install --quiet --no-deps --no-build-isolation -e .
 fi
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-exec "$PY" scripts/gpu_check.py "$@"
+exec "$PY" studies/gpu_check.py "$@"

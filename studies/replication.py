@@ -10,7 +10,7 @@ import numpy as np
 
 from distdiff.results import fmt_interval
 from distdiff.stats import paired_difference
-from studies.sweep import fmt_number, nan_for_none, none_for_nan, seed_values
+from studies.grid import fmt_number, nan_for_none, none_for_nan, seed_values
 
 # Accuracy contrasts: test at the last epoch, val at the last epoch (what a selection on val
 # reads), and test at the best val epoch.

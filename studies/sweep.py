@@ -1,548 +1,523 @@
-"""Guidance sweeps: grid files, cells with paired unguided controls, and per-cell metrics.
+"""Guidance sweep: does distribution-aware guidance change the samples and the accuracy, and when?
 
-A grid file (YAML) has a `base` dict of expander flags applied to every cell, and `axes`
-(flag -> list of values, expanded as a cartesian product) and/or `cells` (explicit dicts of
-flag overrides, each with an optional `name`). Every guided cell is paired with a
-`guidance: none` control that shares all settings that shape the unguided sample, so the
-expander gives both the same per-item noise and the difference is the guidance alone.
+    python studies/sweep.py configs/sweeps/digits_study.yaml              # 5 seeds, 2 trainings at a time
+    python studies/sweep.py configs/sweeps/digits_study.yaml --dry_run    # list cells and commands only
+    python studies/sweep.py configs/sweeps/tiny.yaml --dataset digits --seeds 1 \\
+        --expand_flags "--model checkpoint/prior/digits" --train_flags "--epochs 1 --threads 1"
+
+Each grid cell is one expand_distdiff.py run into <root>/<dataset>/expansions/sweep_<name>_<cell>,
+then one train_expand.py run per seed. Every guided cell is paired with a `guidance: none`
+control sharing its noise (added automatically), and the table reports same-seed accuracy
+differences vs that control with 95 % t intervals (test last_acc and test_at_best_val, and best
+val accuracy, the column to select cells on), the guidance energy before -> after, how far
+guidance moved the pixels, FID / precision / recall / coverage against the real val split in the
+guide's feature space, how often the guide classifier recognises the intended class, and
+seconds per image. Outputs go to <root>/<dataset>/sweeps/<name>/ (sweep.csv, sweep.md, log.txt,
+logs/ with every subprocess's output, metrics/ caching finished cells) plus the --figure.
+A rerun skips cells whose expansion is complete and whose seeds all have results.json.
 """
-import csv
-import itertools
-import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
+
+import argparse
 import logging
-import math
-import re
-from dataclasses import dataclass, field
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import yaml
-from PIL import Image
+import matplotlib
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
 
-from distdiff import DistDiffError
-from distdiff import expand_flags
-from distdiff import shards
-from distdiff.config import load_yaml_config
-from distdiff.fileio import atomic_write_json
-from distdiff.guidance import GUIDANCE_MODES
-from distdiff.results import fmt_interval, load_seed_results
-from distdiff.stats import fmt_mean_std, mean_std, paired_difference
+from distdiff import DistDiffError, registry
+from distdiff.config import REPO_ROOT as REPO
+from distdiff.config import TRAIN_SPELLINGS, dataset_section, parse_args, spellings_of
+from distdiff.devices import configure_cpu
+from distdiff.fileio import atomic_write_json, atomic_write_text
+from distdiff.options import add_threads_flag, add_train_expand_flags, run_cli
+from distdiff.results import to_csv
+from distdiff.runs import dataset_dirname, default_guide_ckpt, setup_logging, sweep_dir, train_run_dir
+from studies import grid as sw
 
-logger = logging.getLogger(__name__)
-
-# The expander's flags by role (distdiff/expand_flags.py); every list here is derived from them.
-# A grid may set what shapes the images or the run, not paths, the shard or one-shot modes.
-SWEEPABLE = tuple(expand_flags.keys("sample", "guidance", "items", "execution", "runtime", "preset"))
-# Flags that change an unguided image: a control must match its guided cells on all of them,
-# including the execution settings that round differently (an exact pairing). The items flags only
-# change which items exist, but equal sets keep every item paired.
-UNGUIDED_KEYS = tuple(expand_flags.keys("sample", "items", "execution", "preset"))
-# Flags the sweep sets itself, in every spelling; pass-through strings must not set them.
-EXPAND_OWNED = tuple(expand_flags.spellings(expand_flags.keys("path", "shard") + ["guidance"]))
-GRID_KEYS = ("dataset", "base", "axes", "cells", "expansion_seeds", "contrasts")
-CONTRAST_KEYS = ("a", "b", "confidence", "primary")
-ORIGINAL = "original"  # a contrast side: the original-only runs (train_original.py), no expansion
-ACC_METRICS = ("last_acc", "test_at_best_val", "best_acc")
-# The val columns select cells (best_val_acc, and last_val_acc, the last epoch's val accuracy,
-# which is what the last_acc read on test corresponds to); test is read after the selection.
-PAIRED_METRICS = ("last_acc", "test_at_best_val", "best_val_acc", "last_val_acc")
-# Short labels for automatic cell names ("r0.2_rho30"); other flags use their own name.
-ABBREV = {"radius": "r", "step_size": "rho", "guidance_step": "M", "lookahead_steps": "P",
-          "guidance_repeats": "x", "guidance_interval": "every", "normalize_features": "norm",
-          "lambda_class": "lc", "lambda_group": "lg", "num_groups": "K", "cluster": "", "guidance": "",
-          "strength": "s", "num_steps": "T", "cfg_scale": "cfg", "expand_ratio": "R", "limit": "n",
-          "batch_size": "bs", "record_energy": "energy", "preset": "", "renormalize_prototypes": "unitproto",
-          "guide_input": "input", "framing": "", "prompts": "prompts"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$")
-_MISSING = object()  # "not set in base", distinct from an explicit None
+logger = logging.getLogger("distdiff")
 
 
-@dataclass
-class Cell:
-    """One expansion setting: its effective grid flags, the overrides vs base, its control."""
-    name: str
-    flags: dict
-    overrides: dict
-    control: str | None = None  # name of the paired unguided cell; None for a control itself
-    axis: tuple = field(default=())
-    group: str | None = None    # the grid cell this one replicates (with expansion_seeds), else its name
-    expansion_seed: int | None = None
-
-    def __post_init__(self):
-        self.group = self.group or self.name
-
-    @property
-    def is_control(self):
-        """True for an unguided (guidance: none) cell."""
-        return self.control is None
-
-
-@dataclass
-class Grid:
-    """A validated grid file."""
-    path: Path
-    dataset: str | None
-    base: dict
-    axes: dict
-    cells: list
-    expansion_seeds: list = field(default_factory=list)  # each cell once per seed: <name>_e<seed>
-    contrasts: list = field(default_factory=list)        # [{a, b, confidence, primary}] over expansions
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    matplotlib.use("Agg")  # files only, no display
+    plan = make_plan(args)
+    if args.dry_run:
+        return print_plan(plan)
+    from distdiff import datasets as ds  # torchvision is slow to import; a dry run or a bad grid needs none
+    spec = registry.get_dataset(plan.dataset)
+    registry.ensure_prepared(spec)
+    if not Path(plan.guide).is_file():
+        raise DistDiffError(f"guide classifier {plan.guide} not found; train it with "
+                            f"train_original.py {plan.dataset} --seed 1 --output {plan.root}, or pass --guide_ckpt")
+    plan.sources = ds.load_split(spec, spec.train_split, verify=False)
+    plan.source_root = spec.split_dir(spec.train_split)
+    setup_logging(plan.sweep_dir)
+    configure_cpu(args.threads)
+    logger.info("sweep %s on %s: %d cells (%d controls), seeds %s -> %s", plan.name, plan.dataset,
+                len(plan.run), sum(c.is_control for c in plan.run), plan.seeds, plan.sweep_dir)
+    failures = run_cells(plan)
+    rows = collect_rows(plan, failures)
+    table = write_tables(plan, rows)
+    if plan.grid.expansion_seeds:  # the unit of replication is the expansion: tables over expansions
+        table, contrasts = write_replicated(plan, rows)
+        plot_replicated(plan, contrasts, Path(args.figure))
+    else:
+        plot_paired(plan, rows, Path(args.figure))
+    print(table)
+    if failures:
+        raise DistDiffError(f"{len(failures)} of {len(plan.run)} cell(s) failed ({', '.join(failures)}); "
+                            f"first: {next(iter(failures.values()))}")
 
 
 # ---------------------------------------------------------------------------
-# Grid files
+# The plan: cells, paths, commands
 # ---------------------------------------------------------------------------
 
-def load_grid(path):
-    """Read and validate a grid YAML file."""
-    path = Path(path)
-    try:
-        raw = load_yaml_config(path)
-    except yaml.YAMLError as err:
-        raise DistDiffError(f"{path} is not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise DistDiffError(f"{path}: expected a mapping with keys {', '.join(GRID_KEYS)}")
-    unknown = sorted(set(raw) - set(GRID_KEYS))
+def make_plan(args):
+    """Validated grid, cells, paths and pass-through flags as one namespace."""
+    grid = sw.load_grid(args.grid)
+    dataset = args.dataset or grid.dataset
+    if not dataset:
+        raise DistDiffError(f"no dataset: pass --dataset or set `dataset:` in {args.grid}")
+    name = args.name or Path(args.grid).stem
+    if not sw.NAME_RE.match(name):
+        raise DistDiffError(f"sweep name {name!r} must match {sw.NAME_RE.pattern}; pass --name")
+    if args.jobs < 1 or args.expand_jobs < 1:
+        raise DistDiffError(f"--jobs and --expand_jobs must be at least 1, got {args.jobs} and {args.expand_jobs}")
+    cells = sw.expand_grid(grid)
+    run = select_cells(cells, args.cells, args.grid)
+    expand_tokens, train_tokens = split_flags(args.expand_flags, "--expand_flags"), \
+        split_flags(args.train_flags, "--train_flags")
+    sw.check_passthrough(expand_tokens, sw.EXPAND_OWNED, sw.grid_flag_names(cells), "--expand_flags")
+    root = Path(args.checkpoint_root)
+    plan = argparse.Namespace(
+        grid=grid, dataset=dataset, name=name, cells=cells, run=run, by_name={c.name: c for c in cells},
+        root=root, sweep_dir=sweep_dir(root, dataset, name), seeds=sorted(set(args.seeds)),
+        jobs=args.jobs, expand_jobs=args.expand_jobs, guide=str(args.guide_ckpt or default_guide_ckpt(root, dataset)),
+        expand_tokens=expand_tokens, train_tokens=train_tokens,
+        train=train_settings(dataset, train_tokens))
+    sw.check_passthrough(train_tokens, train_owned(plan), set(), "--train_flags")
+    return plan
+
+
+def select_cells(cells, names, grid_path):
+    """The cells to run: all, or those of the named grid cells (every expansion seed's copy) and
+    their controls. The tables still cover every cell of the grid."""
+    if not names:
+        return cells
+    unknown = sorted(set(names) - {c.group for c in cells})
     if unknown:
-        raise DistDiffError(f"{path}: unknown top-level key(s) {unknown}; valid: {', '.join(GRID_KEYS)}")
-    base = check_flags(raw.get("base") or {}, f"{path.name} base")
-    axes = raw.get("axes") or {}
-    if not isinstance(axes, dict):
-        raise DistDiffError(f"{path.name} axes: expected a mapping flag -> list of values")
-    for flag, values in axes.items():
-        if not isinstance(values, list) or not values:
-            raise DistDiffError(f"{path.name} axes.{flag}: expected a non-empty list of values")
-    axes = dict(zip(check_names(axes, f"{path.name} axes"), axes.values()))
-    for flag, values in axes.items():
-        for value in values:
-            check_value(flag, value, f"{path.name} axes.{flag}")
-    cells = raw.get("cells") or []
-    if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
-        raise DistDiffError(f"{path.name} cells: expected a list of mappings (flag overrides)")
-    explicit = []
-    for i, cell in enumerate(cells):
-        name = cell.get("name")
-        if name is not None and not NAME_RE.match(str(name)):
-            raise DistDiffError(f"{path.name} cells[{i}]: name {name!r} must match {NAME_RE.pattern}")
-        flags = check_flags({k: v for k, v in cell.items() if k != "name"}, f"{path.name} cells[{i}]")
-        explicit.append({"name": None if name is None else str(name), "flags": flags})
-    if not axes and not explicit:
-        raise DistDiffError(f"{path} defines no cells; add `axes` (flag -> values) or `cells`")
-    dataset = raw.get("dataset")
-    seeds, contrasts = check_replication(raw, base, axes, explicit, path.name)
-    return Grid(path, None if dataset is None else str(dataset), base, axes, explicit, seeds, contrasts)
+        raise DistDiffError(f"--cells {unknown}: not in {grid_path} ({', '.join(dict.fromkeys(c.group for c in cells))})")
+    chosen = [c for c in cells if c.group in names]
+    controls = {c.control for c in chosen if c.control}
+    return [c for c in cells if c.group in names or c.name in controls]
 
 
-def check_replication(raw, base, axes, cells, where):
-    """Validated expansion_seeds and contrasts; with expansion seeds no cell may set --seed."""
-    seeds = raw.get("expansion_seeds") or []
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise DistDiffError(f"{where} expansion_seeds: expected a list of distinct integers, got {seeds!r}")
-    if seeds and ("seed" in base or "seed" in axes or any("seed" in c["flags"] for c in cells)):
-        raise DistDiffError(f"{where}: with expansion_seeds the sweep sets --seed itself; remove `seed`")
-    contrasts = raw.get("contrasts") or []
-    if contrasts and not seeds:
-        raise DistDiffError(f"{where} contrasts: they are computed over expansions; add expansion_seeds")
-    checked = []
-    for i, item in enumerate(contrasts if isinstance(contrasts, list) else [None]):
-        if not isinstance(item, dict) or not {"a", "b"} <= set(item) or set(item) - set(CONTRAST_KEYS):
-            raise DistDiffError(f"{where} contrasts[{i}]: expected a mapping with a, b and optionally "
-                                f"confidence, primary; got {item!r}")
-        confidence = float(item.get("confidence", 0.95))
-        if not 0 < confidence < 1:
-            raise DistDiffError(f"{where} contrasts[{i}]: confidence {confidence} must be in (0, 1)")
-        checked.append({"a": str(item["a"]), "b": str(item["b"]), "confidence": confidence,
-                        "primary": bool(item.get("primary", False))})
-    return seeds, checked
+def split_flags(text, what):
+    """Shell-style split of a pass-through flag string."""
+    try:
+        return shlex.split(text)
+    except ValueError as err:  # an unbalanced quote
+        raise DistDiffError(f"{what} {text!r}: {err}") from None
 
 
-def check_names(names, where):
-    """Flag names with hyphens turned into underscores; unknown ones fail with the valid list."""
-    normalised = [str(k).replace("-", "_") for k in names]
-    unknown = sorted(k for k in normalised if k not in SWEEPABLE)
+def train_settings(dataset, tokens):
+    """train_expand.py's resolved arch/lr/pretrained/equal_iterations (its own flags, YAML and
+    precedence), to find its run dirs."""
+    parser = add_train_expand_flags(argparse.ArgumentParser(add_help=False, exit_on_error=False))
+    argv = ["--dataset", dataset, *tokens]
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise DistDiffError(f"--train_flags: {err}") from None
     if unknown:
-        raise DistDiffError(f"unknown flag(s) {unknown} in {where}; valid flags: {', '.join(sorted(SWEEPABLE))}")
-    return normalised
+        raise DistDiffError(f"--train_flags: train_expand.py does not take {unknown}")
+    return parse_args(parser, argv, config=dataset_section("train"))
 
 
-def check_flags(flags, where):
-    """A validated {flag: value} dict with normalised names."""
-    if not isinstance(flags, dict):
-        raise DistDiffError(f"{where}: expected a mapping of expander flags")
-    normalised = dict(zip(check_names(flags, where), flags.values()))
-    for flag, value in normalised.items():
-        check_value(flag, value, f"{where} {flag}")
-    return normalised
+def exp_name(plan, cell):
+    """The expansion and training experiment name of a cell."""
+    return f"sweep_{plan.name}_{cell.name}"
 
 
-def check_value(flag, value, where):
-    """Flag values are scalars; guidance must be a known mode (controls are found by it)."""
-    if isinstance(value, (list, dict)):
-        raise DistDiffError(f"{where}: expected a single value, got {value!r} (lists belong in `axes`)")
-    if flag == "guidance" and str(value) not in GUIDANCE_MODES:
-        raise DistDiffError(f"{where}: guidance {value!r} is not one of {', '.join(GUIDANCE_MODES)}")
+def expansion_dir(plan, cell):
+    """Where the cell's images go (train_expand.py's default expanded dir for the same exp)."""
+    return plan.root / dataset_dirname(plan.dataset) / "expansions" / exp_name(plan, cell)
+
+
+def experiment_dir(plan, cell):
+    """The train_expand.py experiment dir holding the cell's seed<N>/ runs."""
+    return run_group_dir(plan, exp_name(plan, cell) + ("_eqiter" if plan.train.equal_iterations else ""))
+
+
+def run_group_dir(plan, exp):
+    """The dir of the seed<N>/ runs of experiment `exp` (None: original-only) with the sweep's
+    training settings."""
+    t = plan.train
+    return train_run_dir(plan.root, plan.dataset, t.arch, t.pretrained, t.lr, 1, exp, t.aug, t.resize_mode).parent
+
+
+def expand_command(plan, cell):
+    """The expand_distdiff.py command of a cell."""
+    # An explicit single shard: under torchrun or a SLURM array the expander would otherwise
+    # pick up RANK/WORLD_SIZE and expand only part of the cell.
+    return [sys.executable, "expand_distdiff.py", "--dataset", plan.dataset, "--exp", exp_name(plan, cell),
+            "--out", str(expansion_dir(plan, cell)), "--checkpoint_root", str(plan.root),
+            "--guide_ckpt", plan.guide, "--split", "0", "--total_split", "1",
+            *plan.expand_tokens, *sw.cell_cli(cell)]
+
+
+def own_train_args(plan, cell, seed):
+    """The train_expand.py flags the sweep sets itself for a cell and seed."""
+    return ["--dataset", plan.dataset, "--exp", exp_name(plan, cell), "--output", str(plan.root), "--seed", str(seed)]
+
+
+def train_command(plan, cell, seed):
+    """The train_expand.py command of a cell and seed."""
+    return [sys.executable, "train_expand.py", *own_train_args(plan, cell, seed), *plan.train_tokens]
+
+
+def train_owned(plan):
+    """Every spelling of the training flags the sweep sets, and of --expanded_dir, which its --exp
+    implies: --train_flags must not set them."""
+    names = sw.passthrough_flag_names(own_train_args(plan, plan.cells[0], 1)) + ["expanded_dir"]
+    return {s.lstrip("-").replace("-", "_") for name in names for s in spellings_of(name, TRAIN_SPELLINGS)
+            if s.startswith("--")}
+
+
+def print_plan(plan):
+    """--dry_run: the cells, their pairing and the commands, without running anything."""
+    print(f"sweep {plan.name} on {plan.dataset}: {len(plan.run)} cells -> {plan.sweep_dir}")
+    print(f"base: {sw.settings_text(plan.grid.base)}")
+    for cell in plan.run:
+        role = "control" if cell.is_control else f"paired with {cell.control}"
+        print(f"\n[{cell.name}] {sw.settings_text(cell.overrides)} ({role})")
+        print("  " + shlex.join(expand_command(plan, cell)))
+        for seed in plan.seeds:
+            print("  " + shlex.join(train_command(plan, cell, seed)))
 
 
 # ---------------------------------------------------------------------------
-# Cells and controls
+# Running cells
 # ---------------------------------------------------------------------------
 
-def expand_grid(grid):
-    """All cells: controls first, then guided cells in grid order, each paired with a control.
-
-    Cells with `guidance: none` in the grid are controls; controls with the same unguided
-    settings are merged (the first explicit `name` wins), and a missing control is added.
-    """
-    requested = [{"name": None, "flags": dict(zip(grid.axes, values))}
-                 for values in itertools.product(*grid.axes.values())] if grid.axes else []
-    requested += grid.cells
-    controls, named, cells = {}, set(), []
-    # Grid-defined controls first, so their names win over automatic ones.
-    for req in requested:
-        flags = {**grid.base, **req["flags"]}
-        key = unguided_key(flags) if is_unguided(flags) else None
-        if key is not None and (key not in controls or (req["name"] and key not in named)):
-            controls[key] = make_control(grid.base, flags, req["name"])
-            named.update([key] if req["name"] else [])
-    for req in requested:
-        flags = {**grid.base, **req["flags"]}
-        if is_unguided(flags):
-            continue
-        key = unguided_key(flags)
-        if key not in controls:
-            controls[key] = make_control(grid.base, flags, None)
-        name = req["name"] or auto_name(req["flags"])
-        cells.append(Cell(name, flags, dict(req["flags"]), controls[key].name, tuple(req["flags"])))
-    cells = list(controls.values()) + cells
-    if grid.expansion_seeds:
-        cells = replicate(cells, grid.expansion_seeds)
-        groups = {cell.group for cell in cells} | {ORIGINAL}
-        for contrast in grid.contrasts:
-            for side in (contrast["a"], contrast["b"]):
-                if side not in groups:
-                    raise DistDiffError(f"{grid.path.name} contrasts: {side!r} is not a cell name "
-                                        f"({', '.join(sorted(groups))})")
-    seen = {}
-    for cell in cells:
-        if cell.name in seen:
-            raise DistDiffError(f"{grid.path.name}: two cells are both named {cell.name!r} "
-                                f"({cell.overrides} and {seen[cell.name].overrides}); give them a `name`")
-        seen[cell.name] = cell
-    return cells
+def cell_state(plan, cell):
+    """(expansion complete?, seeds still without results.json), from the files alone."""
+    flags = {**sw.passthrough_values(plan.expand_tokens), **cell.flags}
+    done = sw.expansion_complete(expansion_dir(plan, cell), flags, plan.sources.samples, plan.sources.classes)
+    return done, sw.missing_seeds(experiment_dir(plan, cell), plan.seeds)
 
 
-def replicate(cells, seeds):
-    """Every cell once per expansion seed (--seed), seed-major so that a stopped run has every
-    cell for its first seeds; each copy is paired with its control's copy of the same seed."""
-    return [Cell(f"{cell.name}_e{seed}", {**cell.flags, "seed": seed}, cell.overrides,
-                 None if cell.control is None else f"{cell.control}_e{seed}", cell.axis, cell.name, seed)
-            for seed in seeds for cell in cells]
+def run_cells(plan):
+    """Expand cells (--expand_jobs at a time); each finished expansion trains its seeds in the
+    background (--jobs at a time) while later cells expand. Returns {cell name: error}."""
+    failures, lock = {}, threading.Lock()
+    bar = tqdm(total=len(plan.run), desc=f"sweep {plan.name}", unit="cell", dynamic_ncols=True)
+
+    def finish(cell, start, errors=()):
+        """Log a cell's end; called from worker threads."""
+        with lock:
+            if errors:  # keep going: one bad cell should not cost the others
+                failures[cell.name] = str(errors[0])
+                logger.error("cell %s failed after %.0fs: %s", cell.name, time.time() - start, errors[0])
+            elif start is not None:
+                logger.info("cell %s: finished in %.0fs", cell.name, time.time() - start)
+            bar.update(1)
+
+    def expand_then_train(cell, train_pool):
+        """One cell: expansion here, trainings queued on the training pool."""
+        start = time.time()
+        try:
+            todo = expand_cell(plan, cell)
+        except DistDiffError as err:
+            return finish(cell, start, [err])
+        if todo is None:
+            return finish(cell, None)
+        futures = [train_pool.submit(run_logged, train_command(plan, cell, seed),
+                                     plan.sweep_dir / "logs" / f"{cell.name}.seed{seed}.log",
+                                     f"train_expand.py seed {seed}") for seed in todo]
+        when_all_done(futures, lambda errors: finish(cell, start, errors))
+
+    # The expansion pool closes first (with-statements exit in reverse), so every training has
+    # been queued before the training pool waits for its queue to drain.
+    with ThreadPoolExecutor(max_workers=plan.jobs) as train_pool, \
+            ThreadPoolExecutor(max_workers=plan.expand_jobs) as expand_pool:
+        expansions = [expand_pool.submit(expand_then_train, cell, train_pool) for cell in plan.run]
+    bar.close()
+    for future in expansions:
+        future.result()  # re-raise anything unexpected (a bug, a full disk) instead of losing it
+    return failures
 
 
-def is_unguided(flags):
-    """True when the flags turn guidance off."""
-    return str(flags.get("guidance", "transform")) == "none"
-
-
-def unguided_key(flags):
-    """The settings that shape an unguided sample, as a hashable key."""
-    return tuple((k, _canonical(flags[k])) for k in UNGUIDED_KEYS if k in flags)
-
-
-def make_control(base, flags, name=None):
-    """The guidance-none cell sharing `flags`' unguided settings (base supplies the rest)."""
-    unguided = {k: flags[k] for k in UNGUIDED_KEYS if k in flags and base.get(k, _MISSING) != flags[k]}
-    control_flags = {**base, **unguided, "guidance": "none"}
-    auto = "control" + ("_" + auto_name(unguided) if unguided else "")
-    return Cell(name or auto, control_flags, {**unguided, "guidance": "none"}, None, tuple(unguided))
-
-
-def auto_name(overrides):
-    """A short filesystem-safe name from flag overrides, e.g. {'radius': 0.5, 'step_size': 30} ->
-    'r0.5_rho30'; an empty override set is 'base'."""
-    if not overrides:
-        return "base"
-    parts = []
-    for flag, value in overrides.items():
-        abbr, text = ABBREV.get(flag, flag), _format_value(value)
-        parts.append(abbr + ("-" if abbr and text[:1].isalpha() else "") + text)
-    return re.sub(r"[^A-Za-z0-9.+_-]", "-", "_".join(parts))
-
-
-def _format_value(value):
-    """Compact text for names and tables: 0.5 -> '0.5', 10.0 -> '10', True -> 'on'."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value is None:
-        return "none"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _canonical(value):
-    """A comparable form of a flag value (YAML or command-line text): none-likes -> None,
-    booleans -> bool, numbers -> float, anything else -> str."""
-    if value is None or str(value).lower() == "none":
+def expand_cell(plan, cell):
+    """Expand a cell unless complete; returns the seeds left to train, or None if the cell is done."""
+    expanded, todo = cell_state(plan, cell)
+    if expanded and not todo:
+        logger.info("cell %s: complete (expansion verified, %d/%d seeds have results.json); skipped",
+                    cell.name, len(plan.seeds), len(plan.seeds))
         return None
-    if isinstance(value, bool) or str(value).lower() in ("true", "false"):
-        return str(value).lower() == "true"
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
+    logger.info("cell %s: start (%s)", cell.name, sw.settings_text(cell.overrides))
+    if not expanded:
+        start, log = time.time(), plan.sweep_dir / "logs" / f"{cell.name}.expand.log"
+        run_logged(expand_command(plan, cell), log, "expand_distdiff.py")
+        if not cell_state(plan, cell)[0]:
+            raise DistDiffError(f"expansion {expansion_dir(plan, cell)} is incomplete after the expander "
+                                f"finished; see {log}")
+        logger.info("cell %s: expansion done in %.0fs; training seeds %s", cell.name, time.time() - start, todo)
+    return todo
 
 
-def cli_value(value):
-    """How a YAML value is written on the expander's command line."""
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    return "none" if value is None else str(value)
+def when_all_done(futures, callback):
+    """Call callback([exceptions]) once, when the last of `futures` has finished."""
+    if not futures:
+        return callback([])
+    lock, remaining = threading.Lock(), [len(futures)]
+
+    def one_done(_):
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            callback([f.exception() for f in futures if f.exception() is not None])
+    for future in futures:
+        future.add_done_callback(one_done)
 
 
-def cell_cli(cell):
-    """The cell's flags as expander arguments."""
-    return [token for flag, value in cell.flags.items() for token in (f"--{flag}", cli_value(value))]
-
-
-def settings_text(flags):
-    """'radius=0.5, step_size=30' for tables."""
-    return ", ".join(f"{k}={_format_value(v)}" for k, v in flags.items()) or "(base)"
-
-
-def passthrough_flag_names(tokens):
-    """Flag names (underscored) that a pass-through argument list sets."""
-    return [tok[2:].split("=", 1)[0].replace("-", "_") for tok in tokens if tok.startswith("--")]
-
-
-def check_passthrough(tokens, owned, grid_flags, what):
-    """Reject pass-through flags the sweep or the grid already sets (they would silently fight)."""
-    for name in passthrough_flag_names(tokens):
-        if name in owned:
-            raise DistDiffError(f"{what} must not set --{name}: the sweep sets it")
-        if name in grid_flags:
-            raise DistDiffError(f"{what} sets --{name}, which the grid also sets; set it in one place")
-
-
-def passthrough_values(tokens):
-    """{flag: text} of the sweepable flags a pass-through list sets (`--flag v` or `--flag=v`)."""
-    values = {}
-    for i, token in enumerate(tokens):
-        name, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
-        name = name.replace("-", "_")
-        if name in SWEEPABLE and (eq or (i + 1 < len(tokens) and not tokens[i + 1].startswith("--"))):
-            values[name] = value if eq else tokens[i + 1]
-    return values
-
-
-def grid_flag_names(cells):
-    """Every flag any cell sets."""
-    return {k for cell in cells for k in cell.flags}
+def run_logged(cmd, log_path, what):
+    """Run a command from the repo root with its output appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        # The children inherit this process's OMP_WAIT_POLICY (set at the top): several share the cores.
+        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+        raise DistDiffError(f"{what} exited with {code}: {lines[-1] if lines else '(no output)'} (log {log_path})")
 
 
 # ---------------------------------------------------------------------------
-# Completion checks (file-based; no subprocess)
+# Metrics, tables, figure
 # ---------------------------------------------------------------------------
 
-def recorded_mismatch(out_dir, flags):
-    """The first flag whose value differs from <out>/args.yaml, or None when all match."""
-    recorded = yaml.safe_load((Path(out_dir) / "args.yaml").read_text()) or {}
-    for flag, value in flags.items():
-        if flag not in recorded or _canonical(recorded[flag]) != _canonical(value):
-            return flag
-    return None
+def collect_rows(plan, failures):
+    """One metrics row per cell; finished cells come from, or go to, metrics/<cell>.json."""
+    complete = {c.name: cell_state(plan, c) for c in plan.cells}
+    complete = {name: done and not todo for name, (done, todo) in complete.items()}
+    evaluator, rows, flags = None, [], list(dict.fromkeys(k for c in plan.cells for k in c.flags))
+    for cell in plan.cells:
+        control = plan.by_name.get(cell.control)
+        finished = complete[cell.name] and (control is None or complete[control.name])
+        signature = cache_signature(plan, cell, control)
+        cache = plan.sweep_dir / "metrics" / f"{cell.name}.json"
+        row = sw.cached_row(cache, signature) if finished else None
+        if row is not None:
+            logger.info("cell %s: metrics from cache %s", cell.name, cache)
+        else:
+            evaluator = evaluator or make_evaluator(plan)
+            pair = None if control is None else (experiment_dir(plan, control), expansion_dir(plan, control))
+            row = sw.cell_row(cell, experiment_dir(plan, cell), expansion_dir(plan, cell), plan.seeds,
+                              pair, evaluator, plan.source_root)
+            if finished:
+                sw.store_row(cache, signature, row)
+        status = "done" if complete[cell.name] else ("failed" if cell.name in failures else "incomplete")
+        # Every row gets every grid flag, so CSV columns line up whatever the cells set.
+        rows.append({"cell": cell.name, "status": status, "exp": exp_name(plan, cell), **row,
+                     **{k: cell.flags.get(k) for k in flags}})
+    return rows
 
 
-def expansion_complete(out_dir, flags, samples, class_names):
-    """True when <out>/args.yaml records these flags and every expected image exists."""
-    out_dir = Path(out_dir)
-    if not (out_dir / "args.yaml").is_file():
-        return False
-    changed = recorded_mismatch(out_dir, flags)
-    if changed:
-        logger.info("%s records another %s than the grid; the expander will check it", out_dir, changed)
-        return False
-    recorded = yaml.safe_load((out_dir / "args.yaml").read_text())
-    items = shards.work_items(samples, recorded["expand_ratio"], recorded.get("limit"))
-    return not shards.missing_items(items, out_dir, class_names)
+def make_evaluator(plan):
+    """Distribution metrics in the guide's feature space against the real val split (the split
+    cells are selected on), or the test split for a dataset without one."""
+    from studies.metrics import FeatureSpaceEvaluator, load_eval_classifier
+    model, transform, classes = load_eval_classifier(plan.guide, len(plan.sources.classes))
+    spec = registry.get_dataset(plan.dataset)
+    reference = spec.split_dir(spec.val_split or spec.test_split)
+    return FeatureSpaceEvaluator(model, transform, classes, reference)
 
 
-def missing_seeds(exp_dir, seeds):
-    """Seeds of `exp_dir` without results.json."""
-    return [s for s in seeds if not (Path(exp_dir) / f"seed{s}" / "results.json").is_file()]
+def cache_signature(plan, cell, control):
+    """Everything a cached row depends on; any change recomputes it (`metrics`: the row's
+    layout, so rows cached before a metric existed are recomputed)."""
+    return {"metrics": 3, "flags": cell.flags, "control": None if control is None else [control.name, control.flags],
+            "seeds": plan.seeds, "guide": plan.guide, "expand_flags": plan.expand_tokens,
+            "train_flags": plan.train_tokens, "experiment": str(experiment_dir(plan, cell))}
 
 
-# ---------------------------------------------------------------------------
-# Metrics
-# ---------------------------------------------------------------------------
-
-def accuracy_metrics(exp_dir, seeds, control_dir=None):
-    """Mean/std/n over `seeds` per metric, plus same-seed differences vs `control_dir`."""
-    done = seed_values(exp_dir, seeds)
-    row = {"n": len(done)}
-    for metric in ACC_METRICS:
-        mean, std, _ = mean_std(r.get(metric) for r in done.values())
-        row[f"{metric}_mean"], row[f"{metric}_std"] = none_for_nan(mean), none_for_nan(std)
-    control = None if control_dir is None else seed_values(control_dir, seeds)
-    for metric in PAIRED_METRICS:  # blank for a control, so every row has the same columns
-        diff = {} if control is None else paired_difference(
-            {s: r[metric] for s, r in done.items() if metric in r},
-            {s: r[metric] for s, r in control.items() if metric in r})
-        for suffix, key in (("", "mean"), ("_low", "low"), ("_high", "high"), ("_n", "n")):
-            row[f"d_{metric}{suffix}"] = none_for_nan(diff.get(key))
-    return row
+def write_tables(plan, rows):
+    """sweep.csv and sweep.md in the sweep dir; returns the markdown text."""
+    text = (f"# Sweep {plan.name} on {plan.dataset}\n\n"
+            f"Grid {plan.grid.path}; base: {sw.settings_text(plan.grid.base)}; seeds {plan.seeds}.\n"
+            "Δ columns: same-seed accuracy difference vs the cell's unguided control, 95 % t interval. "
+            "Δpx: mean |pixel change| in [0, 1] vs the control's image with the same (source, k), and "
+            "vs the (resized) source image. FID, precision, recall (k-NN, k = 3) and coverage: the "
+            "expansion against the real val split, in the guide classifier's feature space. Guide agrees: "
+            "generated images the guide classifier assigns to the intended class.\n\n" + sw.markdown_table(rows) + "\n")
+    atomic_write_text(plan.sweep_dir / "sweep.csv", to_csv(rows))
+    atomic_write_text(plan.sweep_dir / "sweep.md", text)
+    logger.info("tables written to %s and %s", plan.sweep_dir / "sweep.csv", plan.sweep_dir / "sweep.md")
+    return text
 
 
-def seed_values(exp_dir, seeds):
-    """{seed: results} of the requested seeds that finished, with `last_val_acc` (the last row
-    of the run's summary.csv) where the dataset has a val split."""
-    if not Path(exp_dir).is_dir():
-        return {}
-    done, _ = load_seed_results(exp_dir)
-    done = {s: r for s, r in done.items() if s in set(seeds)}
-    for seed, results in done.items():
-        with open(Path(exp_dir) / f"seed{seed}" / "summary.csv", newline="") as f:
-            last = list(csv.DictReader(f))[-1]
-        if last.get("val_acc"):
-            results["last_val_acc"] = float(last["val_acc"])
-    return done
+def replicate_dirs(plan, group):
+    """The experiment dir of each expansion seed's copy of a cell group (the original-only runs,
+    the same dir for every seed, for `original`)."""
+    if group == sw.ORIGINAL:
+        return [run_group_dir(plan, None)] * len(plan.grid.expansion_seeds)
+    return [experiment_dir(plan, plan.by_name[f"{group}_e{seed}"]) for seed in plan.grid.expansion_seeds]
 
 
-def none_for_nan(value):
-    """nan -> None, so CSV cells are blank and JSON is standard."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+def write_replicated(plan, rows):
+    """replicated.md/.json: per cell group, accuracy and mechanism means over expansions; per
+    contrast (each guided cell vs its control, then the grid's), t intervals over expansions.
+    Returns (markdown text, contrast rows)."""
+    from studies import replication as rep
+
+    by_cell = {row["cell"]: row for row in rows}
+
+    def group_rows(group):
+        return [by_cell.get(f"{group}_e{seed}") for seed in plan.grid.expansion_seeds] if group != sw.ORIGINAL \
+            else [None] * len(plan.grid.expansion_seeds)
+
+    groups = list(dict.fromkeys(cell.group for cell in plan.cells))
+    summaries = []
+    for group in groups:
+        done = sum(row is not None and row.get("status") == "done" for row in group_rows(group))
+        summaries.append((group, done, rep.group_accuracy(replicate_dirs(plan, group), plan.seeds),
+                          rep.mechanism_summary(group_rows(group))))
+    first = plan.grid.expansion_seeds[0]
+    pairs = [{"a": g, "b": plan.by_name[plan.by_name[f"{g}_e{first}"].control].group, "confidence": 0.95,
+              "primary": False} for g in groups if not plan.by_name[f"{g}_e{first}"].is_control]
+    contrasts = [rep.contrast_row(f"{c['a']} − {c['b']}", replicate_dirs(plan, c["a"]), replicate_dirs(plan, c["b"]),
+                                  group_rows(c["a"]), group_rows(c["b"]), plan.seeds, c["confidence"], c["primary"])
+                 for c in pairs + plan.grid.contrasts]
+    text = (f"# Sweep {plan.name} on {plan.dataset}, over expansions\n\nGrid {plan.grid.path}; base: "
+            f"{sw.settings_text(plan.grid.base)}; expansion seeds {plan.grid.expansion_seeds}; training seeds "
+            f"{plan.seeds} inside each.\n\n## Cells (means over expansions)\n\n" + rep.mechanism_table(summaries)
+            + "\n\n## Contrasts\n\n" + rep.contrast_table(contrasts) + "\n")
+    atomic_write_text(plan.sweep_dir / "replicated.md", text)
+    atomic_write_json(plan.sweep_dir / "replicated.json", {
+        "expansion_seeds": plan.grid.expansion_seeds, "training_seeds": plan.seeds,
+        "cells": [{"cell": g, "expansions_done": n, **acc, **mech} for g, n, acc, mech in summaries],
+        "contrasts": contrasts})
+    logger.info("tables over expansions written to %s", plan.sweep_dir / "replicated.md")
+    return text, contrasts
 
 
-def manifest_metrics(out_dir):
-    """Energy before/after means, fraction of items whose energy dropped, seconds per image."""
-    records = shards.read_manifests(out_dir) if Path(out_dir).is_dir() else []
-    guided = [r for r in records if r.get("energy_before") is not None and r.get("energy_after") is not None]
-    row = {"n_images": len(records), "energy_before": None, "energy_after": None, "energy_drop_frac": None,
-           "sec_per_img": none_for_nan(float(np.mean([r["seconds"] for r in records]))) if records else None}
-    if guided:
-        before = np.array([r["energy_before"] for r in guided], dtype=float)
-        after = np.array([r["energy_after"] for r in guided], dtype=float)
-        row.update(energy_before=float(before.mean()), energy_after=float(after.mean()),
-                   energy_drop_frac=float(np.mean(after < before)))
-    return row
+def plot_replicated(plan, contrasts, path):
+    """Each contrast's Δ test last_acc and Δ last-epoch val with its interval over expansions."""
+    if not contrasts:
+        return
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(contrasts) + 2.5), 4.2))
+    xs = list(range(len(contrasts)))
+    for offset, metric, label in ((-0.1, "last_acc", "test, last epoch"), (0.1, "last_val_acc", "val, last epoch")):
+        means = [_value(c[f"d_{metric}"]) for c in contrasts]
+        arms = [[_half(c, metric, "low") for c in contrasts], [_half(c, metric, "high") for c in contrasts]]
+        ax.errorbar([x + offset for x in xs], means, yerr=arms, fmt="o", ms=4, capsize=3, label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(xs, [c["contrast"] + (" *" if c["primary"] else "") for c in contrasts], rotation=30,
+                  ha="right", fontsize=8)
+    ax.set_ylabel("Δ accuracy (points)")
+    ax.set_title(f"sweep {plan.name} ({plan.dataset}): mean over {len(plan.grid.expansion_seeds)} expansions, "
+                 "t interval over expansions\n(* primary: its own, corrected level)", fontsize=9)
+    save_figure(fig, ax, path)
 
 
-def load_rgb(path, size=None):
-    """An image as float [H, W, 3] in [0, 1], optionally resized (bilinear) to `size` (w, h)."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if size is not None and img.size != tuple(size):
-            img = img.resize(tuple(size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.float64) / 255.0
+def save_figure(fig, ax, path):
+    """Legend, layout, write, close."""
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    logger.info("figure written to %s", path)
 
 
-def pixel_change(out_dir, other_dir):
-    """Mean |a - b| over images with the same (source, k) in two expansions (None if none pair)."""
-    mine = {(r["source"], r["k"]): r["path"] for r in shards.read_manifests(out_dir)} if Path(out_dir).is_dir() else {}
-    theirs = {(r["source"], r["k"]): r["path"] for r in shards.read_manifests(other_dir)} \
-        if Path(other_dir).is_dir() else {}
-    diffs = [np.abs(load_rgb(Path(out_dir) / mine[key]) - load_rgb(Path(other_dir) / theirs[key])).mean()
-             for key in sorted(set(mine) & set(theirs))
-             if (Path(out_dir) / mine[key]).is_file() and (Path(other_dir) / theirs[key]).is_file()]
-    return float(np.mean(diffs)) if diffs else None
+def plot_paired(plan, rows, path):
+    """Paired Δ accuracy per guided cell with 95 % error bars, cells grouped by swept flags."""
+    guided = [(cell, row) for cell, row in zip(plan.cells, rows) if not cell.is_control]
+    if not guided:
+        logger.warning("no guided cells: no figure")
+        return
+    # Cells varying the same flags sit side by side, so one axis reads left to right.
+    axes = list(dict.fromkeys(cell.axis for cell, _ in guided))
+    guided.sort(key=lambda pair: axes.index(pair[0].axis))
+    xs, x, previous = [], 0.0, None
+    for cell, _ in guided:
+        x += 1.6 if previous is not None and cell.axis != previous else 1.0
+        xs.append(x)
+        previous = cell.axis
+    width = min(max(5.0, 0.45 * len(guided) + 2.5), 16)
+    fig, ax = plt.subplots(figsize=(width, 4.2))
+    for offset, metric, label in ((-0.1, "last_acc", "last epoch"), (0.1, "test_at_best_val", "test @ best val")):
+        means = [_value(row.get(f"d_{metric}")) for _, row in guided]
+        low = [_half(row, metric, "low") for _, row in guided]
+        high = [_half(row, metric, "high") for _, row in guided]
+        ax.errorbar([x + offset for x in xs], means, yerr=[low, high], fmt="o", ms=4, capsize=3, label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlim(xs[0] - 0.7, xs[-1] + 0.7)
+    for left, right, (cell, _), (nxt, _) in zip(xs, xs[1:], guided, guided[1:]):
+        if cell.axis != nxt.axis:
+            ax.axvline((left + right) / 2, color="grey", lw=0.5, ls=":")
+    ax.set_xticks(xs, [cell.name for cell, _ in guided], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("Δ accuracy vs unguided control (points)")
+    # A sweep of a few cells draws a narrow figure, where one title line would be clipped.
+    ax.set_title(f"sweep {plan.name} ({plan.dataset}): same-seed Δ vs control,{' ' if width > 8 else chr(10)}"
+                 f"95 % t interval, {len(plan.seeds)} seed(s)", fontsize=9)
+    save_figure(fig, ax, path)
 
 
-def source_change(out_dir, source_root):
-    """Mean |generated - source| with the source resized to the generated size (None if empty)."""
-    records = shards.read_manifests(out_dir) if Path(out_dir).is_dir() else []
-    diffs = []
-    for record in records:
-        path = Path(out_dir) / record["path"]
-        if path.is_file():
-            generated = load_rgb(path)
-            source = load_rgb(Path(source_root) / record["source"], generated.shape[1::-1])
-            diffs.append(np.abs(generated - source).mean())
-    return float(np.mean(diffs)) if diffs else None
+def _value(value):
+    """A number for matplotlib: a blank becomes nan, which draws no point."""
+    return float("nan") if value is None else value
 
 
-DISTRIBUTION_KEYS = ("fid_val", "precision", "recall", "coverage", "guide_agreement")
+def _half(row, metric, side):
+    """Length of one error-bar arm of a row or contrast (d_<metric> with d_<metric>_low/high); 0 (no
+    bar) when the interval is undefined (fewer than 2 seeds or expansions)."""
+    mean, bound = row.get(f"d_{metric}"), row.get(f"d_{metric}_{side}")
+    if mean is None or bound is None:
+        return 0.0
+    return mean - bound if side == "low" else bound - mean
 
 
-def distribution_metrics(out_dir, evaluator):
-    """Guide-feature FID, precision/recall/coverage against the evaluator's reference (the val
-    split in a sweep) and the guide's agreement with the class folders; blanks when there is no
-    evaluator or too few images for the k-NN metrics."""
-    blank = dict.fromkeys(DISTRIBUTION_KEYS)
-    if evaluator is None or not Path(out_dir).is_dir():
-        return blank
-    count = sum(1 for _ in Path(out_dir).rglob("*.png"))
-    if count <= evaluator.k:
-        return blank
-    metrics = evaluator.evaluate(out_dir)
-    return {"fid_val": metrics["fid"], "precision": metrics["precision"], "recall": metrics["recall"],
-            "coverage": metrics["coverage"], "guide_agreement": metrics["guide_acc"]}
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", help="grid YAML (base + axes and/or cells), e.g. configs/sweeps/digits_study.yaml")
+    parser.add_argument("--dataset", default=None, help="dataset (default: the grid's `dataset:` key)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="training seeds per cell")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="parallel train_expand.py processes (they overlap later cells' expansions)")
+    parser.add_argument("--expand_jobs", "--expand-jobs", type=int, default=1,
+                        help="parallel expand_distdiff.py processes (1: the expander keeps its threads to itself)")
+    parser.add_argument("--checkpoint_root", "--checkpoint-root", default="checkpoint",
+                        help="root of expansions, training runs and the sweep dir")
+    parser.add_argument("--name", default=None, help="sweep name (default: the grid file's stem)")
+    parser.add_argument("--guide_ckpt", "--guide-ckpt", default=None,
+                        help="guide classifier for guidance and guide agreement (default: the expander's, "
+                             "<root>/<dataset>/<guide_arch>_unpretrained_lr0.1/seed1/model_best.pth.tar)")
+    parser.add_argument("--expand_flags", "--expand-flags", default="",
+                        help="extra expand_distdiff.py flags for every cell, e.g. \"--model checkpoint/prior/digits\"")
+    parser.add_argument("--train_flags", "--train-flags", default="",
+                        help="extra train_expand.py flags for every run, e.g. \"--epochs 30\"")
+    parser.add_argument("--figure", default="figure/guidance_sweep.png", help="paired-Δ figure path")
+    add_threads_flag(parser, 1, "torch CPU threads for the metrics in this process (the expander's come from the grid)")
+    parser.add_argument("--cells", nargs="+", default=None, metavar="NAME",
+                        help="run only these grid cells (with their controls); the tables cover the whole grid")
+    parser.add_argument("--dry_run", "--dry-run", action="store_true", help="print the cells and commands only")
+    return parser
 
 
-def cell_row(cell, exp_dir, out_dir, seeds, control=None, evaluator=None, source_root=None):
-    """Every metric of one cell as a flat dict; `control` is (exp_dir, out_dir) of its pair."""
-    row = {"cell": cell.name, "control": cell.control or "", "settings": settings_text(cell.overrides)}
-    row.update(accuracy_metrics(exp_dir, seeds, None if control is None else control[0]))
-    row.update(manifest_metrics(out_dir))
-    row["pixel_change_vs_control"] = pixel_change(out_dir, out_dir if control is None else control[1])
-    row["pixel_change_vs_source"] = None if source_root is None else source_change(out_dir, source_root)
-    row.update(distribution_metrics(out_dir, evaluator))
-    return row
-
-
-# ---------------------------------------------------------------------------
-# Metrics cache
-# ---------------------------------------------------------------------------
-
-def cached_row(path, signature):
-    """A cached row when its signature matches, else None."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        stored = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    # Compare in JSON form: tuples and lists, or ints and floats, differ only in Python.
-    return stored["row"] if stored.get("signature") == json.loads(json.dumps(signature)) else None
-
-
-def store_row(path, signature, row):
-    """Cache a finished cell's row with the settings it was computed for."""
-    atomic_write_json(path, {"signature": signature, "row": row})
-
-
-# ---------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------
-
-def fmt_number(value, fmt="{:.3f}"):
-    """Formatted number, or '-' for a blank."""
-    return "-" if value is None else fmt.format(value)
-
-
-def markdown_table(rows):
-    """One line per cell: settings, accuracy, paired deltas, energy, pixels, distribution metrics."""
-    lines = ["| cell | settings | n | last_acc | test_at_best_val | best_acc (paper) | "
-             "Δlast_acc vs control [95% CI] | Δtest_at_best_val [95% CI] | Δbest val acc [95% CI] | Δlast val acc [95% CI] | "
-             "energy before → after | energy dropped | Δpx vs control | Δpx vs source | FID to val (guide) | "
-             "precision | recall | coverage | guide agrees | s/img |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        acc = [fmt_mean_std(nan_for_none(row[f"{m}_mean"]), nan_for_none(row[f"{m}_std"])) for m in ACC_METRICS]
-        paired = [fmt_interval(nan_for_none(row.get(f"d_{m}")), nan_for_none(row.get(f"d_{m}_low")), nan_for_none(row.get(f"d_{m}_high")))
-                  for m in PAIRED_METRICS] if row["control"] else ["(control)"] * len(PAIRED_METRICS)
-        energy = "-" if row["energy_before"] is None else f"{row['energy_before']:.4f} → {row['energy_after']:.4f}"
-        cells = [row["cell"] + ("" if row.get("status", "done") == "done" else f" ({row['status']})"),
-                 row["settings"], str(row["n"]), *acc, *paired, energy,
-                 fmt_number(row["energy_drop_frac"], "{:.0%}"), fmt_number(row["pixel_change_vs_control"], "{:.4f}"),
-                 fmt_number(row["pixel_change_vs_source"], "{:.4f}"), fmt_number(row.get("fid_val"), "{:.2f}"),
-                 fmt_number(row.get("precision")), fmt_number(row.get("recall")), fmt_number(row.get("coverage")),
-                 fmt_number(row.get("guide_agreement"), "{:.1%}"), fmt_number(row["sec_per_img"], "{:.2f}")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def nan_for_none(value):
-    """None -> nan, for the nan-aware formatters in distdiff.stats and distdiff.results."""
-    return math.nan if value is None else value
+if __name__ == "__main__":
+    run_cli(main)

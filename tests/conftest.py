@@ -97,7 +97,7 @@ def pytest_sessionfinish(session):
 
 
 def script(name):
-    """A script's module by name: 'train_original' (top level) or 'scripts.sweep'."""
+    """A script's module by name: 'train_original' (top level) or 'studies.sweep'."""
     return importlib.import_module(name)
 
 

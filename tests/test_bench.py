@@ -10,7 +10,7 @@ from conftest import run_main
 def test_bench_quick_mode_writes_json(tmp_path, tiny_pipe, random_guide, capsys):
     # Throughput does not depend on what the guide has learned: a random one will do.
     out = tmp_path / "bench.json"
-    run_main("scripts.bench_expand", "--quick", "--model", tiny_pipe, "--guide_ckpt", random_guide,
+    run_main("studies.bench_expand", "--quick", "--model", tiny_pipe, "--guide_ckpt", random_guide,
              "--variants", "plain", "checkpointing+decode_half",
              "--threads", "1", "--out", out, "--figure", tmp_path / "bench.png")
     stdout = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""scripts/eval_expansion.py on tiny folders with a random guide: identical sets give FID ~ 0 and
+"""studies/eval_expansion.py on tiny folders with a random guide: identical sets give FID ~ 0 and
 precision = recall = 1, a shifted set scores worse, prototype distances match a direct computation,
 and the k-NN metrics behave at their extremes."""
 import contextlib
@@ -17,7 +17,7 @@ from conftest import run_main, save_random_guide
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff.features import extract_features
-from distdiff.metrics import manifold_metrics
+from studies.metrics import manifold_metrics
 from distdiff.prototype_store import fingerprint, save_prototypes
 from distdiff.prototypes import compute_prototypes
 
@@ -60,7 +60,7 @@ def evaluated(tmp_path_factory, digits_ready):
     out = root / "all.json"
     stdout, stderr = io.StringIO(), io.StringIO()  # a module fixture has no capsys
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        run_main("scripts.eval_expansion", same, shifted, "--guide_ckpt", guide_path, "--real", same,
+        run_main("studies.eval_expansion", same, shifted, "--guide_ckpt", guide_path, "--real", same,
                  "--out", out, "--threads", "1")
     proc = SimpleNamespace(stdout=stdout.getvalue(), stderr=stderr.getvalue())
     rows = {row["set"]: row for row in json.loads(out.read_text())["rows"]}
@@ -78,7 +78,7 @@ def test_identical_sets_give_zero_fid_and_full_precision_recall(evaluated):
 
 def test_guide_acc_from_features_equals_a_full_classifier_pass(evaluated):
     """The metric reuses the FID pass's pre-logits features; here the whole model runs again."""
-    from distdiff.metrics import load_eval_classifier
+    from studies.metrics import load_eval_classifier
     model, transform, classes = load_eval_classifier(evaluated["guide_path"], len(CLASSES))
     for name in ("same", "shifted"):
         folder = ds.image_folder(evaluated[name], transform, verify=False)
@@ -121,7 +121,7 @@ def test_manifold_metrics_extremes():
 
 def test_bad_folders_are_clear_errors(tmp_path, digits_ready):
     with pytest.raises(DistDiffError, match="nope not found"):
-        run_main("scripts.eval_expansion", tmp_path / "nope", "--dataset", "digits")
+        run_main("studies.eval_expansion", tmp_path / "nope", "--dataset", "digits")
     (tmp_path / "bare" / "0").mkdir(parents=True)
     with pytest.raises(DistDiffError, match="pass --dataset"):  # no args.yaml names the dataset
-        run_main("scripts.eval_expansion", tmp_path / "bare")
+        run_main("studies.eval_expansion", tmp_path / "bare")

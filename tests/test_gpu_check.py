@@ -28,7 +28,7 @@ def test_cpu_smoke_runs_every_step_and_writes_the_report():
     assert code == 0, stdout[-3000:] + stderr[-3000:]
     report = json.loads((work / "report.json").read_text())
     steps = report["steps"]
-    assert [s["name"] for s in steps] == [name for name, *_ in script("scripts.gpu_check").STEPS]
+    assert [s["name"] for s in steps] == [name for name, *_ in script("studies.gpu_check").STEPS]
     assert all(s["status"] == "PASS" for s in steps), [(s["name"], s["status"], s["detail"]) for s in steps]
     for step in steps:  # one line per step, printed as it finished
         assert f"PASS  {step['name']} (" in stdout
@@ -49,7 +49,7 @@ def test_cpu_smoke_runs_every_step_and_writes_the_report():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 def test_without_a_gpu_the_run_fails_in_one_step_and_skips_the_rest(tmp_path, capsys, restore_env):
-    assert run_main("scripts.gpu_check", "--workdir", tmp_path, "--report", tmp_path / "r.json") == 1
+    assert run_main("studies.gpu_check", "--workdir", tmp_path, "--report", tmp_path / "r.json") == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("FAIL  versions") and "torch sees no CUDA device" in lines[0]
     assert all(line.startswith("SKIP") for line in lines[1:-1]) and len(lines) == 2 + 7
@@ -61,7 +61,7 @@ def test_without_a_gpu_the_run_fails_in_one_step_and_skips_the_rest(tmp_path, ca
 
 @pytest.mark.slow
 def test_a_failing_hanging_or_skipped_step_is_reported_and_never_raises():
-    check = script("scripts.gpu_check")
+    check = script("studies.gpu_check")
 
     def fails(ctx):
         raise RuntimeError("kernel image not available")
@@ -80,7 +80,7 @@ def test_a_failing_hanging_or_skipped_step_is_reported_and_never_raises():
 
 def test_the_budget_skips_steps_whose_cap_no_longer_fits(tmp_path, capsys, restore_env):
     # Nothing failed, but a run with skipped steps is not a pass: exit 2.
-    assert run_main("scripts.gpu_check", "--cpu_smoke", "--budget", "100", "--workdir", tmp_path,
+    assert run_main("studies.gpu_check", "--cpu_smoke", "--budget", "100", "--workdir", tmp_path,
                     "--report", tmp_path / "r.json") == 2
     steps = {s["name"]: s for s in json.loads((tmp_path / "r.json").read_text())["steps"]}
     assert steps["versions"]["status"] == "PASS"  # cap 30 s fits the 100 s budget
@@ -92,7 +92,7 @@ def test_the_budget_skips_steps_whose_cap_no_longer_fits(tmp_path, capsys, resto
 
 
 def test_the_exit_status_is_0_only_when_every_step_passed():
-    check = script("scripts.gpu_check")
+    check = script("studies.gpu_check")
 
     def steps(*statuses):
         return [{"name": f"s{i}", "status": status} for i, status in enumerate(statuses)]
@@ -106,7 +106,7 @@ def test_the_exit_status_is_0_only_when_every_step_passed():
 
 
 def test_the_ranks_devices_are_read_from_their_log_lines():
-    check = script("scripts.gpu_check")
+    check = script("studies.gpu_check")
     log = ("[2026-12-06 10:00:00] device cuda:1 (NVIDIA H100 80GB HBM3), LOCAL_RANK 1\n"
            "[2026-12-06 10:00:00] device cuda:0 (NVIDIA H100 80GB HBM3), LOCAL_RANK 0\n"
            "[2026-12-06 10:00:09] shard 0/2 on cuda:0, fp32, batch 8\n")

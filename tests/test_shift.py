@@ -117,7 +117,7 @@ def test_a_split_without_images_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_shift_figure_pairs_each_guided_cell_with_its_priors_drift(tmp_path):
-    plot_shift = script("scripts.plot_shift")
+    plot_shift = script("studies.plot_shift")
     table = tmp_path / "sweep.csv"
     table.write_text("cell,control,fid_val,last_acc_mean,last_acc_std,d_last_acc,d_last_acc_low,d_last_acc_high\n"
                      "indomain_sd,,2.0,85.0,1.0,,,\nprinted0_sd,,9.0,80.0,2.0,,,\n"
@@ -127,14 +127,14 @@ def test_shift_figure_pairs_each_guided_cell_with_its_priors_drift(tmp_path):
     # x is the drift of the guided cell's own prior (its control's FID), not the guided set's
     assert guided == {"distdiff": [(2.0, "indomain", 1.0, 0.2, 1.8), (9.0, "printed0", 3.0, 1.0, 5.0)]}
     assert unguided == [(2.0, "indomain", 85.0, 1.0), (9.0, "printed0", 80.0, 2.0)]
-    assert run_main("scripts.plot_shift", table, "--figure", tmp_path / "f.png") == 0
+    assert run_main("studies.plot_shift", table, "--figure", tmp_path / "f.png") == 0
     assert (tmp_path / "f.png").stat().st_size > 0
     with pytest.raises(DistDiffError, match="not found"):
-        run_main("scripts.plot_shift", tmp_path / "missing.csv")
+        run_main("studies.plot_shift", tmp_path / "missing.csv")
 
 
 def test_prior_labels_at_one_spot_do_not_overlap():
-    plot_shift = script("scripts.plot_shift")
+    plot_shift = script("studies.plot_shift")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -152,7 +152,7 @@ def test_prior_labels_at_one_spot_do_not_overlap():
 def test_a_preset_paired_with_its_own_control_sits_at_its_priors_drift(tmp_path):
     """With a `model` column, the authors' cells (paired with their own control) are placed at the
     drift of the prior's reference control, and that own control is not a prior of its own."""
-    plot_shift = script("scripts.plot_shift")
+    plot_shift = script("studies.plot_shift")
     table = tmp_path / "sweep.csv"
     table.write_text("cell,control,model,preset,fid_val,last_acc_mean,last_acc_std,d_last_acc,d_last_acc_low,"
                      "d_last_acc_high\n"
@@ -166,7 +166,7 @@ def test_a_preset_paired_with_its_own_control_sits_at_its_priors_drift(tmp_path)
 
 
 def test_selection_counts_where_both_intervals_clear_zero():
-    plot_shift = script("scripts.plot_shift")
+    plot_shift = script("studies.plot_shift")
     row = lambda cell, low, val, val_low: {"cell": cell, "control": "x_sd", "d_last_acc_low": low,
                                            "d_last_val_acc": val, "d_last_val_acc_low": val_low}
     rows = [{"cell": "a_sd", "control": None}, row("a_r1", 0.5, 3.0, 0.2), row("b_r1", 0.5, 1.0, -0.1),

@@ -1,4 +1,4 @@
-"""scripts/sweep.py: a 2-cell grid end to end on a smoke prior trained on a mixture (with its
+"""studies/sweep.py: a 2-cell grid end to end on a smoke prior trained on a mixture (with its
 automatic control, a resumed rerun and the domain-shift figure), the metrics maths on fabricated
 runs and manifests, grid expansion, bad grids."""
 import contextlib
@@ -14,16 +14,16 @@ from PIL import Image
 
 from conftest import PRIOR_SMOKE, REPO, run_main, script
 from distdiff import DistDiffError
-from studies import sweep as sw
+from studies import grid as sw
 
 T975 = {2: 4.302652729749462}  # Student t quantile, 97.5 %, by degrees of freedom
 
 
 def run_sweep(args):
-    """scripts/sweep.py in-process (it starts the cells' expand and train processes); returns stdout."""
+    """studies/sweep.py in-process (it starts the cells' expand and train processes); returns stdout."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        run_main("scripts.sweep", *args)
+        run_main("studies.sweep", *args)
     return out.getvalue()
 
 
@@ -76,10 +76,10 @@ def test_sweep_writes_one_row_per_cell_with_paired_metrics(sweep):
 
 @pytest.mark.slow
 def test_shift_figure_from_the_sweep_table(sweep):
-    """scripts/plot_shift.py on a real sweep table: each guided cell sits at its control's drift."""
-    plot_shift = script("scripts.plot_shift")
+    """studies/plot_shift.py on a real sweep table: each guided cell sits at its control's drift."""
+    plot_shift = script("studies.plot_shift")
     rows = read_rows(sweep["dir"])
-    assert run_main("scripts.plot_shift", sweep["dir"] / "sweep.csv", "--figure", sweep["root"] / "shift.png",
+    assert run_main("studies.plot_shift", sweep["dir"] / "sweep.csv", "--figure", sweep["root"] / "shift.png",
                     "--samples", sweep["root"] / "samples.png") == 0
     assert (sweep["root"] / "samples.png").stat().st_size > 1000
     guided, unguided = plot_shift.curves(plot_shift.read_rows(sweep["dir"] / "sweep.csv"))
@@ -266,7 +266,7 @@ def test_dry_run_lists_cells_and_commands_and_runs_nothing(tmp_path):
 def test_bad_grids_give_one_line_errors(tmp_path):
     grid = write_grid(tmp_path / "bad.yaml", "base: {num_steps: 10}\naxes:\n  radius: [0.2]\n  bogus_flag: [1]\n")
     with pytest.raises(DistDiffError, match="unknown flag.*bogus_flag.*valid flags.*step_size"):
-        run_main("scripts.sweep", grid, "--dataset", "digits", "--checkpoint_root", tmp_path)
+        run_main("studies.sweep", grid, "--dataset", "digits", "--checkpoint_root", tmp_path)
     with pytest.raises(DistDiffError, match="not found"):
         sw.load_grid(tmp_path / "missing.yaml")
     with pytest.raises(DistDiffError, match="defines no cells"):
@@ -279,7 +279,7 @@ def test_bad_grids_give_one_line_errors(tmp_path):
         sw.check_passthrough(["--out=x"], sw.EXPAND_OWNED, set(), "--expand_flags")
     for token in ("--manualSeed", "--data_expanded_dir", "--seed"):  # the authors' spellings too
         with pytest.raises(DistDiffError, match=f"--train_flags must not set {token}"):
-            run_main("scripts.sweep", REPO / "configs" / "sweeps" / "tiny.yaml", "--checkpoint_root", tmp_path,
+            run_main("studies.sweep", REPO / "configs" / "sweeps" / "tiny.yaml", "--checkpoint_root", tmp_path,
                      "--train_flags", f"{token} 3", "--dry_run")
 
 
@@ -311,7 +311,7 @@ def test_expansion_seeds_replicate_every_cell_with_its_own_control(tmp_path):
 def test_contrasts_are_means_of_per_expansion_differences_with_t_over_expansions(tmp_path):
     """Fabricated runs for 3 expansions x 2 training seeds: each expansion's value is the mean of
     its same-seed differences, and the interval is t over the 3 expansions (not over 6 runs)."""
-    sweep_cli = script("scripts.sweep")
+    sweep_cli = script("studies.sweep")
     grid = write_grid(tmp_path / "rep.yaml", REPLICATED)
     args = sweep_cli.get_parser().parse_args([str(grid), "--seeds", "1", "2", "--checkpoint_root", str(tmp_path),
                                               "--name", "energy_noise_3shot"])  # where the study's report looks

@@ -21,16 +21,16 @@ prior() {  # prior MIXTURE SHIFT: train it, then judge it in the shifted domain 
   # evaluator, prompts and val split; the target's judgement is the prior's own quality.json)
   $PY scripts/train_prior.py --prior_data "$1"
   local out; out=$($PY -m embedded.mixture digits "$1")  # the folder train_prior.py made
-  [ -f "$out/quality_$2.json" ] || $PY scripts/eval_prior.py --model "$out" --dataset "$2" \
+  [ -f "$out/quality_$2.json" ] || $PY studies/eval_prior.py --model "$out" --dataset "$2" \
       --evaluator_cache "checkpoint/prior/evaluator_$2.pt" --output "$out/quality_$2.json"
 }
 for shift in $SHIFTS; do prior "$shift:prior=1" "$shift"; done
 for shift in $MIXED; do prior "digits:prior=0.1,$shift:prior=0.9" "$shift"; done
-$PY scripts/sweep.py configs/sweeps/digits_shift.yaml --seeds 1 2 3 4 5 --jobs 2 \
+$PY studies/sweep.py configs/sweeps/digits_shift.yaml --seeds 1 2 3 4 5 --jobs 2 \
     --figure figure/domain_shift_cells.png
-$PY scripts/sweep.py configs/sweeps/digits_shift_confirm.yaml --seeds 6 7 8 9 10 --jobs 2 \
+$PY studies/sweep.py configs/sweeps/digits_shift_confirm.yaml --seeds 6 7 8 9 10 --jobs 2 \
     --figure figure/domain_shift_confirm_cells.png
 control=$($PY -m distdiff.runs name --dataset digits --arch resnet_small --exp sweep_digits_shift_indomain_sd)
 $PY parse_logs.py checkpoint/digits --multi --paired "$control" --include '*sweep_digits_shift_*'
-$PY scripts/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv --figure figure/domain_shift.png \
+$PY studies/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv --figure figure/domain_shift.png \
     --samples figure/domain_shift_samples.png --select_priors inverted0 inverted10 lowcontrast0 lowcontrast10

@@ -21,7 +21,7 @@ source scripts/run_jobs.sh
 sweep() {  # sweep NAME [FLAGS]: one grid of configs/sweeps/, its training seeds and its figure
   local name=$1; shift
   # shellcheck disable=SC2086
-  $PY scripts/sweep.py "configs/sweeps/$name.yaml" --seeds $SEEDS --jobs "$JOBS" --figure "figure/$name.png" "$@"
+  $PY studies/sweep.py "configs/sweeps/$name.yaml" --seeds $SEEDS --jobs "$JOBS" --figure "figure/$name.png" "$@"
 }
 $PY scripts/train_prior.py                                  # the in-domain prior (the demo's)
 $PY train_original.py digits --seed 1                       # the 3-shot guide (the demo's)

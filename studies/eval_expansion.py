@@ -1,8 +1,8 @@
 """Distribution metrics of expanded image folders against the real data, in the guide's feature space.
 
-    python scripts/eval_expansion.py checkpoint/digits/expansions/sd_x5 checkpoint/digits/expansions/distdiff_x5
-    python scripts/eval_expansion.py <folder> --real data/digits/val --out eval.json
-    python scripts/eval_expansion.py <folder> --inception        # + Inception FID (online/GPU path)
+    python studies/eval_expansion.py checkpoint/digits/expansions/sd_x5 checkpoint/digits/expansions/distdiff_x5
+    python studies/eval_expansion.py <folder> --real data/digits/val --out eval.json
+    python studies/eval_expansion.py <folder> --inception        # + Inception FID (online/GPU path)
 
 For each folder (an ImageFolder such as expand_distdiff.py writes) and, as a reference row, the
 real training split ("original"), against the reference set (default: the dataset's test split):
@@ -33,7 +33,7 @@ from distdiff import registry
 from distdiff.config import str2bool
 from distdiff.devices import configure_cpu
 from distdiff.fileio import atomic_write_json
-from distdiff.metrics import FeatureSpaceEvaluator, InceptionFID, load_eval_classifier, prototypes_match
+from studies.metrics import FeatureSpaceEvaluator, InceptionFID, load_eval_classifier, prototypes_match
 from distdiff.options import add_threads_flag, run_cli
 from distdiff.prototype_store import load_prototypes
 from distdiff.runs import default_guide_ckpt, setup_logging

@@ -1,8 +1,8 @@
 """FLOPs per generated image, plain img2img vs DistDiff guidance, at SD-1.4 scale and for the
 digits prior: why the guidance overhead measured on a tiny model differs from the paper's +4 %.
 
-    python scripts/bench_flops.py                          # SD-1.4 + ResNet-50 guide, and the digits prior
-    python scripts/bench_flops.py --prior checkpoint/prior/digits --guide_arch resnet_small
+    python studies/bench_flops.py                          # SD-1.4 + ResNet-50 guide, and the digits prior
+    python studies/bench_flops.py --prior checkpoint/prior/digits --guide_arch resnet_small
 
 Every module is built on the meta device from its architecture config (SD-1.4's published
 UNet/VAE shapes, or a local diffusers folder's configs), so nothing is downloaded or computed:

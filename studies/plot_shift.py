@@ -1,6 +1,6 @@
 """The domain-shift figure from a sweep table: accuracy against the drift of the unguided expansion.
 
-    python scripts/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv
+    python studies/plot_shift.py checkpoint/digits/sweeps/digits_shift/sweep.csv
 
 The drift of a prior is the FID of its unguided expansion (its reference control, named
 `<prior>_sd` in configs/sweeps/digits_shift.yaml) to the target's val split, in the guide's

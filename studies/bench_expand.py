@@ -1,12 +1,12 @@
 """Expansion cost: plain img2img vs DistDiff guidance, per configuration, in one process.
 
-    python scripts/bench_expand.py                         # digits prior: batch 1/4/8/16, 3 repeats
-    python scripts/bench_expand.py --quick                 # CI smoke mode: batch 2, 1 repeat
+    python studies/bench_expand.py                         # digits prior: batch 1/4/8/16, 3 repeats
+    python studies/bench_expand.py --quick                 # CI smoke mode: batch 2, 1 repeat
     # SD-1.4's architecture with random weights (nothing downloaded), reduced schedule, on the CPU:
-    python scripts/bench_expand.py --model shape:sd14 --batch_sizes 1 --repeats 1 --num_steps 6 \
+    python studies/bench_expand.py --model shape:sd14 --batch_sizes 1 --repeats 1 --num_steps 6 \
         --guidance_step 3 --variants plain checkpointing --out bench/expand_sd14.json
     # on a GPU: the real model (or shape:sd14), the paper's schedule, several precisions and options
-    python scripts/bench_expand.py --model CompVis/stable-diffusion-v1-4 --device cuda --precision fp16 \
+    python studies/bench_expand.py --model CompVis/stable-diffusion-v1-4 --device cuda --precision fp16 \
         --batch_sizes 1 4 8 16 --variants plain checkpointing channels_last compile
 
 For each batch size and variant, unguided (`--guidance none`) and guided (`transform`, without the

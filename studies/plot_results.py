@@ -1,6 +1,6 @@
 """Figures from finished runs: accuracy bars with error bars, and a grid of expanded samples.
 
-    python scripts/plot_results.py --dataset digits --arch resnet_small
+    python studies/plot_results.py --dataset digits --arch resnet_small
 writes figure/accuracy.png (original vs SD vs DistDiff, mean ± std over seeds, from the
 results.json files) and figure/expansion_grid.png (per class: a source image, its guided copies
 and its unguided copies made with the same seeds).

@@ -1,7 +1,7 @@
 """What a retraining run does before its first step: image decodes and seconds (CPU).
 
-    python scripts/bench_train_start.py                          # this checkout
-    PYTHONPATH=/tmp/old python /tmp/old/scripts/bench_train_start.py --out bench/x.json   # another one
+    python studies/bench_train_start.py                          # this checkout
+    PYTHONPATH=/tmp/old python /tmp/old/studies/bench_train_start.py --out bench/x.json   # another one
 
 It writes, once, a folder dataset shaped like the paper's retraining input (Caltech-like JPEGs of
 about 300x200 for train and test, plus an expansion of 512x512 PNGs, 5 per training image, as

@@ -1,7 +1,7 @@
 """Two expansions started at once from a plain shell, against one alone, on the CPU.
 
-    python scripts/bench_concurrent.py                 # 30 sources x 4 copies per run
-    python scripts/bench_concurrent.py --limit 4       # shorter
+    python studies/bench_concurrent.py                 # 30 sources x 4 copies per run
+    python studies/bench_concurrent.py --limit 4       # shorter
 
 Each run is `expand_distdiff.py` on the embedded digits with a tiny untrained pipeline and a
 one-epoch guide (both built first, in a temporary folder), with torch's default thread count, so

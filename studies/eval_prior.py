@@ -1,7 +1,7 @@
 """Quality report for a diffusion prior folder (the embedded digits prior or any SD model).
 
-    python scripts/eval_prior.py                                  # checkpoint/prior/digits
-    python scripts/eval_prior.py --model checkpoint/prior/digits --figure
+    python studies/eval_prior.py                                  # checkpoint/prior/digits
+    python studies/eval_prior.py --model checkpoint/prior/digits --figure
 
 The protocol (embedded/prior_eval.py) never touches the test split: an independent evaluator
 trained on the `prior` split scores text-to-image samples and img2img outputs by class; the VAE

@@ -1,7 +1,7 @@
 """Peak memory of train_original.py on a Caltech-sized split (generated, never committed).
 
-    python scripts/bench_memory.py                       # 100 classes: 3,000 train + 6,000 test JPEGs
-    python scripts/bench_memory.py --repo /tmp/old-checkout   # the same data through another checkout
+    python studies/bench_memory.py                       # 100 classes: 3,000 train + 6,000 test JPEGs
+    python studies/bench_memory.py --repo /tmp/old-checkout   # the same data through another checkout
 
 It writes a folder dataset with Caltech-101's shape (100 classes, 30 training and 60 test images
 per class, JPEGs around 300x200 like the real ones) once into --workdir, then runs
