@@ -9,7 +9,10 @@ from distdiff import DistDiffError
 from distdiff.config import dataset_section, parse_args
 from distdiff.options import add_train_expand_flags, add_train_flags, run_cli
 
-SCRIPTS = sorted([p.stem for p in REPO.glob("*.py")] + [f"scripts.{p.stem}" for p in (REPO / "scripts").glob("*.py")])
+# Every program: the stage scripts, and the files of scripts/ and studies/ with a __main__ block.
+SCRIPTS = sorted([p.stem for p in REPO.glob("*.py")] +
+                 [f"{p.parent.name}.{p.stem}" for folder in ("scripts", "studies") for p in (REPO / folder).glob("*.py")
+                  if '__name__ == "__main__"' in p.read_text()])
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
