@@ -26,11 +26,10 @@ from distdiff.numerics import GUIDANCE_STATUS, GUIDED, LOST, NONFINITE
 from distdiff.prototype_store import fingerprint, prepare_prototypes
 from distdiff.prototypes import compute_prototypes
 from distdiff.runs import setup_logging
-from distdiff.sampler import GuidedSampler, draw_item
+from distdiff.sampler import CROP_STREAM, GuidedSampler, draw_items
 
 logger = logging.getLogger(__name__)
 
-SOURCE_STREAM, CROP_STREAM, PROMPT_STREAM = -1, -2, -3  # per-source generators: (seed, source index, stream)
 
 
 @dataclasses.dataclass
@@ -399,15 +398,8 @@ def sample_block(sampler, latents, block, seed, repeats, energy_every=0):
     half-precision gradients are non-finite at every loss scale is sampled once more with the
     models upcast to fp32 before it counts as lost."""
     posts = [latents.get(it.index) for it in block]
-    cfg = sampler.sample_cfg
-    draws = [draw_item(shards.item_generator(seed, it.index, it.k), sampler.latent_shape(), repeats,
-                       sampler.prompts_per_class(it.label), cfg.offset_noise) for it in block]
-    for it, d in zip(block, draws):  # the authors' one posterior sample and one sentence per source
-        if cfg.shared_posterior:
-            d.latent_eps = torch.randn(d.latent_eps.shape, generator=shards.item_generator(seed, it.index, SOURCE_STREAM))
-        if cfg.shared_prompt and sampler.prompts_per_class(it.label) > 1:
-            d.prompt = int(torch.randint(sampler.prompts_per_class(it.label), (1,),
-                                         generator=shards.item_generator(seed, it.index, PROMPT_STREAM)))
+    draws = draw_items(block, lambda index, k: shards.item_generator(seed, index, k), sampler.latent_shape(), repeats,
+                       sampler.prompts_per_class, sampler.sample_cfg)
     mean, std = torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts])
     labels = torch.tensor([it.label for it in block])
     rows = [j for j, it in enumerate(block) if energy_every and it.position % energy_every == 0]

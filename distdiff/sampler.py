@@ -1,14 +1,13 @@
 """Batched guided img2img on diffusers components (Stable Diffusion or the embedded prior).
 
-Every random number of an item (the VAE latent sample, the img2img noise, the guidance draws a, b,
-and with the matching options its prompt choice and offset noise) comes from that item's own
-generator, so a batch is just a stack of independent items: outputs do not depend on which shard
-or batch an item lands in, up to float rounding.
-
-Nothing here measures or records: `sample(..., observer=fn)` calls fn after each guidance
-application (distdiff.expansion.EnergyRecorder writes the manifest's energies that way), and the
-benchmark times the model calls with module hooks (distdiff.timing).
+Every random number of an item (VAE latent sample, img2img noise, guidance draws a, b, and with
+the matching options its prompt and offset noise) comes from its own generators (draw_items), so
+a batch is a stack of independent items: outputs do not depend on the shard or batch an item
+lands in, up to float rounding. Nothing here measures or records: `sample(..., observer=fn)`
+calls fn after each guidance application (expansion.EnergyRecorder), and the benchmark times the
+model calls with module hooks and each application through `guidance_span` (distdiff.timing).
 """
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from distdiff.numerics import GUIDED, LossScale
 
 logger = logging.getLogger(__name__)
 FRAMINGS = ("center", "random", "squash")
+SOURCE_STREAM, CROP_STREAM, PROMPT_STREAM = -1, -2, -3  # a source's own streams: generator(source, stream)
 START_RULES = ("diffusers", "authors")
 OFFSET_NOISE = 0.1  # the authors' --offset_noise scale
 
@@ -83,6 +83,22 @@ def draw_item(generator, latent_shape, repeats, num_prompts, offset_noise):
     return draws
 
 
+def draw_items(items, generator, latent_shape, repeats, num_prompts, cfg):
+    """Every item's draws (items have index, k, label): draw_item from generator(index, k), then
+    what the authors share per source, from that source's streams: its posterior sample
+    (cfg.shared_posterior) and its prompt (cfg.shared_prompt). num_prompts(label): its class's count."""
+    draws = []
+    for it in items:
+        count = num_prompts(it.label)
+        d = draw_item(generator(it.index, it.k), latent_shape, repeats, count, cfg.offset_noise)
+        if cfg.shared_posterior:
+            d.latent_eps = torch.randn(latent_shape, generator=generator(it.index, SOURCE_STREAM))
+        if cfg.shared_prompt and count > 1:
+            d.prompt = int(torch.randint(count, (1,), generator=generator(it.index, PROMPT_STREAM)))
+        draws.append(d)
+    return draws
+
+
 def frame(image, side, framing, generator=None):
     """A PIL image as a [3, side, side] tensor in [-1, 1]: shorter side resized to `side`, then a
     centre or (seeded) random crop; or the whole image squashed to side x side."""
@@ -111,7 +127,7 @@ class GuidedSampler:
         self.pipe, self.guide, self.guide_input = pipe, guide, guide_input
         self.device, self.sample_cfg, self.guidance_cfg = device, sample_cfg, guidance_cfg
         self.dtype = pipe.unet.dtype
-        self.scheduler = pipe.scheduler
+        self.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # its own: the pipe's stays as it is
         self.scheduler.set_timesteps(sample_cfg.num_steps, device=device)
         self.timesteps = self.scheduler.timesteps
         self.start = sample_cfg.start
@@ -123,6 +139,7 @@ class GuidedSampler:
         protos = {k: torch.as_tensor(prototypes[k]).to(device) for k in ("class_protos", "group_protos", "group_mask")}
         self.protos = unit_prototypes(protos) if guidance_cfg.renormalize_prototypes else protos
         self.loss_scale = LossScale()  # half precision: each pass starts where the last one's scale worked
+        self.guidance_span = contextlib.nullcontext  # entered around each guidance application (distdiff.timing)
 
     # -- set-up --------------------------------------------------------------
     @torch.no_grad()
@@ -143,9 +160,8 @@ class GuidedSampler:
 
     @torch.no_grad()
     def encode_sources(self, images, generators=None):
-        """VAE posterior (mean, std) of source PIL images, each [C, h, w], scaled latents.
-
-        `generators` (one per image) place the random crop of framing="random"."""
+        """Scaled VAE posterior (mean, std) [C, h, w] of source PIL images; `generators` (one per
+        image) place the crop of framing="random"."""
         generators = generators or [None] * len(images)
         pixels = torch.stack([frame(img, self.resolution, self.sample_cfg.framing, gen)
                               for img, gen in zip(images, generators)])
@@ -218,11 +234,12 @@ class GuidedSampler:
         for index in range(self.start, self.sample_cfg.num_steps):
             if index in self.guidance_at:
                 start = latents.clone()
-                if direct:  # the guided step replaces the ordinary one
-                    latents, unguided, outcome = self._direct(start, index, embeds, labels)
-                else:
-                    latents, outcome = self._transform(start, index, embeds, labels, draws)
-                    unguided = start
+                with self.guidance_span():
+                    if direct:  # the guided step replaces the ordinary one
+                        latents, unguided, outcome = self._direct(start, index, embeds, labels)
+                    else:
+                        latents, outcome = self._transform(start, index, embeds, labels, draws)
+                        unguided = start
                 status = torch.maximum(status, outcome)  # keep each item's worst outcome
                 if observer is not None:
                     observer(index, start, latents, unguided, embeds, labels)

@@ -6,8 +6,9 @@
 The sampler itself holds no timing code. Forward hooks time the model calls (CUDA-synchronised),
 split by whether autograd is on, which is what separates the guidance's look-ahead from plain
 denoising: `denoise_unet` / `lookahead_unet`, `final_decode` / `lookahead_vae_decode`,
-`vae_encode` and `guide_forward`. The guidance applications are timed by wrapping the sampler's
-`_transform` and `_direct`, as `guidance_step`; the stages inside it overlap with it, and
+`vae_encode` and `guide_forward`. The guidance applications are timed through the sampler's
+`guidance_span` hook (a context manager it enters around each one), as `guidance_step`; the
+guide's timm methods are wrapped on the guide object. The stages inside it overlap with it, and
 `guidance_backward` is what remains of it after its look-ahead forwards (the backward pass, with
 any recomputation under gradient checkpointing).
 """
@@ -63,8 +64,16 @@ def stage_timer(sampler):
     # The guide is called through timm's forward_features / forward_head, not its forward.
     for method_name in ("forward_features", "forward_head"):
         wrap(sampler.guide, method_name, "guide_forward")
-    for method_name in ("_transform", "_direct"):
-        wrap(sampler, method_name, "guidance_step")
+    @contextlib.contextmanager
+    def guidance_span():
+        _sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync()
+            totals["guidance_step"] += time.perf_counter() - start
+    sampler.guidance_span = guidance_span
     try:
         yield totals
     finally:
@@ -72,5 +81,6 @@ def stage_timer(sampler):
             handle.remove()
         for obj, method_name in wrapped:
             delattr(obj, method_name)
+        sampler.guidance_span = contextlib.nullcontext
         if "guidance_step" in totals:
             totals["guidance_backward"] = totals["guidance_step"] - sum(totals[p] for p in LOOKAHEAD_PARTS)

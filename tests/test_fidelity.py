@@ -330,3 +330,9 @@ def test_the_authors_training_argument_lists_run(tmp_path, digits_ready):
     with pytest.raises(DistDiffError, match="not written by expand_distdiff.py"):  # a copy, not an expansion
         run_main("train_expand", *their_expand, *knobs)
     assert run_main("train_expand", *their_expand, *knobs, "--allow_partial")["n_train"] == 60  # 30 + 30 "expanded"
+
+
+def test_a_sampler_keeps_its_own_scheduler_and_leaves_the_pipes_alone(samplers):
+    sampler = samplers["transform"]
+    assert sampler.scheduler is not sampler.pipe.scheduler and len(sampler.timesteps) == 10
+    assert sampler.pipe.scheduler.num_inference_steps is None  # never set on the pipe's own
