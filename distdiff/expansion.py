@@ -56,9 +56,10 @@ def run(cfg):
     configure_cpu(cfg.threads)
     cfg.sample.check_guidance(cfg.guidance)
     state = (plan.split, plan.total_split, len(plan.mine), cfg.argv)
-    if not cfg.prepare_only and (cfg.out / "args.yaml").is_file() and not shards.missing_items(
-            plan.mine, cfg.out, plan.sources.classes):
-        open_output(cfg.out, settings, plan.split)  # still refuses other settings
+    finished = (cfg.out / "args.yaml").is_file() and not shards.missing_items(plan.mine, cfg.out, plan.sources.classes)
+    if not cfg.prepare_only and (finished or not plan.mine):  # nothing to make: no model loads
+        if plan.mine:
+            open_output(cfg.out, settings, plan.split)  # a finished shard still refuses other settings
         shards.write_shard_record(cfg.out, *state, "done")
         logger.info("shard %d/%d done: written 0, skipped %d (every image present)", plan.split, plan.total_split,
                     len(plan.mine))
