@@ -15,12 +15,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle 
 
 import argparse
 
+from distdiff.domains import OneLineParser
 from distdiff.options import add_train_flags, parse_train_args, run_cli
 from distdiff.training import TrainConfig, train_classifier
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     return add_train_flags(parser)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from distdiff import DistDiffError
+from distdiff.domains import Number
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -148,10 +149,11 @@ def check_config_values(parser, values, where):
     checked = {}
     for key, value in values.items():
         action = actions[key]
-        if isinstance(value, str) and action.type is not None:
+        # Text goes through the flag's type; numbers too where the type declares a domain.
+        if action.type is not None and (isinstance(value, str) or isinstance(action.type, Number)):
             try:
                 value = action.type(value)
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
                 raise DistDiffError(f"{where}: {key}: {err}") from None
         if action.choices is not None and value not in action.choices:
             raise DistDiffError(f"{where}: {key}={value!r} is not one of {list(action.choices)}")

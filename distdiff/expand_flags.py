@@ -17,6 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from distdiff import DistDiffError, registry
+from distdiff.domains import Number, OneLineParser, with_domain
 from distdiff.config import EXPAND_SPELLINGS, dataset_section, parse_args, resolved_dict, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
 from distdiff.guidance import GUIDANCE_MODES, TRANSFORM_STARTS, GuidanceConfig
@@ -42,15 +43,31 @@ def dataclass_defaults():
             for f in dataclasses.fields(cls)}
 
 
-def radius_type(value):
-    """A float, or 'none' for no L-inf projection."""
-    return None if str(value).lower() == "none" else float(value)
+COUNT, INDEX, FINITE = Number(int, 1), Number(int, 0), Number(float)  # the common domains
 
 
-def energy_every(value):
-    """--record_energy: measure on every N-th block (1: all, 0: none); True/False mean 1/0."""
-    text = str(value).strip().lower()
-    return {"true": 1, "false": 0}.get(text) if text in ("true", "false") else int(text)
+class Radius(Number):
+    """--radius: a number >= 0, or none for no L-inf projection."""
+
+    def __init__(self):
+        super().__init__(float, 0)
+
+    def describe(self):
+        return "none or " + super().describe()
+
+    def __call__(self, value):
+        return None if str(value).strip().lower() == "none" else super().__call__(value)
+
+
+class EnergyEvery(Number):
+    """--record_energy: measure on every N-th item (1: all, 0: none); True/False mean 1/0."""
+
+    def __init__(self):
+        super().__init__(int, 0)
+
+    def __call__(self, value):
+        text = str(value).strip().lower()
+        return {"true": 1, "false": 0}[text] if text in ("true", "false") else super().__call__(value)
 
 
 def batch_type(value):
@@ -58,7 +75,7 @@ def batch_type(value):
     if str(value).lower() == "auto":
         return "auto"
     if not str(value).isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {value!r}")
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1 or auto")
     return int(value)
 
 
@@ -69,7 +86,7 @@ def guidance_type(value):
 
 def get_parser(description=None):
     """expand_distdiff.py's parser; every flag carries its role (ROLES) as `action.role`."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
 
     defaults = dataclass_defaults()
 
@@ -77,7 +94,7 @@ def get_parser(description=None):
         assert role in ROLES, role
         if name in defaults:  # the img2img, guidance and prototype defaults live in their dataclasses
             kwargs["default"] = defaults[name]
-        p.add_argument(*spellings_of(name, EXPAND_SPELLINGS), **kwargs).role = role
+        p.add_argument(*spellings_of(name, EXPAND_SPELLINGS), **with_domain(kwargs)).role = role
     # Other spellings of a flag (the authors' generate_data.py names among them): EXPAND_SPELLINGS.
     # data, models, outputs
     add("path", "dataset", default=None, help=f"one of {', '.join(registry.dataset_names())}")
@@ -90,17 +107,17 @@ def get_parser(description=None):
     add("path", "exp", default=None, help="experiment name (default: distdiff_x<R>, sd_x<R> for --guidance none)")
     add("path", "out", default=None, help="output dir (default: checkpoint/<dataset>/expansions/<exp>)")
     add("path", "prototypes", default=None, help="prototypes file (default: <out>/prototypes.npz)")
-    add("sample", "expand_ratio", type=int, default=5,
+    add("sample", "expand_ratio", type=COUNT, default=5,
         help="new images per source image")
-    add("items", "first_image_index", type=int, default=0,
+    add("items", "first_image_index", type=INDEX, default=0,
         help="make copies k >= this only (the authors' manual resume; reruns resume by themselves here)")
-    add("items", "limit", type=int, default=None, help="expand only n source images (class-interleaved)")
+    add("items", "limit", type=COUNT, default=None, help="expand only n source images (class-interleaved)")
     # img2img
-    add("sample", "num_steps", type=int, help="DDIM steps")
-    add("sample", "strength", type=float, help="img2img strength (denoising starts at step T*(1-s))")
-    add("sample", "cfg_scale", type=float,
+    add("sample", "num_steps", type=COUNT, help="DDIM steps")
+    add("sample", "strength", type=Number(float, 0, 1, low_open=True), help="img2img strength (denoising starts at step T*(1-s))")
+    add("sample", "cfg_scale", type=FINITE,
         help="classifier-free guidance scale")
-    add("sample", "resolution", type=int, help="sampling size (default: the model's native size)")
+    add("sample", "resolution", type=Number(int, 8, multiple_of=8), help="sampling size (default: the model's native size)")
     add("sample", "framing", choices=FRAMINGS,
         help="source image to a square: shorter side + centre crop (default), + a random crop seeded per "
              "source (authors), or squash the whole image")
@@ -125,14 +142,14 @@ def get_parser(description=None):
     # distribution-aware guidance
     add("guidance", "guidance", type=guidance_type, choices=GUIDANCE_MODES,
         help="transform | direct (the authors' variants) | none (plain SD img2img)")
-    add("guidance", "guidance_step", type=int, help="M: guidance starts at timesteps[T-M]")
-    add("guidance", "lookahead_steps", type=int,
+    add("guidance", "guidance_step", type=COUNT, help="M: guidance starts at timesteps[T-M]")
+    add("guidance", "lookahead_steps", type=COUNT,
         help="P: look-ahead DDIM steps (transform) or guided steps (direct)")
-    add("guidance", "step_size", type=float, help="rho: gradient step size")
-    add("guidance", "radius", type=radius_type,
+    add("guidance", "step_size", type=FINITE, help="rho: gradient step size")
+    add("guidance", "radius", type=Radius(),
         help="transform: L-inf projection radius, or 'none'")
-    add("guidance", "lambda_class", type=float, help="weight of the class prototype term")
-    add("guidance", "lambda_group", type=float, help="weight of the group prototype term")
+    add("guidance", "lambda_class", type=FINITE, help="weight of the class prototype term")
+    add("guidance", "lambda_group", type=FINITE, help="weight of the group prototype term")
     add("guidance", "optimize_targets", default=None,
         help="the authors' term switch: global_prototype (class), local_prototype (group) or both joined "
              "by '-'; a term it leaves out gets weight 0")
@@ -146,23 +163,23 @@ def get_parser(description=None):
     add("guidance", "guide_input", default="guide", choices=GUIDE_INPUTS,
         help="decoded image to guide input: the guide's own test transform, or the authors' raw bicubic resize "
              "(and their squash for the prototype features)")
-    add("guidance", "guidance_repeats", type=int, help="transform: number of applications")
-    add("guidance", "guidance_interval", type=int, help="transform: steps between applications")
+    add("guidance", "guidance_repeats", type=COUNT, help="transform: number of applications")
+    add("guidance", "guidance_interval", type=COUNT, help="transform: steps between applications")
     add("guidance", "transform_start", choices=TRANSFORM_STARTS,
         help="transform: start (a, b) at the random draws (the paper), or at (0, 0) so that only the gradient "
              "step moves the latent (with --step_size 0: the random perturbation alone)")
-    add("runtime", "record_energy", type=energy_every, default=8, metavar="N",
-        help="measure the energy with and without guidance on every N-th block (1: all, 0 or False: none); the "
-             "measurement repeats the look-ahead twice without gradients, so doing it on every block nearly "
-             "doubles the guidance's cost; it never changes an image")
+    add("runtime", "record_energy", type=EnergyEvery(), default=8, metavar="N",
+        help="measure the energy with and without guidance on every N-th item of the work list (1: all, 0 or "
+             "False: none); the measurement repeats the look-ahead twice without gradients on those items, so doing "
+             "it on every item nearly doubles the guidance's cost; it never changes an image")
     add("guidance", "cluster", choices=CLUSTER_METHODS, help="group prototype clustering")
-    add("guidance", "num_groups", type=int, help="K group prototypes per class")
+    add("guidance", "num_groups", type=COUNT, help="K group prototypes per class")
     add("preset", "preset", default=None, choices=sorted(PRESETS),
         help="set a group of flags at once (flags on the command line still win): authors = the authors' "
              "algorithm, see README")
     # execution
-    add("shard", "split", type=int, default=None, help="this shard's id")
-    add("shard", "total_split", type=int, default=None, help="number of shards")
+    add("shard", "split", type=INDEX, default=None, help="this shard's id")
+    add("shard", "total_split", type=COUNT, default=None, help="number of shards")
     add("execution", "batch_size", type=batch_type, default="auto",
         help="items sampled together: a number, or auto (CUDA: the largest batch that fits the free memory by the "
              "per-image model of distdiff/memory.py, with gradient checkpointing only where one image does not fit "
@@ -299,3 +316,25 @@ def config_from_args(args, argv):
 def parse(argv, description=None):
     """expand_distdiff.py's command line (a list) as an ExpandConfig."""
     return config_from_args(parse_namespace(argv, description), argv)
+
+
+def unusual_settings(cfg):
+    """What legal but unusual values mean, one line each (the run logs them and goes on)."""
+    notes, g = [], cfg.guidance
+    if cfg.sample.cfg_scale < 1:
+        notes.append(f"--cfg_scale {cfg.sample.cfg_scale:g} < 1 weakens the prompt (0: unconditional; negative: "
+                     "away from the prompt)")
+    if g.mode != "none":
+        if g.step_size == 0:
+            notes.append("--step_size 0: no gradient step; transform keeps its random perturbation and projection "
+                         "(the noise control), direct is plain DDIM")
+        elif g.step_size < 0:
+            notes.append(f"--step_size {g.step_size:g} < 0 raises the energy (away from the prototypes)")
+        if g.lambda_class < 0 or g.lambda_group < 0:
+            notes.append("a negative --lambda_class/--lambda_group pushes away from that prototype")
+        if g.lambda_class == 0 and g.lambda_group == 0:
+            notes.append("--lambda_class and --lambda_group are both 0: the energy is constant and every gradient "
+                         "is zero (guidance lost for every item)")
+        if g.mode == "transform" and g.radius == 0:
+            notes.append("--radius 0: the projection returns the unguided latent, so guidance changes nothing")
+    return notes

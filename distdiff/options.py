@@ -10,7 +10,10 @@ import sys
 
 from distdiff import DistDiffError
 from distdiff.config import PRECISIONS, TRAIN_SPELLINGS, add_positional_twins, spellings_of, str2bool
+from distdiff.domains import Number, with_domain
 from distdiff.presets import TRAIN_PRESETS
+
+COUNT, INDEX, RATE = Number(int, 1), Number(int, 0), Number(float, 0, low_open=True)
 
 
 def _help(text):
@@ -24,7 +27,7 @@ def flag_adder(parser, table=None, defaults=None):
     def add(name, **kwargs):
         if defaults and name in defaults:
             kwargs["default"] = defaults[name]
-        return parser.add_argument(*spellings_of(name, table or {}), **kwargs)
+        return parser.add_argument(*spellings_of(name, table or {}), **with_domain(kwargs))
     return add
 
 
@@ -36,7 +39,7 @@ def train_defaults():
 
 def add_threads_flag(parser, default=0, help="torch CPU threads (0 = torch's default)"):
     """--threads alone, for scripts whose only torch work runs on the CPU."""
-    parser.add_argument("--threads", type=int, default=default, help=_help(help))
+    parser.add_argument("--threads", **with_domain(dict(type=INDEX, default=default, help=_help(help))))
     return parser
 
 
@@ -52,7 +55,7 @@ def add_runtime_flags(parser, seed=None, seed_help="random seed", precision_help
         choices = PRECISIONS + (("auto",) if precision_default == "auto" else ())
         add("precision", default=precision_default, choices=choices, help=_help(precision_help))
     if seed is not None:
-        add("seed", type=int, default=seed, help=_help(seed_help))
+        add("seed", type=INDEX, default=seed, help=_help(seed_help))
     return parser
 
 
@@ -70,7 +73,7 @@ def auto_or_bool(value):
 
 
 # Positional forms from the seed README: `train_original.py caltech-101 resnet50 0.1 False 0`.
-TRAIN_POSITIONALS = [("dataset", str), ("arch", str), ("lr", float), ("pretrained", str2bool), ("gpu", str)]
+TRAIN_POSITIONALS = [("dataset", str), ("arch", str), ("lr", RATE), ("pretrained", str2bool), ("gpu", str)]
 
 
 def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
@@ -84,26 +87,26 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add = flag_adder(parser, TRAIN_SPELLINGS, train_defaults())  # the authors' train.py spellings among them
     add("dataset", default=None, help="dataset name (see distdiff/registry.py) or folder:<path>")
     add("arch", help="classifier architecture (models/classifiers.py)")
-    add("lr", type=float, help="peak SGD learning rate (cosine schedule)")
+    add("lr", type=RATE, help="peak SGD learning rate (cosine schedule)")
     add("pretrained", type=str2bool, nargs="?", const=True,
         help="start from ImageNet weights (timm); True/False, or bare as in the authors' launchers")
     add("gpu", help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
-    add("epochs", type=int, help="training epochs")
-    add("batch_size", type=int, help="batch size")
-    add("momentum", type=float, help="Nesterov momentum")
-    add("weight_decay", type=float, help="weight decay")
-    add("image_size", type=int, help="crop size fed to the network")
-    add("resize_size", type=int, help="resize before cropping")
+    add("epochs", type=COUNT, help="training epochs")
+    add("batch_size", type=COUNT, help="batch size")
+    add("momentum", type=Number(float, 0, 1, high_open=True), help="Nesterov momentum")
+    add("weight_decay", type=Number(float, 0), help="weight decay")
+    add("image_size", type=COUNT, help="crop size fed to the network")
+    add("resize_size", type=COUNT, help="resize before cropping (at least --image_size)")
     add("resize_mode", choices=["shorter", "squash"],
         help="shorter: the shorter side to --resize_size, aspect kept; squash: to resize_size x resize_size "
              "(the authors' Resize((256, 256)))")
-    add("rotation", type=float, help="RandomRotation degrees")
+    add("rotation", type=Number(float, 0, 180), help="RandomRotation degrees")
     add("hflip", type=str2bool, help="RandomHorizontalFlip (off for digits)")
     add("aug", choices=list(augment.AUGMENTATIONS), metavar="NAME",
         help=_help("extra augmentation: " + augment.help_text()))
-    add("eval_batch_size", type=int,
+    add("eval_batch_size", type=COUNT,
         help="batch size of the val/test passes (the authors' --val-batch-size 64)")
-    add("eval_every", type=int,
+    add("eval_every", type=COUNT,
         help="run the val and test passes every N epochs (the last epoch always); summary.csv leaves the "
              "other epochs' accuracies empty and results.json uses the evaluated epochs only")
     add("workers", type=int_or_text,
@@ -121,7 +124,7 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
         help="this run's directory, instead of <output>/<dataset>/<arch>_..._lr<lr>/seed<N> (the authors' --checkpoint)")
     add("data_dir",
         help="root of the registered datasets' trees (default: data/, or $DISTDIFF_DATA_ROOT)")
-    add("seed", type=int, help="training seed (the paper averages seeds 1-3)")
+    add("seed", type=INDEX, help="training seed (the paper averages seeds 1-3)")
     add("interpolation", choices=list(datasets.INTERPOLATIONS), help="resize filter of the train and test transforms")
     add("guide_selection", choices=["val", "test"],
         help="model_best.pth.tar (the guide): val = the best val epoch, or the last epoch without a val split; "
@@ -163,8 +166,11 @@ def parse_train_args(parser, argv, script):
     from distdiff.config import dataset_section, parse_args
     from distdiff.presets import train_preset_values
 
-    return parse_args(parser, argv, config=dataset_section("train"),
+    args = parse_args(parser, argv, config=dataset_section("train"),
                       overlay=lambda settings: train_preset_values(settings.preset, script))
+    if args.resize_size < args.image_size:  # the random and centre crops need the resized image at least that big
+        raise DistDiffError(f"--resize_size {args.resize_size} is smaller than --image_size {args.image_size}")
+    return args
 
 
 def run_cli(main, argv=None):

@@ -179,7 +179,7 @@ def test_worker_processes_resume_exactly(tmp_path, digits_ready, monkeypatch):
 
 
 @pytest.mark.parametrize("flag,value,message", [
-    ("--eval_every", "0", "--eval_every 0: evaluate every N >= 1 epochs"),
+    ("--eval_every", "0", "argument --eval_every/--eval-every: '0' is not an integer >= 1"),
     ("--workers", "-1", "--workers -1: use auto or a number"),
     ("--cache_mb", "lots", "--cache_mb 'lots': use auto or a number of MB"),
 ])
