@@ -6,7 +6,7 @@
 #   bash single_exp.sh                                           # embedded digits demo
 #   DATASET=caltech-101 ARCH=resnet50 GPUS="0 1 2 3" SEEDS="1 2 3" bash single_exp.sh
 #
-# Environment: DATASET (digits), ARCH (the dataset YAML's arch), LR (0.1), RATIO (5),
+# Environment: DATASET (digits), ARCH (the dataset YAML's arch), LR (the training recipe's), RATIO (5),
 # SEEDS ("1 2 3 4 5"; "1 2 3" with PRESET=authors), GPUS (empty: one process; "0 1 2 3": one
 # expansion shard per GPU, and the training runs spread over the GPUs, each seeing its own as
 # cuda:0), PRETRAINED (False), MODEL (the
@@ -21,7 +21,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 DATASET=${DATASET:-digits}
-LR=${LR:-0.1}
 RATIO=${RATIO:-5}
 PRESET=${PRESET:-}
 SUFFIX=${PRESET:+_$PRESET}  # expansions made with a preset get their own names (distdiff_x5_authors)
@@ -45,6 +44,7 @@ bash scripts/setup.sh
 # The arch comes from configs/<dataset>.yaml unless ARCH is set (resnet50 for the paper's datasets).
 # Run directories and the YAML are the library's business: `python -m distdiff.runs` answers.
 ARCH=${ARCH:-$($PY -m distdiff.runs arch "$DATASET")}
+LR=${LR:-$($PY -m distdiff.runs default lr)}  # the training recipe's (distdiff/recipe.py)
 PRETRAINED=${PRETRAINED:-False}
 RUN_ARGS=(--dataset "$DATASET" --arch "$ARCH" --lr "$LR" --pretrained "$PRETRAINED" --output "$CHECKPOINT")
 TRAIN_ARGS=("$DATASET" --arch "$ARCH" --lr "$LR" --pretrained "$PRETRAINED" --output "$CHECKPOINT")

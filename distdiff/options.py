@@ -33,7 +33,7 @@ def flag_adder(parser, table=None, defaults=None):
 
 def train_defaults():
     """TrainConfig's defaults (the paper's recipe), by field name."""
-    from distdiff.training import TrainConfig
+    from distdiff.recipe import TrainConfig
     return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from distdiff.config import CONFIG_DIR, dataset_yaml
+from distdiff.recipe import default
 
 logger = logging.getLogger("distdiff")
 
@@ -19,15 +20,15 @@ def train_run_dir(output, dataset, arch, pretrained, lr, seed, exp=None, aug=Non
     """checkpoint/<dataset>/<arch>_<pretrained|unpretrained>[_<exp>]_lr<lr>[_aug-<aug>][_resize-squash]
     [_preset-<name>]/seed<N>.
 
-    The augmentation, resize mode and preset appear only when they are given and not the paper's
-    (None means the paper's: "default" augmentation, "shorter" resize), so run dirs made before
-    those flags existed keep their names and stay valid.
+    The augmentation, resize mode and preset appear only when they are given and not the recipe's
+    defaults (None means the default), so run dirs made before those flags existed keep their
+    names and stay valid.
     """
     tag = "pretrained" if pretrained else "unpretrained"
     name = f"{arch}_{tag}" + (f"_{exp}" if exp else "") + f"_lr{lr:g}"
-    if aug not in (None, "default"):
+    if aug not in (None, default("aug")):
         name += f"_aug-{aug}"
-    if resize_mode not in (None, "shorter"):
+    if resize_mode not in (None, default("resize_mode")):
         name += f"_resize-{resize_mode}"
     if preset:
         name += f"_preset-{preset}"
@@ -40,11 +41,13 @@ def default_guide_arch(dataset, config_dir=CONFIG_DIR):
 
 
 def default_guide_ckpt(root, dataset, arch=None, config_dir=CONFIG_DIR, preset=None):
-    """expand_distdiff.py's default guide: seed 1 of `arch` (default: default_guide_arch),
-    unpretrained, lr 0.1, default augmentation; trained with `preset` when one is given (its run
-    dir, with the preset's resize mode), so the preset's guide goes with the preset's expansion."""
+    """expand_distdiff.py's default guide: the recipe's default seed, learning rate, augmentation
+    and (no) pretraining with `arch` (default: default_guide_arch); trained with `preset` when one
+    is given (its run dir, with the preset's resize mode), so the preset's guide goes with the
+    preset's expansion."""
     arch = arch or default_guide_arch(dataset, config_dir)
-    return preset_run_dir(root, dataset, arch, False, 0.1, 1, preset=preset) / "model_best.pth.tar"
+    return preset_run_dir(root, dataset, arch, default("pretrained"), default("lr"), default("seed"),
+                          preset=preset) / "model_best.pth.tar"
 
 
 def expansion_dir(root, dataset, exp):
@@ -104,6 +107,7 @@ def main(argv=None):
     directory or reads a YAML file:
 
         python -m distdiff.runs arch digits                    # the dataset YAML's train arch
+        python -m distdiff.runs default lr                     # the training recipe's default (0.1)
         python -m distdiff.runs name --dataset digits --arch resnet_small --lr 0.1 --exp sd_x5
         python -m distdiff.runs dir --dataset digits --arch resnet_small --lr 0.1   # <output>/<dataset>/<name>
         python -m distdiff.runs name --dataset digits --arch resnet_small --aug mixup   # ..._aug-mixup
@@ -118,6 +122,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="question", required=True)
     sub.add_parser("arch", help="the dataset YAML's train arch").add_argument("dataset")
+    sub.add_parser("default", help="a default of the training recipe (distdiff/recipe.py)").add_argument("field")
     for name, text, key in (("expansion", "an expansion's folder (expand_distdiff.py's default --out)", "--exp"),
                             ("sweep", "a sweep's folder (studies/sweep.py's tables)", "--name")):
         q = sub.add_parser(name, help=text)
@@ -130,13 +135,13 @@ def main(argv=None):
         q = sub.add_parser(name, help=text)
         q.add_argument("--dataset", required=True)
         q.add_argument("--arch", required=True)
-        q.add_argument("--lr", type=float, default=0.1)
+        q.add_argument("--lr", type=float, default=default("lr"))
         q.add_argument("--pretrained", default="False", choices=["True", "False"])
         q.add_argument("--output", default="checkpoint")
         q.add_argument("--preset", default=None, help="the training preset the runs use (train_original.py --preset)")
         if name != "missing":
             q.add_argument("--exp", default=None)
-            q.add_argument("--aug", default="default", help="the --aug of the runs")
+            q.add_argument("--aug", default=None, help="the --aug of the runs (default: the recipe's)")
         else:
             q.add_argument("--exps", nargs="+", required=True, help="experiment names, - for original only")
             q.add_argument("--seeds", nargs="+", type=int, required=True)
@@ -144,14 +149,17 @@ def main(argv=None):
     if args.question == "arch":
         print(train_arch(args.dataset))
         return 0
+    if args.question == "default":
+        print(default(args.field))
+        return 0
     if args.question in ("expansion", "sweep"):
         where = expansion_dir if args.question == "expansion" else sweep_dir
         print(where(args.output, args.dataset, args.exp if args.question == "expansion" else args.name))
         return 0
     pretrained = args.pretrained == "True"
     if args.question in ("name", "dir"):
-        group = preset_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, 1, args.exp, args.preset,
-                               args.aug).parent
+        group = preset_run_dir(args.output, args.dataset, args.arch, pretrained, args.lr, default("seed"), args.exp,
+                               args.preset, args.aug).parent
         print(group.name if args.question == "name" else group)
         return 0
     exps = [None if exp == "-" else exp for exp in args.exps]

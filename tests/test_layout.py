@@ -148,3 +148,14 @@ def test_a_default_changed_in_its_dataclass_reaches_the_flags_and_args_yaml(monk
     cfg = expand_flags.parse(["--dataset", "digits"])
     assert (cfg.sample.cfg_scale, cfg.guidance.step_size, cfg.prototypes.num_groups) == (6.0, 3.0, 4)
     assert (cfg.settings["cfg_scale"], cfg.settings["step_size"], cfg.settings["num_groups"]) == (6.0, 3.0, 4)
+
+
+def test_the_launchers_ask_the_recipe_for_the_learning_rate():
+    """The shell launchers take the default learning rate from distdiff/recipe.py (through
+    `python -m distdiff.runs default lr`), not from a number of their own."""
+    import re
+    for path in [REPO / "single_exp.sh", *(REPO / "scripts" / "exps").glob("*.sh")]:
+        text = path.read_text()
+        assert not re.search(r"LR=\$\{[^}]*:-0\.1\}", text), path.relative_to(REPO)
+        if re.search(r"^\s*(\[.*\] \|\| )?LR=", text, re.M):
+            assert "distdiff.runs default lr" in text, path.relative_to(REPO)

@@ -5,7 +5,7 @@
 #   bash scripts/exps/aug_compat.sh                                  # digits, 7 augs x 2 sets x 3 seeds
 #   AUGS="default mixup" SEEDS=1 EPOCHS=2 CHECKPOINT=/tmp/aug bash scripts/exps/aug_compat.sh   # quick check
 #
-# Environment: DATASET (digits), ARCH (resnet_small), LR (0.1), EXP (distdiff_x5), EXPANDED (the
+# Environment: DATASET (digits), ARCH (resnet_small), LR (the training recipe's), EXP (distdiff_x5), EXPANDED (the
 # expansion to train on: checkpoint/<dataset>/expansions/<exp>), AUGS (all seven), SEEDS ("1 2 3"),
 # JOBS (2 runs at a time), EPOCHS (the config's 100), CHECKPOINT (run root, checkpoint), EXTRA (more
 # training flags). The expansion must exist (bash single_exp.sh makes it). Finished runs are skipped,
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 DATASET=${DATASET:-digits}
 ARCH=${ARCH:-resnet_small}
-LR=${LR:-0.1}
+LR=${LR:-$($PY -m distdiff.runs default lr)}  # the recipe's (distdiff/recipe.py)
 EXP=${EXP:-distdiff_x5}
 CHECKPOINT=${CHECKPOINT:-checkpoint}
 EXPANDED=${EXPANDED:-$($PY -m distdiff.runs expansion --dataset "$DATASET" --exp "$EXP")}

@@ -8,7 +8,7 @@
 #
 # Environment: DATASET (digits), ARCHS (resnet_small resnet50 resnext50 wideresnet50 mobilenetv2),
 # EPOCHS (default 100 for resnet_small, 30 for the others: the big ImageNet networks are slow on a
-# CPU), SEEDS ("1 2 3"), JOBS (2 runs at a time), LR (0.1), PRETRAINED (False), EXP (distdiff_x5),
+# CPU), SEEDS ("1 2 3"), JOBS (2 runs at a time), LR (the training recipe's), PRETRAINED (False), EXP (distdiff_x5),
 # EXPANDED (checkpoint/<dataset>/expansions/<exp>), CHECKPOINT (checkpoint/backbones: runs with
 # reduced epochs stay apart from the main results, since epochs are not in a run dir's name),
 # EXTRA (more training flags). On digits the images stay 32 px: the ImageNet stems reduce them to
@@ -20,7 +20,7 @@ DATASET=${DATASET:-digits}
 ARCHS=${ARCHS:-resnet_small resnet50 resnext50 wideresnet50 mobilenetv2}
 SEEDS=${SEEDS:-1 2 3}
 JOBS=${JOBS:-2}
-LR=${LR:-0.1}
+LR=${LR:-$($PY -m distdiff.runs default lr)}  # the recipe's (distdiff/recipe.py)
 PRETRAINED=${PRETRAINED:-False}
 EXP=${EXP:-distdiff_x5}
 EXPANDED=${EXPANDED:-$($PY -m distdiff.runs expansion --dataset "$DATASET" --exp "$EXP")}
