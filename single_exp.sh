@@ -106,7 +106,12 @@ else
   # the other's work.
   expand "distdiff_x$RATIO$SUFFIX" transform & guided=$!
   expand "sd_x$RATIO$SUFFIX" none & unguided=$!
-  wait "$guided" && wait "$unguided"
+  # Both are waited for, and either failure stops the chain here (a failing `wait` inside an &&
+  # list would not trip set -e, and training would start without its expansion).
+  failed=0
+  wait "$guided" || failed=1
+  wait "$unguided" || failed=1
+  [ "$failed" = 0 ] || { echo "error: an expansion failed (its error line is above); rerun to resume" >&2; exit 1; }
 fi
 
 stage "6/8 retraining on original + expanded (seeds: $SEEDS)"

@@ -159,3 +159,13 @@ def test_the_launchers_ask_the_recipe_for_the_learning_rate():
         assert not re.search(r"LR=\$\{[^}]*:-0\.1\}", text), path.relative_to(REPO)
         if re.search(r"^\s*(\[.*\] \|\| )?LR=", text, re.M):
             assert "distdiff.runs default lr" in text, path.relative_to(REPO)
+
+
+def test_no_launcher_hides_a_failed_background_job():
+    """`wait "$a" && wait "$b"` under set -e ignores a failure of $a (a command in an && list does
+    not stop the script): every background job is waited for on its own line."""
+    import re
+    for path in [REPO / "single_exp.sh", *(REPO / "scripts").rglob("*.sh")]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split(" #")[0] if not line.lstrip().startswith("#") else ""  # comments aside
+            assert not re.search(r"\bwait\b[^;|]*&&", code), f"{path.relative_to(REPO)}:{number}: {line.strip()}"
