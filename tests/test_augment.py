@@ -42,8 +42,8 @@ def default_loss(tmp_path_factory, digits_ready):
     return summary(run_dir(out, "default"))[0]["train_loss"]
 
 
-# The quick tier trains the default and the batch-level mix; the per-image policies are slow-tier.
-@pytest.mark.parametrize("aug", [pytest.param(a, marks=() if a in ("default", "cutmix") else pytest.mark.slow)
+# Every augmentation trains one epoch in the slow tier (each run is about a second, plus the shared reference).
+@pytest.mark.parametrize("aug", [pytest.param(a, marks=pytest.mark.slow)
                                  for a in AUGMENTATIONS])
 def test_every_aug_trains_one_epoch(tmp_path, default_loss, aug):
     results = train_classifier(train_args(tmp_path, "--aug", aug))
@@ -111,6 +111,7 @@ def test_cutmix_run_resumes_exactly(tmp_path, digits_ready, monkeypatch):
     assert [(r["train_loss"], r["train_acc"], r["test_acc"]) for r in resumed] == key
 
 
+@pytest.mark.slow
 def test_train_expand_takes_aug(tmp_path, digits_ready):
     # The 3-shot train split doubles as a stand-in expanded set (same class folders; not an
     # expansion, so --allow_partial).

@@ -21,6 +21,7 @@ def test_clip_vit_b32_is_registered():
     assert "clip_vit_b32" in ARCHS
 
 
+@pytest.mark.slow
 def test_clip_vit_b32_forward_and_features_at_32px_and_224px(clip_model):
     with torch.no_grad():
         for side, batch in ((32, 4), (224, 1)):  # digits' size (1x1 patch grid), the pretrained 7x7 grid
@@ -30,6 +31,7 @@ def test_clip_vit_b32_forward_and_features_at_32px_and_224px(clip_model):
             assert features.shape == (batch, 768) and torch.isfinite(features).all()
 
 
+@pytest.mark.slow
 def test_clip_vit_b32_as_guide_is_differentiable(clip_model):
     meta = {"resize_size": 36, "image_size": 32, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     decoded = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()  # VAE output range [-1, 1]

@@ -68,6 +68,7 @@ def evaluated(tmp_path_factory, digits_ready):
             "labels": labels, "class_protos": class_protos, "guide_path": guide_path}
 
 
+@pytest.mark.slow
 def test_identical_sets_give_zero_fid_and_full_precision_recall(evaluated):
     row = evaluated["rows"]["same"]
     assert row["n_images"] == 200 and abs(row["fid"]) < 1e-3, row
@@ -76,6 +77,7 @@ def test_identical_sets_give_zero_fid_and_full_precision_recall(evaluated):
     assert json.loads((evaluated["same"] / "eval_metrics.json").read_text())["fid"] == row["fid"]
 
 
+@pytest.mark.slow
 def test_guide_acc_from_features_equals_a_full_classifier_pass(evaluated):
     """The metric reuses the FID pass's pre-logits features; here the whole model runs again."""
     from studies.metrics import load_eval_classifier
@@ -89,6 +91,7 @@ def test_guide_acc_from_features_equals_a_full_classifier_pass(evaluated):
         assert evaluated["rows"][name]["guide_acc"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_shifted_set_scores_worse(evaluated):
     same, shifted = evaluated["rows"]["same"], evaluated["rows"]["shifted"]
     assert shifted["fid"] > 0.01 and shifted["fid"] > 100 * abs(same["fid"]), (shifted["fid"], same["fid"])

@@ -253,6 +253,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_images(setup, reference, m
         expand(setup, setup["root"] / "oom1")
 
 
+@pytest.mark.slow
 def test_a_vanished_guidance_gradient_stops_the_run_unless_allowed(setup, monkeypatch, capsys):
     """An energy whose gradient is exactly zero (as an fp16 underflow leaves it) is not a guidance
     step. When every item so far loses it (a block of 8: systematic) the shard stops before

@@ -26,6 +26,7 @@ def eight_epochs(tmp_path_factory, digits_ready):
     return run_dir(out)
 
 
+@pytest.mark.slow
 def test_positional_form_writes_all_run_files(eight_epochs):
     run = eight_epochs
     for name in ("args.yaml", "log.txt", "summary.csv", "results.json", "results.yaml", "last.pt",
@@ -41,6 +42,7 @@ def test_positional_form_writes_all_run_files(eight_epochs):
     assert len(read_summary(run)) == 8
 
 
+@pytest.mark.slow
 def test_results_are_the_summary_read_three_ways(eight_epochs):
     """best_acc is the best test epoch (the paper's number), last_acc the last one, and
     test_at_best_val the test accuracy at the first epoch with the best val accuracy."""
@@ -54,6 +56,7 @@ def test_results_are_the_summary_read_three_ways(eight_epochs):
     assert results["test_at_best_val"] == test[first_best_val]
 
 
+@pytest.mark.slow
 def test_guide_checkpoint_is_the_best_val_epoch(eight_epochs):
     best = torch.load(eight_epochs / "model_best.pth.tar", weights_only=True)
     results = json.loads((eight_epochs / "results.json").read_text())
@@ -67,6 +70,7 @@ def test_named_flags_match_positional_run_dir(tmp_path, digits_ready):
     assert (run_dir(tmp_path, "0.05", 2) / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_complete_run_is_a_noop(eight_epochs, capsys):
     results = eight_epochs / "results.json"
     before = results.stat().st_mtime_ns
