@@ -63,8 +63,8 @@ def run(cfg):
         if plan.mine:
             open_output(cfg.out, settings, plan.split)  # a finished shard still refuses other settings
         shards.write_shard_record(cfg.out, *state, "done")
-        logger.info("shard %d/%d done: written 0, skipped %d (every image present)", plan.split, plan.total_split,
-                    len(plan.mine))
+        logger.info("shard %d/%d done: written 0, skipped %d (%s)", plan.split, plan.total_split, len(plan.mine),
+                    "every image present" if plan.mine else "no items in this shard")
         return 0
     sampler, batch = build(cfg, plan, device, settings)
     if sampler is None:  # --prepare_only
