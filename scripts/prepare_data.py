@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from distdiff import DistDiffError
+from distdiff.domains import Number, OneLineParser, with_domain
 from distdiff.options import run_cli
 from distdiff.prepare import SOURCES, is_complete, prepare
 from distdiff.registry import DATA_ROOT, get_dataset, registered
@@ -55,7 +56,7 @@ def report_existing(root, seed):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     # No argparse `choices`: main() answers `digits` or a typo with a hint, in one line.
     parser.add_argument("name", help=f"dataset to prepare: {', '.join(sorted(SOURCES))}")
     parser.add_argument("--download", action="store_true",
@@ -63,10 +64,10 @@ def get_parser():
     parser.add_argument("--source", default=None,
                         help="an existing torchvision root holding the raw files, or a folder already split into "
                              "ImageFolders train/ and test/ (val/ if any; e.g. the authors' Caltech-101), kept as it is")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the per-class draws")
-    parser.add_argument("--shots", type=int, default=None,
-                        help="training images per class of the few-shot datasets (caltech-101: 30, "
-                             "cifar100-subset: 100)")
+    parser.add_argument("--seed", default=0, **with_domain(dict(type=Number(int, 0), help="seed of the per-class draws")))
+    parser.add_argument("--shots", default=None, **with_domain(dict(
+        type=Number(int, 1), help="training images per class of the few-shot datasets (caltech-101: 30, "
+                                  "cifar100-subset: 100)")))
     parser.add_argument("--keep_faces_easy", "--keep-faces-easy", action="store_true",
                         help="caltech-101: keep Faces_easy (101 classes); the default drops it like the "
                              "authors' code, since its images are near-duplicates of Faces")
