@@ -149,12 +149,16 @@ def check_config_values(parser, values, where):
     checked = {}
     for key, value in values.items():
         action = actions[key]
-        # Text goes through the flag's type; numbers too where the type declares a domain.
-        if action.type is not None and (isinstance(value, str) or isinstance(action.type, Number)):
+        # Text goes through the flag's type; numbers too where the type declares a domain; a list
+        # (a flag that takes several values) element by element.
+        def convert(item):
+            if action.type is None or not (isinstance(item, str) or isinstance(action.type, Number)):
+                return item
             try:
-                value = action.type(value)
+                return action.type(item)
             except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
                 raise DistDiffError(f"{where}: {key}: {err}") from None
+        value = [convert(item) for item in value] if isinstance(value, list) and action.nargs else convert(value)
         if action.choices is not None and value not in action.choices:
             raise DistDiffError(f"{where}: {key}={value!r} is not one of {list(action.choices)}")
         checked[key] = value

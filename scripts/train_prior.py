@@ -38,6 +38,7 @@ from accelerate.utils import set_seed
 from distdiff import DistDiffError
 from distdiff.config import REPO_ROOT, load_yaml_config, parse_args, save_args
 from distdiff.devices import configure_cpu, resolve_device
+from distdiff.domains import Number, OneLineParser, with_domain
 from distdiff.fileio import atomic_torch_save
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.registry import ensure_prepared, get_dataset
@@ -139,8 +140,11 @@ def main(argv=None):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    count, index, rate = Number(int, 1), Number(int, 0), Number(float, 0, low_open=True)
+
+    def add(*names, **kwargs):
+        return parser.add_argument(*names, **with_domain(kwargs))
     add("--config", default=str(REPO_ROOT / "configs" / "prior.yaml"), help="YAML file with defaults for the flags below")
     add("--dataset", default="digits", help="the target: its `prior` split is the training data, its prompts "
         "and its evaluation are the prior's")
@@ -149,30 +153,30 @@ def get_parser():
         "(fractions sum to 1; embedded/mixture.py)")
     add("--name", default=None, help="output folder name (default: the dataset, or <dataset>_mix_<parts>)")
     add("--out", default=str(REPO_ROOT / PRIOR_ROOT), help="root of <name>/ and <name>.work/")
-    add("--image_size", type=int, default=32, help="training image side")
-    add("--vae_channels", type=int, nargs="+", default=[16, 32, 64], help="AutoencoderKL block widths (scale 2**(n-1))")
-    add("--unet_channels", type=int, nargs="+", default=[32, 64, 64], help="UNet block widths")
-    add("--unet_attention", type=int, nargs="+", default=[0, 1, 1],
+    add("--image_size", type=count, default=32, help="training image side")
+    add("--vae_channels", type=count, nargs="+", default=[16, 32, 64], help="AutoencoderKL block widths (scale 2**(n-1))")
+    add("--unet_channels", type=count, nargs="+", default=[32, 64, 64], help="UNet block widths")
+    add("--unet_attention", type=Number(int, 0, 1), nargs="+", default=[0, 1, 1],
         help="1/0 per UNet level: cross-attention blocks there, or plain ResNet blocks")
-    add("--text_width", type=int, default=64, help="text encoder width = cross-attention dim")
-    add("--text_layers", type=int, default=2, help="text encoder layers")
-    add("--vae_steps", type=int, default=200, help="VAE optimisation steps")
-    add("--vae_batch_size", type=int, default=32, help="VAE batch size")
-    add("--vae_lr", type=float, default=2e-3, help="VAE peak learning rate")
-    add("--kl_weight", type=float, default=1e-4, help="weight of the per-pixel KL term")
-    add("--latent_copies", type=int, default=8, help="augmented copies of the prior split in the latent cache")
-    add("--steps", type=int, default=700, help="UNet optimisation steps")
-    add("--batch_size", type=int, default=64, help="UNet batch size")
-    add("--lr", type=float, default=3e-3, help="UNet + text encoder peak learning rate")
-    add("--warmup", type=int, default=50, help="UNet warm-up steps")
-    add("--snr_gamma", type=float, default=5.0, help="Min-SNR loss weighting cap (0: plain epsilon MSE)")
-    add("--uncond_prob", type=float, default=0.1, help="fraction of empty prompts (classifier-free guidance)")
-    add("--max_shift", type=float, default=2.0, help="augmentation: max shift in px")
-    add("--max_degrees", type=float, default=10.0, help="augmentation: max rotation")
-    add("--eval_per_class", type=int, default=20,
+    add("--text_width", type=count, default=64, help="text encoder width = cross-attention dim")
+    add("--text_layers", type=count, default=2, help="text encoder layers")
+    add("--vae_steps", type=count, default=200, help="VAE optimisation steps")
+    add("--vae_batch_size", type=count, default=32, help="VAE batch size")
+    add("--vae_lr", type=rate, default=2e-3, help="VAE peak learning rate")
+    add("--kl_weight", type=Number(float, 0), default=1e-4, help="weight of the per-pixel KL term")
+    add("--latent_copies", type=count, default=8, help="augmented copies of the prior split in the latent cache")
+    add("--steps", type=count, default=700, help="UNet optimisation steps")
+    add("--batch_size", type=count, default=64, help="UNet batch size")
+    add("--lr", type=rate, default=3e-3, help="UNet + text encoder peak learning rate")
+    add("--warmup", type=index, default=50, help="UNet warm-up steps")
+    add("--snr_gamma", type=Number(float, 0), default=5.0, help="Min-SNR loss weighting cap (0: plain epsilon MSE)")
+    add("--uncond_prob", type=Number(float, 0, 1), default=0.1, help="fraction of empty prompts (classifier-free guidance)")
+    add("--max_shift", type=Number(float, 0), default=2.0, help="augmentation: max shift in px")
+    add("--max_degrees", type=Number(float, 0, 180), default=10.0, help="augmentation: max rotation")
+    add("--eval_per_class", type=index, default=20,
         help="text-to-image samples per class in the final quality check (0: skip it)")
-    add("--ckpt_every", type=int, default=100, help="save the training state every N steps")
-    add("--log_every", type=int, default=50, help="log the loss every N steps")
+    add("--ckpt_every", type=count, default=100, help="save the training state every N steps")
+    add("--log_every", type=count, default=50, help="log the loss every N steps")
     add_runtime_flags(parser, seed=0, seed_help="seed of weights, batches and noise")
     return parser
 

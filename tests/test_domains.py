@@ -1,5 +1,5 @@
-"""Every numeric setting of the stage scripts, parse_logs.py and prepare_data.py declares its
-domain (the other programs are not covered yet): a walk over their flags with bad
+"""Every numeric setting of the stage scripts, parse_logs.py, prepare_data.py and train_prior.py
+declares its domain (the studies are not covered yet): a walk over their flags with bad
 values (wrong type, NaN, infinities, zero, negative, beyond the range, empty) through the real
 entry points gives one `error:` line naming the flag and nothing written, or a value inside the
 domain. New flags are found by the walk itself (every flag whose type is a Number)."""
@@ -15,7 +15,8 @@ from distdiff import DistDiffError
 from distdiff.domains import Number
 from distdiff.options import run_cli
 
-PROGRAMS = ("expand_distdiff", "train_original", "train_expand", "parse_logs", "scripts.prepare_data")
+PROGRAMS = ("expand_distdiff", "train_original", "train_expand", "parse_logs", "scripts.prepare_data",
+            "scripts.train_prior")
 BAD = ("abc", "nan", "inf", "-inf", "", "0", "-1", "0.5", "1e12")
 
 
@@ -51,7 +52,8 @@ def test_bad_numbers_give_one_error_line_naming_the_flag_or_a_value_in_the_domai
     base = {"expand_distdiff": ["--dataset", "digits", "--out", tmp_path / "out"],
             "train_original": ["digits", "--output", tmp_path / "runs"],
             "train_expand": ["digits", "--exp", "x", "--output", tmp_path / "runs"],
-            "parse_logs": [tmp_path / "runs"], "scripts.prepare_data": ["caltech-101", "--source", tmp_path / "src"]}[name]
+            "parse_logs": [tmp_path / "runs"], "scripts.prepare_data": ["caltech-101", "--source", tmp_path / "src"],
+            "scripts.train_prior": ["--out", tmp_path / "prior"]}[name]
     for flag, domain in numeric_flags(name):
         for value in (*BAD, *beyond(domain)):
             argv = [str(a) for a in base] + [f"{flag}={value}"]  # "=": argparse reads a bare -inf as a flag
@@ -110,3 +112,15 @@ def test_legal_but_unusual_values_are_explained():
     assert "the noise control" in notes("--step_size", "0") and "raises the energy" in notes("--step_size=-1")
     assert "guidance lost for every item" in notes("--lambda_class", "0", "--lambda_group", "0")
     assert "changes nothing" in notes("--radius", "0") and notes("--guidance", "none", "--step_size", "0") == ""
+
+
+def test_a_yaml_list_is_checked_element_by_element(tmp_path):
+    from distdiff.config import load_yaml_config, parse_args
+    parser = script("scripts.train_prior").get_parser()
+    config = tmp_path / "prior.yaml"
+    config.write_text("vae_channels: [16, 32, 64]\nunet_attention: [0, 1, 1]\n")
+    args = parse_args(parser, ["--config", str(config)], config=lambda s: (load_yaml_config(s.config), s.config))
+    assert args.vae_channels == [16, 32, 64] and args.unet_attention == [0, 1, 1]
+    config.write_text("unet_attention: [0, 2, 1]\n")
+    with pytest.raises(DistDiffError, match=r"unet_attention: 2 is not an integer in \[0, 1\]"):
+        parse_args(parser, ["--config", str(config)], config=lambda s: (load_yaml_config(s.config), s.config))
