@@ -25,7 +25,7 @@ from distdiff import DistDiffError
 from distdiff.results import (add_paired, authors_summary, experiment_row, find_experiments, markdown_table,
                               paired_table, seed_rows, select_experiments, to_csv)
 from distdiff.fileio import atomic_write_text
-from distdiff.domains import Number, OneLineParser, with_domain
+from distdiff.domains import INDEX, OneLineParser, with_domain
 from distdiff.options import run_cli
 
 
@@ -40,7 +40,7 @@ def get_parser():
                         help="keep only experiments whose name (path below `path`) matches this shell "
                              "pattern; repeatable, e.g. --include 'resnet_small_unpretrained_lr0.1*'")
     parser.add_argument("--seeds", nargs="+", default=None, **with_domain(dict(
-        type=Number(int, 0), help="aggregate only these seeds (so rows with extra seeds stay comparable)")))
+        type=INDEX, help="aggregate only these seeds (so rows with extra seeds stay comparable)")))
     parser.add_argument("--authors", action="store_true",
                         help="print what the authors' parse_logs.py prints for `path` (with --multi: its run "
                              "folders): best_accuracy per results.yaml, mean ± std with ddof=0; writes no CSV")

@@ -65,6 +65,15 @@ class Number:
         return not (self.multiple_of and number % self.multiple_of)
 
 
+# The common domains, shared by every parser.
+COUNT = Number(int, 1)                      # steps, sizes, repeats, shards: at least one
+INDEX = Number(int, 0)                      # indices, seeds, threads (0: torch's default)
+FINITE = Number(float)                      # any finite number (guidance scales and weights)
+RATE = Number(float, 0, low_open=True)      # learning rates
+NON_NEGATIVE = Number(float, 0)             # weights, decays, magnitudes
+DEGREES = Number(float, 0, 180)             # rotation augmentations
+
+
 def with_domain(kwargs):
     """add_argument kwargs with the domain of a Number `type` appended to the help text."""
     kind = kwargs.get("type")

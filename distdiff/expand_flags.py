@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from distdiff import DistDiffError, registry
-from distdiff.domains import Number, OneLineParser, with_domain
+from distdiff.domains import COUNT, FINITE, INDEX, Number, OneLineParser, with_domain
 from distdiff.config import EXPAND_SPELLINGS, dataset_section, parse_args, resolved_dict, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
 from distdiff.guidance import GUIDANCE_MODES, TRANSFORM_STARTS, GuidanceConfig
@@ -41,9 +41,6 @@ def dataclass_defaults():
     return {renames.get(f.name, f.name): f.default
             for cls, renames in ((SampleConfig, {}), (GuidanceConfig, GUIDANCE_FLAGS), (PrototypeConfig, PROTOTYPE_FLAGS))
             for f in dataclasses.fields(cls)}
-
-
-COUNT, INDEX, FINITE = Number(int, 1), Number(int, 0), Number(float)  # the common domains
 
 
 class Radius(Number):

@@ -10,10 +10,8 @@ import sys
 
 from distdiff import DistDiffError
 from distdiff.config import PRECISIONS, TRAIN_SPELLINGS, add_positional_twins, spellings_of, str2bool
-from distdiff.domains import Number, with_domain
+from distdiff.domains import COUNT, DEGREES, INDEX, NON_NEGATIVE, RATE, Number, with_domain
 from distdiff.presets import TRAIN_PRESETS
-
-COUNT, INDEX, RATE = Number(int, 1), Number(int, 0), Number(float, 0, low_open=True)
 
 
 def _help(text):
@@ -94,13 +92,13 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("epochs", type=COUNT, help="training epochs")
     add("batch_size", type=COUNT, help="batch size")
     add("momentum", type=Number(float, 0, 1, high_open=True), help="Nesterov momentum")
-    add("weight_decay", type=Number(float, 0), help="weight decay")
+    add("weight_decay", type=NON_NEGATIVE, help="weight decay")
     add("image_size", type=COUNT, help="crop size fed to the network")
     add("resize_size", type=COUNT, help="resize before cropping (at least --image_size)")
     add("resize_mode", choices=["shorter", "squash"],
         help="shorter: the shorter side to --resize_size, aspect kept; squash: to resize_size x resize_size "
              "(the authors' Resize((256, 256)))")
-    add("rotation", type=Number(float, 0, 180), help="RandomRotation degrees")
+    add("rotation", type=DEGREES, help="RandomRotation degrees")
     add("hflip", type=str2bool, help="RandomHorizontalFlip (off for digits)")
     add("aug", choices=list(augment.AUGMENTATIONS), metavar="NAME",
         help=_help("extra augmentation: " + augment.help_text()))

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from distdiff import DistDiffError
-from distdiff.domains import Number, OneLineParser, with_domain
+from distdiff.domains import COUNT, INDEX, OneLineParser, with_domain
 from distdiff.options import run_cli
 from distdiff.prepare import SOURCES, is_complete, prepare
 from distdiff.registry import DATA_ROOT, get_dataset, registered
@@ -64,9 +64,9 @@ def get_parser():
     parser.add_argument("--source", default=None,
                         help="an existing torchvision root holding the raw files, or a folder already split into "
                              "ImageFolders train/ and test/ (val/ if any; e.g. the authors' Caltech-101), kept as it is")
-    parser.add_argument("--seed", default=0, **with_domain(dict(type=Number(int, 0), help="seed of the per-class draws")))
+    parser.add_argument("--seed", default=0, **with_domain(dict(type=INDEX, help="seed of the per-class draws")))
     parser.add_argument("--shots", default=None, **with_domain(dict(
-        type=Number(int, 1), help="training images per class of the few-shot datasets (caltech-101: 30, "
+        type=COUNT, help="training images per class of the few-shot datasets (caltech-101: 30, "
                                   "cifar100-subset: 100)")))
     parser.add_argument("--keep_faces_easy", "--keep-faces-easy", action="store_true",
                         help="caltech-101: keep Faces_easy (101 classes); the default drops it like the "

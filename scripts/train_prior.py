@@ -38,7 +38,7 @@ from accelerate.utils import set_seed
 from distdiff import DistDiffError
 from distdiff.config import REPO_ROOT, load_yaml_config, parse_args, save_args
 from distdiff.devices import configure_cpu, resolve_device
-from distdiff.domains import Number, OneLineParser, with_domain
+from distdiff.domains import COUNT, DEGREES, INDEX, NON_NEGATIVE, RATE, Number, OneLineParser, with_domain
 from distdiff.fileio import atomic_torch_save
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.registry import ensure_prepared, get_dataset
@@ -141,7 +141,6 @@ def main(argv=None):
 
 def get_parser():
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    count, index, rate = Number(int, 1), Number(int, 0), Number(float, 0, low_open=True)
 
     def add(*names, **kwargs):
         return parser.add_argument(*names, **with_domain(kwargs))
@@ -153,30 +152,30 @@ def get_parser():
         "(fractions sum to 1; embedded/mixture.py)")
     add("--name", default=None, help="output folder name (default: the dataset, or <dataset>_mix_<parts>)")
     add("--out", default=str(REPO_ROOT / PRIOR_ROOT), help="root of <name>/ and <name>.work/")
-    add("--image_size", type=count, default=32, help="training image side")
-    add("--vae_channels", type=count, nargs="+", default=[16, 32, 64], help="AutoencoderKL block widths (scale 2**(n-1))")
-    add("--unet_channels", type=count, nargs="+", default=[32, 64, 64], help="UNet block widths")
+    add("--image_size", type=COUNT, default=32, help="training image side")
+    add("--vae_channels", type=COUNT, nargs="+", default=[16, 32, 64], help="AutoencoderKL block widths (scale 2**(n-1))")
+    add("--unet_channels", type=COUNT, nargs="+", default=[32, 64, 64], help="UNet block widths")
     add("--unet_attention", type=Number(int, 0, 1), nargs="+", default=[0, 1, 1],
         help="1/0 per UNet level: cross-attention blocks there, or plain ResNet blocks")
-    add("--text_width", type=count, default=64, help="text encoder width = cross-attention dim")
-    add("--text_layers", type=count, default=2, help="text encoder layers")
-    add("--vae_steps", type=count, default=200, help="VAE optimisation steps")
-    add("--vae_batch_size", type=count, default=32, help="VAE batch size")
-    add("--vae_lr", type=rate, default=2e-3, help="VAE peak learning rate")
-    add("--kl_weight", type=Number(float, 0), default=1e-4, help="weight of the per-pixel KL term")
-    add("--latent_copies", type=count, default=8, help="augmented copies of the prior split in the latent cache")
-    add("--steps", type=count, default=700, help="UNet optimisation steps")
-    add("--batch_size", type=count, default=64, help="UNet batch size")
-    add("--lr", type=rate, default=3e-3, help="UNet + text encoder peak learning rate")
-    add("--warmup", type=index, default=50, help="UNet warm-up steps")
-    add("--snr_gamma", type=Number(float, 0), default=5.0, help="Min-SNR loss weighting cap (0: plain epsilon MSE)")
+    add("--text_width", type=COUNT, default=64, help="text encoder width = cross-attention dim")
+    add("--text_layers", type=COUNT, default=2, help="text encoder layers")
+    add("--vae_steps", type=COUNT, default=200, help="VAE optimisation steps")
+    add("--vae_batch_size", type=COUNT, default=32, help="VAE batch size")
+    add("--vae_lr", type=RATE, default=2e-3, help="VAE peak learning rate")
+    add("--kl_weight", type=NON_NEGATIVE, default=1e-4, help="weight of the per-pixel KL term")
+    add("--latent_copies", type=COUNT, default=8, help="augmented copies of the prior split in the latent cache")
+    add("--steps", type=COUNT, default=700, help="UNet optimisation steps")
+    add("--batch_size", type=COUNT, default=64, help="UNet batch size")
+    add("--lr", type=RATE, default=3e-3, help="UNet + text encoder peak learning rate")
+    add("--warmup", type=INDEX, default=50, help="UNet warm-up steps")
+    add("--snr_gamma", type=NON_NEGATIVE, default=5.0, help="Min-SNR loss weighting cap (0: plain epsilon MSE)")
     add("--uncond_prob", type=Number(float, 0, 1), default=0.1, help="fraction of empty prompts (classifier-free guidance)")
-    add("--max_shift", type=Number(float, 0), default=2.0, help="augmentation: max shift in px")
-    add("--max_degrees", type=Number(float, 0, 180), default=10.0, help="augmentation: max rotation")
-    add("--eval_per_class", type=index, default=20,
+    add("--max_shift", type=NON_NEGATIVE, default=2.0, help="augmentation: max shift in px")
+    add("--max_degrees", type=DEGREES, default=10.0, help="augmentation: max rotation")
+    add("--eval_per_class", type=INDEX, default=20,
         help="text-to-image samples per class in the final quality check (0: skip it)")
-    add("--ckpt_every", type=count, default=100, help="save the training state every N steps")
-    add("--log_every", type=count, default=50, help="log the loss every N steps")
+    add("--ckpt_every", type=COUNT, default=100, help="save the training state every N steps")
+    add("--log_every", type=COUNT, default=50, help="log the loss every N steps")
     add_runtime_flags(parser, seed=0, seed_help="seed of weights, batches and noise")
     return parser
 
