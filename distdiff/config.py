@@ -66,7 +66,7 @@ def str2bool(value):
         return True
     if lowered in ("false", "0", "no", "n"):
         return False
-    raise ValueError(f"expected True or False, got {value!r}")
+    raise argparse.ArgumentTypeError(f"{value!r} is not True or False")
 
 
 def load_yaml_config(path):
@@ -111,6 +111,7 @@ def _keep_suppress(kind):
     def convert(value):
         return value if value == argparse.SUPPRESS else kind(value)
     convert.__name__ = kind.__name__  # argparse names the type in its error messages
+    convert.domain = kind  # what the twin accepts (tests/test_domains.py reads it)
     return convert
 
 

@@ -10,6 +10,7 @@ checked where both values are known, before any model loads.
 """
 import argparse
 import math
+import re
 
 from distdiff import DistDiffError
 
@@ -65,6 +66,37 @@ class Number:
         return not (self.multiple_of and number % self.multiple_of)
 
 
+class OrAuto(Number):
+    """`auto`, or a number in the domain (--batch_size, --workers, --cache_mb)."""
+
+    def describe(self):
+        return "auto or " + super().describe()
+
+    def __call__(self, value):
+        return "auto" if str(value).strip().lower() == "auto" else super().__call__(value)
+
+
+class Text:
+    """A non-empty text (paths, names, ids), or one that matches a pattern: an empty `--out ""` would
+    otherwise mean the working directory."""
+
+    def __init__(self, pattern=None, describe=None, empty=False):
+        self.pattern, self._describe = (re.compile(pattern) if pattern else None), describe
+        self.empty = empty
+        self.__name__ = "text"
+
+    def describe(self):
+        return self._describe or ("any text, empty included" if self.empty else "a non-empty text")
+
+    def __call__(self, value):
+        text = str(value)
+        if self.empty and not self.pattern:
+            return text
+        if not text.strip() or (self.pattern and not self.pattern.fullmatch(text.strip())):
+            raise argparse.ArgumentTypeError(f"{value!r} is not {self.describe()}")
+        return text.strip() if self.pattern else text
+
+
 # The common domains, shared by every parser.
 COUNT = Number(int, 1)                      # steps, sizes, repeats, shards: at least one
 INDEX = Number(int, 0)                      # indices, seeds, threads (0: torch's default)
@@ -72,19 +104,41 @@ FINITE = Number(float)                      # any finite number (guidance scales
 RATE = Number(float, 0, low_open=True)      # learning rates
 NON_NEGATIVE = Number(float, 0)             # weights, decays, magnitudes
 DEGREES = Number(float, 0, 180)             # rotation augmentations
+TEXT = Text()                               # paths, names, ids: anything but empty
+ANY_TEXT = Text(empty=True)                 # extra flags passed on ("" = none)
+DEVICE = Text(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:<i>")
+GPU_INDEX = Text(r"\d+|cpu", "a GPU index (0, 1, ...) or cpu")
 
 
 def with_domain(kwargs):
-    """add_argument kwargs with the domain of a Number `type` appended to the help text."""
+    """add_argument kwargs with the domain of a Number or patterned Text `type` appended to the
+    help text (once: a second call changes nothing)."""
     kind = kwargs.get("type")
-    if isinstance(kind, Number) and "help" in kwargs:
+    shown = isinstance(kind, Number) or (isinstance(kind, Text) and kind.pattern)
+    if shown and "help" in kwargs and not kwargs["help"].endswith(f"({kind.describe()})"):
         kwargs = dict(kwargs, help=f"{kwargs['help']} ({kind.describe()})")
     return kwargs
 
 
+VALUE_ACTIONS = (None, "store", "append", "extend")  # the argparse actions that read a value
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: a DistDiffError naming the flag, the value and
-    the domain (run_cli prints it as `error: ...` and exits 1); --help still exits 0."""
+    the domain (run_cli prints it as `error: ...` and exits 1); --help still exits 0.
+
+    Every flag that reads a value has a domain: a flag declared without a type or choices reads a
+    non-empty text (TEXT); `empty_ok=True` lets a flag take "" (a flag whose default is "")."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, empty_ok=False, **kwargs):
+        if kwargs.get("action") in VALUE_ACTIONS and kwargs.get("type") in (None, str) and not kwargs.get("choices") \
+                and kwargs.get("nargs") != 0:
+            kwargs["type"] = ANY_TEXT if empty_ok else TEXT
+        return super().add_argument(*args, **with_domain(kwargs))
 
     def error(self, message):
         raise DistDiffError(f"{message} (see {self.prog} --help)")

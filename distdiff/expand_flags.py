@@ -12,12 +12,11 @@ The roles say what a flag changes, and every list of keys elsewhere is derived f
 The authors' second spellings are aliases of the same flags (their expand_diff.sh argument list
 runs unchanged). `parse(argv)` gives the resolved ExpandConfig that distdiff.expansion.run takes.
 """
-import argparse
 import dataclasses
 from pathlib import Path
 
 from distdiff import DistDiffError, registry
-from distdiff.domains import COUNT, FINITE, INDEX, Number, OneLineParser, with_domain
+from distdiff.domains import COUNT, FINITE, GPU_INDEX, INDEX, Number, OneLineParser, OrAuto
 from distdiff.config import EXPAND_SPELLINGS, dataset_section, parse_args, resolved_dict, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
 from distdiff.guidance import GUIDANCE_MODES, TRANSFORM_STARTS, GuidanceConfig
@@ -67,15 +66,6 @@ class EnergyEvery(Number):
         return {"true": 1, "false": 0}[text] if text in ("true", "false") else super().__call__(value)
 
 
-def batch_type(value):
-    """--batch_size: a positive integer, or auto."""
-    if str(value).lower() == "auto":
-        return "auto"
-    if not str(value).isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1 or auto")
-    return int(value)
-
-
 def guidance_type(value):
     """transform | direct | none, also in the authors' spelling (transform_guidance, direct_guidance)."""
     return {"transform_guidance": "transform", "direct_guidance": "direct"}.get(value, value)
@@ -83,7 +73,7 @@ def guidance_type(value):
 
 def get_parser(description=None):
     """expand_distdiff.py's parser; every flag carries its role (ROLES) as `action.role`."""
-    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=description)
 
     defaults = dataclass_defaults()
 
@@ -91,7 +81,7 @@ def get_parser(description=None):
         assert role in ROLES, role
         if name in defaults:  # the img2img, guidance and prototype defaults live in their dataclasses
             kwargs["default"] = defaults[name]
-        p.add_argument(*spellings_of(name, EXPAND_SPELLINGS), **with_domain(kwargs)).role = role
+        p.add_argument(*spellings_of(name, EXPAND_SPELLINGS), **kwargs).role = role
     # Other spellings of a flag (the authors' generate_data.py names among them): EXPAND_SPELLINGS.
     # data, models, outputs
     add("path", "dataset", default=None, help=f"one of {', '.join(registry.dataset_names())}")
@@ -177,11 +167,11 @@ def get_parser(description=None):
     # execution
     add("shard", "split", type=INDEX, default=None, help="this shard's id")
     add("shard", "total_split", type=COUNT, default=None, help="number of shards")
-    add("execution", "batch_size", type=batch_type, default="auto",
+    add("execution", "batch_size", type=OrAuto(int, 1), default="auto",
         help="items sampled together: a number, or auto (CUDA: the largest batch that fits the free memory by the "
              "per-image model of distdiff/memory.py, with gradient checkpointing only where one image does not fit "
              "without it; CPU: 8). An out-of-memory error halves it and retries; it never locks an output dir")
-    add("runtime", "gpu", default=None, help="GPU index (the authors' launcher argument)")
+    add("runtime", "gpu", default=None, type=GPU_INDEX, help="GPU index (the authors' launcher argument)")
     add("execution", "gradient_checkpointing", action="store_true",
         help="recompute UNet and VAE-decoder activations in the guidance backward instead of storing them: "
              "less memory, more time (diffusers checkpoints whenever gradients are on)")

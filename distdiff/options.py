@@ -10,7 +10,7 @@ import sys
 
 from distdiff import DistDiffError
 from distdiff.config import PRECISIONS, TRAIN_SPELLINGS, add_positional_twins, spellings_of, str2bool
-from distdiff.domains import COUNT, DEGREES, INDEX, NON_NEGATIVE, RATE, Number, with_domain
+from distdiff.domains import COUNT, DEGREES, DEVICE, GPU_INDEX, INDEX, NON_NEGATIVE, RATE, TEXT, Number, OrAuto, with_domain
 from distdiff.presets import TRAIN_PRESETS
 
 
@@ -46,8 +46,8 @@ def add_runtime_flags(parser, seed=None, seed_help="random seed", precision_help
     """--device, --threads and, when given defaults/help, --seed and --precision ('auto' among the
     choices when it is the default: fp16 on CUDA, fp32 on the CPU)."""
     add = flag_adder(parser)
-    add("device", default="auto",
-        help="auto | cpu | cuda | cuda:<i> (auto: the GPU when there is one; the CPU only where no GPU exists)")
+    add("device", default="auto", type=DEVICE,
+        help="auto: the GPU when there is one; the CPU only where no GPU exists")
     add_threads_flag(parser, threads)
     if precision_help:
         choices = PRECISIONS + (("auto",) if precision_default == "auto" else ())
@@ -71,15 +71,12 @@ def auto_or_bool(value):
 
 
 # Positional forms from the seed README: `train_original.py caltech-101 resnet50 0.1 False 0`.
-TRAIN_POSITIONALS = [("dataset", str), ("arch", str), ("lr", RATE), ("pretrained", str2bool), ("gpu", str)]
+TRAIN_POSITIONALS = [("dataset", TEXT), ("arch", TEXT), ("lr", RATE), ("pretrained", str2bool), ("gpu", GPU_INDEX)]
 
 
 def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     """Flags of train_original.py and train_expand.py (the paper's recipe as defaults)."""
     from distdiff import augment, datasets, engine  # torchvision, timm: only the training scripts pay
-
-    def int_or_text(value):  # an integer where it is one; config.auto_or_count judges it, in one line
-        return int(value) if value.strip().lstrip("-").isdigit() else value
 
     add_positional_twins(parser, positionals)
     add = flag_adder(parser, TRAIN_SPELLINGS, train_defaults())  # the authors' train.py spellings among them
@@ -88,7 +85,8 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("lr", type=RATE, help="peak SGD learning rate (cosine schedule)")
     add("pretrained", type=str2bool, nargs="?", const=True,
         help="start from ImageNet weights (timm); True/False, or bare as in the authors' launchers")
-    add("gpu", help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
+    add("gpu", type=GPU_INDEX,
+        help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
     add("epochs", type=COUNT, help="training epochs")
     add("batch_size", type=COUNT, help="batch size")
     add("momentum", type=Number(float, 0, 1, high_open=True), help="Nesterov momentum")
@@ -107,11 +105,11 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("eval_every", type=COUNT,
         help="run the val and test passes every N epochs (the last epoch always); summary.csv leaves the "
              "other epochs' accuracies empty and results.json uses the evaluated epochs only")
-    add("workers", type=int_or_text,
+    add("workers", type=OrAuto(int, 0),
         help="DataLoader worker processes (0 = the main process); auto: 0 on the CPU, on CUDA the cores "
              f"this process may use divided by $DISTDIFF_TRAIN_JOBS (runs side by side), at most "
              f"{engine.MAX_AUTO_WORKERS}")
-    add("cache_mb", type=int_or_text,
+    add("cache_mb", type=OrAuto(int, 0),
         help=_help("keep decoded, resized uint8 images in memory up to this many MB in all (training images "
                    "first; 0 = no cache); splits that do not fit are decoded every epoch. auto: what the "
                    f"splits need, at most {datasets.AUTO_CACHE_FRACTION:.0%} of the memory available at the "
@@ -144,7 +142,7 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
 def add_train_expand_flags(parser):
     """train_expand.py's flags: the training flags with EXP as a fourth positional, and the
     expanded set."""
-    add_train_flags(parser, TRAIN_POSITIONALS[:3] + [("exp", str)] + TRAIN_POSITIONALS[3:])
+    add_train_flags(parser, TRAIN_POSITIONALS[:3] + [("exp", TEXT)] + TRAIN_POSITIONALS[3:])
     add = flag_adder(parser, TRAIN_SPELLINGS)
     add("exp", default=None, help="expansion name, e.g. distdiff_x5 or sd_x5 (required, unless --expanded_dir and "
                                   "--run_dir name the expanded set and the run dir, the authors' form)")

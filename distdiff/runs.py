@@ -102,24 +102,11 @@ def missing_runs(output, dataset, arch, pretrained, lr, exps, seeds, preset=None
             if not (preset_run_dir(output, dataset, arch, pretrained, lr, seed, exp, preset) / "results.json").is_file()]
 
 
-def main(argv=None):
-    """Answer the shell chain (single_exp.sh) without torch, so no shell script re-derives a run
-    directory or reads a YAML file:
+def get_parser(description=None):
+    """The parser of `python -m distdiff.runs` (one sub-command per question)."""
+    from distdiff.domains import INDEX, RATE, OneLineParser
 
-        python -m distdiff.runs arch digits                    # the dataset YAML's train arch
-        python -m distdiff.runs default lr                     # the training recipe's default (0.1)
-        python -m distdiff.runs name --dataset digits --arch resnet_small --lr 0.1 --exp sd_x5
-        python -m distdiff.runs dir --dataset digits --arch resnet_small --lr 0.1   # <output>/<dataset>/<name>
-        python -m distdiff.runs name --dataset digits --arch resnet_small --aug mixup   # ..._aug-mixup
-        python -m distdiff.runs expansion --dataset digits --exp distdiff_x5   # <output>/<dataset>/expansions/<exp>
-        python -m distdiff.runs sweep --dataset digits --name digits_study      # <output>/<dataset>/sweeps/<name>
-        python -m distdiff.runs missing --dataset digits --arch resnet_small --lr 0.1 --exps - sd_x5 --seeds 1 2
-    `missing` prints "<exp> <seed>" per run without results.json ("-": original only).
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m distdiff.runs", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m distdiff.runs", description=description)
     sub = parser.add_subparsers(dest="question", required=True)
     sub.add_parser("arch", help="the dataset YAML's train arch").add_argument("dataset")
     sub.add_parser("default", help="a default of the training recipe (distdiff/recipe.py)").add_argument("field")
@@ -135,7 +122,7 @@ def main(argv=None):
         q = sub.add_parser(name, help=text)
         q.add_argument("--dataset", required=True)
         q.add_argument("--arch", required=True)
-        q.add_argument("--lr", type=float, default=default("lr"))
+        q.add_argument("--lr", type=RATE, default=default("lr"))
         q.add_argument("--pretrained", default="False", choices=["True", "False"])
         q.add_argument("--output", default="checkpoint")
         q.add_argument("--preset", default=None, help="the training preset the runs use (train_original.py --preset)")
@@ -144,8 +131,25 @@ def main(argv=None):
             q.add_argument("--aug", default=None, help="the --aug of the runs (default: the recipe's)")
         else:
             q.add_argument("--exps", nargs="+", required=True, help="experiment names, - for original only")
-            q.add_argument("--seeds", nargs="+", type=int, required=True)
-    args = parser.parse_args(argv)
+            q.add_argument("--seeds", nargs="+", type=INDEX, required=True)
+    return parser
+
+
+def main(argv=None):
+    """Answer the shell chain (single_exp.sh) without torch, so no shell script re-derives a run
+    directory or reads a YAML file:
+
+        python -m distdiff.runs arch digits                    # the dataset YAML's train arch
+        python -m distdiff.runs default lr                     # the training recipe's default (0.1)
+        python -m distdiff.runs name --dataset digits --arch resnet_small --lr 0.1 --exp sd_x5
+        python -m distdiff.runs dir --dataset digits --arch resnet_small --lr 0.1   # <output>/<dataset>/<name>
+        python -m distdiff.runs name --dataset digits --arch resnet_small --aug mixup   # ..._aug-mixup
+        python -m distdiff.runs expansion --dataset digits --exp distdiff_x5   # <output>/<dataset>/expansions/<exp>
+        python -m distdiff.runs sweep --dataset digits --name digits_study      # <output>/<dataset>/sweeps/<name>
+        python -m distdiff.runs missing --dataset digits --arch resnet_small --lr 0.1 --exps - sd_x5 --seeds 1 2
+    `missing` prints "<exp> <seed>" per run without results.json ("-": original only).
+    """
+    args = get_parser(main.__doc__).parse_args(argv)
     if args.question == "arch":
         print(train_arch(args.dataset))
         return 0
@@ -170,4 +174,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from distdiff.options import run_cli
+    run_cli(main)

@@ -12,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle 
 import argparse
 from pathlib import Path
 
+from distdiff.domains import OneLineParser
 from distdiff.options import run_cli
 from distdiff.registry import get_dataset
 from distdiff.runs import setup_logging
@@ -20,7 +21,7 @@ from embedded.shifted import SHIFTS, SPLITS, export_shift
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--root", default=str(get_dataset("digits").root), help="output directory")
     parser.add_argument("--shifts", nargs="*", default=None, choices=SHIFTS, metavar="NAME",
                         help=f"also export these shifted domains beside it ({', '.join(SHIFTS)}); "

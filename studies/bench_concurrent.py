@@ -14,13 +14,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from distdiff.domains import COUNT, OneLineParser
 from distdiff.options import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,10 +43,15 @@ def timed(commands, env):
     return time.perf_counter() - start
 
 
+def get_parser():
+    parser = OneLineParser(description=__doc__)
+    parser.add_argument("--limit", type=COUNT, default=30, help="source images per run")
+    parser.add_argument("--expand_ratio", type=COUNT, default=4, help="copies per source image")
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=30, help="source images per run")
-    parser.add_argument("--expand_ratio", type=int, default=4, help="copies per source image")
+    parser = get_parser()
     args = parser.parse_args(argv)
     from distdiff.registry import ensure_prepared, get_dataset
     from embedded.prior import build_tiny_pipeline

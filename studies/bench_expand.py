@@ -27,7 +27,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import statistics
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from distdiff.devices import configure_cpu, pipeline_dtype, resolve_device
 from distdiff.features import GuideInput
 from distdiff.fileio import atomic_save_image, atomic_write_json
 from distdiff.guidance import GuidanceConfig
+from distdiff.domains import COUNT, INDEX, Number, OneLineParser, Text
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import finish_pipeline, load_pipeline, speed_up
 from distdiff.prototype_store import PrototypeConfig
@@ -129,13 +129,8 @@ def build(args, device):
     return sources, guide, guide_input, protos
 
 
-def variant_type(text):
-    """A variant: options from OPTIONS joined by '+'."""
-    options = text.split("+")
-    unknown = [o for o in options if o not in OPTIONS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown option(s) {unknown}; combine {', '.join(OPTIONS)} with '+'")
-    return text
+# A variant: options from OPTIONS joined by '+'.
+VARIANT = Text("({0})(\\+({0}))*".format("|".join(OPTIONS)), f"options from {', '.join(OPTIONS)} joined by '+'")
 
 
 def make_pipeline(args, device, variant):
@@ -319,7 +314,7 @@ def plot(report, path):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     add = parser.add_argument
     add("--dataset", default="digits", help="source images come from its train split")
     add("--model", default="checkpoint/prior/digits", help="diffusers folder, Hub id, or shape:sd14 / shape:sd21base")
@@ -327,17 +322,17 @@ def get_parser():
     add("--guide_arch", default="resnet_small", help="arch of the default guide path; of the random guide for shapes")
     add("--random_guide", default=None, metavar="ARCH",
         help="a random-weight guide of this arch at 224 px (default for shape: models: resnet50)")
-    add("--batch_sizes", type=int, nargs="+", default=[1, 4, 8, 16], help="batch sizes to time")
-    add("--variants", nargs="+", default=["plain"], type=variant_type,
+    add("--batch_sizes", type=COUNT, nargs="+", default=[1, 4, 8, 16], help="batch sizes to time")
+    add("--variants", nargs="+", default=["plain"], type=VARIANT,
         help="configurations to time, each options joined by '+': plain, checkpointing (--gradient_checkpointing), "
              "channels_last, compile, decode_half (the look-ahead decoded at half resolution)")
-    add("--items", type=int, default=32, help="images per timed run (at least one batch)")
-    add("--repeats", type=int, default=3, help="timed runs per configuration (median)")
-    add("--num_steps", type=int, default=50, help="DDIM steps of the timed schedule")
-    add("--strength", type=float, default=0.5, help="img2img strength")
-    add("--guidance_step", type=int, default=20, help="M (must fall inside the timed schedule)")
-    add("--full_steps", type=int, default=50, help="schedule the per-image times are scaled to")
-    add("--resolution", type=int, default=None, help="sampling size (default: native)")
+    add("--items", type=COUNT, default=32, help="images per timed run (at least one batch)")
+    add("--repeats", type=COUNT, default=3, help="timed runs per configuration (median)")
+    add("--num_steps", type=COUNT, default=50, help="DDIM steps of the timed schedule")
+    add("--strength", type=Number(float, 0, 1, low_open=True), default=0.5, help="img2img strength")
+    add("--guidance_step", type=INDEX, default=20, help="M (must fall inside the timed schedule)")
+    add("--full_steps", type=COUNT, default=50, help="schedule the per-image times are scaled to")
+    add("--resolution", type=Number(int, 8, multiple_of=8), default=None, help="sampling size (default: native)")
     add("--quick", action="store_true", help="smoke mode: batch 2, 2 items, 1 repeat")
     add("--out", default="bench/expand.json", help="JSON report")
     add("--figure", default=None, help="also plot the first variant here (e.g. figure/bench_expand.png)")

@@ -19,7 +19,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import json
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from distdiff import memory
+from distdiff.domains import COUNT, Number, OneLineParser
 from distdiff.options import run_cli
 from embedded.sd_shapes import SHAPES, build_shape
 from models.classifiers import create_classifier, penultimate_features
@@ -142,16 +142,16 @@ def summary(name, flops, steps, ratio):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     add = parser.add_argument
     add("--prior", default="checkpoint/prior/digits", help="local diffusers folder to compare")
     add("--guide_arch", default="resnet_small", help="guide of the local model")
-    add("--guide_size", type=int, default=32, help="guide input side of the local model")
+    add("--guide_size", type=COUNT, default=32, help="guide input side of the local model")
     add("--sd_guide", default="resnet50", help="guide at SD scale (the paper's ResNet-50)")
-    add("--num_classes", type=int, default=10, help="classes of the guide's head")
-    add("--num_steps", type=int, default=50, help="DDIM steps")
-    add("--strength", type=float, default=0.5, help="img2img strength")
-    add("--expand_ratio", type=int, default=5, help="copies per source (encode cost is shared)")
+    add("--num_classes", type=COUNT, default=10, help="classes of the guide's head")
+    add("--num_steps", type=COUNT, default=50, help="DDIM steps")
+    add("--strength", type=Number(float, 0, 1, low_open=True), default=0.5, help="img2img strength")
+    add("--expand_ratio", type=COUNT, default=5, help="copies per source (encode cost is shared)")
     add("--out", default="bench/flops.json", help="JSON report")
     return parser
 

@@ -15,7 +15,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import resource
 import subprocess
 import sys
@@ -23,20 +22,21 @@ import time
 from pathlib import Path
 
 from distdiff.config import REPO_ROOT
+from distdiff.domains import COUNT, OneLineParser
 from distdiff.fileio import atomic_write_json
 from distdiff.options import run_cli
 from embedded.rehearsal import fabricate_folder_dataset
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("--workdir", default="bench/memory", help="where the generated split and the run go")
-    parser.add_argument("--classes", type=int, default=100, help="classes (Caltech-101 without its two dropped ones)")
-    parser.add_argument("--train_per_class", type=int, default=30, help="training images per class (the paper's 30)")
-    parser.add_argument("--test_per_class", type=int, default=60, help="test images per class (~6,000 in all)")
+    parser.add_argument("--classes", type=COUNT, default=100, help="classes (Caltech-101 without its two dropped ones)")
+    parser.add_argument("--train_per_class", type=COUNT, default=30, help="training images per class (the paper's 30)")
+    parser.add_argument("--test_per_class", type=COUNT, default=60, help="test images per class (~6,000 in all)")
     parser.add_argument("--arch", default="resnet_small", help="classifier (see the docstring)")
-    parser.add_argument("--batch_size", type=int, default=64, help="training batch size (the paper's 64)")
-    parser.add_argument("--extra", default="", help="more train_original.py flags, e.g. '--cache_mb 0'")
+    parser.add_argument("--batch_size", type=COUNT, default=64, help="training batch size (the paper's 64)")
+    parser.add_argument("--extra", default="", empty_ok=True, help="more train_original.py flags, e.g. '--cache_mb 0'")
     parser.add_argument("--repo", default=str(REPO_ROOT), help="checkout whose train_original.py runs")
     parser.add_argument("--out", default="bench/memory.json", help="JSON report")
     return parser

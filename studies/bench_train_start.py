@@ -14,7 +14,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import time
 from collections import Counter
 from inspect import signature
@@ -23,6 +22,7 @@ from pathlib import Path
 from PIL import ImageFile
 
 from distdiff import registry
+from distdiff.domains import COUNT, INDEX, OneLineParser
 from distdiff.fileio import atomic_write_json
 from distdiff.options import run_cli
 from distdiff.training import TrainConfig, build_datasets
@@ -56,13 +56,13 @@ def count_decodes():
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("--workdir", default="bench/train_start", help="where the generated images go")
-    parser.add_argument("--classes", type=int, default=10, help="classes")
-    parser.add_argument("--train_per_class", type=int, default=30, help="training images per class (the paper's 30)")
-    parser.add_argument("--test_per_class", type=int, default=30, help="test images per class")
-    parser.add_argument("--expand_ratio", type=int, default=5, help="expanded images per training image")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--classes", type=COUNT, default=10, help="classes")
+    parser.add_argument("--train_per_class", type=COUNT, default=30, help="training images per class (the paper's 30)")
+    parser.add_argument("--test_per_class", type=COUNT, default=30, help="test images per class")
+    parser.add_argument("--expand_ratio", type=COUNT, default=5, help="expanded images per training image")
+    parser.add_argument("--workers", type=INDEX, default=0,
                         help="--workers of the run: the start-up decodes on max(1, workers) threads, as "
                              "train_classifier does (0 is the CPU default)")
     parser.add_argument("--out", default="bench/train_start.json", help="JSON report")

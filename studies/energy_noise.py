@@ -13,12 +13,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from studies.replication import HEADER, fmt
+from distdiff.domains import OneLineParser
+from distdiff.options import run_cli
 
 COMPONENTS = ("none", "noise", "gradient", "both")
 # (label, sweep dir under the checkpoint root, the unguided cell, suffix of the guided cells' names)
@@ -151,9 +152,8 @@ def plot(settings, path):
     plt.close(fig)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m studies.energy_noise", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    parser = OneLineParser(prog="python -m studies.energy_noise", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gate = sub.add_parser("headroom", help="exit 0 when guidance is to be tested with this prior at 10 shots")
     gate.add_argument("replicated", help="replicated.json of the 10-shot headroom sweep")
@@ -161,7 +161,11 @@ def main(argv=None):
     report = sub.add_parser("report", help="the study's tables (markdown on stdout) and figure")
     report.add_argument("--checkpoint_root", default="checkpoint")
     report.add_argument("--figure", default="figure/energy_or_noise.png")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     if args.command == "headroom":
         test, reason = headroom(args.replicated, args.prior)
         print(("test guidance: " if test else "skip guidance: ") + reason)
@@ -175,4 +179,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

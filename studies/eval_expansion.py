@@ -21,7 +21,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from distdiff import datasets as ds
 from distdiff import registry
 from distdiff.config import str2bool
 from distdiff.devices import configure_cpu
+from distdiff.domains import COUNT, OneLineParser
 from distdiff.fileio import atomic_write_json
 from studies.metrics import FeatureSpaceEvaluator, InceptionFID, load_eval_classifier, prototypes_match
 from distdiff.options import add_threads_flag, run_cli
@@ -131,7 +131,7 @@ def main(argv=None):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     add = parser.add_argument
     add("folders", nargs="+", help="expanded ImageFolder(s), e.g. checkpoint/digits/expansions/distdiff_x5")
     add("--dataset", default=None, help="dataset name (default: the one in the folders' args.yaml)")
@@ -140,13 +140,13 @@ def get_parser():
              "model_best.pth.tar)")
     add("--checkpoint_root", "--checkpoint-root", default="checkpoint", help="root of the default guide")
     add("--real", default=None, help="reference ImageFolder (default: the dataset's test split)")
-    add("--k", type=int, default=3, help="neighbourhood size of precision/recall/density/coverage (papers: 3, 5)")
+    add("--k", type=COUNT, default=3, help="neighbourhood size of precision/recall/density/coverage (papers: 3, 5)")
     add("--original", type=str2bool, default=True,
         help="also score the real training split as a reference row (True/False)")
     add("--inception", action="store_true",
         help="also compute Inception-v3 FID (needs torch-fidelity and a weights download: online/GPU path)")
     add("--out", default=None, help="also write every row to this JSON file")
-    add("--batch_size", "--batch-size", type=int, default=64, help="images per forward pass")
+    add("--batch_size", "--batch-size", type=COUNT, default=64, help="images per forward pass")
     add_threads_flag(parser)
     return parser
 

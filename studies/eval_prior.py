@@ -12,12 +12,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 from dataclasses import fields
 from pathlib import Path
 
 from distdiff.config import REPO_ROOT
 from distdiff.devices import configure_cpu, resolve_device
+from distdiff.domains import COUNT, FINITE, Number, OneLineParser
 from distdiff.fileio import atomic_write_json
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import resolve_model
@@ -32,15 +32,16 @@ def add_protocol_flags(parser):
              "num_steps": "DDIM inference steps", "guidance": "classifier-free guidance scale",
              "strength": "img2img strength", "batch_size": "prompts per pipeline call",
              "evaluator_epochs": "epochs of the evaluator classifier on the prior split"}
+    domains = {"guidance": FINITE, "strength": Number(float, 0, 1, low_open=True)}
     for field in fields(EvalProtocol):
         if field.name in helps:
-            parser.add_argument(f"--{field.name}", type=field.type if callable(field.type) else type(field.default),
-                                default=field.default, help=helps[field.name])
+            parser.add_argument(f"--{field.name}", type=domains.get(field.name, COUNT), default=field.default,
+                                help=helps[field.name])
     return parser
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     add = parser.add_argument
     add("--model", default="checkpoint/prior/digits",
         help="pipeline folder, or an SD model id such as CompVis/stable-diffusion-v1-4")

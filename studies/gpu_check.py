@@ -52,7 +52,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import gc
 import json
 import platform
@@ -65,6 +64,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
+
+from distdiff.domains import NON_NEGATIVE, Number, OneLineParser
+from distdiff.options import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 SD14 = "CompVis/stable-diffusion-v1-4"
@@ -81,15 +83,15 @@ class Skip(Exception):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     add = parser.add_argument
     add("--cpu_smoke", "--cpu-smoke", action="store_true",
         help="tiny shapes on the CPU: the same steps, to keep this script working (the test suite runs it)")
-    add("--budget", type=float, default=480.0, help="seconds for all steps together")
+    add("--budget", type=Number(float, 0, low_open=True), default=480.0, help="seconds for all steps together")
     add("--workdir", default=None, help="stand-ins and outputs (default: a temporary dir, removed afterwards)")
     add("--report", default=None, help="JSON report path (default: $OUT/gpu_check.json, else <workdir>/gpu_check.json, "
                                        "or <workdir>.json for the temporary work dir, which is removed)")
-    add("--tolerance", type=float, default=3.0,
+    add("--tolerance", type=NON_NEGATIVE, default=3.0,
         help="largest mean |difference| in 8-bit levels between runs that must give the same images")
     add("--with_compile", "--with-compile", action="store_true",
         help="also check --compile in the speed-ups step (off by default: compiling costs about a minute)")
@@ -669,4 +671,4 @@ def verdict(steps):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -9,7 +9,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +16,7 @@ import matplotlib.pyplot as plt
 from PIL import Image
 
 from distdiff import DistDiffError
+from distdiff.domains import COUNT, RATE, OneLineParser
 from distdiff.options import run_cli
 from distdiff.registry import get_dataset
 from distdiff.results import experiment_row
@@ -92,13 +92,13 @@ def plot_grid(args, path, classes_shown=5):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("--dataset", default="digits", help="dataset whose runs are plotted")
     parser.add_argument("--arch", default="resnet_small", help="classifier arch of the runs")
-    parser.add_argument("--lr", type=float, default=0.1, help="learning rate of the runs (part of their dir name)")
+    parser.add_argument("--lr", type=RATE, default=0.1, help="learning rate of the runs (part of their dir name)")
     parser.add_argument("--pretrained", action="store_true", help="plot the pretrained runs")
-    parser.add_argument("--ratio", type=int, default=5, help="expansion ratio of the runs to plot")
-    parser.add_argument("--exp_suffix", default="", help="suffix of the expansion names (single_exp.sh's PRESET: _authors)")
+    parser.add_argument("--ratio", type=COUNT, default=5, help="expansion ratio of the runs to plot")
+    parser.add_argument("--exp_suffix", default="", empty_ok=True, help="suffix of the expansion names (single_exp.sh's PRESET: _authors)")
     parser.add_argument("--preset", default=None, help="plot the runs trained with this training preset (single_exp.sh's PRESET)")
     parser.add_argument("--aug", default="default", help="plot the runs trained with this --aug (figure accuracy_aug-<aug>.png)")
     parser.add_argument("--checkpoint", default="checkpoint", help="checkpoint root")

@@ -16,13 +16,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle OpenMP threads sleep, not spin
 
-import argparse
 import csv
 from pathlib import Path
 
 import matplotlib
 
 from distdiff import DistDiffError
+from distdiff.domains import OneLineParser
 from distdiff.options import run_cli
 
 CONTROL_SUFFIX = "_sd"
@@ -232,7 +232,7 @@ def main(argv=None):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("table", help="sweep.csv of a sweep (controls named <prior>_sd label the priors)")
     parser.add_argument("--metric", default="last_acc", choices=("last_acc", "test_at_best_val"),
                         help="accuracy metric on both panels")

@@ -38,6 +38,7 @@ from distdiff import DistDiffError, registry
 from distdiff.config import REPO_ROOT as REPO
 from distdiff.config import TRAIN_SPELLINGS, dataset_section, parse_args, spellings_of
 from distdiff.devices import configure_cpu
+from distdiff.domains import COUNT, INDEX, OneLineParser
 from distdiff.fileio import atomic_write_json, atomic_write_text
 from distdiff.options import add_threads_flag, add_train_expand_flags, run_cli
 from distdiff.results import to_csv
@@ -493,13 +494,13 @@ def _half(row, metric, side):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__)
     parser.add_argument("grid", help="grid YAML (base + axes and/or cells), e.g. configs/sweeps/digits_study.yaml")
     parser.add_argument("--dataset", default=None, help="dataset (default: the grid's `dataset:` key)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="training seeds per cell")
-    parser.add_argument("--jobs", type=int, default=2,
+    parser.add_argument("--seeds", type=INDEX, nargs="+", default=[1, 2, 3, 4, 5], help="training seeds per cell")
+    parser.add_argument("--jobs", type=COUNT, default=2,
                         help="parallel train_expand.py processes (they overlap later cells' expansions)")
-    parser.add_argument("--expand_jobs", "--expand-jobs", type=int, default=1,
+    parser.add_argument("--expand_jobs", "--expand-jobs", type=COUNT, default=1,
                         help="parallel expand_distdiff.py processes (1: the expander keeps its threads to itself)")
     parser.add_argument("--checkpoint_root", "--checkpoint-root", default="checkpoint",
                         help="root of expansions, training runs and the sweep dir")
@@ -507,9 +508,9 @@ def get_parser():
     parser.add_argument("--guide_ckpt", "--guide-ckpt", default=None,
                         help="guide classifier for guidance and guide agreement (default: the expander's, "
                              "<root>/<dataset>/<guide_arch>_unpretrained_lr0.1/seed1/model_best.pth.tar)")
-    parser.add_argument("--expand_flags", "--expand-flags", default="",
+    parser.add_argument("--expand_flags", "--expand-flags", default="", empty_ok=True,
                         help="extra expand_distdiff.py flags for every cell, e.g. \"--model checkpoint/prior/digits\"")
-    parser.add_argument("--train_flags", "--train-flags", default="",
+    parser.add_argument("--train_flags", "--train-flags", default="", empty_ok=True,
                         help="extra train_expand.py flags for every run, e.g. \"--epochs 30\"")
     parser.add_argument("--figure", default="figure/guidance_sweep.png", help="paired-Δ figure path")
     add_threads_flag(parser, 1, "torch CPU threads for the metrics in this process (the expander's come from the grid)")

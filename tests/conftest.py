@@ -96,6 +96,13 @@ def pytest_sessionfinish(session):
         shutil.rmtree(root, ignore_errors=True)
 
 
+# Every program: the stage scripts, the files of scripts/ and studies/ with a __main__ block, and
+# `python -m distdiff.runs` (the shell chain's questions).
+PROGRAMS = sorted([p.stem for p in REPO.glob("*.py")] + ["distdiff.runs"] +
+                  [f"{p.parent.name}.{p.stem}" for folder in ("scripts", "studies") for p in (REPO / folder).glob("*.py")
+                   if '__name__ == "__main__"' in p.read_text()])
+
+
 def script(name):
     """A script's module by name: 'train_original' (top level) or 'studies.sweep'."""
     return importlib.import_module(name)

@@ -4,18 +4,14 @@ import argparse
 
 import pytest
 
-from conftest import REPO, script
+from conftest import PROGRAMS, REPO, script
 from distdiff import DistDiffError
 from distdiff.config import dataset_section, parse_args
 from distdiff.options import add_train_expand_flags, add_train_flags, run_cli
 
-# Every program: the stage scripts, and the files of scripts/ and studies/ with a __main__ block.
-SCRIPTS = sorted([p.stem for p in REPO.glob("*.py")] +
-                 [f"{p.parent.name}.{p.stem}" for folder in ("scripts", "studies") for p in (REPO / folder).glob("*.py")
-                  if '__name__ == "__main__"' in p.read_text()])
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("name", PROGRAMS)
 def test_help_works_for_every_script(name, capsys):
     with pytest.raises(SystemExit) as stop:
         script(name).main(["--help"])

@@ -1,8 +1,8 @@
-"""Every numeric setting of the stage scripts, parse_logs.py, prepare_data.py and train_prior.py
-declares its domain (the studies are not covered yet): a walk over their flags with bad
-values (wrong type, NaN, infinities, zero, negative, beyond the range, empty) through the real
-entry points gives one `error:` line naming the flag and nothing written, or a value inside the
-domain. New flags are found by the walk itself (every flag whose type is a Number)."""
+"""Every setting of every program declares its domain (issue 36): a walk over every flag (and
+positional) of the stage scripts, scripts/, studies/ and `python -m distdiff.runs`, sub-commands
+included, with bad values (wrong type, NaN, infinities, zero, negative, beyond the range, empty)
+through the real entry points gives one `error:` line and nothing written, or a value inside the
+declared domain. New flags and new programs are found by the walk itself."""
 import argparse
 import contextlib
 import io
@@ -10,67 +10,136 @@ import os
 
 import pytest
 
-from conftest import run_main, script
+from conftest import PROGRAMS, run_main, script
 from distdiff import DistDiffError
-from distdiff.domains import Number
-from distdiff.options import run_cli
+from distdiff.config import str2bool
+from distdiff.domains import Number, OneLineParser, Text
+from distdiff.options import auto_or_bool, run_cli, train_precision
 
-PROGRAMS = ("expand_distdiff", "train_original", "train_expand", "parse_logs", "scripts.prepare_data",
-            "scripts.train_prior")
 BAD = ("abc", "nan", "inf", "-inf", "", "0", "-1", "0.5", "1e12")
+# Types that are domains without being a Number or a Text: True/False, and their auto/on/off forms.
+BOOLEANS = (str2bool, auto_or_bool, train_precision)
 
 
-def numeric_flags(name):
-    """(option string, Number) of every flag of a stage script whose type declares a domain."""
-    parser = script(name).get_parser()
-    return [(a.option_strings[0], a.type) for a in parser._actions
-            if a.option_strings and isinstance(a.type, Number)]
+def parser_of(name):
+    module = script(name)
+    assert hasattr(module, "get_parser"), f"{name}: no get_parser() to walk"
+    return module.get_parser()
 
 
-def test_every_numeric_flag_of_these_programs_declares_a_domain():
-    for name in PROGRAMS:
-        parser = script(name).get_parser()
-        plain = [a.option_strings[0] for a in parser._actions if a.type in (int, float)]
-        assert not plain, f"{name}: flags typed int/float without a domain: {plain}"
-        assert numeric_flags(name), name
+def settings(parser, prefix=()):
+    """(sub-command words, action) of every argument that reads a value, sub-commands included."""
+    for action in parser._actions:  # argparse has no public list of its actions
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                yield from settings(sub, (*prefix, word))
+        elif action.nargs != 0 and not isinstance(action, argparse._HelpAction):
+            yield prefix, action
 
 
-def beyond(domain):
-    """Values just outside each end of the domain, as text."""
-    out = []
-    if domain.low is not None:
-        out.append(repr(domain.low - 1 if domain.kind is int else domain.low - 0.5))
-    if domain.high is not None:
-        out.append(repr(domain.high + 1))
-    return out
+def domain_of(action):
+    """The argument's type, seen through the positional twins' wrapper (config._keep_suppress)."""
+    return getattr(action.type, "domain", action.type)
+
+
+def declared(action):
+    """How an argument declares its domain, or None when it does not."""
+    kind = domain_of(action)
+    if action.choices is not None:
+        return "choices"
+    if isinstance(kind, (Number, Text)) or kind in BOOLEANS:
+        return "type"
+    return None
+
+
+def placeholder(action):
+    """A value inside the domain, for the required arguments around the one under test."""
+    kind = domain_of(action)
+    if action.choices is not None:
+        return str(next(iter(action.choices)))
+    if isinstance(kind, Number):
+        return "1" if kind.low is None or kind.low <= 1 else str(int(kind.low))
+    return {"GPU index": "0"}.get(kind.describe()[:9], "x") if isinstance(kind, Text) else "True"
+
+
+def command_line(parser, words, tested, value):
+    """The sub-command words, a placeholder for each required argument, and `value` for `tested`
+    (a positional in its place, after placeholders for the positionals before it)."""
+    sub = parser
+    for word in words:
+        sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    flags, positionals, tested_seen = [], [], False
+    for action in sub._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        if action is tested:
+            tested_seen = True
+            if action.option_strings:
+                flags.append(f"{action.option_strings[0]}={value}")  # "=": argparse reads a bare -inf as a flag
+            else:
+                positionals.append(value)
+        elif action.option_strings:
+            if action.required:
+                flags += [action.option_strings[0], placeholder(action)]
+        elif action.nargs not in ("?", "*") or not tested_seen and not tested.option_strings:
+            positionals.append(placeholder(action))
+    return [*words, *flags, "--", *positionals]
 
 
 @pytest.mark.parametrize("name", PROGRAMS)
-def test_bad_numbers_give_one_error_line_naming_the_flag_or_a_value_in_the_domain(name, tmp_path):
-    """Parse-time rejection runs before any model loads or any file is written: the whole walk
-    (a few hundred command lines) runs in-process in seconds."""
-    base = {"expand_distdiff": ["--dataset", "digits", "--out", tmp_path / "out"],
-            "train_original": ["digits", "--output", tmp_path / "runs"],
-            "train_expand": ["digits", "--exp", "x", "--output", tmp_path / "runs"],
-            "parse_logs": [tmp_path / "runs"], "scripts.prepare_data": ["caltech-101", "--source", tmp_path / "src"],
-            "scripts.train_prior": ["--out", tmp_path / "prior"]}[name]
-    for flag, domain in numeric_flags(name):
-        for value in (*BAD, *beyond(domain)):
-            argv = [str(a) for a in base] + [f"{flag}={value}"]  # "=": argparse reads a bare -inf as a flag
-            try:
-                accepted = domain(value)
-            except argparse.ArgumentTypeError:
-                accepted = None
-            if accepted is not None:
-                assert domain.contains(accepted), (flag, value)
-                continue  # a legal value: its run is the other tests' business
+def test_every_setting_of_every_program_declares_its_domain(name):
+    parser = parser_of(name)
+    assert isinstance(parser, OneLineParser), f"{name}: its parser's errors are not one line"
+    missing = [(words, action.dest) for words, action in settings(parser) if declared(action) is None]
+    assert not missing, f"{name}: settings without a declared domain (type or choices): {missing}"
+
+
+def accepted_value(action, value):
+    """The parsed value when `value` is inside the argument's domain, else None."""
+    try:
+        parsed = action.type(value) if action.type is not None else value
+    except (argparse.ArgumentTypeError, ValueError, TypeError):
+        return None
+    if action.choices is not None and parsed not in action.choices:
+        return None
+    return parsed
+
+
+def outside(domain):
+    """Values just outside each end of a numeric domain, as text."""
+    if not isinstance(domain, Number):
+        return []
+    step = 1 if domain.kind is int else 0.5
+    return [repr(end) for end in ((domain.low - step) if domain.low is not None else None,
+                                  (domain.high + step) if domain.high is not None else None) if end is not None]
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_bad_values_give_one_error_line_or_a_value_in_the_domain(name, tmp_path, monkeypatch):
+    """Each rejected value goes through the real entry point (run_cli(main, argv)), in-process:
+    parse-time rejection comes before any model loads or any file is written, so the whole walk
+    (a few thousand command lines) takes seconds. Accepted values must lie inside the declared
+    domain (their runs are the other tests' business)."""
+    monkeypatch.chdir(tmp_path)  # a relative default output would land here
+    parser = parser_of(name)
+    main = script(name).main
+    for words, action in settings(parser):
+        flag = action.option_strings[0] if action.option_strings else None
+        for value in (*BAD, *outside(domain_of(action))):
+            parsed = accepted_value(action, value)
+            if parsed is not None:
+                if isinstance(domain_of(action), Number) and parsed != "auto":
+                    assert domain_of(action).contains(parsed), (name, flag, value)
+                continue
+            argv = command_line(parser, words, action, value)
             stderr = io.StringIO()
             with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as stop:
-                run_cli(script(name).main, argv)
+                run_cli(main, argv)
             line = str(stop.value.code)
-            assert stop.value.code != 0 and line.startswith("error: argument ") and "\n" not in line, (flag, value, line)
-            assert flag.lstrip("-").split("/")[0] in line and domain.describe() in line, (flag, value, line)
-            assert not stderr.getvalue(), (flag, value, stderr.getvalue())  # no usage wall, no traceback
+            shown = (name, argv, line)
+            assert stop.value.code not in (0, None) and line.startswith("error: ") and "\n" not in line, shown
+            assert not stderr.getvalue(), (shown, stderr.getvalue())  # no usage wall, no traceback
+            assert (flag.lstrip("-") if flag else action.metavar or action.dest) in line, shown
     assert not any(tmp_path.iterdir()), sorted(os.listdir(tmp_path))
 
 

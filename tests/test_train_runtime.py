@@ -180,8 +180,8 @@ def test_worker_processes_resume_exactly(tmp_path, digits_ready, monkeypatch):
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--eval_every", "0", "argument --eval_every/--eval-every: '0' is not an integer >= 1"),
-    ("--workers", "-1", "--workers -1: use auto or a number"),
-    ("--cache_mb", "lots", "--cache_mb 'lots': use auto or a number of MB"),
+    ("--workers", "-1", "argument --workers/-j: '-1' is not auto or an integer >= 0"),
+    ("--cache_mb", "lots", "argument --cache_mb/--cache-mb: 'lots' is not auto or an integer >= 0"),
 ])
 def test_bad_values_are_one_line_errors_before_any_work(tmp_path, flag, value, message):
     with pytest.raises(DistDiffError, match=message):
