@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from distdiff import DistDiffError
-from distdiff.domains import Number
+from distdiff.domains import BOOL, Number
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -57,16 +57,7 @@ def auto_or_count(value, flag, meaning):
     raise DistDiffError(f"{flag} {value!r}: use auto or {meaning}")
 
 
-def str2bool(value):
-    """Parse the authors' 'True'/'False' positional strings (and 1/0, yes/no)."""
-    if isinstance(value, bool):
-        return value
-    lowered = str(value).strip().lower()
-    if lowered in ("true", "1", "yes", "y"):
-        return True
-    if lowered in ("false", "0", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"{value!r} is not True or False")
+str2bool = BOOL  # the authors' 'True'/'False' positional strings (and 1/0, yes/no)
 
 
 def load_yaml_config(path):

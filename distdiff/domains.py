@@ -97,6 +97,24 @@ class Text:
         return text.strip() if self.pattern else text
 
 
+class Bool:
+    """True or False, read from the authors' 'True'/'False' strings (and 1/0, yes/no)."""
+    __name__ = "bool"
+
+    def describe(self):
+        return "True or False"
+
+    def __call__(self, value):
+        if isinstance(value, bool):
+            return value
+        lowered = str(value).strip().lower()
+        if lowered in ("true", "1", "yes", "y"):
+            return True
+        if lowered in ("false", "0", "no", "n"):
+            return False
+        raise argparse.ArgumentTypeError(f"{value!r} is not True or False")
+
+
 # The common domains, shared by every parser.
 COUNT = Number(int, 1)                      # steps, sizes, repeats, shards: at least one
 INDEX = Number(int, 0)                      # indices, seeds, threads (0: torch's default)
@@ -104,6 +122,7 @@ FINITE = Number(float)                      # any finite number (guidance scales
 RATE = Number(float, 0, low_open=True)      # learning rates
 NON_NEGATIVE = Number(float, 0)             # weights, decays, magnitudes
 DEGREES = Number(float, 0, 180)             # rotation augmentations
+BOOL = Bool()
 TEXT = Text()                               # paths, names, ids: anything but empty
 ANY_TEXT = Text(empty=True)                 # extra flags passed on ("" = none)
 DEVICE = Text(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:<i>")
@@ -113,10 +132,11 @@ GPU_INDEX = Text(r"\d+|cpu", "a GPU index (0, 1, ...) or cpu")
 def with_domain(kwargs):
     """add_argument kwargs with the domain of a Number or patterned Text `type` appended to the
     help text (once: a second call changes nothing)."""
-    kind = kwargs.get("type")
-    shown = isinstance(kind, Number) or (isinstance(kind, Text) and kind.pattern)
-    if shown and "help" in kwargs and not kwargs["help"].endswith(f"({kind.describe()})"):
-        kwargs = dict(kwargs, help=f"{kwargs['help']} ({kind.describe()})")
+    kind = getattr(kwargs.get("type"), "domain", kwargs.get("type"))  # a positional twin's wrapper: its domain
+    shown = isinstance(kind, (Number, Bool)) or (isinstance(kind, Text) and (kind.pattern or kind.empty))
+    text = kwargs.get("help")
+    if shown and text != argparse.SUPPRESS and kind.describe() not in (text or ""):
+        kwargs = dict(kwargs, help=f"{text} ({kind.describe()})" if text else f"({kind.describe()})")
     return kwargs
 
 
@@ -132,6 +152,8 @@ class OneLineParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("epilog", "Each setting's domain is in parentheses after its help; one shown without a domain "
+                                    "or choices takes a non-empty text.")
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, empty_ok=False, **kwargs):

@@ -22,7 +22,7 @@ from distdiff.engine import load_classifier
 from distdiff.expand_flags import GENERATION_KEYS, unusual_settings
 from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
-from distdiff.numerics import GUIDANCE_STATUS, GUIDED, LOST, NONFINITE
+from distdiff.numerics import GUIDANCE_STATUS, GUIDED, LOST, NONFINITE, finite_rows
 from distdiff.prototype_store import fingerprint, prepare_prototypes
 from distdiff.prototypes import compute_prototypes
 from distdiff.runs import setup_logging
@@ -426,6 +426,11 @@ def sample_block(sampler, latents, block, seed, repeats, energy_every=0):
         result.images[redo], result.status[redo] = images.to(result.images.dtype), status.to(result.status.device)
         result.upcast[redo] = True
         result.before[redo], result.after[redo] = float("nan"), float("nan")  # they measured the failed pass
+    broken = [block[j] for j in (~finite_rows(result.images)).nonzero().flatten().tolist()]
+    if broken:  # a diverged sample would be written as a black or grey PNG and trained on
+        raise DistDiffError(f"{len(broken)} image(s) of a batch decoded to NaN/inf (first: copy {broken[0].k} of source "
+                            f"{broken[0].index}): the sampling diverged; check --cfg_scale, --step_size and --precision "
+                            "(the batch is not written; earlier batches are kept)")
     return result
 
 

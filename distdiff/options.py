@@ -89,7 +89,8 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
         help="GPU index, the authors' positional; an error where torch cannot use CUDA (--device cpu ignores it)")
     add("epochs", type=COUNT, help="training epochs")
     add("batch_size", type=COUNT, help="batch size")
-    add("momentum", type=Number(float, 0, 1, high_open=True), help="Nesterov momentum")
+    add("momentum", type=Number(float, 0, 1, low_open=True, high_open=True),
+        help="Nesterov momentum (Nesterov needs one above 0)")
     add("weight_decay", type=NON_NEGATIVE, help="weight decay")
     add("image_size", type=COUNT, help="crop size fed to the network")
     add("resize_size", type=COUNT, help="resize before cropping (at least --image_size)")

@@ -8,17 +8,17 @@ import contextlib
 import io
 import os
 
+import numpy as np
 import pytest
 
 from conftest import PROGRAMS, run_main, script
 from distdiff import DistDiffError
-from distdiff.config import str2bool
-from distdiff.domains import Number, OneLineParser, Text
+from distdiff.domains import BOOL, Number, OneLineParser, Text
 from distdiff.options import auto_or_bool, run_cli, train_precision
 
 BAD = ("abc", "nan", "inf", "-inf", "", "0", "-1", "0.5", "1e12")
 # Types that are domains without being a Number or a Text: True/False, and their auto/on/off forms.
-BOOLEANS = (str2bool, auto_or_bool, train_precision)
+BOOLEANS = (BOOL, auto_or_bool, train_precision)
 
 
 def parser_of(name):
@@ -92,6 +92,19 @@ def test_every_setting_of_every_program_declares_its_domain(name):
     assert isinstance(parser, OneLineParser), f"{name}: its parser's errors are not one line"
     missing = [(words, action.dest) for words, action in settings(parser) if declared(action) is None]
     assert not missing, f"{name}: settings without a declared domain (type or choices): {missing}"
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_help_shows_every_domain(name):
+    """--help states each argument's domain: a Number's, True/False, a pattern's, or "any text";
+    the epilog says that the rest take a non-empty text (choices are argparse's own {a,b})."""
+    parser = parser_of(name)
+    assert "non-empty text" in (parser.epilog or ""), name
+    for words, action in settings(parser):
+        kind = domain_of(action)
+        stated = isinstance(kind, (Number, type(BOOL))) or isinstance(kind, Text) and (kind.pattern or kind.empty)
+        if stated and action.help != argparse.SUPPRESS:
+            assert kind.describe() in (action.help or ""), (name, words, action.dest, action.help)
 
 
 def accepted_value(action, value):
@@ -193,3 +206,67 @@ def test_a_yaml_list_is_checked_element_by_element(tmp_path):
     config.write_text("unet_attention: [0, 2, 1]\n")
     with pytest.raises(DistDiffError, match=r"unet_attention: 2 is not an integer in \[0, 1\]"):
         parse_args(parser, ["--config", str(config)], config=lambda s: (load_yaml_config(s.config), s.config))
+
+
+def accepted_numbers(name, kinds=(int, float)):
+    """(flag, value) for each value of the walk that a Number or True/False flag of `name` accepts,
+    other than the flag's default."""
+    out = []
+    for words, action in settings(parser_of(name)):
+        kind = domain_of(action)
+        if action.option_strings and (isinstance(kind, Number) and kind.kind in kinds or kind is BOOL and bool in kinds):
+            values = [v for v in (*BAD, *outside(kind)) if accepted_value(action, v) not in (None, action.default)]
+            out += [(action.option_strings[0], v) for v in values]  # the default's run is every other test's
+    return out
+
+
+def run_outcome(name, argv):
+    """(exit code, the one error line or None, stderr) of run_cli(main, argv)."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as stop:
+        run_cli(script(name).main, [str(a) for a in argv])
+    code = stop.value.code
+    return (0 if code in (0, None) else code), (code if isinstance(code, str) else None), stderr.getvalue()
+
+
+@pytest.mark.slow
+def test_accepted_values_of_the_expander_run_to_valid_images_or_one_line(tiny_pipe, random_guide, tmp_path):
+    """Every value of the walk that an expand_distdiff.py number or True/False flag accepts (a
+    cfg scale of 1e12, a step of -1, a radius of 0, ...) runs end to end on one source and copy:
+    exit 0 with a whole, finite image and a complete manifest, or one `error:` line and no image."""
+    from PIL import Image
+    cases = accepted_numbers("expand_distdiff", (int, float, bool))
+    assert len(cases) >= 20, cases
+    for n, (flag, value) in enumerate(cases):
+        out = tmp_path / f"run{n}"
+        argv = ["--dataset", "digits", "--model", tiny_pipe, "--guide_ckpt", random_guide, "--out", out,
+                "--limit", "1", "--expand_ratio", "1", "--num_steps", "10", "--guidance_step", "4", "--threads", "1",
+                f"{flag}={value}"]
+        code, line, stderr = run_outcome("expand_distdiff", argv)
+        assert "Traceback" not in stderr, (flag, value, stderr)
+        pngs = sorted(out.rglob("*.png"))
+        if code:
+            assert line and line.startswith("error: ") and "\n" not in line and not pngs, (flag, value, line)
+            continue
+        assert len(pngs) == 1, (flag, value, pngs)
+        pixels = np.asarray(Image.open(pngs[0]))
+        assert pixels.shape[-1] == 3 and pixels.dtype == np.uint8, (flag, value)
+        assert len((out / "manifest_shard0.jsonl").read_text().splitlines()) == 1, (flag, value)
+
+
+@pytest.mark.slow
+def test_accepted_training_numbers_run_to_a_result_or_one_line(digits_ready, tmp_path):
+    """train_original.py's float settings at the walk's accepted values (lr 1e12, weight decay 1e12,
+    momentum 0, ...), one epoch each: results.json, or one `error:` line (a diverged loss)."""
+    cases = accepted_numbers("train_original", (float,))
+    assert len(cases) >= 6, cases
+    for n, (flag, value) in enumerate(cases):
+        out = tmp_path / f"run{n}"
+        code, line, stderr = run_outcome("train_original", ["digits", "--epochs", "1", "--batch_size", "8",
+                                                            "--threads", "1", "--output", out, f"{flag}={value}"])
+        assert "Traceback" not in stderr, (flag, value, stderr)
+        if code:
+            assert line and line.startswith("error: ") and "\n" not in line, (flag, value, line)
+            assert not list(out.rglob("results.json")), (flag, value)
+        else:
+            assert len(list(out.rglob("results.json"))) == 1, (flag, value)
