@@ -173,7 +173,9 @@ def parse_args(parser, argv=None, config=None, overlay=None):
         raw, where = config(argparse.Namespace(**{**defaults, **explicit}))
         values = check_config_values(parser, raw, where)
     if overlay is not None:
-        values.update(overlay(argparse.Namespace(**{**defaults, **values, **explicit})))
+        # A preset's values meet the same domains as the YAML's (a typo in a preset table is one line).
+        values.update(check_config_values(parser, overlay(argparse.Namespace(**{**defaults, **values, **explicit})),
+                                          "--preset"))
     return argparse.Namespace(**{**defaults, **values, **explicit})
 
 

@@ -270,3 +270,13 @@ def test_accepted_training_numbers_run_to_a_result_or_one_line(digits_ready, tmp
             assert not list(out.rglob("results.json")), (flag, value)
         else:
             assert len(list(out.rglob("results.json"))) == 1, (flag, value)
+
+
+def test_a_preset_value_meets_the_same_domains(monkeypatch):
+    """--preset values pass the check the command line and the YAML pass: a preset table with a
+    value outside its flag's domain is one line, not a run with it."""
+    from distdiff import expand_flags, presets
+    assert expand_flags.parse(["--dataset", "digits", "--preset", "authors"]).prototypes.num_groups == 3
+    monkeypatch.setitem(presets.PRESETS, "authors", {**presets.AUTHORS, "num_groups": 0})
+    with pytest.raises(DistDiffError, match="--preset: num_groups: 0 is not an integer >= 1"):
+        expand_flags.parse(["--dataset", "digits", "--preset", "authors"])
