@@ -283,6 +283,9 @@ def parse_namespace(argv=None, description=None):
                       overlay=lambda s: preset_values(s.preset, s.guidance))
     if not args.dataset:
         raise DistDiffError("a dataset is required (--dataset)")
+    if args.first_image_index >= args.expand_ratio:  # every copy skipped: a run that writes nothing
+        raise DistDiffError(f"--first_image_index {args.first_image_index} leaves no copy to make: it must be below "
+                            f"--expand_ratio {args.expand_ratio}")
     if args.language_enhance and args.prompt_file is None:
         args.prompt_file = str(registry.DATA_ROOT / f"{args.dataset}_le.json")
     return resolve_paths(args)

@@ -170,6 +170,8 @@ def test_cross_field_rules_are_one_line_before_any_model_loads(tmp_path, digits_
     with pytest.raises(DistDiffError, match="outside the denoised steps"):
         run_main("expand_distdiff", "--dataset", "digits", "--out", tmp_path / "o", "--num_steps", "10",
                  "--guidance_step", "9", "--model", tmp_path / "no-model", "--guide_ckpt", tmp_path / "no-guide")
+    with pytest.raises(DistDiffError, match="--first_image_index 5 leaves no copy to make"):
+        run_main("expand_distdiff", "--dataset", "digits", "--first_image_index", "5", "--out", tmp_path / "o")
     with pytest.raises(DistDiffError, match="--split 4 must be in"):
         run_main("expand_distdiff", "--dataset", "digits", "--split", "4", "--total_split", "4")
     with pytest.raises(DistDiffError, match="--resize_size 20 is smaller than --image_size 32"):
