@@ -6,6 +6,7 @@
     python parse_logs.py checkpoint/digits --multi --paired resnet_small_unpretrained_sd_x5_lr0.1
     python parse_logs.py checkpoint/digits --multi --seeds 1 2 3 --include 'resnet_small_unpretrained_lr0.1*'
     python parse_logs.py checkpoint/caltech-101/resnet50_unpretrained_distdiff_x5_lr0.1 --multi --authors
+    python parse_logs.py checkpoint/mine/run1       # one run dir (--run_dir, the authors' --checkpoint)
 
 Reads each seed<N>/results.json. Seeds without results.json are counted as incomplete and
 left out of the mean. The std is the sample std (ddof=1). best_acc is the paper's number
@@ -22,8 +23,8 @@ import sys
 from pathlib import Path
 
 from distdiff import DistDiffError
-from distdiff.results import (add_paired, authors_summary, experiment_row, find_experiments, markdown_table,
-                              paired_table, seed_rows, select_experiments, to_csv)
+from distdiff.results import (add_paired, authors_summary, experiment_row, find_experiments, is_run_dir,
+                              markdown_table, paired_table, run_row, run_table, seed_rows, select_experiments, to_csv)
 from distdiff.fileio import atomic_write_text
 from distdiff.domains import INDEX, OneLineParser, with_domain
 from distdiff.options import run_cli
@@ -31,7 +32,7 @@ from distdiff.options import run_cli
 
 def get_parser():
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", help="an experiment dir (with seed<N>/ children) or any parent of them")
+    parser.add_argument("path", help="an experiment dir (with seed<N>/ children), any parent of them, or one run dir")
     parser.add_argument("--multi", action="store_true", help="aggregate seeds: mean ± std per experiment")
     parser.add_argument("--paired", default=None, metavar="EXPERIMENT",
                         help="with --multi: add same-seed differences vs this experiment (95%% t interval)")
@@ -58,6 +59,13 @@ def main(argv=None):
         print("\n".join(authors_summary(args.path, args.multi)))
         return 0
     experiments = find_experiments(root)
+    if not experiments and is_run_dir(root):  # one run: its own table (nothing to aggregate)
+        if args.paired or args.include or args.seeds:
+            raise DistDiffError(f"{root} is one run dir: --paired, --include and --seeds need seed<N>/ runs")
+        row = run_row(root)
+        print(run_table(row))
+        atomic_write_text(Path(args.csv) if args.csv else root / "summary_run.csv", to_csv([row]))
+        return 0
     if not experiments:
         raise DistDiffError(f"no seed<N>/ run directories found under {root}")
     experiments = select_experiments(experiments, root, args.include)

@@ -15,8 +15,10 @@
 # equal-iterations control), CHECKPOINT (output root, checkpoint), FIGURE_DIR (figure), PRESET
 # (e.g. authors: --preset for the expansions, named distdiff_x5_authors / sd_x5_authors, and for
 # every training run, whose dirs end in _preset-authors; the authors' parse_logs.py line at the
-# end). Quick runs: EPOCHS, LIMIT (source images expanded) and EXPAND_FLAGS (more
-# expand_distdiff.py flags, e.g. "--num_steps 10 --guidance_step 4").
+# end). Quick runs: EPOCHS, LIMIT (source images expanded), EXPAND_FLAGS (more
+# expand_distdiff.py flags, e.g. "--num_steps 10 --guidance_step 4") and TRAIN_FLAGS (more
+# train_original.py / train_expand.py flags, e.g. "--image_size 32 --resize_size 36").
+# DATASET=folder:<path> runs on your own ImageFolder tree (docs/own_dataset.md).
 # Every stage skips work that is already finished, so rerunning after a crash resumes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -52,6 +54,8 @@ EXPAND_ARGS=(--dataset "$DATASET" --guide_arch "$ARCH" --expand_ratio "$RATIO" -
 [ -n "${MODEL:-}" ] && EXPAND_ARGS+=(--model "$MODEL")
 [ -n "$PRESET" ] && EXPAND_ARGS+=(--preset "$PRESET") && TRAIN_ARGS+=(--preset "$PRESET") && RUN_ARGS+=(--preset "$PRESET")
 [ -n "${EPOCHS:-}" ] && TRAIN_ARGS+=(--epochs "$EPOCHS")
+# shellcheck disable=SC2206
+[ -n "${TRAIN_FLAGS:-}" ] && TRAIN_ARGS+=($TRAIN_FLAGS)
 [ -n "${LIMIT:-}" ] && EXPAND_ARGS+=(--limit "$LIMIT")
 # shellcheck disable=SC2206
 [ -n "${EXPAND_FLAGS:-}" ] && EXPAND_ARGS+=($EXPAND_FLAGS)
@@ -129,7 +133,8 @@ done < <(missing "${exps[@]}")
 [ "${#cmds[@]}" -eq 0 ] || run_jobs "${cmds[@]}"
 
 stage "7/8 results (mean ± std over seeds; paired differences vs unguided SD)"
-$PY parse_logs.py "$CHECKPOINT/$DATASET" --multi --paired "$($PY -m distdiff.runs name "${RUN_ARGS[@]}" --exp "sd_x$RATIO$SUFFIX")"
+# The dataset's folder of runs (folder:<path> datasets get a folder named after the tree).
+$PY parse_logs.py "$(dirname "$($PY -m distdiff.runs dir "${RUN_ARGS[@]}")")" --multi --paired "$($PY -m distdiff.runs name "${RUN_ARGS[@]}" --exp "sd_x$RATIO$SUFFIX")"
 if [ "$PRESET" = authors ]; then  # and the line their parse_logs.py prints (best test epoch, ddof-0 std)
   $PY parse_logs.py "$($PY -m distdiff.runs dir "${RUN_ARGS[@]}" --exp "distdiff_x$RATIO$SUFFIX")" --multi --authors
 fi

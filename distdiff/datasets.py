@@ -5,6 +5,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import datasets as tv_datasets
@@ -117,10 +118,37 @@ def image_folder(root, transform=None, hint="", verify=True):
 
 
 def load_split(spec, split, transform=None, verify=True):
-    """One split of a registered dataset as an ImageFolder."""
+    """One split of a registered dataset as an ImageFolder. Where the val split is held out of
+    train/ (spec.val_from_train), the train split leaves those images out and val is them."""
     if split is None:
         return None
+    if spec.val_from_train and split in (spec.train_split, spec.val_split):
+        folder = image_folder(spec.split_dir(spec.train_split), transform, spec.prepare_hint, verify=False)
+        held = held_out(folder, spec.val_from_train, spec.val_seed)
+        keep = [(path, label) for path, label in folder.samples if (path in held) == (split == spec.val_split)]
+        folder.samples = folder.imgs = keep
+        folder.targets = [label for _, label in keep]
+        if verify:
+            _check_images(folder)
+        return folder
     return image_folder(spec.split_dir(split), transform, spec.prepare_hint, verify)
+
+
+def held_out(folder, per_class, seed):
+    """The paths of `per_class` images per class drawn from an ImageFolder (seeded per class, so a
+    class's draw does not depend on the others); a class too small to keep one image is an error."""
+    by_class = {}
+    for path, label in folder.samples:  # sorted by class, then file name (torchvision's order)
+        by_class.setdefault(label, []).append(path)
+    held = set()
+    for label, paths in sorted(by_class.items()):
+        if len(paths) <= per_class:
+            raise DistDiffError(f"class {folder.classes[label]!r} has {len(paths)} image(s) in {folder.root}: too few to "
+                                f"hold out {per_class} for val and train on the rest; lower val_per_class in the "
+                                "tree's dataset.yaml, add a val/ tree, or set val_per_class: 0 (no val split)")
+        picks = np.random.default_rng([seed, label]).choice(len(paths), per_class, replace=False)
+        held.update(paths[i] for i in picks)
+    return held
 
 
 class Preloaded(torch.utils.data.Dataset):
@@ -270,6 +298,21 @@ class CacheBudget:
             return folder
         self.left -= need
         return Preloaded(folder, head, tail, self.threads)
+
+
+def align_classes(folder, classes, what):
+    """An expanded ImageFolder relabelled by class name to the dataset's labels: an expansion of
+    some sources only (--limit) has folders for their classes only, and its own sorted order
+    would shift the labels. A class the dataset lacks is an error; missing ones are returned."""
+    extra = sorted(set(folder.classes) - set(classes))
+    if extra:
+        raise DistDiffError(f"{what}: class folders {extra[:5]} are not classes of the dataset")
+    index = {name: i for i, name in enumerate(classes)}
+    folder.samples = folder.imgs = [(path, index[folder.classes[label]]) for path, label in folder.samples]
+    folder.targets = [label for _, label in folder.samples]
+    missing = sorted(set(classes) - set(folder.classes))
+    folder.classes, folder.class_to_idx = list(classes), index
+    return missing
 
 
 def check_same_classes(expected, found, what):

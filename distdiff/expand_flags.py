@@ -206,7 +206,8 @@ def spellings(names):
 
 
 # Settings that change the images: one output dir is produced with one set of them.
-GENERATION_KEYS = tuple(["dataset", "guide_ckpt"] + keys("sample", "guidance"))
+# class_prompts: the words a folder tree's dataset.yaml gives its classes change the images too.
+GENERATION_KEYS = tuple(["dataset", "guide_ckpt", "class_prompts"] + keys("sample", "guidance"))
 
 
 @dataclasses.dataclass

@@ -54,7 +54,9 @@ def run(cfg):
     for note in unusual_settings(cfg):
         logger.warning("%s", note)
     device = resolve_device(cfg.device, cfg.gpu)
-    settings = dict(cfg.settings, precision=resolve_precision(cfg.precision, device))  # args.yaml: what ran
+    settings = dict(cfg.settings, precision=resolve_precision(cfg.precision, device),  # args.yaml: what ran
+                    class_prompts=plan.spec.class_prompts(plan.sources.classes, cfg.prompts),
+                    val_split_resolved=plan.spec.val_description())
     configure_cpu(cfg.threads)
     cfg.sample.check_guidance(cfg.guidance)
     state = (plan.split, plan.total_split, len(plan.mine), cfg.argv)

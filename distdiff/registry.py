@@ -42,6 +42,11 @@ class DatasetSpec:
     # Writes the tree where it is missing (idempotent, atomic): the embedded datasets export
     # themselves on first use; the paper's need scripts/prepare_data.py (prepare_hint).
     prepare: Callable[["DatasetSpec"], None] | None = None
+    prompt_overrides: dict = field(default_factory=dict)  # folder name -> a whole prompt
+    # Without a val/ tree: images per class held out of train/ as the val split (0: none), and the
+    # seed of that draw. Every stage reads the same split, so the expander never expands a val image.
+    val_from_train: int = 0
+    val_seed: int = 0
 
     def split_dir(self, split):
         """Directory of one split (train/val/test/...)."""
@@ -55,8 +60,18 @@ class DatasetSpec:
         """The full text prompt for one class, from the project's or the authors' template."""
         if prompts not in PROMPT_SETS:
             raise DistDiffError(f"unknown prompt set {prompts!r}; choose from {PROMPT_SETS}")
+        if class_folder in self.prompt_overrides:
+            return self.prompt_overrides[class_folder]
         template = self.authors_template if prompts == "authors" and self.authors_template else self.template
         return template.format(self.prompt_name(class_folder))
+
+    def val_description(self):
+        """How the val split is made, for logs and args.yaml."""
+        if self.val_split is None:
+            return "none"
+        if self.val_from_train:
+            return f"{self.val_from_train} per class held out of {self.train_split}/ (seed {self.val_seed})"
+        return f"{self.val_split}/"
 
     def class_prompts(self, classes, prompts="project"):
         """The prompt of every class folder, in label order (the one place prompts are made)."""
@@ -121,14 +136,65 @@ def get_dataset(name, data_root=None):
     """Look a dataset up by name; `folder:<path>` wraps any ImageFolder tree with train/ and test/.
     `data_root` moves a registered dataset's tree to <data_root>/<name>."""
     if name.startswith("folder:"):
-        root = Path(name[len("folder:"):]).expanduser().resolve()
-        val = "val" if (root / "val").is_dir() else None
-        return DatasetSpec(name=name, root=root, val_split=val,
-                           prepare_hint=f"create {root}/train/<class>/* and {root}/test/<class>/*")
+        return folder_dataset(name, Path(name[len("folder:"):]).expanduser().resolve())
     if name not in registered():
         raise DistDiffError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}{_not_installed_hint()}")
     spec = REGISTRY[name]
     return replace(spec, root=Path(data_root) / spec.root.name) if data_root else spec
+
+
+FOLDER_FILE = "dataset.yaml"
+FOLDER_KEYS = {"template": "the prompt with {} for the class's words",
+               "classes": "class folder -> the words for it in the prompt (every class, or none)",
+               "prompts": "class folder -> a whole prompt of its own",
+               "val_per_class": "without val/: images per class held out of train/ for val (0: none)",
+               "val_seed": "the seed of that draw"}
+DEFAULT_VAL_PER_CLASS = 2  # a folder tree without val/ holds out this many training images per class
+
+
+def folder_dataset(name, root):
+    """A `folder:<path>` ImageFolder tree, with the settings of its optional dataset.yaml
+    (FOLDER_KEYS): prompt words or whole prompts per class folder, and how val is made when
+    there is no val/ tree. Checked against the train/ class folders with one-line errors."""
+    import yaml
+
+    from distdiff.domains import INDEX
+
+    path = root / FOLDER_FILE
+    hint = f"create {root}/train/<class>/* and {root}/test/<class>/*"
+    try:
+        table = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    except yaml.YAMLError as err:
+        raise DistDiffError(f"{path}: not valid YAML ({' '.join(str(err).split())[:120]})") from None
+    unknown = sorted(map(str, set(table) - set(FOLDER_KEYS))) if isinstance(table, dict) else [repr(table)]
+    if unknown:
+        raise DistDiffError(f"{path}: unknown key(s) {unknown}; the keys are {', '.join(FOLDER_KEYS)}")
+    template = str(table.get("template", "a photo of a {}"))
+    if template.count("{}") != 1:
+        raise DistDiffError(f"{path}: template {template!r} must hold {{}} once, where the class's words go")
+    words, whole = dict(table.get("classes") or {}), dict(table.get("prompts") or {})
+    found = sorted(p.name for p in (root / "train").iterdir() if p.is_dir()) if (root / "train").is_dir() else None
+    if found is not None:
+        for key, mapping, every in (("classes", words, True), ("prompts", whole, False)):
+            extra = sorted(set(map(str, mapping)) - set(found))
+            missing = sorted(set(found) - set(map(str, mapping))) if every and mapping else []
+            if extra or missing:
+                raise DistDiffError(f"{path}: {key}: " + "; ".join(
+                    part for part in (f"no class folder {extra[:5]} in train/" if extra else "",
+                                      f"class folder(s) {missing[:5]} not listed" if missing else "") if part))
+    has_val = (root / "val").is_dir()
+    try:
+        per_class = INDEX(table.get("val_per_class", 0 if has_val else DEFAULT_VAL_PER_CLASS))
+        seed = INDEX(table.get("val_seed", 0))
+    except Exception as err:  # argparse.ArgumentTypeError: the domain's own words
+        raise DistDiffError(f"{path}: {err}") from None
+    if has_val and per_class:
+        raise DistDiffError(f"{path}: val_per_class {per_class} with a val/ tree: the tree is the val split; "
+                            "remove one of them")
+    return DatasetSpec(name=name, root=root, template=template, prompt_words={str(k): str(v) for k, v in words.items()},
+                       prompt_overrides={str(k): str(v) for k, v in whole.items()},
+                       val_split="val" if has_val or per_class else None, val_from_train=per_class, val_seed=seed,
+                       prepare_hint=hint)
 
 
 def ensure_prepared(spec):

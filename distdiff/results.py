@@ -63,6 +63,32 @@ def experiment_row(exp_dir, root=None, seeds=None):
     return row
 
 
+def is_run_dir(path):
+    """A single training run's dir (what --run_dir / the authors' --checkpoint name): its args.yaml
+    and summary.csv, or its results.json."""
+    path = Path(path)
+    return (path / "results.json").is_file() or ((path / "args.yaml").is_file() and (path / "summary.csv").is_file())
+
+
+def run_row(run_dir):
+    """One run dir as a row: its results.json, or how far an unfinished run got."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.json"
+    if not path.is_file():
+        with open(run_dir / "summary.csv") as f:
+            epochs = sum(1 for _ in csv.DictReader(f))
+        return {"run": run_dir.name, "status": f"incomplete ({epochs} epochs so far)"}
+    results = json.loads(path.read_text())
+    return {"run": run_dir.name, "status": "done", **{k: results.get(k) for k in
+                                                       ("seed", "epochs", "n_train", *METRICS, "best_val_acc")}}
+
+
+def run_table(row):
+    """A run's row as a two-column markdown table."""
+    return "\n".join(["| run | " + row["run"] + " |", "|---|---|"] +
+                      [f"| {key} | {'-' if value is None else value} |" for key, value in row.items() if key != "run"])
+
+
 def seed_rows(exp_dir, seeds=None):
     """One row per seed run (complete or not)."""
     done, incomplete = load_seed_results(exp_dir, seeds)

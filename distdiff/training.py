@@ -74,7 +74,10 @@ def build_datasets(spec, cfg, expanded_dirs=(), threads=1):
     expanded = []
     for folder in expanded_dirs:
         expanded.append(ds.image_folder(folder, hint="run expand_distdiff.py first", verify=False))
-        ds.check_same_classes(train.classes, expanded[-1].classes, f"expanded set {folder}")
+        missing = ds.align_classes(expanded[-1], train.classes, f"expanded set {folder}")
+        if missing:  # a complete expansion of some sources only (--limit): said, not hidden
+            logger.warning("expanded set %s has no images of %d class(es) (%s%s)", folder, len(missing),
+                           ", ".join(missing[:5]), " ..." if len(missing) > 5 else "")
     val = ds.load_split(spec, spec.val_split, verify=False)
     test = ds.load_split(spec, spec.test_split, verify=False)
     for name, split in (("val", val), ("test", test)):
@@ -134,6 +137,38 @@ def check_expansions(expanded_dirs, data_dir=None, allow_partial=False):
     return summaries
 
 
+QUICK_CPU_FLAGS = "--arch resnet_small --image_size 32 --resize_size 36"  # the embedded demo's classifier
+CPU_HINT_SECONDS = 15 * 60  # a CPU run predicted longer than this says how long, and how to make it quick
+
+
+def seconds_per_image(model, image_size, reps=2):
+    """Seconds of one training image's forward and backward pass on the CPU, timed on a copy of
+    the model at batch 2 (the model itself, its batch-norm statistics and the RNG stay untouched)."""
+    import copy
+    import time
+
+    probe = copy.deepcopy(model).train()
+    batch = torch.zeros(2, 3, image_size, image_size)
+    with torch.random.fork_rng(devices=[]):
+        probe(batch).sum().backward()  # warm-up: the first pass allocates
+        start = time.perf_counter()
+        for _ in range(reps):
+            probe(batch).sum().backward()
+    return (time.perf_counter() - start) / (2 * reps)
+
+
+def cpu_time_hint(cfg, model, n_train, n_eval, epochs):
+    """One line when a CPU run will take long: how long, and the flags of a quick run (None when short)."""
+    per_image = seconds_per_image(model, cfg.image_size)
+    evaluations = math.ceil(epochs / cfg.eval_every)
+    seconds = per_image * (n_train * epochs + n_eval * evaluations / 3)  # an eval pass: a forward, ~1/3
+    if seconds < CPU_HINT_SECONDS:
+        return None
+    return (f"on the CPU this run needs about {seconds / 3600:.1f} h ({1000 * per_image:.0f} ms per training image "
+            f"for {cfg.arch} at {cfg.image_size} px, {epochs} epochs of {n_train}); a quick run: {QUICK_CPU_FLAGS} "
+            "(and fewer --epochs), or a GPU")
+
+
 def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, allow_partial=False):
     """Train (or resume, or skip if complete) one run; returns its results dict. Expanded folders
     must be complete expansions unless `allow_partial`."""
@@ -171,6 +206,10 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
     except (UnknownArch, WeightsUnavailable) as err:
         raise DistDiffError(str(err)) from None
     setup_logging(run_dir)
+    if device.type == "cpu":
+        hint = cpu_time_hint(cfg, model, len(train), len(val or []) + len(test), epochs)
+        if hint:
+            logger.warning("%s", hint)
     remove_stale_temps_in(run_dir)  # one process per run dir: a leftover temp is a killed writer's
     for partial in (e for e in expansions if e["fraction"] != 1):  # this run's log says it too
         logger.warning("training on %s: %s of its expected images present (--allow_partial)", partial["dir"],
@@ -182,9 +221,15 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
                                    "precision_resolved": precision, "channels_last_resolved": channels_last,
                                    "cudnn_benchmark": device.type == "cuda",
                                    "workers_resolved": workers, "cache_mb_resolved": cache_mb,
-                                   "guide_selection": selection_label(cfg.guide_selection, val is not None)})
-    logger.info("%s: %d train images (%d classes), val %s, test %d, %d epochs, device %s, %s%s, %d DataLoader "
-                "workers, image cache %d MB", run_dir, len(train), len(classes), len(val) if val else "-",
+                                   "guide_selection": selection_label(cfg.guide_selection, val is not None),
+                                   "val_split_resolved": spec.val_description()})
+    if val is None:
+        logger.warning("%s has no val split: nothing is selected on val (test_at_best_val stays empty, and best_acc "
+                       "is the best test epoch, chosen on test)%s", spec.name,
+                       "; a folder tree holds out images of train/ for val unless its dataset.yaml says "
+                       "val_per_class: 0" if spec.name.startswith("folder:") else "")
+    logger.info("%s: %d train images (%d classes), val %s (%s), test %d, %d epochs, device %s, %s%s, %d DataLoader "
+                "workers, image cache %d MB", run_dir, len(train), len(classes), len(val) if val else "-", spec.val_description(),
                 len(test), epochs, device, precision, ", channels_last" if channels_last else "", workers, cache_mb)
     results = fit(run_dir, model, train, val, test, device, meta=classifier_meta(cfg, classes),
                   epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,

@@ -63,6 +63,24 @@ def plot_accuracy(args, path):
     plt.close(fig)
 
 
+def grid_rows(guided, unguided, train_root, ratio, classes_shown):
+    """Per shown class, its first expanded source and that source's copies in both expansions (an
+    expansion of some sources only, or a val split held out of train/, leaves others out)."""
+    classes = sorted(p.name for p in guided.iterdir() if p.is_dir())
+    rows = []
+    for name in classes[:: max(1, len(classes) // classes_shown)][:classes_shown]:
+        for first in sorted((guided / name).glob("*_expand_0.png")):
+            stem = first.name[:-len("_expand_0.png")]
+            copies = [d / name / f"{stem}_expand_{k}.png" for d in (guided, unguided) for k in range(ratio)]
+            sources = sorted(p for p in (train_root / name).iterdir() if p.stem == stem)  # no glob: [ ] in names
+            if sources and all(p.is_file() for p in copies):
+                rows.append([sources[0], *copies])
+                break
+    if not rows:
+        raise DistDiffError(f"no source of {train_root} has all its copies in {guided} and {unguided}")
+    return rows
+
+
 def plot_grid(args, path, classes_shown=5):
     """Rows: source | guided copies | unguided copies, for the first source of a few classes."""
     spec = get_dataset(args.dataset)
@@ -70,15 +88,10 @@ def plot_grid(args, path, classes_shown=5):
     guided, unguided = base / f"distdiff_x{args.ratio}{args.exp_suffix}", base / f"sd_x{args.ratio}{args.exp_suffix}"
     if not (guided.is_dir() and unguided.is_dir()):
         raise DistDiffError(f"expansions {guided} and {unguided} are needed for the sample grid")
-    train_root = spec.split_dir(spec.train_split)
-    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir())
-    picks = classes[:: max(1, len(classes) // classes_shown)][:classes_shown]
+    rows = grid_rows(guided, unguided, spec.split_dir(spec.train_split), args.ratio, classes_shown)
     cols = 1 + 2 * args.ratio
-    fig, axes = plt.subplots(len(picks), cols, figsize=(cols * 0.9, len(picks) * 0.95))
-    for r, name in enumerate(picks):
-        source = sorted((train_root / name).iterdir())[0]
-        images = [source] + [d / name / f"{source.stem}_expand_{k}.png"
-                             for d in (guided, unguided) for k in range(args.ratio)]
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.9, len(rows) * 0.95), squeeze=False)
+    for r, images in enumerate(rows):
         for c, img_path in enumerate(images):
             ax = axes[r, c]
             ax.imshow(Image.open(img_path).convert("RGB"))

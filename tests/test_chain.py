@@ -46,3 +46,17 @@ def test_rerun_after_crash_redoes_only_the_missing_run(chain):
     out = second["stdout"]
     assert out.count("is complete (results.json exists)") == 0  # finished runs never start Python
     assert out.count("written 0, skipped 20 (every image present)") == 2
+
+
+def test_the_readme_cpu_line_for_your_own_dataset_prints_its_table(chain):
+    """The README's "Your own dataset" CPU line, as written but for the tree's and the prior's
+    paths and size knobs: the chain runs on a folder tree without val/ and prints the table."""
+    assert chain["own_line"].startswith("DATASET=folder:my_data MODEL=checkpoint/prior/digits ARCH=resnet_small")
+    own = chain["own"]
+    assert own["returncode"] == 0, own["stdout"][-4000:] + own["stderr"][-4000:]
+    names = [line.split("|")[1].strip() for line in own["stdout"].splitlines() if line.startswith("| resnet_small")]
+    for exp in ("", "_sd_x5", "_distdiff_x5"):
+        assert f"resnet_small_unpretrained{exp}_lr0.1" in names, own["stdout"][-3000:]
+    args = (Path(own["checkpoint"]) / "folder_my_data" / "resnet_small_unpretrained_lr0.1" / "seed1" / "args.yaml")
+    text = args.read_text()
+    assert "epochs: 30" in text and "image_size: 32" in text and "2 per class held out of train/" in text

@@ -47,6 +47,7 @@ def setup(tmp_path_factory):
             (tree / split / kind).mkdir(parents=True)
             for i in range(n):
                 draw_shape(kind, 100 * c + 10 * (split == "test") + i).save(tree / split / kind / f"{kind}{i}.png")
+    (tree / "dataset.yaml").write_text("val_per_class: 0\n")  # every source expanded (val: tests/test_own_dataset.py)
     guide = root / "guide.pth.tar"
     save_random_guide(guide, CLASSES)  # the guidance needs a differentiable feature map, not a good one
     pipe = build_tiny_pipeline(root / "pipe", [f"a photo of a {c}" for c in CLASSES])

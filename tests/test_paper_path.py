@@ -30,7 +30,7 @@ def paper():
     report = json.loads((work / "steps.json").read_text())
     for step in report["steps"]:
         assert step["returncode"] == 0, f"{step['command']}\n{step['stdout'][-3000:]}\n{step['stderr'][-3000:]}"
-    assert [step["name"] for step in report["steps"]] == ["prepare", "readme_block", "authors_args"]
+    assert [step["name"] for step in report["steps"]] == ["prepare", "readme_block", "authors_args", "own_dataset"]
     steps = {step["name"]: step for step in report["steps"]}
     return {"clone": Path(report["clone"]), "block": report["block"], "steps": steps}
 
@@ -119,3 +119,27 @@ def test_the_authors_expand_diff_argument_list_runs_unchanged(paper):
     assert len(images) == 5
     assert all(Image.open(p).size == (512, 512) for p in images)
     assert (out / "prototypes.npz").is_file() and (out / "manifest_shard0.jsonl").is_file()
+
+
+def test_the_own_dataset_block_runs_as_written_with_prompt_words_and_a_held_out_val(paper):
+    """The README's "Your own dataset" GPU lines on a 3-class tree with a dataset.yaml and no val/:
+    2 of each class's 4 training images are the val split, in every stage, and the expansion
+    prompts with the yaml's words."""
+    clone, step = paper["clone"], paper["steps"]["own_dataset"]
+    assert "python train_original.py folder:my_data --arch resnet50" in step["command"]
+    root = clone / "checkpoint" / "folder_my_data"
+    guide = yaml.safe_load((root / "resnet50_unpretrained_lr0.1" / "seed1" / "args.yaml").read_text())
+    assert guide["n_train"] == 6 and guide["val_split_resolved"] == "2 per class held out of train/ (seed 0)"
+    expansion = yaml.safe_load((root / "expansions" / "distdiff_x5" / "args.yaml").read_text())
+    assert expansion["class_prompts"] == ["a photo of a red kite", "a photo of a blue whale",
+                                          "a photo of a green sea turtle"]
+    from distdiff import datasets as ds
+    from distdiff.registry import get_dataset
+    held = {"/".join(Path(p).parts[-2:]) for p, _ in ds.load_split(get_dataset(f"folder:{clone / 'my_data'}"),
+                                                                    "val").samples}
+    sources = {json.loads(line)["source"] for line in
+               (root / "expansions" / "distdiff_x5" / "manifest_shard0.jsonl").read_text().splitlines()}
+    assert len(held) == 6 and sources and not sources & held  # no val image is expanded
+    retrain = yaml.safe_load((root / "resnet50_unpretrained_distdiff_x5_lr0.1" / "seed1" / "args.yaml").read_text())
+    assert retrain["n_train"] == 6 + 2 * 5  # --limit 2 sources x 5 copies
+    assert "| resnet50_unpretrained_distdiff_x5_lr0.1 | 1 |" in step["stdout"]

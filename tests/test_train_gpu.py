@@ -94,5 +94,5 @@ def test_every_image_is_decoded_once_before_training(tmp_path, monkeypatch):
     for cache_mb in ("auto", 0):
         decodes.clear()
         cfg = TrainConfig(dataset=spec.name, image_size=16, resize_size=18, cache_mb=cache_mb)
-        train, _, test, *_ = build_datasets(spec, cfg, threads=2)
-        assert len(decodes) == len(set(decodes)) == len(train) + len(test) == 24, cache_mb
+        train, val, test, *_ = build_datasets(spec, cfg, threads=2)  # val: 2 per class held out of train/
+        assert len(decodes) == len(set(decodes)) == len(train) + len(val) + len(test) == 24, cache_mb

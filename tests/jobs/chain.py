@@ -6,8 +6,11 @@
 A tiny untrained pipeline, 10 sources, 2 copies, 1 epoch, 1 seed. After the first run, the
 results.json of the DistDiff retraining is deleted, as if the chain died in that run's last epoch,
 and the command runs again. WORKDIR/chain.json holds both runs' output and exit codes and the
-modification times of every results.json and expanded image before and after the rerun. Started
-by tests/conftest.py in the background, so it uses the second core.
+modification times of every results.json and expanded image before and after the rerun. Then the
+README's CPU line for your own dataset runs as written on a fabricated 3-class tree, with the tree's
+and the prior's paths put in and size knobs in the environment (SEEDS=1, EQITER=0, LIMIT=2, 10
+DDIM steps); its output is WORKDIR/chain.json's "own". Started by tests/conftest.py in the
+background, so it uses the second core.
 """
 import json
 import os
@@ -22,6 +25,13 @@ from conftest import DIGITS, REPO, script_env  # noqa: E402
 
 def mtimes(paths):
     return {str(p): os.stat(p).st_mtime_ns for p in paths}
+
+
+def readme_own_chain():
+    """The README's single_exp.sh line under "Your own dataset"."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Your own dataset"):]
+    return next(line.split("#")[0].strip() for line in section.splitlines() if "bash single_exp.sh" in line)
 
 
 def main(work):
@@ -52,6 +62,19 @@ def main(work):
         report["second"] = run()
         report.update(after=mtimes(Path(f) for f in report["before"]), images_after=mtimes(images),
                       crashed_back=crashed.is_file())
+    if report["first"]["returncode"] == 0:
+        from embedded.rehearsal import fabricate_folder_dataset
+        tree = fabricate_folder_dataset(work / "my_data", 3, train=4, test=2)
+        line = readme_own_chain()
+        report["own_line"] = line
+        command = line.replace("folder:my_data", f"folder:{tree}").replace("MODEL=checkpoint/prior/digits",
+                                                                          f"MODEL={pipe}")
+        own_env = dict(env, CHECKPOINT=str(work / "own_ckpt"), FIGURE_DIR=str(work / "own_fig"), LIMIT="2")
+        own_env.pop("RATIO")  # the line's own: the default x5
+        proc = subprocess.run(["bash", "-c", command], cwd=REPO, env=own_env, capture_output=True, text=True,
+                              timeout=900)
+        report["own"] = {"returncode": proc.returncode, "stdout": proc.stdout[-30000:], "stderr": proc.stderr[-6000:],
+                         "checkpoint": str(work / "own_ckpt")}
     (work / "chain.json").write_text(json.dumps(report, indent=1))
     return 0
 

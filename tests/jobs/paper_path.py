@@ -13,7 +13,10 @@ all-at-once alternative. Only size knobs are added, by a `python` on PATH that a
 the stage scripts' arguments: --epochs 1 (training), --limit 2 --batch_size 2 (expansion),
 SEEDS=1 (retraining), and --device cpu, because the GPU index the commands pass is an error on a
 machine without CUDA (never a silent CPU run). Then the authors' own expand_diff.sh argument list
-runs after expand_distdiff.py, with one size knob (--limit 1).
+runs after expand_distdiff.py, with one size knob (--limit 1). Last, the README's "Your own dataset"
+block (its GPU lines: SD-1.4 by Hub id, ResNet-50 at 224 px) on a fabricated tree at my_data/ of
+3 classes x 4 training images, with a dataset.yaml of prompt words and no val/ (so 2 per class are
+held out), under the same size knobs.
 
 Writes WORKDIR/steps.json: per step its command, exit code and output; it stops at the first
 failure. Started by tests/conftest.py in the background, so it uses the second core.
@@ -55,6 +58,17 @@ def readme_paper_block():
     return lines[first:last + 1]
 
 
+OWN_CLASSES = {"class_000": "red kite", "class_001": "blue whale", "class_002": "green sea turtle"}
+
+
+def readme_own_block():
+    """The README's lines from train_original.py to parse_logs.py under "Your own dataset"."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Your own dataset"):]
+    lines = re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()
+    return [line for line in lines if line.startswith("python ")]
+
+
 def main(work):
     from embedded.rehearsal import fabricate_caltech101, install_in_hf_cache
     from embedded.sd_shapes import save_rehearsal_pipeline
@@ -63,7 +77,8 @@ def main(work):
     work = Path(work)
     clone = copy_repo(work / "clone")
     fabricate_caltech101(work / "downloads", CLASSES, per_class=4)
-    install_in_hf_cache(save_rehearsal_pipeline(work / "sd14", [f"a photo of a {c}" for c in KEPT]), SD14,
+    prompts = [f"a photo of a {c}" for c in [*KEPT, *OWN_CLASSES.values()]]  # its tokenizer's words
+    install_in_hf_cache(save_rehearsal_pipeline(work / "sd14", prompts), SD14,
                         work / "hf" / "hub")
     bin_dir = work / "bin"
     bin_dir.mkdir()
@@ -73,11 +88,15 @@ def main(work):
                PYTHONPATH=str(clone), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     env.pop("DISTDIFF_DATA_ROOT", None)  # as in a fresh clone: the datasets go to the clone's data/
     block = readme_paper_block()
+    from embedded.rehearsal import fabricate_folder_dataset
+    fabricate_folder_dataset(clone / "my_data", len(OWN_CLASSES), train=4, test=2)
+    (clone / "my_data" / "dataset.yaml").write_text("classes:\n" + "".join(f"  {k}: {v}\n" for k, v in OWN_CLASSES.items()))
     steps = [("prepare", f"python scripts/prepare_data.py caltech-101 --source {work / 'downloads'} --shots 2", {}),
              ("readme_block", "set -e\n" + "\n".join(block) + "\n", {"SEEDS": "1"}),
              # their split 0 of 4 (its paths are relative to the repository), one source image; this
              # venv's python, not the one on PATH that adds the block's knobs
-             ("authors_args", " ".join([sys.executable, "expand_distdiff.py", *AUTHORS_ARGS, "--limit", "1"]), {})]
+             ("authors_args", " ".join([sys.executable, "expand_distdiff.py", *AUTHORS_ARGS, "--limit", "1"]), {}),
+             ("own_dataset", "set -e\n" + "\n".join(readme_own_block()) + "\n", {})]
     report = {"clone": str(clone), "hf_cache": str(work / "hf" / "hub"), "block": block, "steps": []}
     for name, command, extra in steps:
         proc = subprocess.run(["bash", "-c", command], cwd=clone, env=dict(env, **extra), capture_output=True,

@@ -1,0 +1,123 @@
+"""Your own dataset (docs/own_dataset.md): a folder tree's dataset.yaml (prompt words, whole
+prompts, the val split), the val split held out of train/ when there is no val/, parse_logs.py on
+one run dir, and the CPU time hint. The README's commands themselves run in the paper-path and
+chain background jobs."""
+import json
+
+import pytest
+
+from conftest import run_main
+from distdiff import DistDiffError
+from distdiff import datasets as ds
+from distdiff.registry import get_dataset
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    from embedded.rehearsal import fabricate_folder_dataset
+    return fabricate_folder_dataset(tmp_path_factory.mktemp("own") / "my_data", 3, train=5, test=2)
+
+
+def spec_with(tree, text):
+    (tree / "dataset.yaml").write_text(text)
+    try:
+        return get_dataset(f"folder:{tree}")
+    finally:
+        (tree / "dataset.yaml").unlink()
+
+
+CLASSES = ["class_000", "class_001", "class_002"]
+
+
+def test_prompt_words_whole_prompts_and_the_template(tree):
+    spec = spec_with(tree, "template: 'a photo of a {}, a kind of shape'\n"
+                           "classes: {class_000: disc, class_001: ring, class_002: square}\n"
+                           "prompts: {class_002: 'a blue square on white'}\n")
+    assert spec.class_prompts(CLASSES) == ["a photo of a disc, a kind of shape", "a photo of a ring, a kind of shape",
+                                           "a blue square on white"]
+    assert get_dataset(f"folder:{tree}").class_prompts(CLASSES)[0] == "a photo of a class 000"  # no file
+
+
+@pytest.mark.parametrize("text,message", [
+    ("classes: {class_000: disc}\n", r"classes: class folder\(s\) \['class_001', 'class_002'\] not listed"),
+    ("classes: {class_000: a, class_001: b, class_002: c, class_9: d}\n", r"no class folder \['class_9'\] in train/"),
+    ("prompts: {dog: 'a dog'}\n", r"prompts: no class folder \['dog'\]"),
+    ("template: 'a photo'\n", "must hold {} once"),
+    ("colour: red\n", r"unknown key\(s\) \['colour'\]"),
+    ("val_per_class: -1\n", "'-1' is not an integer >= 0|-1 is not an integer >= 0"),
+    ("classes: [unclosed\n", "not valid YAML"),
+])
+def test_a_bad_dataset_yaml_is_one_line(tree, text, message):
+    with pytest.raises(DistDiffError, match=message):
+        spec_with(tree, text)
+
+
+def test_without_val_two_per_class_are_held_out_the_same_way_in_every_stage(tree):
+    spec = get_dataset(f"folder:{tree}")
+    assert spec.val_from_train == 2 and spec.val_description() == "2 per class held out of train/ (seed 0)"
+    train, val = ds.load_split(spec, "train"), ds.load_split(spec, "val")
+    assert len(train) == 3 * 3 and len(val) == 3 * 2 and sorted(val.targets) == [0, 0, 1, 1, 2, 2]
+    assert not {p for p, _ in train.samples} & {p for p, _ in val.samples}
+    again = ds.load_split(get_dataset(f"folder:{tree}"), "val")
+    assert again.samples == val.samples  # seeded: every process draws the same
+    from distdiff.expansion import load_sources
+    assert load_sources(spec).samples == train.samples  # the expander's sources leave val out
+    other = spec_with(tree, "val_seed: 7\n")
+    assert ds.load_split(other, "val").samples != val.samples
+    assert spec_with(tree, "val_per_class: 0\n").val_split is None
+
+
+def test_a_class_too_small_to_hold_out_from_is_one_line(tree):
+    with pytest.raises(DistDiffError, match="class 'class_000' has 5 image.*too few to hold out 5"):
+        ds.load_split(spec_with(tree, "val_per_class: 5\n"), "train")
+
+
+def test_parse_logs_on_one_run_dir_prints_that_run(tmp_path, capsys):
+    run = tmp_path / "run1"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"best_acc": 80.0, "last_acc": 75.5, "test_at_best_val": 78.0,
+                                                  "epochs": 3, "seed": 1, "n_train": 9}))
+    run_main("parse_logs", run)
+    out = capsys.readouterr().out
+    assert "| run | run1 |" in out and "| last_acc | 75.5 |" in out and "| status | done |" in out
+    assert (run / "summary_run.csv").read_text().startswith("run,status,seed,epochs,n_train,best_acc")
+    (run / "results.json").unlink()
+    (run / "args.yaml").write_text("arch: x\n")
+    (run / "summary.csv").write_text("epoch,train_loss\n1,2.0\n2,1.5\n")
+    run_main("parse_logs", run)
+    assert "incomplete (2 epochs so far)" in capsys.readouterr().out
+    with pytest.raises(DistDiffError, match="is one run dir"):
+        run_main("parse_logs", run, "--seeds", "1")
+
+
+def test_a_long_cpu_run_says_how_long_and_how_to_make_it_quick(monkeypatch):
+    import torch
+
+    from distdiff import training
+    from distdiff.recipe import TrainConfig
+    from models.classifiers import create_classifier
+    model = create_classifier("resnet_small", 3, False)
+    before = [t.clone() for t in model.state_dict().values()]
+    state = torch.random.get_rng_state()
+    cfg = TrainConfig(dataset="digits", arch="resnet_small", image_size=32)
+    assert training.cpu_time_hint(cfg, model, n_train=9, n_eval=6, epochs=2) is None  # short: no line
+    monkeypatch.setattr(training, "CPU_HINT_SECONDS", 0)
+    line = training.cpu_time_hint(cfg, model, n_train=9, n_eval=6, epochs=2)
+    assert "on the CPU this run needs about" in line and "--arch resnet_small --image_size 32" in line
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))  # BN statistics too
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_an_expansion_of_some_classes_keeps_the_dataset_labels(tmp_path):
+    """--limit below the class count expands some classes only: their images keep the dataset's
+    labels (by class name, not the expanded folder's own sorted order), and a foreign class is
+    an error."""
+    from embedded.rehearsal import fabricate_image
+    for name in ("class_001", "class_002"):
+        (tmp_path / "exp" / name).mkdir(parents=True)
+        fabricate_image(1, 0, (32, 32)).save(tmp_path / "exp" / name / "a_expand_0.png")
+    folder = ds.image_folder(tmp_path / "exp", verify=False)
+    assert ds.align_classes(folder, CLASSES, "x") == ["class_000"]
+    assert folder.targets == [1, 2] and [label for _, label in folder.samples] == [1, 2] and folder.classes == CLASSES
+    with pytest.raises(DistDiffError, match=r"class folders \['class_002'\] are not classes"):
+        ds.align_classes(ds.image_folder(tmp_path / "exp", verify=False), CLASSES[:2], "x")
