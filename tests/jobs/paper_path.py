@@ -26,6 +26,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
@@ -99,10 +100,12 @@ def main(work):
              ("own_dataset", "set -e\n" + "\n".join(readme_own_block()) + "\n", {})]
     report = {"clone": str(clone), "hf_cache": str(work / "hf" / "hub"), "block": block, "steps": []}
     for name, command, extra in steps:
+        start = time.time()
         proc = subprocess.run(["bash", "-c", command], cwd=clone, env=dict(env, **extra), capture_output=True,
                               text=True, timeout=900)
         report["steps"].append({"name": name, "command": command, "returncode": proc.returncode,
-                                "stdout": proc.stdout[-20000:], "stderr": proc.stderr[-6000:]})
+                                "stdout": proc.stdout[-20000:], "stderr": proc.stderr[-6000:],
+                                "seconds": round(time.time() - start, 1)})
         if proc.returncode:
             break
     (work / "steps.json").write_text(json.dumps(report, indent=1))
