@@ -236,11 +236,10 @@ def write_results(run_dir, results):
 # The training loop with resume
 # ---------------------------------------------------------------------------
 
-def fit(run_dir, model, train_set, val_set, test_set, device, meta, *, epochs, batch_size, lr, momentum,
-        weight_decay, seed, eval_batch_size, eval_every, workers=0, amp_dtype=None, batch_transform=None,
-        select_on="val", channels_last=False):
-    """Train with the given recipe (training.TrainConfig holds the paper's), resuming from
-    <run_dir>/last.pt; returns the results.json dict.
+def fit(run_dir, model, train_set, val_set, test_set, device, meta, cfg, *, amp_dtype=None, batch_transform=None):
+    """Train with the recipe `cfg` (a distdiff.recipe.TrainConfig, its epochs, workers and
+    channels_last resolved: training.train_classifier), resuming from <run_dir>/last.pt; returns
+    the results.json dict.
 
     `meta` (arch, classes, transform sizes) is stored in every checkpoint so the guide can be
     rebuilt without the training script's arguments. `batch_transform` is MixUp/CutMix (see
@@ -248,18 +247,19 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, *, epochs, b
 
     model_best.pth.tar (the guide that expansion uses) is the epoch with the best val accuracy
     when there is a val split, and the last epoch otherwise: never selected on test, unless
-    `select_on` is "test" (the authors' choice, which the run's args.yaml names as such).
+    `cfg.guide_selection` is "test" (the authors' choice, which the run's args.yaml names as such).
     The val and test passes run every `eval_every` epochs and after the last one; only those
     epochs can be selected.
     """
     run_dir = Path(run_dir)
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    epochs, batch_size, seed, workers, eval_every = cfg.epochs, cfg.batch_size, cfg.seed, cfg.workers, cfg.eval_every
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)  # resolve_device made `device` current, so pinning uses it
-    optimizer = build_optimizer(model, lr, momentum, weight_decay)
+    optimizer = build_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    run_args = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                    weight_decay=weight_decay, seed=seed, workers=workers)
+    run_args = dict(epochs=epochs, batch_size=batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay, seed=seed, workers=workers)
     history, best_score, elapsed = [], -1.0, 0.0
     state = _load_last(run_dir, model, optimizer, scheduler, epochs, scaler)
     if state is not None:
@@ -271,7 +271,7 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, *, epochs, b
                            state["args"].get("workers", 0), workers)
     pin = device.type == "cuda"
     # The evaluation passes have no random draws, so one worker pool can serve all of them.
-    eval_loaders = [make_loader(s, eval_batch_size, False, workers, pin_memory=pin, persistent=True)
+    eval_loaders = [make_loader(s, cfg.eval_batch_size, False, workers, pin_memory=pin, persistent=True)
                     if s is not None else None for s in (val_set, test_set)]
     bar = tqdm(range(len(history), epochs), desc=f"epochs {run_dir.name}",
                initial=len(history), total=epochs, dynamic_ncols=True)
@@ -296,7 +296,7 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, *, epochs, b
                         "seconds": round(time.time() - start, 3)})
         # Selection on val; without a val split, no selection at all (the last epoch). An epoch
         # without a val pass (--eval_every) is never selected.
-        score = test_acc if select_on == "test" else epoch if eval_loaders[0] is None else val_acc
+        score = test_acc if cfg.guide_selection == "test" else epoch if eval_loaders[0] is None else val_acc
         improved = score is not None and score > best_score
         if improved:
             best_score = score

@@ -1,4 +1,5 @@
 """The one training entry point behind train_original.py and train_expand.py."""
+import dataclasses
 import logging
 import math
 import os
@@ -231,11 +232,8 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
     logger.info("%s: %d train images (%d classes), val %s (%s), test %d, %d epochs, device %s, %s%s, %d DataLoader "
                 "workers, image cache %d MB", run_dir, len(train), len(classes), len(val) if val else "-", spec.val_description(),
                 len(test), epochs, device, precision, ", channels_last" if channels_last else "", workers, cache_mb)
-    results = fit(run_dir, model, train, val, test, device, meta=classifier_meta(cfg, classes),
-                  epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
-                  weight_decay=cfg.weight_decay, seed=cfg.seed, workers=workers, amp_dtype=amp_dtype,
-                  channels_last=channels_last,
-                  eval_batch_size=cfg.eval_batch_size, eval_every=cfg.eval_every, select_on=cfg.guide_selection,
+    recipe = dataclasses.replace(cfg, epochs=epochs, workers=workers, channels_last=channels_last)  # as resolved
+    results = fit(run_dir, model, train, val, test, device, classifier_meta(cfg, classes), recipe, amp_dtype=amp_dtype,
                   batch_transform=batch_transform(cfg.aug, len(classes)))
     logger.info("results: %s", {k: results[k] for k in sorted(results)})
     return results

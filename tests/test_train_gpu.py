@@ -56,9 +56,9 @@ def test_the_loop_runs_in_half_precision_with_channels_last_and_resumes_the_scal
     data = torch.utils.data.TensorDataset(images, labels)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten(), torch.nn.Linear(8, 3))
-    results = engine.fit(tmp_path, model, data, None, data, torch.device("cpu"), meta={}, epochs=2, batch_size=8,
-                         lr=0.1, momentum=0.9, weight_decay=1e-4, seed=1, eval_batch_size=8, eval_every=1,
-                         amp_dtype=amp_dtype, channels_last=True)
+    from distdiff.recipe import TrainConfig
+    recipe = TrainConfig(dataset="tensors", epochs=2, batch_size=8, eval_batch_size=8, workers=0, channels_last=True)
+    results = engine.fit(tmp_path, model, data, None, data, torch.device("cpu"), {}, recipe, amp_dtype=amp_dtype)
     assert results["epochs"] == 2 and model[0].weight.is_contiguous(memory_format=torch.channels_last)
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ("scaler" in last) == (amp_dtype == torch.float16)
