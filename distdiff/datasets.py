@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
@@ -66,10 +66,12 @@ def test_transform(image_size, resize_size, mean=IMAGENET_MEAN, std=IMAGENET_STD
 # ---------------------------------------------------------------------------
 
 def rgb_loader(path):
-    """Open an image as RGB; unreadable files raise DistDiffError naming the file."""
+    """Open an image as RGB, upright: a photo whose EXIF says it was taken sideways is turned as
+    viewers show it (the authors' loaders do the same); unreadable files raise DistDiffError
+    naming the file."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return ImageOps.exif_transpose(img).convert("RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise DistDiffError(f"cannot read image {path}: {err}; delete or replace it") from None
 
@@ -268,6 +270,8 @@ def estimate_cache_bytes(folder, head, probes=5):
         try:
             with Image.open(path) as img:
                 width, height = img.size
+                if img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):  # rgb_loader turns it
+                    width, height = height, width
         except (UnidentifiedImageError, OSError) as err:
             raise DistDiffError(f"cannot read image {path}: {err}; delete or replace it") from None
         sizes.append(_nbytes(head(torch.zeros(3, height, width, dtype=torch.uint8))))

@@ -121,3 +121,21 @@ def test_an_expansion_of_some_classes_keeps_the_dataset_labels(tmp_path):
     assert folder.targets == [1, 2] and [label for _, label in folder.samples] == [1, 2] and folder.classes == CLASSES
     with pytest.raises(DistDiffError, match=r"class folders \['class_002'\] are not classes"):
         ds.align_classes(ds.image_folder(tmp_path / "exp", verify=False), CLASSES[:2], "x")
+
+
+def test_a_photo_taken_sideways_is_loaded_upright(tmp_path):
+    """A phone photo stored landscape with EXIF orientation 6 (turn 90 degrees clockwise) loads as
+    the portrait viewers show, and the cache's size estimate reads it the same way."""
+    import numpy as np
+    from PIL import Image
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # a white band on the stored image's left
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    image.save(tmp_path / "train" / "a" / "p.jpg", exif=exif, quality=95)
+    loaded = np.asarray(ds.rgb_loader(tmp_path / "train" / "a" / "p.jpg"))
+    assert loaded.shape == (40, 20, 3) and loaded[:10].mean() > 200 and loaded[-10:].mean() < 50  # band on top
+    folder = ds.image_folder(tmp_path / "train")
+    assert ds.estimate_cache_bytes(folder, lambda t: t) == 3 * 40 * 20
