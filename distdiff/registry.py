@@ -47,6 +47,9 @@ class DatasetSpec:
     # seed of that draw. Every stage reads the same split, so the expander never expands a val image.
     val_from_train: int = 0
     val_seed: int = 0
+    # The authors' class words where they differ from ours (their Stanford Cars loader puts the
+    # model year first); used with --prompts authors.
+    authors_words: Callable[[str], str] | None = None
 
     def split_dir(self, split):
         """Directory of one split (train/val/test/...)."""
@@ -63,7 +66,8 @@ class DatasetSpec:
         if class_folder in self.prompt_overrides:
             return self.prompt_overrides[class_folder]
         template = self.authors_template if prompts == "authors" and self.authors_template else self.template
-        return template.format(self.prompt_name(class_folder))
+        words = self.prompt_name(class_folder)
+        return template.format(self.authors_words(words) if prompts == "authors" and self.authors_words else words)
 
     def val_description(self):
         """How the val split is made, for logs and args.yaml."""
@@ -78,16 +82,25 @@ class DatasetSpec:
         return [self.prompt(name, prompts) for name in classes]
 
 
-def _real(name, template, authors_template=None, val=True, hint="python scripts/prepare_data.py {name}"):
+def _real(name, template, authors_template=None, val=True, hint="python scripts/prepare_data.py {name}",
+          authors_words=None):
     """A dataset prepared by scripts/prepare_data.py; every one but caltech-101 has a val split."""
     return DatasetSpec(name=name, root=DATA_ROOT / name, template=template, val_split="val" if val else None,
-                       prepare_hint=hint.format(name=name), authors_template=authors_template)
+                       prepare_hint=hint.format(name=name), authors_template=authors_template,
+                       authors_words=authors_words)
+
+
+def year_first(words):
+    """'AM General Hummer SUV 2000' -> '2000 AM General Hummer SUV' (the authors' car names)."""
+    head, _, last = words.rpartition(" ")
+    return f"{last} {head}" if head and len(last) == 4 and last.isdigit() else words
 
 
 REGISTRY = {
     "caltech-101": _real("caltech-101", "a photo of a {}", "a photo of a {}.", val=False),  # 30 shots: nothing to carve
     "cifar100-subset": _real("cifar100-subset", "a photo of a {}", "a photo of a {}."),
-    "stanford_cars": _real("stanford_cars", "a photo of a {}, a type of car", "a photo of a {}."),
+    "stanford_cars": _real("stanford_cars", "a photo of a {}, a type of car", "a photo of a {}.",
+                           authors_words=year_first),
     "dtd": _real("dtd", "a photo of a {} texture", "{} texture."),
     "oxford_flowers": _real("oxford_flowers", "a photo of a {}, a type of flower"),
     "oxford_pets": _real("oxford_pets", "a photo of a {}, a type of pet"),

@@ -336,3 +336,15 @@ def test_a_sampler_keeps_its_own_scheduler_and_leaves_the_pipes_alone(samplers):
     sampler = samplers["transform"]
     assert sampler.scheduler is not sampler.pipe.scheduler and len(sampler.timesteps) == 10
     assert sampler.pipe.scheduler.num_inference_steps is None  # never set on the pipe's own
+
+
+def test_the_authors_car_names_put_the_year_first():
+    """Their Stanford Cars loader moves the model year to the front of each class name; with
+    --prompts authors the prompts do too, and the project's prompts keep torchvision's names."""
+    from distdiff.registry import get_dataset, year_first
+    cars = get_dataset("stanford_cars")
+    assert cars.prompt("AM_General_Hummer_SUV_2000", "authors") == "a photo of a 2000 AM General Hummer SUV."
+    assert cars.prompt("AM_General_Hummer_SUV_2000") == "a photo of a AM General Hummer SUV 2000, a type of car"
+    assert year_first("Ram C/V Cargo Van Minivan 2012") == "2012 Ram C/V Cargo Van Minivan"
+    assert year_first("no year here") == "no year here" and year_first("2012") == "2012"
+    assert get_dataset("dtd").prompt("banded", "authors") == "banded texture."  # others: their template only
