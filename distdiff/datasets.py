@@ -270,7 +270,8 @@ def estimate_cache_bytes(folder, head, probes=5):
         try:
             with Image.open(path) as img:
                 width, height = img.size
-                if img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):  # rgb_loader turns it
+                # rgb_loader turns these; EXIF read from the header only (a PNG's getexif() would decode)
+                if "exif" in img.info and img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):
                     width, height = height, width
         except (UnidentifiedImageError, OSError) as err:
             raise DistDiffError(f"cannot read image {path}: {err}; delete or replace it") from None
