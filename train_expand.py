@@ -36,9 +36,11 @@ def main(argv=None):
                            "the authors' form names the expanded set and the run dir instead "
                            "(--data_expanded_dir, --checkpoint)")
     expanded = args.expanded_dir or [expansion_dir(args.output, args.dataset, args.exp)]
-    exp = (args.exp or Path(expanded[0]).name) + ("_eqiter" if args.equal_iterations else "")
+    exp = ((args.exp or Path(expanded[0]).name) + (f"_first{args.expand_num}" if args.expand_num else "")
+           + ("_eqiter" if args.equal_iterations else ""))
     return train_classifier(TrainConfig.from_args(args), exp=exp, expanded_dirs=expanded,
-                            equal_iterations=args.equal_iterations, allow_partial=args.allow_partial)
+                            equal_iterations=args.equal_iterations, allow_partial=args.allow_partial,
+                            expand_num=args.expand_num)
 
 
 if __name__ == "__main__":

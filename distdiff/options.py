@@ -151,6 +151,9 @@ def add_train_expand_flags(parser):
         help="expanded ImageFolder(s) (default: <output>/<dataset>/expansions/<exp>)")
     add("equal_iterations", action="store_true",
         help="scale epochs so the optimizer takes as many steps as on the original set")
+    add("expand_num", type=COUNT, default=None,
+        help="train on the first N copies of each source only (the authors' --expand_num; default: all); the "
+             "run dir's experiment name gets _first<N>")
     add("allow_partial", action="store_true",
         help="train on an expanded folder that is incomplete (shards missing) or was not written by "
              "expand_distdiff.py, with a warning; args.yaml records the fraction of the expansion present")

@@ -3,6 +3,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -66,15 +67,31 @@ def side_by_side_jobs(env=None):
     return int(value)
 
 
-def build_datasets(spec, cfg, expanded_dirs=(), threads=1):
-    """(train, val, test, classes, n_original, cache MB); expanded ImageFolders are concatenated
-    to the original train split. Every image is decoded once here, before any training, on
-    `threads` threads: into the cache, or as a check where the cache cannot hold it."""
+def first_copies(folder, count):
+    """Keep the copies k < `count` of each source in an expanded ImageFolder (<stem>_expand_<k>.png;
+    the authors' --expand_num). Returns how many images were left out."""
+    keep = [(path, label) for path, label in folder.samples
+            if int(re.search(r"_expand_(\d+)\.[^.]+$", path).group(1)) < count]
+    dropped = len(folder.samples) - len(keep)
+    folder.samples = folder.imgs = keep
+    folder.targets = [label for _, label in keep]
+    return dropped
+
+
+def build_datasets(spec, cfg, expanded_dirs=(), threads=1, expand_num=None, repeat=0):
+    """(train, val, test, classes, n_original, cache MB); expanded ImageFolders (their first
+    `expand_num` copies per source, or all) are concatenated to the original train split, or the
+    original split is repeated `repeat` more times (the authors' baseline of as many images per
+    epoch as an expansion, with no new ones). Every image is decoded once here, before any
+    training, on `threads` threads: into the cache, or as a check where the cache cannot hold it."""
     (head, tail), (eval_head, eval_tail) = build_transforms(cfg)
     train = ds.load_split(spec, spec.train_split, verify=False)
     expanded = []
     for folder in expanded_dirs:
         expanded.append(ds.image_folder(folder, hint="run expand_distdiff.py first", verify=False))
+        if expand_num is not None:
+            logger.info("expanded set %s: the first %d copies of each source (%d images left out)", folder,
+                        expand_num, first_copies(expanded[-1], expand_num))
         missing = ds.align_classes(expanded[-1], train.classes, f"expanded set {folder}")
         if missing:  # a complete expansion of some sources only (--limit): said, not hidden
             logger.warning("expanded set %s has no images of %d class(es) (%s%s)", folder, len(missing),
@@ -94,6 +111,7 @@ def build_datasets(spec, cfg, expanded_dirs=(), threads=1):
     budget = ds.CacheBudget(cache_mb, threads)
     loaded = [budget.preload(*split, need) for split, need in zip(splits, needs)]
     parts, evals = loaded[:1 + len(expanded)], iter(loaded[1 + len(expanded):])
+    parts = [parts[0]] * (repeat + 1) + parts[1:]  # one cache, read repeat + 1 times per epoch
     val, test = (next(evals) if split is not None else None for split in (val, test))
     return ((ConcatDataset(parts) if len(parts) > 1 else parts[0]), val, test, train.classes, len(train),
             cache_mb)
@@ -170,9 +188,11 @@ def cpu_time_hint(cfg, model, n_train, n_eval, epochs):
             "(and fewer --epochs), or a GPU")
 
 
-def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, allow_partial=False):
+def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, allow_partial=False, expand_num=None,
+                     repeat=0):
     """Train (or resume, or skip if complete) one run; returns its results dict. Expanded folders
-    must be complete expansions unless `allow_partial`."""
+    must be complete expansions unless `allow_partial`; `expand_num` keeps each source's first
+    copies, `repeat` repeats the original split instead (build_datasets)."""
     spec = registry.get_dataset(cfg.dataset, cfg.data_dir)
     check_aug(cfg.aug)
     check_values(cfg)
@@ -198,7 +218,8 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
     set_seed(cfg.seed)
     workers = shm_safe_workers(loader_workers(cfg.workers, device.type, jobs=side_by_side_jobs()),
                                sample_bytes(max(cfg.batch_size, cfg.eval_batch_size), cfg.image_size))
-    train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, expanded_dirs, threads=max(1, workers))
+    train, val, test, classes, n_original, cache_mb = build_datasets(spec, cfg, expanded_dirs, threads=max(1, workers),
+                                                                     expand_num=expand_num, repeat=repeat)
     epochs = cfg.epochs
     if equal_iterations:
         epochs = equal_iteration_epochs(cfg.epochs, n_original, len(train), cfg.batch_size)
@@ -217,6 +238,7 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
                        "an unknown share" if partial["fraction"] is None else f"{100 * partial['fraction']:.1f} %")
     save_args(run_dir, cfg, extra={"exp": exp, "expanded_dirs": [str(d) for d in expanded_dirs],
                                    "equal_iterations": equal_iterations, "epochs_run": epochs,
+                                   "expand_num": expand_num, "repeat": repeat,
                                    "allow_partial": allow_partial, "expansions": expansions,
                                    "n_train": len(train), "device_resolved": str(device),
                                    "precision_resolved": precision, "channels_last_resolved": channels_last,

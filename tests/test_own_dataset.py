@@ -139,3 +139,26 @@ def test_a_photo_taken_sideways_is_loaded_upright(tmp_path):
     assert loaded.shape == (40, 20, 3) and loaded[:10].mean() > 200 and loaded[-10:].mean() < 50  # band on top
     folder = ds.image_folder(tmp_path / "train")
     assert ds.estimate_cache_bytes(folder, lambda t: t) == 3 * 40 * 20
+
+
+@pytest.mark.slow
+def test_the_authors_expand_num_filter_and_repeat_baseline(tmp_path):
+    """train_expand.py --expand_num N trains on each source's first N copies (run dir _first<N>);
+    train_original.py --repeat R on the original split R+1 times per epoch (run dir repeat_x<R>)."""
+    import yaml
+    from PIL import Image
+    from test_bad_input import TINY, make_tree
+    root = make_tree(tmp_path / "tree", classes=("a", "b"), per_class=3)
+    (root / "dataset.yaml").write_text("val_per_class: 0\n")
+    for name in ("a", "b"):
+        (tmp_path / "exp" / name).mkdir(parents=True)
+        for stem in ("0", "1"):
+            for k in range(3):
+                Image.new("RGB", (32, 32), (9 * k, 50, 90)).save(tmp_path / "exp" / name / f"{stem}_expand_{k}.png")
+    run_main("train_expand", f"folder:{root}", *TINY, "--exp", "mine_x3", "--expanded_dir", tmp_path / "exp",
+             "--expand_num", "1", "--output", tmp_path / "out", "--allow_partial")
+    args = yaml.safe_load(next((tmp_path / "out").rglob("*mine_x3_first1_lr0.1/seed1/args.yaml")).read_text())
+    assert args["n_train"] == 6 + 2 * 2 * 1 and args["expand_num"] == 1
+    run_main("train_original", f"folder:{root}", *TINY, "--repeat", "2", "--output", tmp_path / "out")
+    args = yaml.safe_load(next((tmp_path / "out").rglob("*repeat_x2_lr0.1/seed1/args.yaml")).read_text())
+    assert args["n_train"] == 3 * 6 and args["repeat"] == 2
