@@ -123,10 +123,16 @@ def make_loader(dataset, batch_size, shuffle, workers, seed=0, pin_memory=False,
                       persistent_workers=persistent and workers > 0)
 
 
-def build_optimizer(model, lr, momentum, weight_decay):
-    """SGD with Nesterov momentum, as in the paper."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True,
-                           weight_decay=weight_decay)
+def build_optimizer(model, lr, momentum, weight_decay, head_only=False):
+    """SGD with Nesterov momentum, as in the paper; `head_only` freezes every parameter but the
+    classification head's (timm's get_classifier()) and optimises the head alone (--train_fc)."""
+    params = model.parameters()
+    if head_only:
+        model.requires_grad_(False)
+        head = model.get_classifier()
+        head.requires_grad_(True)
+        params = head.parameters()
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
 def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=None, desc="train",
@@ -255,7 +261,7 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, cfg, *, amp_
     epochs, batch_size, seed, workers, eval_every = cfg.epochs, cfg.batch_size, cfg.seed, cfg.workers, cfg.eval_every
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)  # resolve_device made `device` current, so pinning uses it
-    optimizer = build_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, head_only=cfg.train_fc)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     run_args = dict(epochs=epochs, batch_size=batch_size, lr=cfg.lr, momentum=cfg.momentum,

@@ -133,6 +133,9 @@ def add_train_flags(parser, positionals=TRAIN_POSITIONALS):
     add("precision", type=train_precision, choices=TRAIN_PRECISIONS,
         help="autocast dtype (also --amp): auto = bf16 on CUDA (fp16 with a GradScaler on GPUs without bf16), "
              "fp32 on the CPU; off or fp32 = no autocast; fp16 and bf16 need CUDA")
+    add("train_fc", type=str2bool, nargs="?", const=True,
+        help="train the classification head only, the backbone frozen (the authors' --train_fc, for a "
+             "--pretrained backbone); the experiment name gets _fc")
     add("channels_last", type=auto_or_bool,
         help="NHWC model and batches (faster convolutions on tensor cores): auto = on CUDA, off on the CPU")
     add_runtime_flags(parser)

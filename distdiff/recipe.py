@@ -37,6 +37,7 @@ class TrainConfig:
     interpolation: str = "bilinear"  # resize filter (the authors' guide training: bicubic)
     guide_selection: str = "val"     # model_best: best val epoch (last without val) | best test epoch (authors)
     preset: str | None = None        # a group of the above (distdiff/presets.py); named in the run dir
+    train_fc: bool = False           # train the classification head only (the authors' --train_fc); run dir _fc
 
     @classmethod
     def from_args(cls, args):

@@ -194,6 +194,10 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
     must be complete expansions unless `allow_partial`; `expand_num` keeps each source's first
     copies, `repeat` repeats the original split instead (build_datasets)."""
     spec = registry.get_dataset(cfg.dataset, cfg.data_dir)
+    if cfg.train_fc:  # its own run dir: a head-only optimizer cannot resume a full one
+        exp = f"{exp}_fc" if exp else "fc"
+        if not cfg.pretrained:
+            logger.warning("--train_fc without --pretrained trains a head on a randomly initialised, frozen backbone")
     check_aug(cfg.aug)
     check_values(cfg)
     try:

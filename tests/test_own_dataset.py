@@ -162,3 +162,22 @@ def test_the_authors_expand_num_filter_and_repeat_baseline(tmp_path):
     run_main("train_original", f"folder:{root}", *TINY, "--repeat", "2", "--output", tmp_path / "out")
     args = yaml.safe_load(next((tmp_path / "out").rglob("*repeat_x2_lr0.1/seed1/args.yaml")).read_text())
     assert args["n_train"] == 3 * 6 and args["repeat"] == 2
+
+
+@pytest.mark.slow
+def test_train_fc_trains_the_head_alone_in_its_own_run_dir(tmp_path):
+    """--train_fc (the authors' flag): only the classification head changes, and the run has its
+    own dir (a head-only optimizer cannot resume a full one)."""
+    import torch
+    from test_bad_input import TINY, make_tree
+    root = make_tree(tmp_path / "tree", classes=("a", "b"), per_class=3)
+    (root / "dataset.yaml").write_text("val_per_class: 0\n")
+    run_main("train_original", f"folder:{root}", *TINY, "--train_fc", "--output", tmp_path / "out")
+    run = next((tmp_path / "out").rglob("resnet_small_unpretrained_fc_lr0.1/seed1"))
+    trained = torch.load(run / "last.pt", weights_only=True)["model"]
+    from models.classifiers import create_classifier
+    torch.manual_seed(1)  # train_classifier seeds with the run's seed before creating the model
+    start = create_classifier("resnet_small", 2, False).state_dict()
+    changed = {name for name in start if start[name].is_floating_point() and not torch.equal(start[name], trained[name])
+               and "running" not in name}
+    assert changed and all(name.startswith("fc.") or name.startswith("head") for name in changed), changed
