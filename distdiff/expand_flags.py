@@ -206,8 +206,9 @@ def spellings(names):
 
 
 # Settings that change the images: one output dir is produced with one set of them.
-# class_prompts: the words a folder tree's dataset.yaml gives its classes change the images too.
-GENERATION_KEYS = tuple(["dataset", "guide_ckpt", "class_prompts"] + keys("sample", "guidance"))
+# class_prompts: the words a folder tree's dataset.yaml gives its classes change the images too;
+# val_split_resolved: which images are sources, and so each item's position and its random draws.
+GENERATION_KEYS = tuple(["dataset", "guide_ckpt", "class_prompts", "val_split_resolved"] + keys("sample", "guidance"))
 
 
 @dataclasses.dataclass

@@ -181,3 +181,18 @@ def test_train_fc_trains_the_head_alone_in_its_own_run_dir(tmp_path):
     changed = {name for name in start if start[name].is_floating_point() and not torch.equal(start[name], trained[name])
                and "running" not in name}
     assert changed and all(name.startswith("fc.") or name.startswith("head") for name in changed), changed
+
+
+def test_a_rerun_with_other_prompt_words_or_another_val_split_is_refused(tmp_path):
+    """Both change the images (the prompts, or which images are sources and so every item's
+    draws): a rerun into the same output folder says so in one line instead of mixing them."""
+    from distdiff.expand_flags import GENERATION_KEYS
+    from distdiff.expansion import check_or_write_args
+    assert {"class_prompts", "val_split_resolved"} <= set(GENERATION_KEYS)
+    settings = {"dataset": "folder:x", "class_prompts": ["a photo of a disc"], "val_split_resolved": "none"}
+    check_or_write_args(tmp_path, settings, GENERATION_KEYS)
+    with pytest.raises(DistDiffError, match="class_prompts"):
+        check_or_write_args(tmp_path, dict(settings, class_prompts=["a photo of a ring"]), GENERATION_KEYS)
+    with pytest.raises(DistDiffError, match="val_split_resolved"):
+        check_or_write_args(tmp_path, dict(settings, val_split_resolved="2 per class held out of train/ (seed 0)"),
+                            GENERATION_KEYS)
