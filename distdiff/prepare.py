@@ -11,6 +11,11 @@ Split conventions (INSTALL.md and data/README.md list the sizes):
   oxford_flowers   train / val / test (the official splits)
   oxford_pets      trainval minus 10 per class (-> val) / test
   imagenette       160px: train minus 50 per class (-> val) / val -> test
+The authors' splits (their dataloader.py), for comparing with the paper's tables: no val carved,
+so the guide is the last epoch (or, with --preset authors, the best test epoch, as theirs):
+  stanford_cars_authors  the whole train split / test
+  oxford_pets_authors    the whole trainval split / test
+  imagenette2-320        320px: the whole train split / val -> test
 
 Carved val splits never touch test, so checkpoints are selected on val for every dataset that has
 one. A --source that is already split (ImageFolders train/ and test/, val/ if present; e.g. the
@@ -100,7 +105,19 @@ SOURCES = {
     "imagenette": Source(
         "Imagenette", _carve({"split": "train"}, {"split": "val"}, 50),
         common={"size": "160px"}, layout="imagenette2-160/{train,val}/"),
+    # The authors' splits of the same downloads: their whole training split, nothing carved.
+    "stanford_cars_authors": Source(
+        "StanfordCars", {"train": Rule({"split": "train"}), "test": Rule({"split": "test"})},
+        layout="stanford_cars/{devkit,cars_train,cars_test,cars_test_annos_withlabels.mat} "
+               "(torchvision cannot download it any more; fetch it by hand)"),
+    "oxford_pets_authors": Source(
+        "OxfordIIITPet", {"train": Rule({"split": "trainval"}), "test": Rule({"split": "test"})},
+        common={"target_types": "category"}, layout="oxford-iiit-pet/{images,annotations}/"),
+    "imagenette2-320": Source(
+        "Imagenette", {"train": Rule({"split": "train"}), "test": Rule({"split": "val"})},
+        common={"size": "320px"}, layout="imagenette2-320/{train,val}/"),
 }
+AUTHORS_SPLITS = ("stanford_cars_authors", "oxford_pets_authors", "imagenette2-320")
 
 
 def with_options(source, shots=None, keep=()):

@@ -84,7 +84,7 @@ def test_every_registered_real_dataset_selects_on_val_except_caltech():
     for name, source in prep.SOURCES.items():
         has_val = "val" in source.splits
         assert has_val == (registry.get_dataset(name).val_split == "val"), name
-        assert has_val or name == "caltech-101", name
+        assert has_val or name == "caltech-101" or name in prep.AUTHORS_SPLITS, name
 
 
 def test_caltech_drops_background_and_faces_easy_and_shots_resize_the_draw():
@@ -246,3 +246,24 @@ def test_an_already_split_source_is_kept_as_it_is(tmp_path, monkeypatch, capsys)
     assert np.bincount(ImageFolder(root / "train").targets).tolist() == [3, 3]
     assert np.bincount(ImageFolder(root / "test").targets).tolist() == [2, 2]
     assert not (root / "val").exists()
+
+
+@pytest.mark.parametrize("name,train_kwargs,test_kwargs,common", [
+    ("stanford_cars_authors", {"split": "train"}, {"split": "test"}, {}),
+    ("oxford_pets_authors", {"split": "trainval"}, {"split": "test"}, {"target_types": "category"}),
+    ("imagenette2-320", {"split": "train"}, {"split": "val"}, {"size": "320px"}),
+])
+def test_the_authors_splits_train_on_the_whole_training_split(tmp_path, name, train_kwargs, test_kwargs, common):
+    """Their dataloader.py trains on the whole training split (no val carved) and tests on the
+    test split (Imagenette: its val, at 320 px): the `_authors` datasets and imagenette2-320."""
+    fakes = {"train": FakeDataset(["a", "b"], [7, 9]), "test": FakeDataset(["a", "b"], [3, 4])}
+    opened = []
+
+    def open_fn(source, rule, src, download):
+        opened.append({**source.common, **rule.kwargs})
+        return fakes["train" if rule.kwargs == train_kwargs else "test"]
+    info = prep.prepare(name, tmp_path / name, tmp_path, open_fn=open_fn)
+    assert sorted(map(str, opened)) == sorted(map(str, [{**common, **train_kwargs}, {**common, **test_kwargs}]))
+    assert set(info["splits"]) == {"train", "test"} and not (tmp_path / name / "val").exists()
+    assert np.bincount(ImageFolder(tmp_path / name / "train").targets).tolist() == [7, 9]
+    assert registry.get_dataset(name).val_split is None
