@@ -14,6 +14,7 @@ Split conventions (INSTALL.md and data/README.md list the sizes):
 The authors' splits (their dataloader.py), for comparing with the paper's tables: no val carved,
 so the guide is the last epoch (or, with --preset authors, the best test epoch, as theirs):
   stanford_cars_authors  the whole train split / test
+  dtd_authors            partition 1: train1 + val1 / test1
   oxford_pets_authors    the whole trainval split / test
   imagenette2-320        320px: the whole train split / val -> test
 
@@ -55,6 +56,27 @@ class Rule:
     kwargs: dict
     part: str = "all"
     draw: tuple = ()
+    join: tuple = ()  # kwargs of more torchvision splits appended to this one (the authors' DTD: train1 + val1)
+
+
+class Joined:
+    """Torchvision splits one after the other, as one dataset with their common classes."""
+
+    def __init__(self, parts):
+        self.parts, self.classes = parts, class_names_of(parts[0])
+        if any(class_names_of(p) != self.classes for p in parts[1:]):
+            raise DistDiffError("the joined splits have different classes")
+        self.targets = np.concatenate([labels_of(p) for p in parts]).tolist()
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        for part in self.parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError(index)
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,9 @@ SOURCES = {
         "StanfordCars", {"train": Rule({"split": "train"}), "test": Rule({"split": "test"})},
         layout="stanford_cars/{devkit,cars_train,cars_test,cars_test_annos_withlabels.mat} "
                "(torchvision cannot download it any more; fetch it by hand)"),
+    "dtd_authors": Source(
+        "DTD", {"train": Rule({"split": "train"}, join=({"split": "val"},)), "test": Rule({"split": "test"})},
+        common={"partition": 1}, layout="dtd/dtd/{images,labels}/"),
     "oxford_pets_authors": Source(
         "OxfordIIITPet", {"train": Rule({"split": "trainval"}), "test": Rule({"split": "test"})},
         common={"target_types": "category"}, layout="oxford-iiit-pet/{images,annotations}/"),
@@ -117,7 +142,7 @@ SOURCES = {
         "Imagenette", {"train": Rule({"split": "train"}), "test": Rule({"split": "val"})},
         common={"size": "320px"}, layout="imagenette2-320/{train,val}/"),
 }
-AUTHORS_SPLITS = ("stanford_cars_authors", "oxford_pets_authors", "imagenette2-320")
+AUTHORS_SPLITS = ("stanford_cars_authors", "dtd_authors", "oxford_pets_authors", "imagenette2-320")
 
 
 def with_options(source, shots=None, keep=()):
@@ -237,7 +262,8 @@ def build_tree(root, splits, seed=0, ext="jpg", exclude=(), meta=None):
         info = dict(meta or {}, seed=seed, ext=ext, num_classes=len(next(iter(counts.values()))),
                     splits={name: {"images": sum(c.values()), "part": splits[name][1].part,
                                    "draw": [list(d) for d in splits[name][1].draw],
-                                   "torchvision_kwargs": splits[name][1].kwargs}
+                                   "torchvision_kwargs": splits[name][1].kwargs,
+                                   **({"joined_kwargs": list(splits[name][1].join)} if splits[name][1].join else {})}
                             for name, c in counts.items()},
                     excluded_classes=list(exclude))
         atomic_write_json(tmp / "prepare.json", info)
@@ -292,9 +318,11 @@ def open_splits(source, root, download, open_fn=open_dataset):
     """One torchvision dataset per distinct split (Caltech-101 train and test share one)."""
     opened, splits = {}, {}
     for name, rule in source.splits.items():
-        key = json.dumps(rule.kwargs, sort_keys=True)
+        key = json.dumps([rule.kwargs, *rule.join], sort_keys=True)
         if key not in opened:
-            opened[key] = open_fn(source, rule, root, download)
+            parts = [open_fn(source, Rule(kwargs, rule.part, rule.draw), root, download)
+                     for kwargs in (rule.kwargs, *rule.join)]
+            opened[key] = Joined(parts) if rule.join else parts[0]
         splits[name] = (opened[key], rule)
     return splits
 

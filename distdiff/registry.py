@@ -108,6 +108,7 @@ REGISTRY = {
     # The authors' splits of the same data (distdiff/prepare.py): their whole training split.
     "stanford_cars_authors": _real("stanford_cars_authors", "a photo of a {}, a type of car", "a photo of a {}.",
                                    val=False, authors_words=year_first),
+    "dtd_authors": _real("dtd_authors", "a photo of a {} texture", "{} texture.", val=False),
     "oxford_pets_authors": _real("oxford_pets_authors", "a photo of a {}, a type of pet", val=False),
     "imagenette2-320": _real("imagenette2-320", "a photo of a {}", "a photo of a {}.", val=False),
 }

@@ -248,6 +248,19 @@ def test_an_already_split_source_is_kept_as_it_is(tmp_path, monkeypatch, capsys)
     assert not (root / "val").exists()
 
 
+def test_the_authors_dtd_trains_on_train1_and_val1_joined(tmp_path):
+    fakes = {"train": FakeDataset(["banded", "dotted"], [7, 9]), "val": FakeDataset(["banded", "dotted"], [2, 3]),
+             "test": FakeDataset(["banded", "dotted"], [4, 4])}
+
+    def open_fn(source, rule, src, download):
+        assert source.common == {"partition": 1}
+        return fakes[rule.kwargs["split"]]
+    info = prep.prepare("dtd_authors", tmp_path / "dtd_authors", tmp_path, open_fn=open_fn)
+    assert info["splits"]["train"]["joined_kwargs"] == [{"split": "val"}] and set(info["splits"]) == {"train", "test"}
+    train = ImageFolder(tmp_path / "dtd_authors" / "train")
+    assert np.bincount(train.targets).tolist() == [9, 12] and len({p for p, _ in train.samples}) == 21
+
+
 @pytest.mark.parametrize("name,train_kwargs,test_kwargs,common", [
     ("stanford_cars_authors", {"split": "train"}, {"split": "test"}, {}),
     ("oxford_pets_authors", {"split": "trainval"}, {"split": "test"}, {"target_types": "category"}),
