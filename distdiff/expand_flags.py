@@ -125,7 +125,8 @@ def get_parser(description=None):
     add("sample", "language_enhance", action="store_true",
         help="several prompts per class from --prompt_file, one drawn per image with the item's generator")
     add("sample", "prompt_file", default=None,
-        help="JSON/YAML {class: [sentences]} for --language_enhance (default: data/<dataset>_le.json)")
+        help="JSON/YAML {class: [sentences]} for --language_enhance, or the authors' .pkl (unpickled: trusted "
+             "files only) (default: data/<dataset>_le.json)")
     # distribution-aware guidance
     add("guidance", "guidance", type=guidance_type, choices=GUIDANCE_MODES,
         help="transform | direct (the authors' variants) | none (plain SD img2img)")

@@ -514,11 +514,21 @@ def class_prompts(spec, classes, prompts="project", prompt_file=None):
     if not path.is_file():
         raise DistDiffError(f"prompt file {path} not found; --language_enhance reads a JSON or YAML mapping "
                             "of class folder names to lists of sentences (--prompt_file)")
-    table = yaml.safe_load(path.read_text()) or {}  # YAML reads JSON too
-    missing = [name for name in classes if not table.get(name) and not table.get(spec.prompt_name(name))]
+    if path.suffix == ".pkl":  # the authors' data/<dataset>_le.pkl; unpickling runs code: trusted files only
+        import pickle
+        with open(path, "rb") as f:
+            table = pickle.load(f)
+    else:
+        table = yaml.safe_load(path.read_text()) or {}  # YAML reads JSON too
+    if not isinstance(table, dict):
+        raise DistDiffError(f"{path} holds a {type(table).__name__}, not a mapping of class names to sentences")
+    # By folder name, or by the words of the prompt (the authors' keys: underscores as spaces);
+    # their lists may be numpy arrays, hence len() and str().
+    found = [next((table[k] for k in (name, spec.prompt_name(name)) if len(table.get(k, ()))), None) for name in classes]
+    missing = [name for name, sentences in zip(classes, found) if sentences is None]
     if missing:
         raise DistDiffError(f"{path} has no sentences for class(es) {missing[:5]}")
-    return [list(table.get(name) or table[spec.prompt_name(name)]) for name in classes]
+    return [[str(s) for s in sentences] for sentences in found]
 
 
 def build_sampler(pipe, guide, guide_input, protos, prompts, sample_cfg, guidance_cfg, device):

@@ -244,6 +244,10 @@ def test_prompt_file_and_first_image_index(tmp_path, tiny_pipe, random_guide, di
     with pytest.raises(DistDiffError, match="no sentences for class"):
         (tmp_path / "bad.json").write_text(json.dumps({"0": ["zero"]}))
         ex.class_prompts(get_dataset("digits"), list(DIGITS), prompt_file=tmp_path / "bad.json")
+    import pickle  # the authors' data/<dataset>_le.pkl: a pickled dict, numpy arrays of sentences allowed
+    import numpy as np
+    (tmp_path / "le.pkl").write_bytes(pickle.dumps({d: np.array(table[d]) for d in DIGITS}))
+    assert ex.class_prompts(get_dataset("digits"), list(DIGITS), prompt_file=tmp_path / "le.pkl") == prompts
     out = tmp_path / "out"
     run_main("expand_distdiff", "--dataset", "digits", "--model", tiny_pipe, "--guide_ckpt", random_guide,
              "--out", out, "--expand_ratio", "3", "--first_image_index", "1", "--limit", "2", "--num_steps", "10",
