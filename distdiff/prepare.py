@@ -11,6 +11,7 @@ Split conventions (INSTALL.md and data/README.md list the sizes):
   oxford_flowers   train / val / test (the official splits)
   oxford_pets      trainval minus 10 per class (-> val) / test
   imagenette       160px: train minus 50 per class (-> val) / val -> test
+  fgvc_aircraft    variants: train / val / test (the official splits, as the authors use them)
 The authors' splits (their dataloader.py), for comparing with the paper's tables: no val carved,
 so the guide is the last epoch (or, with --preset authors, the best test epoch, as theirs):
   stanford_cars_authors  the whole train split / test
@@ -127,6 +128,10 @@ SOURCES = {
     "imagenette": Source(
         "Imagenette", _carve({"split": "train"}, {"split": "val"}, 50),
         common={"size": "160px"}, layout="imagenette2-160/{train,val}/"),
+    "fgvc_aircraft": Source(
+        "FGVCAircraft", {"train": Rule({"split": "train"}), "val": Rule({"split": "val"}),
+                         "test": Rule({"split": "test"})},
+        common={"annotation_level": "variant"}, layout="fgvc-aircraft-2013b/data/{images,variants.txt,...}"),
     # The authors' splits of the same downloads: their whole training split, nothing carved.
     "stanford_cars_authors": Source(
         "StanfordCars", {"train": Rule({"split": "train"}), "test": Rule({"split": "test"})},

@@ -105,6 +105,7 @@ REGISTRY = {
     "oxford_flowers": _real("oxford_flowers", "a photo of a {}, a type of flower"),
     "oxford_pets": _real("oxford_pets", "a photo of a {}, a type of pet"),
     "imagenette": _real("imagenette", "a photo of a {}", "a photo of a {}."),
+    "fgvc_aircraft": _real("fgvc_aircraft", "a photo of a {}, a type of aircraft"),  # the authors: no template
     # The authors' splits of the same data (distdiff/prepare.py): their whole training split.
     "stanford_cars_authors": _real("stanford_cars_authors", "a photo of a {}, a type of car", "a photo of a {}.",
                                    val=False, authors_words=year_first),

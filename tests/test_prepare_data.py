@@ -261,6 +261,19 @@ def test_the_authors_dtd_trains_on_train1_and_val1_joined(tmp_path):
     assert np.bincount(train.targets).tolist() == [9, 12] and len({p for p, _ in train.samples}) == 21
 
 
+def test_fgvc_aircraft_keeps_its_official_variant_splits(tmp_path):
+    fakes = {s: FakeDataset(["707-320", "F/A-18"], n) for s, n in (("train", [3, 4]), ("val", [2, 2]),
+                                                                     ("test", [5, 5]))}
+
+    def open_fn(source, rule, src, download):
+        assert source.common == {"annotation_level": "variant"}
+        return fakes[rule.kwargs["split"]]
+    info = prep.prepare("fgvc_aircraft", tmp_path / "fgvc_aircraft", tmp_path, open_fn=open_fn)
+    assert {s: v["images"] for s, v in info["splits"].items()} == {"train": 7, "val": 4, "test": 10}
+    assert sorted(p.name for p in (tmp_path / "fgvc_aircraft" / "train").iterdir()) == ["707-320", "F_A-18"]
+    assert registry.get_dataset("fgvc_aircraft").prompt("F_A-18") == "a photo of a F A-18, a type of aircraft"
+
+
 @pytest.mark.parametrize("name,train_kwargs,test_kwargs,common", [
     ("stanford_cars_authors", {"split": "train"}, {"split": "test"}, {}),
     ("oxford_pets_authors", {"split": "trainval"}, {"split": "test"}, {"target_types": "category"}),
