@@ -228,7 +228,8 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
     if equal_iterations:
         epochs = equal_iteration_epochs(cfg.epochs, n_original, len(train), cfg.batch_size)
     try:
-        model = create_classifier(cfg.arch, len(classes), cfg.pretrained)
+        model = create_classifier(cfg.arch, len(classes), cfg.pretrained,
+                                  class_prompts=spec.class_prompts(classes, "authors"))  # the CLIP guide's head
     except (UnknownArch, WeightsUnavailable) as err:
         raise DistDiffError(str(err)) from None
     setup_logging(run_dir)

@@ -27,7 +27,13 @@ TIMM_KWARGS = {
     "clip_vit_b32": dict(dynamic_img_size=True, dynamic_img_pad=True),
 }
 SMALL_ARCHS = ("resnet_small",)
-ARCHS = tuple(sorted(TIMM_ARCHS)) + SMALL_ARCHS
+# The authors' CLIP guide: open_clip's ViT-B/32 with LAION-2B weights (timm holds its image tower with
+# the projection as the head), features = encode_image (512-d), and a class head initialised from
+# the class prompts' normalised text embeddings (the text tower through transformers).
+AUTHORS_CLIP = "open_clip_vit_b32"
+AUTHORS_CLIP_TIMM = "vit_base_patch32_clip_224.laion2b"
+AUTHORS_CLIP_TEXT = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+ARCHS = tuple(sorted([*TIMM_ARCHS, AUTHORS_CLIP])) + SMALL_ARCHS
 
 
 class UnknownArch(ValueError):
@@ -53,6 +59,46 @@ def small_resnet(num_classes, in_chans=3):
     return model
 
 
+class ClipGuide(torch.nn.Module):
+    """The authors' `open_clip_vit_b32`: CLIP's image tower and projection (encode_image, the
+    512-d features the energy uses), then `fc`, a linear class head. timm's forward_features /
+    forward_head / get_classifier, so prototypes, guidance and training treat it as any other."""
+
+    def __init__(self, num_classes, pretrained=False, class_prompts=None, text_model=AUTHORS_CLIP_TEXT):
+        super().__init__()
+        self.clip = timm.create_model(AUTHORS_CLIP_TIMM, pretrained=pretrained, **TIMM_KWARGS["clip_vit_b32"])
+        self.fc = torch.nn.Linear(self.clip.num_classes, num_classes)
+        if pretrained and class_prompts:  # as theirs: weights = normalised text embeddings, bias 0
+            with torch.no_grad():
+                self.fc.weight.copy_(text_embeddings(class_prompts, text_model))
+                self.fc.bias.zero_()
+
+    def forward_features(self, images):
+        return self.clip.forward_features(images)
+
+    def forward_head(self, features, pre_logits=False):
+        embedded = self.clip.forward_head(features)  # through the projection: open_clip's encode_image
+        return embedded if pre_logits else self.fc(embedded)
+
+    def forward(self, images):
+        return self.forward_head(self.forward_features(images))
+
+    def get_classifier(self):
+        return self.fc
+
+
+def text_embeddings(prompts, model_id=AUTHORS_CLIP_TEXT):
+    """[C, D] L2-normalised CLIP text embeddings of the prompts (transformers, from the HF cache)."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    model, tokenizer = CLIPModel.from_pretrained(model_id).eval(), CLIPTokenizer.from_pretrained(model_id)
+    with torch.no_grad():
+        tokens = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        embedded = model.get_text_features(**tokens)
+        embedded = getattr(embedded, "pooler_output", embedded)  # a tensor, or an output object in newer versions
+    return embedded / embedded.norm(dim=-1, keepdim=True)
+
+
 def check_arch(arch, pretrained=False):
     """Raise UnknownArch for names outside ARCHS (and pretrained weights that do not exist)."""
     if arch not in ARCHS:
@@ -61,12 +107,15 @@ def check_arch(arch, pretrained=False):
         raise UnknownArch(f"{arch} has no pretrained weights; use --pretrained False")
 
 
-def create_classifier(arch, num_classes, pretrained=False):
-    """Build a registered classifier with a fresh `num_classes` head."""
+def create_classifier(arch, num_classes, pretrained=False, class_prompts=None):
+    """Build a registered classifier with a fresh `num_classes` head (the authors' CLIP guide: a
+    head from `class_prompts`' text embeddings when pretrained)."""
     check_arch(arch, pretrained)
     if arch in SMALL_ARCHS:
         return small_resnet(num_classes)
     try:
+        if arch == AUTHORS_CLIP:
+            return ClipGuide(num_classes, pretrained, class_prompts)
         return timm.create_model(TIMM_ARCHS[arch], pretrained=pretrained, num_classes=num_classes,
                                  **TIMM_KWARGS.get(arch, {}))
     except OSError as err:  # offline, not cached, HTTP errors: huggingface_hub raises OSErrors
@@ -77,14 +126,14 @@ def create_classifier(arch, num_classes, pretrained=False):
 
 def hub_model_id(arch):
     """The Hugging Face Hub repo timm downloads `arch`'s pretrained weights from."""
-    cfg = timm.models.get_pretrained_cfg(TIMM_ARCHS[arch])
+    cfg = timm.models.get_pretrained_cfg(AUTHORS_CLIP_TIMM if arch == AUTHORS_CLIP else TIMM_ARCHS[arch])
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     return hub_id or f"timm/{TIMM_ARCHS[arch]}"
 
 
 def weights_hint(arch, err):
     """One line: which weights are missing and how to bring them onto an offline machine."""
-    hub_id = hub_model_id(arch)
+    hub_id = hub_model_id(arch) + (f" and {AUTHORS_CLIP_TEXT}" if arch == AUTHORS_CLIP else "")  # + its text tower
     reason = " ".join(str(err).split()).split(". ")[0][:160]  # the first sentence says enough
     return (f"cannot load pretrained weights for {arch} ({hub_id}) from the Hugging Face cache or the Hub "
             f"({type(err).__name__}: {reason}); on a machine with internet run `hf download {hub_id}` "
