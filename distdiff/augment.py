@@ -22,8 +22,10 @@ AUGMENTATIONS = {
     "gridmask": "GridMask r=0.6, unit 43-100 % of the side, p=0.8 (after Normalize)",
     "mixup": "MixUp alpha=1 on each batch, soft-label cross-entropy",
     "cutmix": "CutMix alpha=1 on each batch, soft-label cross-entropy",
+    "cutmix_authors": "CutMix per image as the authors' baseline: p=0.5, up to 2 boxes, beta=1, a partner from "
+                      "the batch",
 }
-BATCH_AUGMENTATIONS = ("mixup", "cutmix")
+BATCH_AUGMENTATIONS = ("mixup", "cutmix", "cutmix_authors")
 
 
 def check_aug(name):
@@ -63,7 +65,44 @@ def batch_transform(name, num_classes):
         return v2.MixUp(alpha=1.0, num_classes=num_classes)
     if name == "cutmix":
         return v2.CutMix(alpha=1.0, num_classes=num_classes)
+    if name == "cutmix_authors":
+        return SampleCutMix(num_classes)
     return None
+
+
+class SampleCutMix:
+    """CutMix the way the authors' augmentation baseline runs it (the `cutmix` package: CutMix(...,
+    beta=1.0, prob=0.5, num_mix=2) on the dataset). Each image, independently and `num_mix` times,
+    with probability `p` gets a box of a partner image pasted in; the box's side is sqrt(1 - lam) of
+    the image's (lam ~ Beta(beta, beta)), centred uniformly and clipped at the borders, and the
+    target moves to the partner by the box's area (target * lam + partner * (1 - lam), theirs too, so
+    a second box over the first counts the pixels it covers again). Theirs draws the partner from the whole dataset;
+    here it is drawn from the batch (a random sample of it: the same partner distribution, the image
+    itself included with chance 1/B). Draws come from torch's global RNG, as the other batch
+    transforms', so a resumed run repeats them."""
+
+    def __init__(self, num_classes, p=0.5, num_mix=2, beta=1.0):
+        self.num_classes, self.p, self.num_mix = num_classes, p, num_mix
+        self.beta = torch.distributions.Beta(torch.tensor(float(beta)), torch.tensor(float(beta)))
+
+    def __call__(self, images, labels):
+        onehot = torch.nn.functional.one_hot(labels, self.num_classes).float()
+        mixed, targets = images.clone(), onehot.clone()
+        height, width = images.shape[-2:]
+        for i in range(len(images)):
+            for _ in range(self.num_mix):
+                if torch.rand(()).item() > self.p:
+                    continue
+                cut = (1.0 - self.beta.sample().item()) ** 0.5
+                j = int(torch.randint(len(images), ()).item())
+                cy, cx = int(torch.randint(height, ()).item()), int(torch.randint(width, ()).item())
+                h, w = int(height * cut), int(width * cut)
+                y1, y2 = max(cy - h // 2, 0), min(cy + h // 2, height)
+                x1, x2 = max(cx - w // 2, 0), min(cx + w // 2, width)
+                mixed[i, :, y1:y2, x1:x2] = images[j, :, y1:y2, x1:x2]  # the partner as loaded, unmixed
+                lam = 1.0 - (y2 - y1) * (x2 - x1) / (height * width)
+                targets[i] = targets[i] * lam + onehot[j] * (1.0 - lam)
+        return mixed, targets
 
 
 def _is_image(inpt):

@@ -128,3 +128,24 @@ def test_unknown_aug_is_refused_listing_the_choices(tmp_path, digits_ready):
     assert "invalid choice: 'mixupp'" in str(err.value) and "cutmix" in str(err.value)
     assert not any(tmp_path.iterdir())
     assert not any(tmp_path.iterdir())  # no run dir left behind
+
+
+def test_the_authors_cutmix_mixes_each_image_by_box_area_with_probability_one_half():
+    """cutmix_authors: per image, up to 2 boxes with p 0.5 each. With one box the target's weight
+    on the partner is exactly the pixels that came from it; a second box updates the target
+    multiplicatively (theirs: lb * lam + lb2 * (1 - lam)), so targets stay distributions."""
+    from distdiff.augment import SampleCutMix, batch_transform
+    torch.manual_seed(0)
+    images = torch.arange(4.0)[:, None, None, None].expand(4, 3, 16, 16).contiguous()  # image k: all k
+    labels = torch.arange(4)
+    for _ in range(20):
+        mixed, targets = SampleCutMix(4, num_mix=1)(images, labels)
+        for i in range(4):
+            share = torch.stack([(mixed[i, 0] == k).float().mean() for k in range(4)])
+            assert torch.allclose(targets[i], share, atol=1e-6)  # the target is the pixels' origin
+    untouched = 0
+    for _ in range(50):
+        mixed, targets = batch_transform("cutmix_authors", 4)(images, labels)
+        assert torch.allclose(targets.sum(1), torch.ones(4))
+        untouched += int((mixed == images).flatten(1).all(1).sum())
+    assert 0.20 < untouched / 200 < 0.45  # no box: (1 - 0.5)^2 = 0.25, plus boxes from the image itself
