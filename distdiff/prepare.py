@@ -18,6 +18,7 @@ so the guide is the last epoch (or, with --preset authors, the best test epoch, 
   dtd_authors            partition 1: train1 + val1 / test1
   oxford_pets_authors    the whole trainval split / test
   imagenette2-320        320px: the whole train split / val -> test
+  oxford_flowers_authors their folders: train/ / valid/ -> test, class names from cat_to_name.json
 
 Carved val splits never touch test, so checkpoints are selected on val for every dataset that has
 one. A --source that is already split (ImageFolders train/ and test/, val/ if present; e.g. the
@@ -147,7 +148,43 @@ SOURCES = {
         "Imagenette", {"train": Rule({"split": "train"}), "test": Rule({"split": "val"})},
         common={"size": "320px"}, layout="imagenette2-320/{train,val}/"),
 }
-AUTHORS_SPLITS = ("stanford_cars_authors", "dtd_authors", "oxford_pets_authors", "imagenette2-320")
+# Their Flowers: the widely shared flower_data folders (train/<1..102>/, valid/<1..102>/ and
+# cat_to_name.json), read as they are; not a torchvision dataset (--source only).
+SOURCES["oxford_flowers_authors"] = Source(
+    "ImageFolder", {"train": Rule({"folder": "train"}), "test": Rule({"folder": "valid"})},
+    layout="train/<1..102>/*.jpg, valid/<1..102>/*.jpg and cat_to_name.json")
+AUTHORS_SPLITS = ("stanford_cars_authors", "dtd_authors", "oxford_pets_authors", "imagenette2-320",
+                  "oxford_flowers_authors")
+
+
+class NamedFolder:
+    """An ImageFolder whose numbered class folders take their names from a {folder: name} table."""
+
+    def __init__(self, folder, names):
+        missing = sorted(set(folder.classes) - set(names))
+        if missing:
+            raise DistDiffError(f"cat_to_name.json names no class for folder(s) {missing[:5]} of {folder.root}")
+        self.folder, self.classes, self.targets = folder, [names[c] for c in folder.classes], folder.targets
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, index):
+        return self.folder[index]
+
+
+def prepare_flower_folders(name, root, source_root, open_fn=None):
+    """The authors' Flowers layout (SOURCES["oxford_flowers_authors"]): train/ and valid/ with
+    numbered class folders, renamed by cat_to_name.json; valid/ becomes test, as theirs tests on it."""
+    table_path = Path(source_root) / "cat_to_name.json"
+    if not table_path.is_file():
+        raise DistDiffError(f"{table_path} not found; --source must hold {SOURCES[name].layout}")
+    table = {str(k): str(v) for k, v in json.loads(table_path.read_text()).items()}
+    splits = {split: (NamedFolder(dataset, table), rule)
+              for split, (dataset, rule) in open_splits(SOURCES[name], source_root, False,
+                                                        open_fn or open_folder).items()}
+    meta = {"dataset": name, "source": str(source_root), "source_layout": SOURCES[name].layout}
+    return build_tree(root, splits, 0, SOURCES[name].ext, (), meta)
 
 
 def with_options(source, shots=None, keep=()):
@@ -371,6 +408,11 @@ def prepare(name, root, source_root, download=False, seed=0, shots=None, keep=()
 
     if is_complete(root):
         return None
+    if name == "oxford_flowers_authors":
+        if download:
+            raise DistDiffError(f"{name} is their flower_data folders, which torchvision does not download; "
+                                f"pass --source DIR holding {SOURCES[name].layout}")
+        return prepare_flower_folders(name, root, source_root)
     ready = None if download else ready_splits(source_root)
     if ready:
         if shots is not None:

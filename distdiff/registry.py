@@ -111,6 +111,7 @@ REGISTRY = {
                                    val=False, authors_words=year_first),
     "dtd_authors": _real("dtd_authors", "a photo of a {} texture", "{} texture.", val=False),
     "oxford_pets_authors": _real("oxford_pets_authors", "a photo of a {}, a type of pet", val=False),
+    "oxford_flowers_authors": _real("oxford_flowers_authors", "a photo of a {}, a type of flower", val=False),
     "imagenette2-320": _real("imagenette2-320", "a photo of a {}", "a photo of a {}.", val=False),
 }
 

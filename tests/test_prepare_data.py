@@ -293,3 +293,23 @@ def test_the_authors_splits_train_on_the_whole_training_split(tmp_path, name, tr
     assert set(info["splits"]) == {"train", "test"} and not (tmp_path / name / "val").exists()
     assert np.bincount(ImageFolder(tmp_path / name / "train").targets).tolist() == [7, 9]
     assert registry.get_dataset(name).val_split is None
+
+
+def test_the_authors_flowers_folders_are_named_by_cat_to_name_and_valid_is_test(tmp_path):
+    source = tmp_path / "flower_data"
+    for split, per_class in (("train", 3), ("valid", 2)):
+        for folder in ("1", "10"):
+            (source / split / folder).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (20, 20), (int(folder), i, 9)).save(source / split / folder / f"image_{i}.jpg")
+    with pytest.raises(DistDiffError, match="cat_to_name.json not found"):
+        prep.prepare("oxford_flowers_authors", tmp_path / "f", source)
+    (source / "cat_to_name.json").write_text(json.dumps({"1": "pink primrose"}))
+    with pytest.raises(DistDiffError, match=r"no class for folder\(s\) \['10'\]"):
+        prep.prepare("oxford_flowers_authors", tmp_path / "f", source)
+    (source / "cat_to_name.json").write_text(json.dumps({"1": "pink primrose", "10": "globe thistle"}))
+    info = prep.prepare("oxford_flowers_authors", tmp_path / "f", source)
+    assert {s: v["images"] for s, v in info["splits"].items()} == {"train": 6, "test": 4}
+    assert sorted(p.name for p in (tmp_path / "f" / "test").iterdir()) == ["globe_thistle", "pink_primrose"]
+    assert registry.get_dataset("oxford_flowers_authors").val_split is None
+    assert not (tmp_path / "f").with_name("f").joinpath("val").exists()
