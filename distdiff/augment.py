@@ -18,6 +18,7 @@ AUGMENTATIONS = {
     "default": "the paper's recipe only",
     "autoaug": "AutoAugment, ImageNet policy (uint8, before ToDtype)",
     "randaug": "RandAugment, 2 ops at magnitude 9 (uint8, before ToDtype)",
+    "augmix": "AugMix severity 3, width 3, alpha 1, without the JSD loss (uint8, before ToDtype)",
     "randerasing": "RandomErasing p=0.5, area 2-33 %, filled with the mean (after Normalize)",
     "gridmask": "GridMask r=0.6, unit 43-100 % of the side, p=0.8 (after Normalize)",
     "mixup": "MixUp alpha=1 on each batch, soft-label cross-entropy",
@@ -46,6 +47,8 @@ def uint8_transforms(name):
         return [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]
     if name == "randaug":
         return [v2.RandAugment(num_ops=2, magnitude=9)]
+    if name == "augmix":  # the AugMix paper's defaults, as the authors' augment_and_mix; one view, no JSD
+        return [v2.AugMix(severity=3, mixture_width=3, chain_depth=-1, alpha=1.0)]
     return []
 
 
