@@ -29,6 +29,10 @@ PRESETS = {"authors": AUTHORS}
 # train_expanded_data_concat_original.py for the retraining): Resize((256, 256)) then the same
 # crops and augmentations as ours, bicubic for the guide, torchvision's default bilinear for the
 # retraining, and the checkpoint of the best test epoch kept as the guide; no autocast (fp32).
+# Also under the preset: --aug autoaug/randaug are not applied, as in their train_transform.py
+# (training.applied_aug). Not reproduced: their random number streams, their AugMix's JSD loss
+# and Cutout, their CIFAR-100 subset file and MedMNIST trees (not public), and their datasets'
+# splits, which are datasets of their own here (stanford_cars_authors, ...: data/README.md).
 TRAIN_PRESETS = {"authors": {"resize_mode": "squash", "guide_selection": "test", "precision": "fp32"}}
 AUTHORS_INTERPOLATION = {"original": "bicubic", "expand": "bilinear"}
 

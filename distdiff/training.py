@@ -30,11 +30,22 @@ def resize_arg(cfg):
     return cfg.resize_size if cfg.resize_mode == "shorter" else [cfg.resize_size, cfg.resize_size]
 
 
+# The authors' train_transform.py sets these on a ConcatDataset's `transform` attribute, which no
+# loader reads: their runs train with the plain recipe, and so do ours under --preset authors.
+AUTHORS_UNAPPLIED_AUGS = ("autoaug", "randaug")
+
+
+def applied_aug(cfg):
+    """The augmentation a run applies: --aug, except under --preset authors where theirs is never
+    applied (AUTHORS_UNAPPLIED_AUGS)."""
+    return "default" if cfg.preset == "authors" and cfg.aug in AUTHORS_UNAPPLIED_AUGS else cfg.aug
+
+
 def build_transforms(cfg):
     """((train head, train tail), (eval head, eval tail)) transforms."""
     norm = dict(mean=registry.IMAGENET_MEAN, std=registry.IMAGENET_STD)
     train = ds.train_transform(cfg.image_size, resize_arg(cfg), cfg.rotation, cfg.hflip,
-                               split=True, aug=cfg.aug, interpolation=cfg.interpolation, **norm)
+                               split=True, aug=applied_aug(cfg), interpolation=cfg.interpolation, **norm)
     test = ds.test_transform(cfg.image_size, resize_arg(cfg), split=True, interpolation=cfg.interpolation, **norm)
     return train, test
 
@@ -250,7 +261,10 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
                                    "cudnn_benchmark": device.type == "cuda",
                                    "workers_resolved": workers, "cache_mb_resolved": cache_mb,
                                    "guide_selection": selection_label(cfg.guide_selection, val is not None),
-                                   "val_split_resolved": spec.val_description()})
+                                   "val_split_resolved": spec.val_description(), "aug_applied": applied_aug(cfg)})
+    if applied_aug(cfg) != cfg.aug:
+        logger.warning("--aug %s under --preset authors: not applied, as in the authors' code (their "
+                       "train_transform.py sets it where no loader reads it); without the preset it is", cfg.aug)
     if val is None:
         logger.warning("%s has no val split: nothing is selected on val (test_at_best_val stays empty, and best_acc "
                        "is the best test epoch, chosen on test)%s", spec.name,

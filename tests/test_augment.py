@@ -149,3 +149,18 @@ def test_the_authors_cutmix_mixes_each_image_by_box_area_with_probability_one_ha
         assert torch.allclose(targets.sum(1), torch.ones(4))
         untouched += int((mixed == images).flatten(1).all(1).sum())
     assert 0.20 < untouched / 200 < 0.45  # no box: (1 - 0.5)^2 = 0.25, plus boxes from the image itself
+
+
+def test_under_the_authors_preset_autoaug_and_randaug_are_not_applied_as_in_their_code():
+    """Their train_transform.py sets AutoAugment/RandAugment on a ConcatDataset attribute that no
+    loader reads; --preset authors reproduces that, the default applies them."""
+    from distdiff.recipe import TrainConfig
+    from distdiff.training import applied_aug, build_transforms
+    for aug in ("autoaug", "randaug"):
+        assert applied_aug(TrainConfig(dataset="digits", aug=aug)) == aug
+        assert applied_aug(TrainConfig(dataset="digits", aug=aug, preset="authors")) == "default"
+    assert applied_aug(TrainConfig(dataset="digits", aug="mixup", preset="authors")) == "mixup"
+    plain = build_transforms(TrainConfig(dataset="digits", image_size=32, resize_size=36))[0][1]
+    theirs = build_transforms(TrainConfig(dataset="digits", image_size=32, resize_size=36, aug="autoaug",
+                                          preset="authors"))[0][1]
+    assert repr(theirs) == repr(plain) and "AutoAugment" not in repr(theirs)
