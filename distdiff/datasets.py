@@ -127,13 +127,19 @@ def load_split(spec, split, transform=None, verify=True):
     if spec.val_from_train and split in (spec.train_split, spec.val_split):
         folder = image_folder(spec.split_dir(spec.train_split), transform, spec.prepare_hint, verify=False)
         held = held_out(folder, spec.val_from_train, spec.val_seed)
-        keep = [(path, label) for path, label in folder.samples if (path in held) == (split == spec.val_split)]
-        folder.samples = folder.imgs = keep
-        folder.targets = [label for _, label in keep]
+        set_samples(folder, [(path, label) for path, label in folder.samples
+                             if (path in held) == (split == spec.val_split)])
         if verify:
             _check_images(folder)
         return folder
     return image_folder(spec.split_dir(split), transform, spec.prepare_hint, verify)
+
+
+def set_samples(folder, samples):
+    """Give an ImageFolder other (path, label) samples: its three views of them stay in step."""
+    folder.samples = folder.imgs = list(samples)
+    folder.targets = [label for _, label in folder.samples]
+    return folder
 
 
 def held_out(folder, per_class, seed):
@@ -313,8 +319,7 @@ def align_classes(folder, classes, what):
     if extra:
         raise DistDiffError(f"{what}: class folders {extra[:5]} are not classes of the dataset")
     index = {name: i for i, name in enumerate(classes)}
-    folder.samples = folder.imgs = [(path, index[folder.classes[label]]) for path, label in folder.samples]
-    folder.targets = [label for _, label in folder.samples]
+    set_samples(folder, [(path, index[folder.classes[label]]) for path, label in folder.samples])
     missing = sorted(set(classes) - set(folder.classes))
     folder.classes, folder.class_to_idx = list(classes), index
     return missing

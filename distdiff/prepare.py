@@ -61,24 +61,17 @@ class Rule:
     join: tuple = ()  # kwargs of more torchvision splits appended to this one (the authors' DTD: train1 + val1)
 
 
-class Joined:
-    """Torchvision splits one after the other, as one dataset with their common classes."""
+def joined(parts):
+    """Torchvision splits one after the other (torch's ConcatDataset) with their common classes and
+    all their labels, as the converters read them."""
+    from torch.utils.data import ConcatDataset
 
-    def __init__(self, parts):
-        self.parts, self.classes = parts, class_names_of(parts[0])
-        if any(class_names_of(p) != self.classes for p in parts[1:]):
-            raise DistDiffError("the joined splits have different classes")
-        self.targets = np.concatenate([labels_of(p) for p in parts]).tolist()
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, index):
-        for part in self.parts:
-            if index < len(part):
-                return part[index]
-            index -= len(part)
-        raise IndexError(index)
+    classes = class_names_of(parts[0])
+    if any(class_names_of(p) != classes for p in parts[1:]):
+        raise DistDiffError("the joined splits have different classes")
+    dataset = ConcatDataset(parts)
+    dataset.classes, dataset.targets = classes, np.concatenate([labels_of(p) for p in parts]).tolist()
+    return dataset
 
 
 @dataclass(frozen=True)
@@ -157,22 +150,6 @@ AUTHORS_SPLITS = ("stanford_cars_authors", "dtd_authors", "oxford_pets_authors",
                   "oxford_flowers_authors")
 
 
-class NamedFolder:
-    """An ImageFolder whose numbered class folders take their names from a {folder: name} table."""
-
-    def __init__(self, folder, names):
-        missing = sorted(set(folder.classes) - set(names))
-        if missing:
-            raise DistDiffError(f"cat_to_name.json names no class for folder(s) {missing[:5]} of {folder.root}")
-        self.folder, self.classes, self.targets = folder, [names[c] for c in folder.classes], folder.targets
-
-    def __len__(self):
-        return len(self.folder)
-
-    def __getitem__(self, index):
-        return self.folder[index]
-
-
 def prepare_flower_folders(name, root, source_root, open_fn=None):
     """The authors' Flowers layout (SOURCES["oxford_flowers_authors"]): train/ and valid/ with
     numbered class folders, renamed by cat_to_name.json; valid/ becomes test, as theirs tests on it."""
@@ -180,9 +157,12 @@ def prepare_flower_folders(name, root, source_root, open_fn=None):
     if not table_path.is_file():
         raise DistDiffError(f"{table_path} not found; --source must hold {SOURCES[name].layout}")
     table = {str(k): str(v) for k, v in json.loads(table_path.read_text()).items()}
-    splits = {split: (NamedFolder(dataset, table), rule)
-              for split, (dataset, rule) in open_splits(SOURCES[name], source_root, False,
-                                                        open_fn or open_folder).items()}
+    splits = open_splits(SOURCES[name], source_root, False, open_fn or open_folder)
+    for folder, _ in splits.values():  # numbered folders -> the names the tree's folders take
+        missing = sorted(set(folder.classes) - set(table))
+        if missing:
+            raise DistDiffError(f"cat_to_name.json names no class for folder(s) {missing[:5]} of {folder.root}")
+        folder.classes = [table[c] for c in folder.classes]
     meta = {"dataset": name, "source": str(source_root), "source_layout": SOURCES[name].layout}
     return build_tree(root, splits, 0, SOURCES[name].ext, (), meta)
 
@@ -364,7 +344,7 @@ def open_splits(source, root, download, open_fn=open_dataset):
         if key not in opened:
             parts = [open_fn(source, Rule(kwargs, rule.part, rule.draw), root, download)
                      for kwargs in (rule.kwargs, *rule.join)]
-            opened[key] = Joined(parts) if rule.join else parts[0]
+            opened[key] = joined(parts) if rule.join else parts[0]
         splits[name] = (opened[key], rule)
     return splits
 

@@ -8,6 +8,7 @@ group (pyproject.toml): on the first lookup the registry calls each provider fou
 This repository's embedded benchmark (digits and its shifted domains) is such a provider, so
 the library never imports the stand-ins and no script imports anything for its side effects.
 """
+import argparse
 import importlib.metadata
 import os
 from collections.abc import Callable
@@ -207,7 +208,7 @@ def folder_dataset(name, root):
     try:
         per_class = INDEX(table.get("val_per_class", 0 if has_val else DEFAULT_VAL_PER_CLASS))
         seed = INDEX(table.get("val_seed", 0))
-    except Exception as err:  # argparse.ArgumentTypeError: the domain's own words
+    except argparse.ArgumentTypeError as err:  # the domain's own words
         raise DistDiffError(f"{path}: {err}") from None
     if has_val and per_class:
         raise DistDiffError(f"{path}: val_per_class {per_class} with a val/ tree: the tree is the val split; "

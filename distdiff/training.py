@@ -81,12 +81,10 @@ def side_by_side_jobs(env=None):
 def first_copies(folder, count):
     """Keep the copies k < `count` of each source in an expanded ImageFolder (<stem>_expand_<k>.png;
     the authors' --expand_num). Returns how many images were left out."""
-    keep = [(path, label) for path, label in folder.samples
-            if int(re.search(r"_expand_(\d+)\.[^.]+$", path).group(1)) < count]
-    dropped = len(folder.samples) - len(keep)
-    folder.samples = folder.imgs = keep
-    folder.targets = [label for _, label in keep]
-    return dropped
+    before = len(folder.samples)
+    ds.set_samples(folder, [(path, label) for path, label in folder.samples
+                            if int(re.search(r"_expand_(\d+)\.[^.]+$", path).group(1)) < count])
+    return before - len(folder.samples)
 
 
 def build_datasets(spec, cfg, expanded_dirs=(), threads=1, expand_num=None, repeat=0):
