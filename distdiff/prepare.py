@@ -12,6 +12,8 @@ Split conventions (INSTALL.md and data/README.md list the sizes):
   oxford_pets      trainval minus 10 per class (-> val) / test
   imagenette       160px: train minus 50 per class (-> val) / val -> test
   fgvc_aircraft    variants: train / val / test (the official splits, as the authors use them)
+  pathmnist, bloodmnist, breastmnist
+                   the MedMNIST .npz splits: train / val / test (the authors: train / test, test as val)
 The authors' splits (their dataloader.py), for comparing with the paper's tables: no val carved,
 so the guide is the last epoch (or, with --preset authors, the best test epoch, as theirs):
   stanford_cars_authors  the whole train split / test
@@ -148,6 +150,62 @@ SOURCES["oxford_flowers_authors"] = Source(
     layout="train/<1..102>/*.jpg, valid/<1..102>/*.jpg and cat_to_name.json")
 AUTHORS_SPLITS = ("stanford_cars_authors", "dtd_authors", "oxford_pets_authors", "imagenette2-320",
                   "oxford_flowers_authors")
+
+# MedMNIST (v2, 28 px): the medmnist package's .npz files, read with numpy (--source DIR holding
+# <name>.npz); the official train / val / test splits. The authors' loader reads train/ and test/
+# folders exported from them (their export is not released) and uses test as val; under --preset
+# authors the guide is selected on test as theirs. Class names are the package's INFO labels,
+# with BloodMNIST's parenthetical list of cell types left out of its folder name.
+MEDMNIST_CLASSES = {
+    "pathmnist": ("adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
+                  "cancer-associated stroma", "colorectal adenocarcinoma epithelium"),
+    "bloodmnist": ("basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte",
+                   "neutrophil", "platelet"),
+    "breastmnist": ("malignant", "normal, benign"),
+}
+SOURCES.update({name: Source(
+    "MedMNIST", {split: Rule({"split": split}) for split in ("train", "val", "test")}, ext="png",
+    common={"file": f"{name}.npz", "classes": classes},
+    layout=f"{name}.npz (the medmnist package's file: train/val/test _images and _labels; a MedMNIST+ size "
+           f"such as {name}_224.npz renamed to {name}.npz)") for name, classes in MEDMNIST_CLASSES.items()})
+
+
+class MedMNISTSplit:
+    """One split of a MedMNIST .npz as the converters read a torchvision dataset: `classes`,
+    `targets`, and (PIL image, label) items (28x28 L or RGB)."""
+
+    def __init__(self, path, split, classes):
+        try:
+            with np.load(path) as data:
+                images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        except (OSError, ValueError, KeyError) as err:
+            raise DistDiffError(f"{path}: not a MedMNIST .npz with {split}_images and {split}_labels "
+                                f"({' '.join(str(err).split())[:120]})") from None
+        if labels.ndim > 1 and labels.shape[1] != 1:
+            raise DistDiffError(f"{path}: {split}_labels has {labels.shape[1]} labels per image; only single-label "
+                                "MedMNIST sets are supported")
+        self.targets = labels.reshape(-1).astype(np.int64).tolist()
+        if len(self.targets) != len(images) or images.ndim not in (3, 4):
+            raise DistDiffError(f"{path}: {split}_images {images.shape} and {split}_labels {labels.shape} do not match")
+        if self.targets and not 0 <= min(self.targets) <= max(self.targets) < len(classes):
+            raise DistDiffError(f"{path}: {split}_labels outside 0..{len(classes) - 1}")
+        self.images, self.classes = images, list(classes)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return Image.fromarray(np.ascontiguousarray(self.images[i])), self.targets[i]
+
+
+def open_medmnist(source, rule, root, download):
+    """One split of <root>/<name>.npz (no download: the medmnist package is not a dependency)."""
+    path = Path(root) / source.common["file"]
+    if download or not path.is_file():
+        raise DistDiffError(f"{path} not found; fetch it from the MedMNIST site (or with the medmnist package) "
+                            f"and pass --source DIR holding {source.layout}")
+    return MedMNISTSplit(path, rule.kwargs["split"], source.common["classes"])
 
 
 def prepare_flower_folders(name, root, source_root, open_fn=None):
@@ -393,6 +451,10 @@ def prepare(name, root, source_root, download=False, seed=0, shots=None, keep=()
             raise DistDiffError(f"{name} is their flower_data folders, which torchvision does not download; "
                                 f"pass --source DIR holding {SOURCES[name].layout}")
         return prepare_flower_folders(name, root, source_root)
+    if SOURCES[name].tv_class == "MedMNIST":
+        source = with_options(SOURCES[name], shots, keep)
+        meta = {"dataset": name, "source": str(Path(source_root) / source.common["file"]), "format": "MedMNIST .npz"}
+        return build_tree(root, open_splits(source, source_root, download, open_medmnist), seed, source.ext, (), meta)
     ready = None if download else ready_splits(source_root)
     if ready:
         if shots is not None:

@@ -107,6 +107,10 @@ REGISTRY = {
     "oxford_pets": _real("oxford_pets", "a photo of a {}, a type of pet"),
     "imagenette": _real("imagenette", "a photo of a {}", "a photo of a {}."),
     "fgvc_aircraft": _real("fgvc_aircraft", "a photo of a {}, a type of aircraft"),  # the authors: no template
+    # MedMNIST: the authors' prompt templates (dataloader.py), without their full stop by default.
+    "pathmnist": _real("pathmnist", "a colon pathological image of {}", "a colon pathological image of {}."),
+    "bloodmnist": _real("bloodmnist", "a photo of {}, a type of cell", "a photo of {}, a type of cell."),
+    "breastmnist": _real("breastmnist", "a photo of {} ultrasound image", "a photo of {} ultrasound image."),
     # The authors' splits of the same data (distdiff/prepare.py): their whole training split.
     "stanford_cars_authors": _real("stanford_cars_authors", "a photo of a {}, a type of car", "a photo of a {}.",
                                    val=False, authors_words=year_first),

@@ -1,9 +1,11 @@
 """Dataset preparation (distdiff/prepare.py, scripts/prepare_data.py): conversion on a fake
 in-memory dataset, seeded val carving, the Caltech-101 rules, and the errors."""
 import json
+import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
@@ -221,7 +223,7 @@ def test_missing_or_absent_source_and_other_names_are_one_line_errors(tmp_path, 
     assert not (tmp_path / "dtd").exists()
     with pytest.raises(DistDiffError, match="prepare_digits.py"):
         run_main("scripts.prepare_data", "digits")
-    with pytest.raises(DistDiffError, match="unknown dataset 'cifar10'; choose from caltech-101"):
+    with pytest.raises(DistDiffError, match="unknown dataset 'cifar10'; choose from bloodmnist, breastmnist, caltech-101"):
         run_main("scripts.prepare_data", "cifar10")
 
 
@@ -313,3 +315,91 @@ def test_the_authors_flowers_folders_are_named_by_cat_to_name_and_valid_is_test(
     assert sorted(p.name for p in (tmp_path / "f" / "test").iterdir()) == ["globe_thistle", "pink_primrose"]
     assert registry.get_dataset("oxford_flowers_authors").val_split is None
     assert not (tmp_path / "f").with_name("f").joinpath("val").exists()
+
+
+@pytest.mark.parametrize("name,channels", [("pathmnist", 3), ("bloodmnist", 3), ("breastmnist", None)])
+def test_medmnist_npz_converts_to_its_official_splits(tmp_path, name, channels):
+    """The medmnist package's .npz (28 px, labels of shape (N, 1)), fabricated: train / val / test
+    written as they are, classes named by the package's labels, prompts with the authors' words."""
+    classes = prep.MEDMNIST_CLASSES[name]
+    rng = np.random.default_rng(0)
+    sizes = {"train": 3, "val": 1, "test": 2}  # per class
+    arrays = {}
+    for split, per_class in sizes.items():
+        labels = np.repeat(np.arange(len(classes)), per_class)[:, None].astype(np.uint8)
+        shape = (len(labels), 28, 28) + ((channels,) if channels else ())
+        arrays.update({f"{split}_images": rng.integers(0, 256, shape, dtype=np.uint8), f"{split}_labels": labels})
+    source = tmp_path / "medmnist"
+    source.mkdir()
+    with pytest.raises(DistDiffError, match=f"{name}.npz not found; fetch it"):
+        prep.prepare(name, tmp_path / name, source)
+    np.savez(source / f"{name}.npz", **{k: v for k, v in arrays.items() if not k.startswith("val")})
+    with pytest.raises(DistDiffError, match="not a MedMNIST .npz with val_images and val_labels"):
+        prep.prepare(name, tmp_path / name, source)
+    np.savez(source / f"{name}.npz", **arrays)
+    info = prep.prepare(name, tmp_path / name, source)
+    assert {s: v["images"] for s, v in info["splits"].items()} == {s: n * len(classes) for s, n in sizes.items()}
+    train = ImageFolder(tmp_path / name / "train")
+    assert train.classes == sorted(prep.folder_names(classes)) and len(train) == 3 * len(classes)
+    first = sorted((tmp_path / name / "train" / prep.safe_class_name(classes[0])).iterdir())[0]
+    with Image.open(first) as img:  # lossless: the array's pixels, as RGB
+        assert img.size == (28, 28) and img.mode == "RGB"
+        expected = arrays["train_images"][0] if channels else np.stack([arrays["train_images"][0]] * 3, -1)
+        assert np.array_equal(np.asarray(img), expected)
+    spec = registry.get_dataset(name)
+    assert spec.val_split == "val" and spec.prompt(prep.safe_class_name(classes[1]), "authors").endswith(".")
+    if name == "breastmnist":
+        assert spec.prompt("normal_benign") == "a photo of normal benign ultrasound image"
+
+
+def fabricate(name, source_dir, classes=("a b", "c")):
+    """Raw files for dataset `name` with the smallest per-class counts its rule needs: an open_fn of
+    fakes (torchvision datasets), the flower_data folders, or a MedMNIST .npz (their own readers)."""
+    source = prep.SOURCES[name]
+    if source.tv_class == "MedMNIST":
+        classes = source.common["classes"]
+        arrays = {}
+        for split in ("train", "val", "test"):
+            labels = np.repeat(np.arange(len(classes)), 2)[:, None]
+            arrays.update({f"{split}_images": np.zeros((len(labels), 28, 28, 3), np.uint8), f"{split}_labels": labels})
+        np.savez(source_dir / source.common["file"], **arrays)
+        return None
+    if name == "oxford_flowers_authors":
+        for split in ("train", "valid"):
+            for folder in ("1", "2"):
+                (source_dir / split / folder).mkdir(parents=True)
+                for i in range(2):
+                    Image.new("RGB", (8, 8), (i, 9, 9)).save(source_dir / split / folder / f"{i}.jpg")
+        (source_dir / "cat_to_name.json").write_text(json.dumps({"1": "pink primrose", "2": "hard-leaved orchid"}))
+        return None
+    # every split of the same size: enough for the largest draw (imagenette's 50 val per class + 2 shots)
+    per_class = 2 + max((n for rule in source.splits.values() for _, n in rule.draw if _ != "train"), default=2)
+    names = [*classes, *source.exclude]
+    return lambda source_, rule, src, download: FakeDataset(names, [per_class] * len(names))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(prep.SOURCES))
+def test_every_dataset_converts_and_trains_one_epoch_under_the_preset(tmp_path, name):
+    """Each dataset prepare_data.py offers, from a fabricated source into its registered folder,
+    then one epoch of train_original.py --preset authors at tiny shapes: a results.json, and the
+    selection the preset's rule gives (their guide: the best test epoch)."""
+    spec = registry.get_dataset(name)
+    source_dir = tmp_path / "source"
+    source_dir.mkdir()
+    open_fn = fabricate(name, source_dir)
+    shots = 2 if prep.SOURCES[name].shots_chunk else None
+    if spec.root.exists():  # an earlier parametrisation of this session left it (the tree is the session's)
+        shutil.rmtree(spec.root)
+    prep.prepare(name, spec.root, source_dir, shots=shots, **({"open_fn": open_fn} if open_fn else {}))
+    try:
+        out = tmp_path / "ckpt"
+        run_main("train_original", name, "--preset", "authors", "--arch", "resnet_small", "--epochs", "1",
+                 "--image_size", "32", "--resize_size", "36", "--batch_size", "8", "--threads", "1", "--output", out)
+        results = list(out.rglob("results.json"))
+        assert len(results) == 1 and json.loads(results[0].read_text())["epochs"] == 1
+        args = yaml.safe_load((results[0].parent / "args.yaml").read_text())
+        assert args["guide_selection"].startswith("best_test") and args["resize_mode"] == "squash"
+        assert args["n_train"] == len(ImageFolder(spec.root / "train"))
+    finally:
+        shutil.rmtree(spec.root, ignore_errors=True)
