@@ -20,6 +20,8 @@ AUGMENTATIONS = {
     "randaug": "RandAugment, 2 ops at magnitude 9 (uint8, before ToDtype)",
     "augmix": "AugMix severity 3, width 3, alpha 1, without the JSD loss (uint8, before ToDtype)",
     "randerasing": "RandomErasing p=0.5, area 2-33 %, filled with the mean (after Normalize)",
+    "cutout": "the authors' name for randerasing (their train_transform.py: torchvision's RandomErasing defaults "
+              "after Normalize)",
     "gridmask": "GridMask r=0.6, unit 43-100 % of the side, p=0.8 (after Normalize)",
     "mixup": "MixUp alpha=1 on each batch, soft-label cross-entropy",
     "cutmix": "CutMix alpha=1 on each batch, soft-label cross-entropy",
@@ -54,7 +56,7 @@ def uint8_transforms(name):
 
 def normalized_transforms(name, image_size):
     """Per-image augmentations applied to the normalised float tensor (after Normalize)."""
-    if check_aug(name) == "randerasing":
+    if check_aug(name) in ("randerasing", "cutout"):
         return [v2.RandomErasing(p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0)]
     if name == "gridmask":
         # The paper's ImageNet setting (d in [96, 224] at 224 px), scaled to the crop size.

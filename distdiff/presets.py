@@ -2,10 +2,15 @@
 still win, and args.yaml records the resolved values.
 
 `authors` reproduces the authors' generate_data.py algorithm (their code, as read line by line;
-the README's fidelity table lists each element). What it cannot reproduce is their random number
-stream (one global seed per process, so their images depend on the number of splits): the draws
-here stay per item. Their energy is a batch mean where ours is a per-item sum; their launcher
-samples at batch 1, where the two are the same, and a batch here is always a stack of batch-1 items.
+docs/fidelity.md lists each element). What it does not reproduce:
+  * their random number stream (one global seed per process, so their images depend on the number
+    of splits): the draws here stay per item;
+  * their arithmetic: their guidance gradient is an unscaled fp16 backward; here the variables
+    (a, b) and the update are fp32 and the backward is loss-scaled (the UNet, decoder and guide do
+    run in fp16 on CUDA under the preset, as theirs);
+  * their energy over a batch is a mean, ours a per-item sum; their launcher samples at batch 1,
+    where the two are the same, and a batch here is always a stack of batch-1 items.
+The training side (TRAIN_PRESETS below) lists its own limits.
 """
 
 from distdiff import DistDiffError
@@ -29,10 +34,11 @@ PRESETS = {"authors": AUTHORS}
 # train_expanded_data_concat_original.py for the retraining): Resize((256, 256)) then the same
 # crops and augmentations as ours, bicubic for the guide, torchvision's default bilinear for the
 # retraining, and the checkpoint of the best test epoch kept as the guide; no autocast (fp32).
-# Also under the preset: --aug autoaug/randaug are not applied, as in their train_transform.py
-# (training.applied_aug). Not reproduced: their random number streams, their AugMix's JSD loss
-# and Cutout, their CIFAR-100 subset file and MedMNIST trees (not public), and their datasets'
-# splits, which are datasets of their own here (stanford_cars_authors, ...: data/README.md).
+# Also under the preset: --aug autoaug/randaug/cutout are not applied, as in their train_transform.py
+# (training.applied_aug). Not reproduced: their random number streams, their AugMix's JSD loss,
+# their CIFAR-100 subset file (not public) and MedMNIST folder export (the .npz splits are read
+# instead), and their datasets' splits, which are datasets of their own here
+# (stanford_cars_authors, ...: data/README.md). The expansion's limits are in the module docstring.
 TRAIN_PRESETS = {"authors": {"resize_mode": "squash", "guide_selection": "test", "precision": "fp32"}}
 AUTHORS_INTERPOLATION = {"original": "bicubic", "expand": "bilinear"}
 

@@ -18,9 +18,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PrototypeConfig:
-    """How the prototypes are made (the defaults are the paper's) and the file that holds them."""
+    """How the prototypes are made (K = 3 as the authors' launcher; the clustering is this project's choice) and the file
+    that holds them."""
     path: str | None = None   # None: <out>/prototypes.npz
-    cluster: str = "kmeans"   # group prototypes: k-means (the paper), or the authors' average linkage
+    cluster: str = "kmeans"   # group prototypes: k-means (this project's choice), or the authors' average linkage
     num_groups: int = 3       # K group prototypes per class
 
 

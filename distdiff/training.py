@@ -30,9 +30,9 @@ def resize_arg(cfg):
     return cfg.resize_size if cfg.resize_mode == "shorter" else [cfg.resize_size, cfg.resize_size]
 
 
-# The authors' train_transform.py sets these on a ConcatDataset's `transform` attribute, which no
-# loader reads: their runs train with the plain recipe, and so do ours under --preset authors.
-AUTHORS_UNAPPLIED_AUGS = ("autoaug", "randaug")
+# The authors' train_transform.py (line 251) sets these on a ConcatDataset's `transform` attribute,
+# which no loader reads: their runs train with the plain recipe, and so do ours under --preset authors.
+AUTHORS_UNAPPLIED_AUGS = ("autoaug", "randaug", "cutout")
 
 
 def applied_aug(cfg):

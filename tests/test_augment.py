@@ -60,8 +60,12 @@ def test_per_image_augs_sit_where_their_input_type_is():
         return [type(t) for t in train_transform(32, 36, 15.0, False, split=True, aug=aug, interpolation="bilinear")[1].transforms]
     for aug, cls in (("autoaug", v2.AutoAugment), ("randaug", v2.RandAugment)):
         assert kinds(aug).index(cls) < kinds(aug).index(v2.ToDtype), aug  # uint8 ops
-    for aug, cls in (("randerasing", v2.RandomErasing), ("gridmask", GridMask)):
+    for aug, cls in (("randerasing", v2.RandomErasing), ("cutout", v2.RandomErasing), ("gridmask", GridMask)):
         assert kinds(aug).index(cls) > kinds(aug).index(v2.Normalize), aug  # fill 0 = the mean
+    # their cutout: torchvision's RandomErasing() with its defaults, which randerasing spells out
+    cutout = train_transform(32, 36, 15.0, False, split=True, aug="cutout", interpolation="bilinear")[1].transforms[-1]
+    default = v2.RandomErasing()
+    assert (cutout.p, cutout.scale, cutout.ratio, cutout.value) == (default.p, default.scale, default.ratio, default.value)
     for aug in ("mixup", "cutmix"):  # batch-level: the per-image tail is the plain one
         assert kinds(aug) == kinds("default")
 
@@ -151,12 +155,12 @@ def test_the_authors_cutmix_mixes_each_image_by_box_area_with_probability_one_ha
     assert 0.20 < untouched / 200 < 0.45  # no box: (1 - 0.5)^2 = 0.25, plus boxes from the image itself
 
 
-def test_under_the_authors_preset_autoaug_and_randaug_are_not_applied_as_in_their_code():
-    """Their train_transform.py sets AutoAugment/RandAugment on a ConcatDataset attribute that no
-    loader reads; --preset authors reproduces that, the default applies them."""
+def test_under_the_authors_preset_autoaug_randaug_and_cutout_are_not_applied_as_in_their_code():
+    """Their train_transform.py sets AutoAugment/RandAugment/Cutout on a ConcatDataset attribute
+    that no loader reads; --preset authors reproduces that, the default applies them."""
     from distdiff.recipe import TrainConfig
     from distdiff.training import applied_aug, build_transforms
-    for aug in ("autoaug", "randaug"):
+    for aug in ("autoaug", "randaug", "cutout"):
         assert applied_aug(TrainConfig(dataset="digits", aug=aug)) == aug
         assert applied_aug(TrainConfig(dataset="digits", aug=aug, preset="authors")) == "default"
     assert applied_aug(TrainConfig(dataset="digits", aug="mixup", preset="authors")) == "mixup"
