@@ -97,7 +97,8 @@ def build_datasets(spec, cfg, expanded_dirs=(), threads=1, expand_num=None, repe
     train = ds.load_split(spec, spec.train_split, verify=False)
     expanded = []
     for folder in expanded_dirs:
-        expanded.append(ds.image_folder(folder, hint="run expand_distdiff.py first", verify=False))
+        expanded.append(ds.image_folder(folder, hint=f"python expand_distdiff.py --dataset {spec.name} --out {folder}",
+                                        verify=False))
         if expand_num is not None:
             logger.info("expanded set %s: the first %d copies of each source (%d images left out)", folder,
                         expand_num, first_copies(expanded[-1], expand_num))

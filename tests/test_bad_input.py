@@ -98,3 +98,12 @@ def test_a_split_too_large_to_cache_is_streamed_with_the_same_items(tmp_path):
     assert cached.images[0].dtype == torch.uint8  # 1 byte per pixel in memory, not 4
     for i in range(len(cached)):
         assert torch.equal(cached[i][0], streamed[i][0]) and cached[i][1] == streamed[i][1]
+
+
+def test_a_missing_expansion_names_the_command_that_makes_it(tmp_path):
+    root = make_tree(tmp_path / "tree")
+    with pytest.raises(DistDiffError, match=r"exp/none not found; run: python expand_distdiff.py --dataset folder:\S+ "
+                                            r"--out \S+exp/none$"):
+        run_main("train_expand", f"folder:{root}", *TINY, "--exp", "x", "--expanded_dir", tmp_path / "exp" / "none",
+                 "--output", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
