@@ -23,13 +23,16 @@ PRIOR_SMOKE = ["--vae_steps", "6", "--steps", "8", "--batch_size", "16", "--vae_
 # Checks that run only as subprocesses and take long: started in the background as soon as the
 # session knows it will run one of the tests that need them (nodeid prefixes), so they use the
 # second core while the in-process tests use the first; those tests then wait for them and check
-# the outcome. key -> (nodeid prefixes, command); {work} is the job's own temporary folder.
+# the outcome. key -> (nodeid prefixes, nice level, command); {work} is the job's own temporary
+# folder. All are niced below the in-process tests; among themselves the longest come first (the
+# chain runs one stage after another; the paper path is next), and the shortest, the GPU script's
+# CPU smoke, fills the gaps.
 BACKGROUND_CHECKS = {
-    "gpu_check_smoke": (("tests/test_gpu_check.py::test_cpu_smoke_runs_every_step_and_writes_the_report",),
+    "chain": (("tests/test_chain.py::",), 4, [sys.executable, "tests/jobs/chain.py", "{work}"]),
+    "gpu_check_smoke": (("tests/test_gpu_check.py::test_cpu_smoke_runs_every_step_and_writes_the_report",), 10,
                         ["bash", "scripts/gpu_check.sh", "--cpu_smoke", "--workdir", "{work}/work",
                          "--report", "{work}/report.json", "--cap_scale", "5"]),  # it shares the cores: no timing
-    "paper_path": (("tests/test_paper_path.py::",), [sys.executable, "tests/jobs/paper_path.py", "{work}"]),
-    "chain": (("tests/test_chain.py::",), [sys.executable, "tests/jobs/chain.py", "{work}"]),
+    "paper_path": (("tests/test_paper_path.py::",), 6, [sys.executable, "tests/jobs/paper_path.py", "{work}"]),
 }
 _BACKGROUND = {}
 _DATA_ROOT = []
@@ -47,14 +50,14 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(session, config, items):
     """The tests that wait for a background check run last, so the in-process tests keep the first
     core busy meanwhile instead of waiting in front of them."""
-    prefixes = tuple(prefix for wanted, _ in BACKGROUND_CHECKS.values() for prefix in wanted)
+    prefixes = tuple(prefix for wanted, _, _ in BACKGROUND_CHECKS.values() for prefix in wanted)
     items.sort(key=lambda item: item.nodeid.startswith(prefixes))  # stable: the order stays otherwise
 
 
 def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
-    wanted = [key for key, (prefixes, _) in BACKGROUND_CHECKS.items()
+    wanted = [key for key, (prefixes, _, _) in BACKGROUND_CHECKS.items()
               if any(item.nodeid.startswith(prefixes) for item in session.items)]
     if "chain" in wanted:  # before the chain's prepare_digits.py, so only one process exports them
         from distdiff.registry import ensure_prepared, get_dataset
@@ -68,8 +71,8 @@ def start_background(key):
     if key not in _BACKGROUND:
         work = Path(tempfile.mkdtemp(prefix=f"distdiff-{key}-"))
         out, err = open(work / "stdout.txt", "w"), open(work / "stderr.txt", "w")
-        command = BACKGROUND_CHECKS[key][1]
-        proc = subprocess.Popen(["nice", "-n", "10", *[part.format(work=work) for part in command]], cwd=REPO,
+        _, nice, command = BACKGROUND_CHECKS[key]
+        proc = subprocess.Popen(["nice", "-n", str(nice), *[part.format(work=work) for part in command]], cwd=REPO,
                                 env=script_env(), stdout=out, stderr=err)
         _BACKGROUND[key] = (proc, work, out, err)
     return _BACKGROUND[key]
