@@ -202,9 +202,12 @@ class MedMNISTSplit:
 def open_medmnist(source, rule, root, download):
     """One split of <root>/<name>.npz (no download: the medmnist package is not a dependency)."""
     path = Path(root) / source.common["file"]
-    if download or not path.is_file():
-        raise DistDiffError(f"{path} not found; fetch it from the MedMNIST site (or with the medmnist package) "
-                            f"and pass --source DIR holding {source.layout}")
+    fetch = f"fetch it from the MedMNIST site (or with the medmnist package) and pass --source DIR holding {source.layout}"
+    if download:
+        raise DistDiffError(f"--download is not offered for {source.common['file']} (the medmnist package is not a "
+                            f"dependency); {fetch}")
+    if not path.is_file():
+        raise DistDiffError(f"{path} not found; {fetch}")
     return MedMNISTSplit(path, rule.kwargs["split"], source.common["classes"])
 
 

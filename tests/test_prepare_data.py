@@ -333,6 +333,8 @@ def test_medmnist_npz_converts_to_its_official_splits(tmp_path, name, channels):
     source.mkdir()
     with pytest.raises(DistDiffError, match=f"{name}.npz not found; fetch it"):
         prep.prepare(name, tmp_path / name, source)
+    with pytest.raises(DistDiffError, match=f"--download is not offered for {name}.npz"):
+        prep.prepare(name, tmp_path / name, source, download=True)
     np.savez(source / f"{name}.npz", **{k: v for k, v in arrays.items() if not k.startswith("val")})
     with pytest.raises(DistDiffError, match="not a MedMNIST .npz with val_images and val_labels"):
         prep.prepare(name, tmp_path / name, source)
