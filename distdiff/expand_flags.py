@@ -19,7 +19,7 @@ from distdiff import DistDiffError, registry
 from distdiff.domains import COUNT, FINITE, GPU_INDEX, INDEX, Number, OneLineParser, OrAuto
 from distdiff.config import EXPAND_SPELLINGS, dataset_section, parse_args, resolved_dict, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
-from distdiff.guidance import GUIDANCE_MODES, TRANSFORM_STARTS, GuidanceConfig
+from distdiff.guidance import ENERGIES, GUIDANCE_MODES, TRANSFORM_STARTS, GuidanceConfig
 from distdiff.options import add_runtime_flags
 from distdiff.presets import PRESETS, apply_targets, preset_values
 from distdiff.prototype_store import PrototypeConfig
@@ -156,6 +156,9 @@ def get_parser(description=None):
     add("guidance", "transform_start", choices=TRANSFORM_STARTS,
         help="transform: start (a, b) at the random draws (the paper), or at (0, 0) so that only the gradient "
              "step moves the latent (with --step_size 0: the random perturbation alone)")
+    add("guidance", "energy", choices=ENERGIES,
+        help="what the guidance lowers: the paper's prototype energy, or the guide's cross-entropy for the source's "
+             "class (a classifier-guidance reference, docs/guidance_variants.md)")
     add("runtime", "record_energy", type=EnergyEvery(), default=8, metavar="N",
         help="measure the energy with and without guidance on every N-th item of the work list (1: all, 0 or "
              "False: none); the measurement repeats the look-ahead twice without gradients on those items, so doing "

@@ -18,7 +18,8 @@ transform_start "identity" starts (a, b) at (0, 0) so that only the gradient ste
 `direct` guidance (the authors' `direct_guidance`), at each of the P schedule indices T - M ...
 T - M + P - 1: one DDIM step from z_t gives z_{t-1} and the one-step x0; E of the decoded x0 is
 differentiated with respect to z_t, and z_{t-1} moves by -rho times that gradient, with no
-projection. Denoising continues from the guided z_{t-1}.
+projection. Denoising continues from the guided z_{t-1}. `energy "classifier"` replaces E by the
+guide's cross-entropy for the item's class (the reference of docs/guidance_variants.md, not DistDiff).
 """
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from distdiff.numerics import GUIDED, keep_guided, scaled_grad
 
 GUIDANCE_MODES = ("transform", "direct", "none")
 TRANSFORM_STARTS = ("random", "identity")
+ENERGIES = ("prototype", "classifier")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class GuidanceConfig:
     repeats: int = 1                 # transform: number of applications (the paper: once)
     interval: int = 1                # transform: denoising steps between applications
     transform_start: str = "random"  # transform: (a, b) start at the draws (paper) or at (0, 0) (gradient alone)
+    energy: str = "prototype"        # the paper's prototype energy, or the guide's cross-entropy (a reference)
 
     def indices(self, num_steps):
         """Indices into the full timestep schedule where guidance acts."""

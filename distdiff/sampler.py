@@ -118,10 +118,8 @@ def frame(image, side, framing, generator=None):
 
 
 class GuidedSampler:
-    """Holds the pipeline, guide, prototypes and per-class prompt embeddings for a run.
-
-    `prompts[c]` is the list of prompts of class c (one, or several with --language_enhance).
-    """
+    """The pipeline, guide, prototypes and prompt embeddings of a run; `prompts[c]` lists class c's
+    prompts (one, or several with --language_enhance)."""
 
     def __init__(self, pipe, guide, guide_input, prototypes, prompts, sample_cfg, guidance_cfg, device):
         self.pipe, self.guide, self.guide_input = pipe, guide, guide_input
@@ -194,6 +192,9 @@ class GuidedSampler:
     def image_energy(self, x0, labels):
         """Energy [B] of predicted clean latents: decode, map to the guide's input, score."""
         cfg = self.guidance_cfg
+        if cfg.energy == "classifier":  # the guide's cross-entropy for the item's class, in fp32
+            x = self.guide_input(self.decode(x0)).to(next(self.guide.parameters()).dtype)
+            return torch.nn.functional.cross_entropy(self.guide(x).float(), labels, reduction="none")
         features = guide_features(self.guide, self.guide_input, self.decode(x0), cfg.normalize_features)
         return energy(features, self.protos["class_protos"][labels], self.protos["group_protos"][labels],
                       self.protos["group_mask"][labels], cfg.lambda_class, cfg.lambda_group)
@@ -210,17 +211,13 @@ class GuidedSampler:
     # -- the loop ------------------------------------------------------------
     @torch.no_grad()
     def sample(self, posterior_mean, posterior_std, labels, draws, observer=None):
-        """Generate one batch. Inputs are per item: posterior [B, C, h, w], labels [B], draws.
-
-        Returns (decoded images in [-1, 1] as a tensor [B, 3, H, W], guidance outcome per item
-        [B]: numerics.GUIDED unless some application lost it to a non-finite or all-zero
-        gradient). `observer(index, latents, guided, unguided, embeds, labels)` is called after
-        each guidance application, with the latent it started from, the guided result and the
-        unguided one (transform: the same latent; direct: the plain DDIM step); it must not
-        change them. Everything but the guidance runs under inference_mode (no autograd
-        bookkeeping at all); the latent is cloned out of it before guidance, because autograd
-        cannot save inference tensors for the backward pass.
-        """
+        """Generate one batch from per-item inputs: posterior [B, C, h, w], labels [B], draws. Returns
+        (decoded images [B, 3, H, W] in [-1, 1], outcome [B]: numerics.GUIDED unless an application
+        lost guidance to a non-finite or all-zero gradient). `observer(index, latents, guided,
+        unguided, embeds, labels)`, called after each guidance application (unguided: the same latent
+        for transform, the plain DDIM step for direct), must not change them. All but the guidance
+        runs under inference_mode; the latent is cloned out of it first (autograd cannot save
+        inference tensors for the backward pass)."""
         labels = labels.to(self.device)
         rows = torch.tensor([self.prompt_index[int(y)][d.prompt] for y, d in zip(labels, draws)], device=self.device)
         embeds = self.prompt_embeds[rows]

@@ -177,6 +177,30 @@ def test_energy_drops_for_most_items_with_transform_and_direct(setup, reference)
 
 
 @pytest.mark.slow
+def test_the_classifier_energy_reference_lowers_the_guides_cross_entropy(setup, reference):
+    """--energy classifier (docs/guidance_variants.md, V4): the paper's mechanics on the guide's
+    cross-entropy for the source's class. The recorded energy is another quantity than the
+    prototype energy of the same items, the step lowers it for most items, every image differs
+    from the prototype energy's, and with step 0 the images are the noise-only ones (no energy is
+    evaluated, the draws are shared)."""
+    out = setup["root"] / "classifier"
+    expand(setup, out, "--energy", "classifier", "--expand_ratio", "2")
+    records = manifest(out)
+    assert len(records) == 12 and all(r["guidance"] == "guided" for r in records)
+    assert np.mean([r["energy_after"] < r["energy_before"] for r in records]) > 0.5
+    prototype = {r["path"]: r["energy_before"] for r in manifest(reference["out"])}
+    assert all(r["energy_before"] != prototype[r["path"]] for r in records)  # copies k < 2: the same draws
+    assert "energy: classifier" in (out / "args.yaml").read_text()
+    images = png_bytes(out)
+    assert len(images) == 12 and all(data != reference["files"][name] for name, data in images.items())
+    noise, noise_classifier = setup["root"] / "noise2", setup["root"] / "noise2_classifier"
+    expand(setup, noise, "--step_size", "0", "--expand_ratio", "2", "--record_energy", "0")
+    expand(setup, noise_classifier, "--step_size", "0", "--expand_ratio", "2", "--record_energy", "0",
+           "--energy", "classifier")
+    assert png_bytes(noise_classifier) == png_bytes(noise)
+
+
+@pytest.mark.slow
 def test_radius_zero_reproduces_guidance_none_byte_for_byte(setup, reference):
     """Guided and unguided runs share every item's noise: a guidance step projected back onto
     the unguided latent (radius 0) must give exactly the unguided images."""
