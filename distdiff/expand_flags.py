@@ -19,7 +19,7 @@ from distdiff import DistDiffError, registry
 from distdiff.domains import COUNT, FINITE, GPU_INDEX, INDEX, Number, OneLineParser, OrAuto
 from distdiff.config import EXPAND_SPELLINGS, dataset_section, parse_args, resolved_dict, spellings_of, str2bool
 from distdiff.features import GUIDE_INPUTS
-from distdiff.guidance import ENERGIES, GUIDANCE_MODES, TRANSFORM_STARTS, GuidanceConfig
+from distdiff.guidance import ENERGIES, GUIDANCE_MODES, TRANSFORM_POINTS, TRANSFORM_STARTS, GuidanceConfig
 from distdiff.options import add_runtime_flags
 from distdiff.presets import PRESETS, apply_targets, preset_values
 from distdiff.prototype_store import PrototypeConfig
@@ -156,6 +156,14 @@ def get_parser(description=None):
     add("guidance", "transform_start", choices=TRANSFORM_STARTS,
         help="transform: start (a, b) at the random draws (the paper), or at (0, 0) so that only the gradient "
              "step moves the latent (with --step_size 0: the random perturbation alone)")
+    add("guidance", "transform_point", choices=TRANSFORM_POINTS,
+        help="transform: the paper's gradient step on (a, b) taken at the unclamped point, or 'landed': the "
+             "perturbation as an offset clamped first, then --guidance_iters normalised steps of --offset_step radii "
+             "taken where it lands (variants V1/V2 of docs/guidance_variants.md; not the paper's method)")
+    add("guidance", "guidance_iters", type=Number(int, 0),
+        help="with --transform_point landed: the number of normalised steps on the offset (0: the clamped noise alone)")
+    add("guidance", "offset_step", type=Number(float, 0),
+        help="with --transform_point landed: each step's L-inf size in radii (0: the clamped noise alone)")
     add("guidance", "energy", choices=ENERGIES,
         help="what the guidance lowers: the paper's prototype energy, or the guide's cross-entropy for the source's "
              "class (a classifier-guidance reference, docs/guidance_variants.md)")
@@ -292,6 +300,9 @@ def parse_namespace(argv=None, description=None):
     if args.first_image_index >= args.expand_ratio:  # every copy skipped: a run that writes nothing
         raise DistDiffError(f"--first_image_index {args.first_image_index} leaves no copy to make: it must be below "
                             f"--expand_ratio {args.expand_ratio}")
+    if args.transform_point == "landed" and (args.guidance != "transform" or args.radius is None):
+        raise DistDiffError("--transform_point landed needs --guidance transform and a --radius (its steps are "
+                            "sized in radii)")
     if args.language_enhance and args.prompt_file is None:
         args.prompt_file = str(registry.DATA_ROOT / f"{args.dataset}_le.json")
     return resolve_paths(args)
@@ -331,6 +342,11 @@ def unusual_settings(cfg):
         if g.lambda_class == 0 and g.lambda_group == 0:
             notes.append("--lambda_class and --lambda_group are both 0: the energy is constant and every gradient "
                          "is zero (guidance lost for every item)")
+        if g.transform_point == "unclamped" and (g.guidance_iters, g.offset_step) != (GuidanceConfig.guidance_iters,
+                                                                                   GuidanceConfig.offset_step):
+            notes.append("--guidance_iters and --offset_step act only with --transform_point landed")
+        if g.transform_point == "landed":
+            notes.append("--transform_point landed: each step is --offset_step radii; --step_size (rho) is not used")
         if g.mode == "transform" and g.radius == 0:
             notes.append("--radius 0: the projection returns the unguided latent, so guidance changes nothing")
     return notes

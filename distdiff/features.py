@@ -51,8 +51,7 @@ def prototype_transform(meta, mode="guide"):
 
 
 def guide_features(guide, guide_input, images, normalize=True):
-    """Penultimate guide features of decoded images ([-1, 1]), in fp32 whatever the guide's
-    dtype (the authors run it in fp16); L2-normalised if asked."""
+    """Penultimate features of decoded images ([-1, 1]) in fp32 whatever the guide's dtype; L2-normalised if asked."""
     x = guide_input(images)
     features = penultimate_features(guide, x.to(next(guide.parameters()).dtype)).float()
     return F.normalize(features, dim=1) if normalize else features

@@ -1,25 +1,21 @@
-"""Distribution-aware energy guidance (DistDiff, stage 3).
-
-The energy of a decoded image with guide features f, for its class c,
-
-    E = lambda_c * ||f - p_c|| + lambda_g * ||f - p_g*||,   p_g* = the most cosine-similar group of c,
-
-is summed over the items of a batch (each item's step is its own, whatever the batch size).
+"""Distribution-aware energy guidance (DistDiff, stage 3). The energy of a decoded image with guide
+features f, for its class c, summed over the items of a batch (each item's step is its own):
+    E = lambda_c * ||f - p_c|| + lambda_g * ||f - p_g*||,   p_g* = the most cosine-similar group of c.
 
 `transform` guidance (the paper's algorithm), once at schedule index T - M: perturb the current
 latent z per channel, z' = z * (1 + a) + b with a ~ U(0, 1), b ~ N(0, 1); run P look-ahead DDIM
 steps from z' with autograd on, decoding each predicted clean latent x0 and scoring it with E
 (averaged over the P steps); take one gradient step of size rho on (a, b); apply the transform to
 z and project the result into an L-inf ball of radius r around z. Denoising continues from there.
-Its two parts can be run alone (the controls of docs/energy_or_noise.md): rho = 0 keeps the
-random perturbation and the projection without the gradient (no backward is run), and
-transform_start "identity" starts (a, b) at (0, 0) so that only the gradient step moves z.
+Its parts run alone as the controls of docs/energy_or_noise.md: rho = 0 keeps the perturbation and
+the projection (no backward), transform_start "identity" starts (a, b) at (0, 0).
 
 `direct` guidance (the authors' `direct_guidance`), at each of the P schedule indices T - M ...
 T - M + P - 1: one DDIM step from z_t gives z_{t-1} and the one-step x0; E of the decoded x0 is
 differentiated with respect to z_t, and z_{t-1} moves by -rho times that gradient, with no
-projection. Denoising continues from the guided z_{t-1}. `energy "classifier"` replaces E by the
-guide's cross-entropy for the item's class (the reference of docs/guidance_variants.md, not DistDiff).
+projection. Denoising continues from the guided z_{t-1}. Not DistDiff, the references of
+docs/guidance_variants.md: `energy "classifier"` (E = the guide's cross-entropy for the item's
+class) and `transform_point "landed"` (distdiff.variants).
 """
 import math
 from dataclasses import dataclass
@@ -31,7 +27,7 @@ from distdiff.numerics import GUIDED, keep_guided, scaled_grad
 
 GUIDANCE_MODES = ("transform", "direct", "none")
 TRANSFORM_STARTS = ("random", "identity")
-ENERGIES = ("prototype", "classifier")
+ENERGIES, TRANSFORM_POINTS = ("prototype", "classifier"), ("unclamped", "landed")
 
 
 @dataclass(frozen=True)
@@ -50,6 +46,9 @@ class GuidanceConfig:
     interval: int = 1                # transform: denoising steps between applications
     transform_start: str = "random"  # transform: (a, b) start at the draws (paper) or at (0, 0) (gradient alone)
     energy: str = "prototype"        # the paper's prototype energy, or the guide's cross-entropy (a reference)
+    transform_point: str = "unclamped"  # the paper's gradient on (a, b), or an offset stepped where it lands
+    guidance_iters: int = 1          # transform_point landed: normalised steps on the offset
+    offset_step: float = 1.0         # transform_point landed: each step's L-inf size, in radii
 
     def indices(self, num_steps):
         """Indices into the full timestep schedule where guidance acts."""

@@ -18,6 +18,7 @@ from distdiff import DistDiffError
 from distdiff.features import guide_features
 from distdiff.guidance import direct_step, energy, transform_step, unit_prototypes
 from distdiff.numerics import GUIDED, LossScale
+from distdiff.variants import offset_step
 
 logger = logging.getLogger(__name__)
 FRAMINGS = ("center", "random", "squash")
@@ -142,8 +143,7 @@ class GuidedSampler:
     # -- set-up --------------------------------------------------------------
     @torch.no_grad()
     def _encode_prompts(self, prompts):
-        """Text embeddings [N, 2, L, E] (unconditional, conditional) of every distinct prompt, and
-        for each class the embedding rows of its prompts."""
+        """Text embeddings [N, 2, L, E] (unconditional, conditional) of the distinct prompts; per class its rows."""
         distinct = list(dict.fromkeys(p for class_prompts in prompts for p in class_prompts))
         embeds = []
         for prompt in distinct:
@@ -262,6 +262,9 @@ class GuidedSampler:
 
         def lookahead(z):
             return self.lookahead_energy(z, index, embeds, labels)
+        if cfg.transform_point == "landed":  # variants V1/V2 of docs/guidance_variants.md
+            return offset_step(latents, lookahead, a, b, cfg.radius, cfg.guidance_iters, cfg.offset_step,
+                               self.loss_scale)
         return transform_step(latents, lookahead, a, b, cfg.step_size, cfg.radius, self.loss_scale)
 
     def _direct(self, latents, index, embeds, labels):

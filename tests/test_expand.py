@@ -428,6 +428,43 @@ def test_the_guidance_components_share_their_noise_and_differ_only_where_they_sh
 
 
 @pytest.mark.slow
+def test_the_landed_variants_reproduce_their_noise_controls_at_step_zero(setup):
+    """--transform_point landed (V1, and V2 from the identity) shares the paper's draws: with no
+    step it gives the noise-only images (V1) or plain img2img (V2) to the bit; with steps it moves
+    them, and the two variants differ."""
+    from distdiff.expansion import build_prototypes, load_guide, load_sources
+    from distdiff.guidance import GuidanceConfig
+    from distdiff.numerics import GUIDED
+    from distdiff.pipeline import load_pipeline
+    from distdiff.registry import get_dataset
+    from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
+
+    cpu = torch.device("cpu")
+    pipe = load_pipeline(setup["pipe"], cpu, torch.float32)
+    spec = get_dataset(f"folder:{setup['tree']}")
+    sources = load_sources(spec)
+    guide, guide_input, meta = load_guide(setup["guide"], 2, cpu)
+    protos = build_prototypes(setup["root"] / "landed.npz", spec, sources, guide, meta, cpu, setup["guide"], "kmeans", 3)
+    configs = {"none": GuidanceConfig(mode="none"), "noise": GuidanceConfig(step_size=0),
+               "v1_zero": GuidanceConfig(transform_point="landed", offset_step=0),
+               "v1": GuidanceConfig(transform_point="landed"),
+               "v2_zero": GuidanceConfig(transform_point="landed", transform_start="identity", guidance_iters=0),
+               "v2": GuidanceConfig(transform_point="landed", transform_start="identity", guidance_iters=5,
+                                    offset_step=0.5)}
+    images, statuses = {}, {}
+    for name, cfg in configs.items():
+        sampler = GuidedSampler(pipe, guide, guide_input, protos, [[f"a photo of a {c}"] for c in CLASSES],
+                                SampleConfig(num_steps=10), dataclasses.replace(cfg, guidance_step=4), cpu)
+        mean, std = sampler.encode_sources([sources[0][0]])
+        draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1, 1, False)]
+        images[name], statuses[name] = sampler.sample(mean, std, torch.tensor([0]), draws)
+    assert torch.equal(images["v1_zero"], images["noise"]) and torch.equal(images["v2_zero"], images["none"])
+    assert not torch.equal(images["v1"], images["noise"]) and not torch.equal(images["v2"], images["none"])
+    assert not torch.equal(images["v1"], images["v2"])
+    assert statuses["v1"].tolist() == statuses["v2"].tolist() == [GUIDED]
+
+
+@pytest.mark.slow
 def test_the_authors_precision_split_runs_encoders_in_fp32_and_the_rest_in_half(setup):
     """--encode_precision fp32 (the authors encode sources and prompts before the fp16 cast) and
     --guide_precision pipeline (their guide in half during guidance), on the CPU in bf16: every

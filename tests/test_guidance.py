@@ -128,3 +128,47 @@ def test_rho_zero_is_the_clamped_perturbation_alone_without_a_backward():
         raise AssertionError("rho = 0 must not run the look-ahead")
     new, status = transform_step(z, lookahead, a, b, step_size=0.0, radius=0.2)
     assert (status == GUIDED).all() and torch.equal(new, project(z * (1 + a) + b, z, 0.2))
+
+
+def test_the_landed_offset_step_follows_the_written_rule():
+    """distdiff.variants.offset_step (V1/V2 of docs/guidance_variants.md) against the rule written
+    out here: d0 = P_r(z(1 + a) + b - z); each step d <- P_r(d - step r g / max|g|) with g the
+    gradient of the energy at z + d, per item; a quadratic energy whose gradient differs between
+    the clamped and the unclamped point, so taking it at the wrong one fails."""
+    from distdiff.variants import offset_step
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 4, 5, 5, generator=gen)
+    a, b = torch.rand(3, 4, 1, 1, generator=gen), torch.randn(3, 4, 1, 1, generator=gen)
+    target = torch.randn(3, 4, 5, 5, generator=gen) * 3
+    r = 0.2
+
+    def quadratic(x):
+        return ((x - target) ** 2).flatten(1).sum(1)
+
+    for iters, step in ((1, 1.0), (5, 0.5)):
+        d = (z * (1 + a) + b - z).clamp(-r, r)
+        for _ in range(iters):
+            g = 2 * (z + d - target)
+            d = (d - step * r * g / g.flatten(1).abs().amax(1).view(-1, 1, 1, 1)).clamp(-r, r)
+        got, status = offset_step(z, quadratic, a, b, r, iters, step)
+        assert status.tolist() == [GUIDED] * 3
+        torch.testing.assert_close(got, z + d, rtol=0, atol=1e-6)
+        assert (got - z).abs().max() <= r + 1e-6 and (quadratic(got) < quadratic(z + (z * (1 + a) + b - z).clamp(-r, r))).all()
+    # no step: the clamped noise alone (the paper's rho = 0 latent); from the identity, z itself
+    noise = project(z * (1 + a) + b, z, r)
+    torch.testing.assert_close(offset_step(z, quadratic, a, b, r, 0, 1.0)[0], noise, rtol=0, atol=0)
+    torch.testing.assert_close(offset_step(z, quadratic, a, b, r, 3, 0.0)[0], noise, rtol=0, atol=0)
+    zero = torch.zeros_like(a)
+    assert torch.equal(offset_step(z, quadratic, zero, zero, r, 0, 1.0)[0], z)
+
+
+def test_the_landed_variant_needs_transform_guidance_and_a_radius():
+    from distdiff import expand_flags
+    for extra in (["--radius", "none"], ["--guidance", "direct"]):
+        with pytest.raises(DistDiffError, match="--transform_point landed needs --guidance transform and a --radius"):
+            expand_flags.parse(["--dataset", "digits", "--transform_point", "landed", *extra])
+    cfg = expand_flags.parse(["--dataset", "digits", "--transform_point", "landed", "--guidance_iters", "5",
+                              "--offset_step", "0.5"])
+    assert (cfg.guidance.transform_point, cfg.guidance.guidance_iters, cfg.guidance.offset_step) == ("landed", 5, 0.5)
+    assert any("--step_size (rho) is not used" in note for note in expand_flags.unusual_settings(cfg))
+    assert {"transform_point", "guidance_iters", "offset_step", "energy"} <= set(expand_flags.GENERATION_KEYS)
