@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Guidance variants, each against its own noise (docs/guidance_variants.md, committed with its
+# rule before any run): V1 the step where it lands, V2 projected gradient descent from the latent
+# itself, V3 the paper's step at 3 timesteps, V4 a classifier-guidance reference, with the none /
+# noise / paper controls; 10 shots first, then 3 shots; 6 expansion seeds x training seeds 1-3.
+#
+#   bash scripts/exps/guidance_variants.sh      # everything (aim: 4 h on 2 CPU cores)
+#
+# A trim (the design's order, at 3 shots: v2, then v3 with noise3, then v1) removes those cells and
+# their contrasts from configs/sweeps/guidance_variants_3shot.yaml, recorded under Amendments
+# before any 3-shot result is read.
+# Every step skips finished work (the prior, guides, expansions, training runs, metrics): a rerun,
+# after a kill or a crash, resumes where the last one stopped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+SEEDS=${SEEDS:-1 2 3}  # training seeds inside each expansion (the rule was committed with 1 2 3)
+JOBS=${JOBS:-2}
+export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+bash scripts/setup.sh
+$PY scripts/train_prior.py                                  # the in-domain prior (the demo's)
+$PY train_original.py digits10 --seed 1                     # the 10-shot guide
+# shellcheck disable=SC2086
+$PY studies/sweep.py configs/sweeps/guidance_variants_10shot.yaml --seeds $SEEDS --jobs "$JOBS" \
+    --figure figure/guidance_variants_10shot.png
+$PY train_original.py digits --seed 1                       # the 3-shot guide (the demo's)
+# shellcheck disable=SC2086
+$PY studies/sweep.py configs/sweeps/guidance_variants_3shot.yaml --seeds $SEEDS --jobs "$JOBS" \
+    --figure figure/guidance_variants_3shot.png
