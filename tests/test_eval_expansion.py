@@ -98,6 +98,7 @@ def test_shifted_set_scores_worse(evaluated):
     assert shifted["precision"] + shifted["recall"] < 2.0
 
 
+@pytest.mark.slow  # its fixture builds a run: out of the quick tier
 def test_prototype_distances_match_direct_computation(evaluated):
     rows = evaluated["rows"]
     # The original row scores the training split against the prototypes built from it.

@@ -81,6 +81,7 @@ def reference(setup):
     return {"out": out, "files": png_bytes(out), "log": (out / "log.txt").read_text()}
 
 
+@pytest.mark.slow  # its fixture builds a run: out of the quick tier
 def test_outputs_layout_and_summary(reference):
     files = reference["files"]
     assert len(files) == 2 * 3 * 4  # 24 items: 3 ownership blocks of 8, one per shard below
@@ -165,6 +166,7 @@ def test_channels_last_matches_within_rounding(setup, reference):
     assert max(max_pixel_diffs(out, reference)) <= 2
 
 
+@pytest.mark.slow  # its fixture builds a run: out of the quick tier
 def test_energy_drops_for_most_items_with_transform_and_direct(setup, reference):
     records = manifest(reference["out"])
     dropped = np.mean([r["energy_after"] < r["energy_before"] for r in records])
@@ -237,6 +239,7 @@ def test_energy_recording_is_shared_equally_by_the_shards_of_a_4_shard_run():
         assert per_shard == [3, 2, 2, 2]  # blocks 0-8 dealt round robin: shard 0 owns one more block
 
 
+@pytest.mark.slow  # its fixture builds a run: out of the quick tier
 def test_changed_settings_in_same_out_dir_are_refused(setup, reference):
     with pytest.raises(DistDiffError, match="other settings .*strength"):
         expand(setup, reference["out"], "--strength", "0.7")
@@ -508,6 +511,7 @@ def train_on(setup, expanded, tmp_path, *extra):
                     "--output", tmp_path / "runs", *TRAIN_TINY, *extra)
 
 
+@pytest.mark.slow  # its fixture builds a run: out of the quick tier
 def test_a_half_written_expansion_is_refused_naming_the_missing_shard(setup, tmp_path, capsys):
     """Shard 1 of 2 written (8 of 24 items, both classes present): training stops before any work
     with one line naming shard 0 and its command; --allow_partial trains and records the fraction."""

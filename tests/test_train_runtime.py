@@ -105,6 +105,7 @@ def every_epoch(tmp_path_factory, digits_ready):
     return run_dir(out)
 
 
+@pytest.mark.slow  # its fixture builds a run: out of the quick tier
 def test_eval_every_two_evaluates_epochs_two_and_three_only(tmp_path, every_epoch):
     run_main("train_original", "digits", "--epochs", "3", "--eval_every", "2", "--output", tmp_path, *QUICK)
     run = run_dir(tmp_path)
