@@ -19,6 +19,8 @@ AUGMENTATIONS = {
     "autoaug": "AutoAugment, ImageNet policy (uint8, before ToDtype)",
     "randaug": "RandAugment, 2 ops at magnitude 9 (uint8, before ToDtype)",
     "augmix": "AugMix severity 3, width 3, alpha 1, without the JSD loss (uint8, before ToDtype)",
+    "augmix_jsd": "the authors' AugMix baseline: the image and two AugMix views of it, cross-entropy on the image "
+                  "plus 12 x the Jensen-Shannon consistency of the three (uint8, before ToDtype)",
     "randerasing": "RandomErasing p=0.5, area 2-33 %, filled with the mean (after Normalize)",
     "cutout": "the authors' name for randerasing (their train_transform.py: torchvision's RandomErasing defaults "
               "after Normalize)",
@@ -50,8 +52,44 @@ def uint8_transforms(name):
     if name == "randaug":
         return [v2.RandAugment(num_ops=2, magnitude=9)]
     if name == "augmix":  # the AugMix paper's defaults, as the authors' augment_and_mix; one view, no JSD
-        return [v2.AugMix(severity=3, mixture_width=3, chain_depth=-1, alpha=1.0)]
+        return [augmix()]
+    if name == "augmix_jsd":
+        return [AugMixViews()]
     return []
+
+
+def augmix():
+    """AugMix at the AugMix paper's defaults, which the authors' augment_and_mix uses."""
+    return v2.AugMix(severity=3, mixture_width=3, chain_depth=-1, alpha=1.0)
+
+
+class AugMixViews(torch.nn.Module):
+    """[C, H, W] uint8 -> [3, C, H, W]: the image and two independent AugMix draws of it (their
+    AugMixDataset with no_jsd=False); ToDtype and Normalize then act on the three views alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.augmix = augmix()
+
+    def forward(self, image):
+        return torch.stack([torch.as_tensor(image), torch.as_tensor(self.augmix(image)),
+                            torch.as_tensor(self.augmix(image))])
+
+
+def views_loss(name):
+    """The training loss for a batch of stacked views ([B, 3, C, H, W], augmix_jsd), else None."""
+    return jsd_views_loss if check_aug(name) == "augmix_jsd" else None
+
+
+def jsd_views_loss(logits, labels, weight=12.0):
+    """The authors' AugMix objective (train_transform.py lines 388-403) on the logits of 3 stacked
+    views [3B, K], the plain view first: cross-entropy of the plain view plus `weight` times the
+    mean KL divergence of each view's softmax from their mixture (clamped at 1e-7 before the log)."""
+    plain, first, second = logits.float().chunk(3)
+    probs = [torch.softmax(x, dim=-1) for x in (plain, first, second)]
+    mixture = torch.clamp(sum(probs) / 3.0, 1e-7, 1).log()
+    consistency = sum(torch.nn.functional.kl_div(mixture, p, reduction="batchmean") for p in probs) / 3.0
+    return torch.nn.functional.cross_entropy(plain, labels) + weight * consistency
 
 
 def normalized_transforms(name, image_size):

@@ -136,19 +136,23 @@ def build_optimizer(model, lr, momentum, weight_decay, head_only=False):
 
 
 def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=None, desc="train",
-                    batch_transform=None, scheduler=None, memory_format=torch.preserve_format):
+                    batch_transform=None, scheduler=None, memory_format=torch.preserve_format, views_loss=None):
     """One pass over `loader` (any sized iterable of (images, labels) batches); returns (mean
     loss, accuracy). `scheduler`, if given, steps after every batch (a per-step schedule).
 
     `batch_transform(images, labels) -> (images, soft targets [B, C])` (MixUp, CutMix) turns
     the step into soft-label cross-entropy; accuracy then counts agreement with the argmax of
-    the mixed target, i.e. with the class that dominates the mixed image.
+    the mixed target, i.e. with the class that dominates the mixed image. `views_loss(logits,
+    labels)` takes batches of stacked views [B, V, C, H, W] (augmix_jsd), run as one [V*B] batch
+    view by view; accuracy is the first (plain) view's.
     """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     # A per-batch bar only where an epoch is long enough to need one.
     for images, labels in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                                disable=len(loader) < 20):
+        if views_loss is not None:  # [B, V, C, H, W] -> [V*B, C, H, W], view by view
+            images = images.transpose(0, 1).flatten(0, 1)
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         if batch_transform is not None:
@@ -158,7 +162,10 @@ def train_one_epoch(model, loader, optimizer, device, amp_dtype=None, scaler=Non
             targets = labels
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
-            loss = F.cross_entropy(logits, targets)  # class indices or probabilities
+            if views_loss is not None:
+                loss, logits = views_loss(logits, targets), logits[:len(labels)]
+            else:
+                loss = F.cross_entropy(logits, targets)  # class indices or probabilities
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -242,14 +249,16 @@ def write_results(run_dir, results):
 # The training loop with resume
 # ---------------------------------------------------------------------------
 
-def fit(run_dir, model, train_set, val_set, test_set, device, meta, cfg, *, amp_dtype=None, batch_transform=None):
+def fit(run_dir, model, train_set, val_set, test_set, device, meta, cfg, *, amp_dtype=None, batch_transform=None,
+        views_loss=None):
     """Train with the recipe `cfg` (a distdiff.recipe.TrainConfig, its epochs, workers and
     channels_last resolved: training.train_classifier), resuming from <run_dir>/last.pt; returns
     the results.json dict.
 
     `meta` (arch, classes, transform sizes) is stored in every checkpoint so the guide can be
-    rebuilt without the training script's arguments. `batch_transform` is MixUp/CutMix (see
-    train_one_epoch); it draws from torch's global RNG, which last.pt stores.
+    rebuilt without the training script's arguments. `batch_transform` is MixUp/CutMix and
+    `views_loss` the loss of stacked views (see train_one_epoch); the draws come from torch's
+    global RNG, which last.pt stores.
 
     model_best.pth.tar (the guide that expansion uses) is the epoch with the best val accuracy
     when there is a val split, and the last epoch otherwise: never selected on test, unless
@@ -291,7 +300,8 @@ def fit(run_dir, model, train_set, val_set, test_set, device, meta, cfg, *, amp_
         loader = make_loader(train_set, batch_size, True, workers, seed=seed * 100003 + epoch, pin_memory=pin)
         current_lr = optimizer.param_groups[0]["lr"]
         loss, train_acc = train_one_epoch(model, loader, optimizer, device, amp_dtype, scaler,
-                                          batch_transform=batch_transform, memory_format=memory_format)
+                                          batch_transform=batch_transform, memory_format=memory_format,
+                                          views_loss=views_loss)
         scheduler.step()
         val_acc = test_acc = None
         if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:

@@ -35,9 +35,9 @@ PRESETS = {"authors": AUTHORS}
 # crops and augmentations as ours, bicubic for the guide, torchvision's default bilinear for the
 # retraining, and the checkpoint of the best test epoch kept as the guide; no autocast (fp32).
 # Also under the preset: --aug autoaug/randaug/cutout are not applied, as in their train_transform.py
-# (training.applied_aug). Not reproduced: their random number streams, their AugMix's JSD loss,
-# their CIFAR-100 subset file (not public) and MedMNIST folder export (the .npz splits are read
-# instead), and their datasets' splits, which are datasets of their own here
+# (training.applied_aug); their AugMix with its JSD loss is --aug augmix_jsd. Not reproduced: their
+# random number streams, their CIFAR-100 subset file (not public) and MedMNIST folder export (the
+# .npz splits are read instead), and their datasets' splits, which are datasets of their own here
 # (stanford_cars_authors, ...: data/README.md). The expansion's limits are in the module docstring.
 TRAIN_PRESETS = {"authors": {"resize_mode": "squash", "guide_selection": "test", "precision": "fp32"}}
 AUTHORS_INTERPOLATION = {"original": "bicubic", "expand": "bilinear"}

@@ -13,7 +13,7 @@ from torch.utils.data import ConcatDataset
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff import registry, shards
-from distdiff.augment import batch_transform, check_aug
+from distdiff.augment import batch_transform, check_aug, views_loss
 from distdiff.config import save_args
 from distdiff.devices import configure_cpu, resolve_device, train_precision
 from distdiff.engine import fit, is_complete, loader_workers, parse_workers, read_results, sample_bytes, shm_safe_workers
@@ -274,6 +274,6 @@ def train_classifier(cfg, exp=None, expanded_dirs=(), equal_iterations=False, al
                 len(test), epochs, device, precision, ", channels_last" if channels_last else "", workers, cache_mb)
     recipe = dataclasses.replace(cfg, epochs=epochs, workers=workers, channels_last=channels_last)  # as resolved
     results = fit(run_dir, model, train, val, test, device, classifier_meta(cfg, classes), recipe, amp_dtype=amp_dtype,
-                  batch_transform=batch_transform(cfg.aug, len(classes)))
+                  batch_transform=batch_transform(cfg.aug, len(classes)), views_loss=views_loss(applied_aug(cfg)))
     logger.info("results: %s", {k: results[k] for k in sorted(results)})
     return results

@@ -168,3 +168,32 @@ def test_under_the_authors_preset_autoaug_randaug_and_cutout_are_not_applied_as_
     theirs = build_transforms(TrainConfig(dataset="digits", image_size=32, resize_size=36, aug="autoaug",
                                           preset="authors"))[0][1]
     assert repr(theirs) == repr(plain) and "AutoAugment" not in repr(theirs)
+
+
+def test_augmix_jsd_stacks_the_plain_view_and_two_augmix_views_and_takes_their_loss():
+    """--aug augmix_jsd: the tail gives [3, C, H, W], the first view exactly the plain recipe's
+    image under the same draws; the loss is the authors' (train_transform.py lines 388-403),
+    written out here: CE of the plain view + 12 x the mean KL of each view from the clamped log
+    of their mixture, which is the plain CE when the three views agree."""
+    import torch.nn.functional as F
+
+    from distdiff.augment import jsd_views_loss, views_loss
+    image = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
+    plain = train_transform(32, 36, 15.0, True, split=True, aug="default", interpolation="bilinear")[1]
+    views = train_transform(32, 36, 15.0, True, split=True, aug="augmix_jsd", interpolation="bilinear")[1]
+    torch.manual_seed(3)
+    expected = plain(image)
+    torch.manual_seed(3)
+    stacked = views(image)
+    assert stacked.shape == (3, 3, 32, 32) and stacked.dtype == torch.float32
+    assert torch.equal(stacked[0], expected) and not torch.equal(stacked[1], stacked[2])
+    assert views_loss("augmix_jsd") is jsd_views_loss and views_loss("augmix") is None
+    logits, labels = torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 4])
+    p = [F.softmax(x, -1) for x in (logits[:4], logits[4:8], logits[8:])]
+    mixture = torch.clamp((p[0] + p[1] + p[2]) / 3., 1e-7, 1).log()
+    theirs = F.cross_entropy(logits[:4], labels) + 12 * (F.kl_div(mixture, p[0], reduction="batchmean") +
+                                                        F.kl_div(mixture, p[1], reduction="batchmean") +
+                                                        F.kl_div(mixture, p[2], reduction="batchmean")) / 3.
+    torch.testing.assert_close(jsd_views_loss(logits, labels), theirs)
+    same = logits[:4].repeat(3, 1)
+    torch.testing.assert_close(jsd_views_loss(same, labels), F.cross_entropy(logits[:4], labels), rtol=0, atol=1e-6)
