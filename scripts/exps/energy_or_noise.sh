@@ -11,18 +11,10 @@
 # after a kill or a crash, resumes where the last one stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=.venv/bin/python
-SEEDS=${SEEDS:-1 2 3}  # training seeds inside each expansion (the rule was committed with 1 2 3)
-JOBS=${JOBS:-2}
-export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-bash scripts/setup.sh
+# shellcheck source=scripts/exps/study_env.sh
+source scripts/exps/study_env.sh  # PY, SEEDS, JOBS, the venv and sweep NAME [FLAGS]
 # shellcheck source=scripts/run_jobs.sh
 source scripts/run_jobs.sh
-sweep() {  # sweep NAME [FLAGS]: one grid of configs/sweeps/, its training seeds and its figure
-  local name=$1; shift
-  # shellcheck disable=SC2086
-  $PY studies/sweep.py "configs/sweeps/$name.yaml" --seeds $SEEDS --jobs "$JOBS" --figure "figure/$name.png" "$@"
-}
 $PY scripts/train_prior.py                                  # the in-domain prior (the demo's)
 $PY train_original.py digits --seed 1                       # the 3-shot guide (the demo's)
 sweep energy_noise_3shot

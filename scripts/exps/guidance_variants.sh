@@ -13,17 +13,10 @@
 # after a kill or a crash, resumes where the last one stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=.venv/bin/python
-SEEDS=${SEEDS:-1 2 3}  # training seeds inside each expansion (the rule was committed with 1 2 3)
-JOBS=${JOBS:-2}
-export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-bash scripts/setup.sh
+# shellcheck source=scripts/exps/study_env.sh
+source scripts/exps/study_env.sh  # PY, SEEDS, JOBS, the venv and sweep NAME [FLAGS]
 $PY scripts/train_prior.py                                  # the in-domain prior (the demo's)
 $PY train_original.py digits10 --seed 1                     # the 10-shot guide
-# shellcheck disable=SC2086
-$PY studies/sweep.py configs/sweeps/guidance_variants_10shot.yaml --seeds $SEEDS --jobs "$JOBS" \
-    --figure figure/guidance_variants_10shot.png
+sweep guidance_variants_10shot
 $PY train_original.py digits --seed 1                       # the 3-shot guide (the demo's)
-# shellcheck disable=SC2086
-$PY studies/sweep.py configs/sweeps/guidance_variants_3shot.yaml --seeds $SEEDS --jobs "$JOBS" \
-    --figure figure/guidance_variants_3shot.png
+sweep guidance_variants_3shot
