@@ -399,12 +399,10 @@ def test_background_writer_reraises_a_failed_write_and_finishes_the_rest(tmp_pat
     assert (tmp_path / "a").is_file()
 
 
-def test_the_guidance_components_share_their_noise_and_differ_only_where_they_should(setup):
-    """The controls of the energy-or-noise study on one item: identity start with rho 0 is plain
-    img2img to the bit; the random perturbation alone (rho 0), the gradient alone (identity start)
-    and both each move the image, and the three differ from each other."""
+def one_item_per_setting(setup, configs):
+    """{name: (image, outcome)} of the first source, copy 0, under each GuidanceConfig (M = 4 of 10
+    steps, fp32): every setting starts from the same draws."""
     from distdiff.expansion import build_prototypes, load_guide, load_sources
-    from distdiff.guidance import GuidanceConfig
     from distdiff.pipeline import load_pipeline
     from distdiff.registry import get_dataset
     from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
@@ -416,15 +414,28 @@ def test_the_guidance_components_share_their_noise_and_differ_only_where_they_sh
     guide, guide_input, meta = load_guide(setup["guide"], 2, cpu)
     protos = build_prototypes(setup["root"] / "components.npz", spec, sources, guide, meta, cpu, setup["guide"], "kmeans", 3)
     prompts = [[f"a photo of a {c}"] for c in CLASSES]
-    images = {}
-    for name, cfg in {"none": GuidanceConfig(mode="none"), "nothing": GuidanceConfig(step_size=0, transform_start="identity"),
-                      "noise": GuidanceConfig(step_size=0), "gradient": GuidanceConfig(transform_start="identity"),
-                      "both": GuidanceConfig()}.items():
+    results = {}
+    for name, cfg in configs.items():
         sampler = GuidedSampler(pipe, guide, guide_input, protos, prompts, SampleConfig(num_steps=10),
                                 dataclasses.replace(cfg, guidance_step=4), cpu)
         mean, std = sampler.encode_sources([sources[0][0]])
         draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1, 1, False)]
-        images[name] = sampler.sample(mean, std, torch.tensor([0]), draws)[0]
+        images, status = sampler.sample(mean, std, torch.tensor([0]), draws)
+        results[name] = (images[0], status.tolist())
+    return results
+
+
+def test_the_guidance_components_share_their_noise_and_differ_only_where_they_should(setup):
+    """The controls of the energy-or-noise study on one item: identity start with rho 0 is plain
+    img2img to the bit; the random perturbation alone (rho 0), the gradient alone (identity start)
+    and both each move the image, and the three differ from each other."""
+    from distdiff.guidance import GuidanceConfig
+
+    results = one_item_per_setting(setup, {
+        "none": GuidanceConfig(mode="none"), "nothing": GuidanceConfig(step_size=0, transform_start="identity"),
+        "noise": GuidanceConfig(step_size=0), "gradient": GuidanceConfig(transform_start="identity"),
+        "both": GuidanceConfig()})
+    images = {name: image for name, (image, _) in results.items()}
     assert torch.equal(images["nothing"], images["none"])
     moved = ["noise", "gradient", "both"]
     assert all(not torch.equal(images[a], images[b]) for a in moved for b in ["none"] + moved if a != b)
@@ -435,36 +446,20 @@ def test_the_landed_variants_reproduce_their_noise_controls_at_step_zero(setup):
     """--transform_point landed (V1, and V2 from the identity) shares the paper's draws: with no
     step it gives the noise-only images (V1) or plain img2img (V2) to the bit; with steps it moves
     them, and the two variants differ."""
-    from distdiff.expansion import build_prototypes, load_guide, load_sources
     from distdiff.guidance import GuidanceConfig
     from distdiff.numerics import GUIDED
-    from distdiff.pipeline import load_pipeline
-    from distdiff.registry import get_dataset
-    from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
 
-    cpu = torch.device("cpu")
-    pipe = load_pipeline(setup["pipe"], cpu, torch.float32)
-    spec = get_dataset(f"folder:{setup['tree']}")
-    sources = load_sources(spec)
-    guide, guide_input, meta = load_guide(setup["guide"], 2, cpu)
-    protos = build_prototypes(setup["root"] / "landed.npz", spec, sources, guide, meta, cpu, setup["guide"], "kmeans", 3)
-    configs = {"none": GuidanceConfig(mode="none"), "noise": GuidanceConfig(step_size=0),
-               "v1_zero": GuidanceConfig(transform_point="landed", offset_step=0),
-               "v1": GuidanceConfig(transform_point="landed"),
-               "v2_zero": GuidanceConfig(transform_point="landed", transform_start="identity", guidance_iters=0),
-               "v2": GuidanceConfig(transform_point="landed", transform_start="identity", guidance_iters=5,
-                                    offset_step=0.5)}
-    images, statuses = {}, {}
-    for name, cfg in configs.items():
-        sampler = GuidedSampler(pipe, guide, guide_input, protos, [[f"a photo of a {c}"] for c in CLASSES],
-                                SampleConfig(num_steps=10), dataclasses.replace(cfg, guidance_step=4), cpu)
-        mean, std = sampler.encode_sources([sources[0][0]])
-        draws = [draw_item(torch.Generator().manual_seed(0), sampler.latent_shape(), 1, 1, False)]
-        images[name], statuses[name] = sampler.sample(mean, std, torch.tensor([0]), draws)
+    results = one_item_per_setting(setup, {
+        "none": GuidanceConfig(mode="none"), "noise": GuidanceConfig(step_size=0),
+        "v1_zero": GuidanceConfig(transform_point="landed", offset_step=0),
+        "v1": GuidanceConfig(transform_point="landed"),
+        "v2_zero": GuidanceConfig(transform_point="landed", transform_start="identity", guidance_iters=0),
+        "v2": GuidanceConfig(transform_point="landed", transform_start="identity", guidance_iters=5, offset_step=0.5)})
+    images = {name: image for name, (image, _) in results.items()}
     assert torch.equal(images["v1_zero"], images["noise"]) and torch.equal(images["v2_zero"], images["none"])
     assert not torch.equal(images["v1"], images["noise"]) and not torch.equal(images["v2"], images["none"])
     assert not torch.equal(images["v1"], images["v2"])
-    assert statuses["v1"].tolist() == statuses["v2"].tolist() == [GUIDED]
+    assert results["v1"][1] == results["v2"][1] == [GUIDED]
 
 
 @pytest.mark.slow
