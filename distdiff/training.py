@@ -81,9 +81,14 @@ def side_by_side_jobs(env=None):
 def first_copies(folder, count):
     """Keep the copies k < `count` of each source in an expanded ImageFolder (<stem>_expand_<k>.png;
     the authors' --expand_num). Returns how many images were left out."""
+    def copy(path):
+        match = re.search(r"_expand_(\d+)\.[^.]+$", path)
+        if match is None:  # a hand-made folder (--allow_partial): no copy number to filter on
+            raise DistDiffError(f"--expand_num: {path} is not named <stem>_expand_<k>.<ext> as expand_distdiff.py "
+                                "writes, so its copy number is unknown")
+        return int(match.group(1))
     before = len(folder.samples)
-    ds.set_samples(folder, [(path, label) for path, label in folder.samples
-                            if int(re.search(r"_expand_(\d+)\.[^.]+$", path).group(1)) < count])
+    ds.set_samples(folder, [(path, label) for path, label in folder.samples if copy(path) < count])
     return before - len(folder.samples)
 
 

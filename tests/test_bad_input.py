@@ -107,3 +107,14 @@ def test_a_missing_expansion_names_the_command_that_makes_it(tmp_path):
         run_main("train_expand", f"folder:{root}", *TINY, "--exp", "x", "--expanded_dir", tmp_path / "exp" / "none",
                  "--output", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_expand_num_on_a_folder_without_copy_numbers_is_one_line(tmp_path):
+    """--expand_num filters on the <stem>_expand_<k> names the expander writes; a hand-made folder
+    (trained with --allow_partial) has none, which is said in one line, not a traceback."""
+    root = make_tree(tmp_path / "tree", classes=("cat", "dog"))
+    expanded = make_tree(tmp_path / "exp", classes=("cat", "dog")) / "train"
+    with pytest.raises(DistDiffError, match=r"--expand_num: .*0\.png is not named <stem>_expand_<k>"):
+        run_main("train_expand", f"folder:{root}", *TINY, "--exp", "x", "--expanded_dir", expanded,
+                 "--output", tmp_path / "out", "--allow_partial", "--expand_num", "1")
+    assert not list((tmp_path / "out").rglob("results.json"))
