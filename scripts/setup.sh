@@ -10,6 +10,14 @@ want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
+# The install is about 6 GB (torch 2.14.1 exists only as a CUDA build here) and pip unpacks wheels
+# beside it: say so before a half-written .venv, not as pip's OSError minutes in.
+need_gb=8
+free_gb=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1024 / 1024 ))
+if [ "$free_gb" -lt "$need_gb" ]; then
+  echo "error: setup needs about $need_gb GB free for .venv; $(df -P . | awk 'NR == 2 {print $6}') has $free_gb GB" >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv

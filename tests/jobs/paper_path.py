@@ -10,7 +10,8 @@ backgrounded shards and `wait` included, from the guide's training to parse_logs
 lines (the venv, and the Caltech-101 download, which needs the network) are replaced by the
 preparation from the stand-in folder that their comment offers, and the last line is the
 all-at-once alternative. Only size knobs are added, by a `python` on PATH that appends them to
-the stage scripts' arguments: --epochs 1 (training), --limit 2 --batch_size 2 (expansion),
+the stage scripts' arguments: --epochs 1 (training), --limit 2 --batch_size 2 --num_steps 10
+--guidance_step 4 (expansion: 5 denoising steps for the paper's 25, the guided one included),
 SEEDS=1 (retraining), and --device cpu, because the GPU index the commands pass is an error on a
 machine without CUDA (never a silent CPU run). Then the authors' own expand_diff.sh argument list
 runs after expand_distdiff.py, with one size knob (--limit 1). Beside these, from the start, the
@@ -39,7 +40,8 @@ CLASSES = ("BACKGROUND_Google", "Faces", "Faces_easy", "Leopards")
 KEPT = ["Faces", "Leopards"]  # BACKGROUND_Google and Faces_easy are dropped
 # Size knobs per stage script, appended by the `python` on PATH (the README's lines stay as written).
 KNOBS = {"train_original.py": ["--epochs", "1", "--device", "cpu"],
-         "expand_distdiff.py": ["--limit", "2", "--batch_size", "2", "--device", "cpu"],
+         "expand_distdiff.py": ["--limit", "2", "--batch_size", "2", "--num_steps", "10", "--guidance_step", "4",
+                                "--device", "cpu"],
          "train_expand.py": ["--epochs", "1", "--device", "cpu"]}
 SMALL = ["--image_size", "32", "--resize_size", "36"]
 OWN_KNOBS = {"train_original.py": KNOBS["train_original.py"] + SMALL,
