@@ -261,6 +261,7 @@ class ExpandConfig:
     verify: bool
     settings: dict
     argv: list
+    notes: list  # what legal but unusual values mean (unusual_settings), logged by the run
 
 
 def resolve_paths(args):
@@ -309,15 +310,19 @@ def parse_namespace(argv=None, description=None):
 
 
 def config_from_args(args, argv):
-    """The ExpandConfig of resolved flags (parse_namespace)."""
+    """The ExpandConfig of resolved flags (parse_namespace), its guidance schedule checked against
+    its denoised steps (one line before any heavy work) and its unusual values noted."""
     direct = {f.name for f in dataclasses.fields(ExpandConfig)} - {"out", "sample", "guidance", "prototypes",
-                                                                    "prompt_file", "settings", "argv"}
-    return ExpandConfig(**{name: getattr(args, name) for name in direct}, out=Path(args.out),
-                        sample=sample_config(args), guidance=guidance_config(args),
-                        prototypes=PrototypeConfig(**{f.name: getattr(args, PROTOTYPE_FLAGS.get(f.name, f.name))
-                                                      for f in dataclasses.fields(PrototypeConfig)}),
-                        prompt_file=args.prompt_file if args.language_enhance else None,
-                        settings=resolved_dict(args), argv=list(argv))
+                                                                    "prompt_file", "settings", "argv", "notes"}
+    cfg = ExpandConfig(**{name: getattr(args, name) for name in direct}, out=Path(args.out),
+                       sample=sample_config(args), guidance=guidance_config(args),
+                       prototypes=PrototypeConfig(**{f.name: getattr(args, PROTOTYPE_FLAGS.get(f.name, f.name))
+                                                     for f in dataclasses.fields(PrototypeConfig)}),
+                       prompt_file=args.prompt_file if args.language_enhance else None,
+                       settings=resolved_dict(args), argv=list(argv), notes=[])
+    cfg.guidance.schedule(cfg.sample.num_steps, cfg.sample.start)
+    cfg.notes = unusual_settings(cfg)
+    return cfg
 
 
 def parse(argv, description=None):

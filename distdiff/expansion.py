@@ -19,7 +19,7 @@ from distdiff import registry, shards
 from distdiff.devices import (configure_cpu, peak_memory_line, pipeline_dtype, ranks_on_device, resolve_device,
                               resolve_precision)
 from distdiff.engine import load_classifier
-from distdiff.expand_flags import GENERATION_KEYS, unusual_settings
+from distdiff.expand_flags import GENERATION_KEYS
 from distdiff.features import GuideInput, extract_features, prototype_transform
 from distdiff.fileio import atomic_save_image, atomic_write_text, remove_stale_temps
 from distdiff.numerics import GUIDANCE_STATUS, GUIDED, LOST, NONFINITE, finite_rows
@@ -51,14 +51,13 @@ def run(cfg):
     if cfg.verify:
         return verify(plan, cfg.out)
     setup_logging()  # stdout only until the inputs are known to be good; the device line is shown
-    for note in unusual_settings(cfg):
+    for note in cfg.notes:
         logger.warning("%s", note)
     device = resolve_device(cfg.device, cfg.gpu)
     settings = dict(cfg.settings, precision=resolve_precision(cfg.precision, device),  # args.yaml: what ran
                     class_prompts=plan.spec.class_prompts(plan.sources.classes, cfg.prompts),
                     val_split_resolved=plan.spec.val_description())
     configure_cpu(cfg.threads)
-    cfg.sample.check_guidance(cfg.guidance)
     state = (plan.split, plan.total_split, len(plan.mine), cfg.argv)
     finished = (cfg.out / "args.yaml").is_file() and not shards.missing_items(plan.mine, cfg.out, plan.sources.classes)
     if not cfg.prepare_only and (finished or not plan.mine):  # nothing to make: no model loads

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distdiff import DistDiffError
 from distdiff.numerics import GUIDED, keep_guided, scaled_grad
 
 GUIDANCE_MODES = ("transform", "direct", "none")
@@ -59,9 +60,16 @@ class GuidanceConfig:
             return [first + p for p in range(self.lookahead_steps)]
         return [first + j * self.interval for j in range(self.repeats)]
 
-    def last_allowed_index(self, num_steps):
-        """A transform look-ahead needs P steps after its index; a direct step needs one."""
-        return num_steps - (self.lookahead_steps if self.mode == "transform" else 1)
+    def schedule(self, num_steps, start):
+        """indices(num_steps), each checked to lie in the denoised steps [start, last]: a transform
+        look-ahead needs P steps after its index, a direct step one."""
+        last = num_steps - (self.lookahead_steps if self.mode == "transform" else 1)
+        outside = [i for i in self.indices(num_steps) if not start <= i <= last]
+        if outside:
+            raise DistDiffError(f"guidance at step index {outside[0]} is outside the denoised steps [{start}, {last}] "
+                                f"(M={self.guidance_step}, P={self.lookahead_steps} of {num_steps} steps); "
+                                "lower --guidance_step or raise --strength")
+        return self.indices(num_steps)
 
 
 def energy(features, class_protos, group_protos, group_mask, lambda_class, lambda_group):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from distdiff import DistDiffError
 from distdiff.features import guide_features
 from distdiff.guidance import direct_step, energy, transform_step, unit_prototypes
 from distdiff.numerics import GUIDED, LossScale
@@ -46,16 +45,6 @@ class SampleConfig:
         if self.start_rule == "authors":
             return int((1 - self.strength) * self.num_steps)
         return self.num_steps - min(int(self.num_steps * self.strength), self.num_steps)
-
-    def check_guidance(self, guidance_cfg):
-        """Guidance must fall inside the denoised steps, with room for the look-ahead."""
-        last = guidance_cfg.last_allowed_index(self.num_steps)
-        for index in guidance_cfg.indices(self.num_steps):
-            if not self.start <= index <= last:
-                raise DistDiffError(
-                    f"guidance at step index {index} is outside the denoised steps [{self.start}, {last}] "
-                    f"(strength {self.strength}, M={guidance_cfg.guidance_step}, P={guidance_cfg.lookahead_steps}); "
-                    "lower --guidance_step or raise --strength")
 
 
 @dataclass
@@ -130,8 +119,7 @@ class GuidedSampler:
         self.scheduler.set_timesteps(sample_cfg.num_steps, device=device)
         self.timesteps = self.scheduler.timesteps
         self.start = sample_cfg.start
-        self.guidance_at = guidance_cfg.indices(sample_cfg.num_steps)
-        sample_cfg.check_guidance(guidance_cfg)
+        self.guidance_at = guidance_cfg.schedule(sample_cfg.num_steps, self.start)
         self.resolution = sample_cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         self.scaling = pipe.vae.config.scaling_factor
         self.prompt_embeds, self.prompt_index = self._encode_prompts(prompts)

@@ -3,6 +3,8 @@ library has no import cycle, and the method stays small and free of instrumentat
 import ast
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 
 METHOD = ("prototypes", "features", "guidance", "sampler")
@@ -169,3 +171,21 @@ def test_no_launcher_hides_a_failed_background_job():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split(" #")[0] if not line.lstrip().startswith("#") else ""  # comments aside
             assert not re.search(r"\bwait\b[^;|]*&&", code), f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+
+
+@pytest.mark.slow  # a real expansion (tiny pipeline) under a profiler
+def test_argv_travels_through_few_files_and_returns_seldom(tiny_pipe, random_guide, tmp_path):
+    """studies/argv_trail.py's measure on a 1-source digits expansion: the calls that receive argv
+    or a configuration made from it enter at most 10 files and return at most 20 times to a file
+    they had left, twice to the script (parse, then run)."""
+    import expand_distdiff
+    from studies.argv_trail import follow, measure
+
+    argv = ["--dataset", "digits", "--model", str(tiny_pipe), "--guide_ckpt", str(random_guide), "--out",
+            str(tmp_path / "out"), "--limit", "1", "--expand_ratio", "1", "--num_steps", "10", "--guidance_step", "4",
+            "--threads", "1"]
+    trail, code = follow(expand_distdiff.main, argv)
+    numbers = measure(trail, "expand_distdiff.py")
+    assert code == 0 and trail[0] == ("expand_distdiff.py", "main"), trail[:3]
+    assert {"distdiff/expansion.py", "distdiff/sampler.py"} <= {f for f, _ in trail}, trail  # it reached the method
+    assert numbers["files"] <= 10 and numbers["returns"] <= 20 and numbers["back_to_script"] == 2, (numbers, trail)
