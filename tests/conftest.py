@@ -14,6 +14,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One torch thread in the test process, set before any test module imports torch: the background
+# checks hold the second core, and on the tests' tiny tensors a second thread costs more CPU than it
+# saves (the quick tier: 31 CPU-s with two, 21 with one). The scripts' subprocesses get one too
+# (script_env); a test that needs more asks for it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 DIGITS = tuple(str(i) for i in range(10))
 # A few steps of scripts/train_prior.py; every other setting comes from configs/prior.yaml.
 PRIOR_SMOKE = ["--vae_steps", "6", "--steps", "8", "--batch_size", "16", "--vae_batch_size", "4",
