@@ -64,12 +64,13 @@ class GuidanceConfig:
         """indices(num_steps), each checked to lie in the denoised steps [start, last]: a transform
         look-ahead needs P steps after its index, a direct step one."""
         last = num_steps - (self.lookahead_steps if self.mode == "transform" else 1)
-        outside = [i for i in self.indices(num_steps) if not start <= i <= last]
+        at = self.indices(num_steps)
+        outside = [i for i in at if not start <= i <= last]
         if outside:
             raise DistDiffError(f"guidance at step index {outside[0]} is outside the denoised steps [{start}, {last}] "
                                 f"(M={self.guidance_step}, P={self.lookahead_steps} of {num_steps} steps); "
                                 "lower --guidance_step or raise --strength")
-        return self.indices(num_steps)
+        return at
 
 
 def energy(features, class_protos, group_protos, group_mask, lambda_class, lambda_group):
