@@ -9,6 +9,7 @@
 # A trim (the design's order, at 3 shots: v2, then v3 with noise3, then v1) removes those cells and
 # their contrasts from configs/sweeps/guidance_variants_3shot.yaml, recorded under Amendments
 # before any 3-shot result is read.
+# The tables of both settings land in docs/guidance_variants/<grid>/ (committed with the answer).
 # Every step skips finished work (the prior, guides, expansions, training runs, metrics): a rerun,
 # after a kill or a crash, resumes where the last one stopped.
 set -euo pipefail
@@ -18,5 +19,7 @@ source scripts/exps/study_env.sh  # PY, SEEDS, JOBS, the venv and sweep NAME [FL
 $PY scripts/train_prior.py                                  # the in-domain prior (the demo's)
 $PY train_original.py digits10 --seed 1                     # the 10-shot guide
 sweep guidance_variants_10shot
+keep_tables digits10 guidance_variants_10shot docs/guidance_variants
 $PY train_original.py digits --seed 1                       # the 3-shot guide (the demo's)
 sweep guidance_variants_3shot
+keep_tables digits guidance_variants_3shot docs/guidance_variants
