@@ -90,7 +90,12 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="argv-trail-"))
+    with tempfile.TemporaryDirectory(prefix="argv-trail-") as tmp:
+        return trail_report(Path(tmp), args.trail)
+
+
+def trail_report(work, show_trail):
+    """Build the stand-ins in `work`, follow one expansion's argv and print the measure."""
     os.environ.setdefault("DISTDIFF_DATA_ROOT", str(work / "data"))
     sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the top-level script and the tests' guide helper
     import expand_distdiff
@@ -109,7 +114,7 @@ def main(argv=None):
     if code:
         raise SystemExit(f"error: the expansion exited {code}")
     numbers = measure(trail, "expand_distdiff.py")
-    if args.trail:
+    if show_trail:
         print("\n".join(f"{f}  {name}" for f, name in trail))
     lines = len(Path(expand_distdiff.__file__).read_text().splitlines())
     print(f"argv from expand_distdiff.py:main enters {numbers['files']} files, returns {numbers['returns']} times "

@@ -123,9 +123,9 @@ def build(args, device):
         return sources, guide, guide_input, protos
     guide_ckpt = args.guide_ckpt or str(default_guide_ckpt("checkpoint", args.dataset, args.guide_arch))
     guide, guide_input, meta = ex.load_guide(guide_ckpt, len(sources.classes), device)
-    protos = ex.build_prototypes(Path(tempfile.mkdtemp()) / "prototypes.npz", registry.get_dataset(args.dataset),
-                                 sources, guide, meta, device, guide_ckpt, PrototypeConfig().cluster,
-                                 PrototypeConfig().num_groups)
+    with tempfile.TemporaryDirectory() as tmp:  # the arrays are returned in memory; the file is not kept
+        protos = ex.build_prototypes(Path(tmp) / "prototypes.npz", spec, sources, guide, meta, device, guide_ckpt,
+                                     PrototypeConfig().cluster, PrototypeConfig().num_groups)
     return sources, guide, guide_input, protos
 
 

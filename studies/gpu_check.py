@@ -111,8 +111,10 @@ class Context:
     def __init__(self, args, work):
         self.args, self.work, self.cpu = args, work, args.cpu_smoke
         self.hf_cache = work / "hf" / "hub"
+        # TMPDIR: the steps' temporary files (torchrun's rendezvous folders among them) stay in the work dir.
+        (work / "tmp").mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ, DISTDIFF_DATA_ROOT=str(work / "data"), HF_HOME=str(work / "hf"),
-                        HF_HUB_CACHE=str(self.hf_cache), HF_HUB_OFFLINE="1",
+                        HF_HUB_CACHE=str(self.hf_cache), HF_HUB_OFFLINE="1", TMPDIR=str(work / "tmp"),
                         PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
         self.ckpt = work / "checkpoint"
         self.device, self.dtype, self.pipe, self.hub_model, self.guide_ckpt, self.tiny, self.expanded = (None,) * 7
