@@ -84,7 +84,7 @@ def measure(trail, script):
 
 def get_parser():
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trail", action="store_true", help="print the trail, one file per line")
+    parser.add_argument("--trail", action="store_true", help="print the trail: the file and function at each move, one per line")
     return parser
 
 
