@@ -10,6 +10,8 @@
 
 * `fabricate_folder_dataset(root, classes, train, test)`: a Caltech-sized folder dataset for the
   training benchmarks.
+* `save_random_guide(path, classes)`: a random resnet_small in the guide checkpoint format, for
+  runs that need *a* guide, not a trained one (the tests, studies/argv_trail.py).
 
 tests/jobs/paper_path.py, tests/test_hub.py, studies/gpu_check.py, studies/bench_memory.py and
 studies/bench_train_start.py use them.
@@ -112,3 +114,20 @@ def build_rehearsal(root, repo_id="CompVis/stable-diffusion-v1-4", classes=CLASS
     install_in_hf_cache(folder, repo_id, root / "hf" / "hub")
     shutil.rmtree(folder)
     return {"downloads": root / "downloads", "hf_home": root / "hf", "hf_hub_cache": root / "hf" / "hub"}
+
+
+def save_random_guide(path, classes, image_size=32, resize_size=36):
+    """A randomly initialised resnet_small saved in the checkpoint format engine.fit writes (what
+    load_classifier reads): runs that only need *a* guide skip training. Returns the model."""
+    import torch
+
+    from distdiff import registry
+    from models.classifiers import create_classifier
+
+    torch.manual_seed(0)
+    model = create_classifier("resnet_small", len(classes))
+    meta = {"arch": "resnet_small", "num_classes": len(classes), "classes": list(classes), "dataset": "digits",
+            "image_size": image_size, "resize_size": resize_size, "mean": list(registry.IMAGENET_MEAN),
+            "std": list(registry.IMAGENET_STD), "pretrained": False}
+    torch.save({"model": model.state_dict(), "meta": meta, "epoch": 0}, path)
+    return model.eval()

@@ -97,16 +97,17 @@ def main(argv=None):
 def trail_report(work, show_trail):
     """Build the stand-ins in `work`, follow one expansion's argv and print the measure."""
     os.environ.setdefault("DISTDIFF_DATA_ROOT", str(work / "data"))
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # the top-level script and the tests' guide helper
+    sys.path.insert(0, str(REPO))  # the top-level script
     import expand_distdiff
-    from conftest import DIGITS, save_random_guide
     from distdiff.registry import ensure_prepared, get_dataset
     from embedded.prior import build_tiny_pipeline
+    from embedded.rehearsal import save_random_guide
 
     spec = get_dataset("digits")
     ensure_prepared(spec)
-    pipe = build_tiny_pipeline(work / "pipe", [spec.prompt(d) for d in DIGITS])
-    save_random_guide(work / "guide.pth.tar")
+    classes = sorted(p.name for p in (spec.root / spec.train_split).iterdir() if p.is_dir())
+    pipe = build_tiny_pipeline(work / "pipe", [spec.prompt(c) for c in classes])
+    save_random_guide(work / "guide.pth.tar", classes)
     expand_argv = ["--dataset", "digits", "--model", str(pipe), "--guide_ckpt", str(work / "guide.pth.tar"),
                    "--out", str(work / "out"), "--limit", "2", "--expand_ratio", "1", "--num_steps", "10",
                    "--guidance_step", "4", "--threads", "1"]

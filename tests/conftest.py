@@ -167,23 +167,6 @@ def copy_repo(dest):
     return dest
 
 
-def save_random_guide(path, classes=DIGITS, image_size=32, resize_size=36):
-    """A randomly initialised resnet_small saved in the checkpoint format engine.fit writes (what
-    load_classifier reads): tests that only need *a* guide skip training. Returns the model."""
-    import torch
-
-    from distdiff import registry
-    from models.classifiers import create_classifier
-
-    torch.manual_seed(0)
-    model = create_classifier("resnet_small", len(classes))
-    meta = {"arch": "resnet_small", "num_classes": len(classes), "classes": list(classes), "dataset": "digits",
-            "image_size": image_size, "resize_size": resize_size, "mean": list(registry.IMAGENET_MEAN),
-            "std": list(registry.IMAGENET_STD), "pretrained": False}
-    torch.save({"model": model.state_dict(), "meta": meta, "epoch": 0}, path)
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
 def digits_ready():
     """The embedded digits dataset exported under the session's DATA_ROOT (idempotent)."""
@@ -203,6 +186,8 @@ def tiny_pipe(tmp_path_factory, digits_ready):
 @pytest.fixture(scope="session")
 def random_guide(tmp_path_factory):
     """A random resnet_small guide for the digits classes, saved once."""
+    from embedded.rehearsal import save_random_guide
+
     path = tmp_path_factory.mktemp("guide") / "guide.pth.tar"
-    save_random_guide(path)
+    save_random_guide(path, DIGITS)
     return path

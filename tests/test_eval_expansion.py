@@ -13,7 +13,8 @@ import torch
 import yaml
 from PIL import Image, ImageEnhance, ImageFilter
 
-from conftest import run_main, save_random_guide
+from conftest import DIGITS, run_main
+from embedded.rehearsal import save_random_guide
 from distdiff import DistDiffError
 from distdiff import datasets as ds
 from distdiff.features import extract_features
@@ -46,7 +47,7 @@ def evaluated(tmp_path_factory, digits_ready):
     """Run the script once on: A = val images, B = A brightened and blurred, reference = A."""
     root = tmp_path_factory.mktemp("eval")
     guide_path = root / "guide.pth.tar"
-    model = save_random_guide(guide_path)
+    model = save_random_guide(guide_path, DIGITS)
     same, shifted = root / "same", root / "shifted"
     shutil.copytree(digits_ready.split_dir("val"), same)
     for path in same.rglob("*.png"):

@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, run_main, save_random_guide, script_env
+from conftest import REPO, run_main, script_env
+from embedded.rehearsal import save_random_guide
 from distdiff import DistDiffError
 
 CLASSES = ("disc", "ring")
