@@ -34,6 +34,24 @@ def paired_difference(treated, control, confidence=0.95):
     return {"mean": mean, "low": float(interval.low), "high": float(interval.high), "n": n, "seeds": seeds}
 
 
+def welch_difference(treated, control, confidence=0.95):
+    """Mean of `treated` minus mean of `control` (lists of values, unpaired) with a Welch t
+    interval: for a control that is one set of runs reused against every treated unit (the
+    original-only runs against each expansion), so that its own spread enters the interval.
+    Returns dict(mean, low, high, n) with n the number of treated values."""
+    a = np.asarray([v for v in treated if v is not None], dtype=float)
+    b = np.asarray([v for v in control if v is not None], dtype=float)
+    if len(a) == 0 or len(b) == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": len(a)}
+    mean = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:  # a spread is unknown: no interval
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": len(a)}
+    if not a.std() and not b.std():
+        return {"mean": mean, "low": mean, "high": mean, "n": len(a)}
+    interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
+    return {"mean": mean, "low": float(interval.low), "high": float(interval.high), "n": len(a)}
+
+
 def fmt_mean_std(mean, std, digits=2):
     """'83.09 ± 0.41' (or just the mean when std is undefined)."""
     if math.isnan(mean):

@@ -4,12 +4,14 @@ A grid with `expansion_seeds` expands every cell once per seed (cell `<name>_e<s
 retrained at a few training seeds. One expansion's value for a contrast a - b is the mean over its
 training seeds of the same-seed difference; the interval is Student t over the expansions, so it
 covers expansion noise as well as training noise (an interval over training seeds of one
-expansion covers only the latter).
+expansion covers only the latter). The original-only runs have no expansion: one set of runs serves
+every expansion, so a contrast against them is the mean over expansions minus their mean over
+training seeds, with a Welch interval in which the spread of both sides enters.
 """
 import numpy as np
 
 from distdiff.results import fmt_interval
-from distdiff.stats import paired_difference
+from distdiff.stats import paired_difference, welch_difference
 from studies.grid import fmt_number, nan_for_none, none_for_nan, seed_values
 
 # Accuracy contrasts: test at the last epoch, val at the last epoch (what a selection on val
@@ -20,7 +22,9 @@ MECHANISM_KEYS = ("energy_before", "energy_after", "energy_drop_frac", "pixel_ch
                   "pixel_change_vs_source", "fid_val", "precision", "recall", "coverage", "guide_agreement")
 HEADER = ("Unit of replication: the expansion. Each value is a mean over expansions of that expansion's "
           "mean same-seed difference over its training seeds; intervals are Student t over expansions "
-          "(n = number of expansions).")
+          "(n = number of expansions). A contrast with `original` (one set of original-only runs for "
+          "every expansion) is the mean over expansions minus the mean of those runs, with a Welch t "
+          "interval, so the original-only runs' own spread enters it.")
 
 
 def expansion_difference(dir_a, dir_b, seeds, metric):
@@ -37,13 +41,39 @@ def over_expansions(values, confidence=0.95):
     return {key: none_for_nan(result[key]) for key in ("mean", "low", "high")} | {"n": result["n"]}
 
 
-def contrast_row(name, dirs_a, dirs_b, rows_a, rows_b, seeds, confidence=0.95, primary=False):
+def expansion_mean(exp_dir, seeds, metric):
+    """Mean of `metric` over the training seeds the expansion's runs finished, or None."""
+    values = [r[metric] for r in seed_values(exp_dir, seeds).values() if metric in r]
+    return float(np.mean(values)) if values else None
+
+
+def against_reused(dirs, reused_dir, seeds, metric, confidence, sign):
+    """sign * (mean over expansions - mean of the reused runs) with a Welch interval."""
+    per_expansion = [expansion_mean(d, seeds, metric) for d in dirs]
+    runs = [r[metric] for r in seed_values(reused_dir, seeds).values() if metric in r]
+    result = welch_difference(per_expansion, runs, confidence)
+    low, high = sorted((sign * result["low"], sign * result["high"]))
+    return {"mean": none_for_nan(sign * result["mean"]), "low": none_for_nan(low), "high": none_for_nan(high),
+            "n": result["n"]}
+
+
+def contrast_row(name, dirs_a, dirs_b, rows_a, rows_b, seeds, confidence=0.95, primary=False, reused=None):
     """One contrast a - b over expansions: accuracy metrics from the runs (dirs per expansion,
-    in the same order for a and b), and the mechanism's energy after the step from the rows."""
-    row = {"contrast": name, "primary": primary, "confidence": confidence}
+    in the same order for a and b), and the mechanism's energy after the step from the rows.
+    `reused` ("a" or "b") names a side that is one set of runs for every expansion (the
+    original-only runs): that side's accuracy is compared by a Welch interval, not paired."""
+    row = {"contrast": name, "primary": primary, "confidence": confidence, "interval": "paired t over expansions"}
+    if reused:
+        row["interval"] = f"Welch t: mean over expansions vs the {reused} side's runs"
     for metric in CONTRAST_METRICS:
-        values = [expansion_difference(a, b, seeds, metric) for a, b in zip(dirs_a, dirs_b)]
-        for key, value in over_expansions(values, confidence).items():
+        if reused == "b":
+            summary = against_reused(dirs_a, dirs_b[0], seeds, metric, confidence, 1)
+        elif reused == "a":
+            summary = against_reused(dirs_b, dirs_a[0], seeds, metric, confidence, -1)
+        else:
+            summary = over_expansions([expansion_difference(a, b, seeds, metric) for a, b in zip(dirs_a, dirs_b)],
+                                      confidence)
+        for key, value in summary.items():
             row[f"d_{metric}" + ("" if key == "mean" else f"_{key}")] = value
     for key in ("energy_after", "energy_drop_frac", "fid_val", "guide_agreement"):
         values = [None if a is None or b is None or a.get(key) is None or b.get(key) is None else a[key] - b[key]
@@ -57,11 +87,7 @@ def group_accuracy(dirs, seeds):
     """{metric: mean over expansions of the expansion's mean over its finished training seeds}."""
     means = {}
     for metric in CONTRAST_METRICS:
-        per_expansion = []
-        for exp_dir in dirs:
-            values = [r[metric] for r in seed_values(exp_dir, seeds).values() if metric in r]
-            if values:
-                per_expansion.append(float(np.mean(values)))
+        per_expansion = [m for m in (expansion_mean(d, seeds, metric) for d in dirs) if m is not None]
         means[metric] = float(np.mean(per_expansion)) if per_expansion else None
     return means
 

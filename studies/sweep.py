@@ -401,7 +401,8 @@ def write_replicated(plan, rows):
     pairs = [{"a": g, "b": plan.by_name[plan.by_name[f"{g}_e{first}"].control].group, "confidence": 0.95,
               "primary": False} for g in groups if not plan.by_name[f"{g}_e{first}"].is_control]
     contrasts = [rep.contrast_row(f"{c['a']} − {c['b']}", replicate_dirs(plan, c["a"]), replicate_dirs(plan, c["b"]),
-                                  group_rows(c["a"]), group_rows(c["b"]), plan.seeds, c["confidence"], c["primary"])
+                                  group_rows(c["a"]), group_rows(c["b"]), plan.seeds, c["confidence"], c["primary"],
+                                  reused=next((side for side in ("a", "b") if c[side] == sw.ORIGINAL), None))
                  for c in pairs + plan.grid.contrasts]
     text = (f"# Sweep {plan.name} on {plan.dataset}, over expansions\n\nGrid {plan.grid.path}; base: "
             f"{sw.settings_text(plan.grid.base)}; expansion seeds {plan.grid.expansion_seeds}; training seeds "

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from conftest import PRIOR_SMOKE, REPO, run_main, script
 from distdiff import DistDiffError
@@ -338,9 +339,17 @@ def test_contrasts_are_means_of_per_expansion_differences_with_t_over_expansions
     assert primary["primary"] and primary["d_last_acc"] == 2.0 and primary["d_last_acc_n"] == 3
     assert math.isclose(primary["d_last_acc_high"] - 2.0, t99 * 1.0 / math.sqrt(3))  # sd of (2, 1, 3) is 1
     assert primary["d_energy_after"] == -0.5
-    # none - original: the original-only runs serve every expansion: (10, 8), (11, 9), (12, 10) -> 9, 10, 11.
-    assert contrast["none − original"]["d_last_acc"] == 10.0
-    assert math.isclose(contrast["none − original"]["d_last_acc_high"] - 10.0, T975[2] / math.sqrt(3))
+    # none - original: one set of original-only runs (50, 52) serves every expansion (means 60, 61,
+    # 62), so their spread enters: Welch, se^2 = 1/3 + 2/2, df = (4/3)^2 / ((1/3)^2/2 + 1^2/1).
+    against = contrast["none − original"]
+    assert against["d_last_acc"] == 10.0 and against["interval"].startswith("Welch")
+    half = scipy_stats.t.ppf(0.975, (4 / 3) ** 2 / ((1 / 3) ** 2 / 2 + 1)) * math.sqrt(4 / 3)
+    assert math.isclose(against["d_last_acc_high"] - 10.0, half) and math.isclose(10.0 - against["d_last_acc_low"], half)
+    from studies import replication
+    mirrored = replication.contrast_row("original − none", sweep_cli.replicate_dirs(plan, "original"),
+                                        sweep_cli.replicate_dirs(plan, "none"), [None] * 3, [None] * 3, plan.seeds,
+                                        reused="a")
+    assert (mirrored["d_last_acc"], mirrored["d_last_acc_low"]) == (-10.0, -against["d_last_acc_high"])
     cells = {c["cell"]: c for c in saved["cells"]}
     assert cells["both"]["expansions_done"] == 3 and math.isclose(cells["both"]["last_acc"], 72.333333333333)
     assert "Unit of replication: the expansion" in text and "| both − noise | 99% (primary) | 3 |" in text
