@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from studies.replication import HEADER, fmt
+from studies.replication import HEADER, fmt, side_of_zero
 from distdiff.domains import OneLineParser
 from distdiff.options import run_cli
 
@@ -50,15 +50,8 @@ def headroom(replicated, prior):
 
 def verdict(contrast):
     """The committed rule on a primary both - noise contrast."""
-    lows = [contrast["d_last_acc_low"], contrast["d_last_val_acc_low"]]
-    highs = [contrast["d_last_acc_high"], contrast["d_last_val_acc_high"]]
-    if None in lows or None in highs:
-        return "undecided (an interval is missing)"
-    if min(lows) > 0:
-        return "the gradient contributes"
-    if max(highs) < 0:
-        return "the gradient hurts"
-    return "no measurable contribution of the gradient"
+    return {None: "undecided (an interval is missing)", "above": "the gradient contributes",
+            "below": "the gradient hurts", "neither": "no measurable contribution of the gradient"}[side_of_zero(contrast)]
 
 
 def load_settings(root):

@@ -83,6 +83,21 @@ def contrast_row(name, dirs_a, dirs_b, rows_a, rows_b, seeds, confidence=0.95, p
     return row
 
 
+def side_of_zero(contrast):
+    """The committed rule's reading of one contrast: "above" when its intervals on test last_acc
+    and on last-epoch val are both above zero, "below" when both are below, else "neither"
+    (None when an interval is missing)."""
+    lows = [contrast.get("d_last_acc_low"), contrast.get("d_last_val_acc_low")]
+    highs = [contrast.get("d_last_acc_high"), contrast.get("d_last_val_acc_high")]
+    if None in lows or None in highs:
+        return None
+    if min(lows) > 0:
+        return "above"
+    if max(highs) < 0:
+        return "below"
+    return "neither"
+
+
 def group_accuracy(dirs, seeds):
     """{metric: mean over expansions of the expansion's mean over its finished training seeds}."""
     means = {}

@@ -392,3 +392,35 @@ def test_every_committed_sweep_config_loads():
     for path in paths:
         grid = load_grid(path)
         assert grid.cells or grid.axes, path
+
+
+def test_the_guidance_variants_report_applies_the_committed_rule(tmp_path):
+    """Both intervals (test and val) must clear zero for a verdict; the words depend on whether the
+    control is a noise cell or none; secondary contrasts are labelled and carry no verdict."""
+    from studies import guidance_variants as gv
+
+    def contrast(name, test, val, primary=True):
+        row = {"contrast": name, "primary": primary, "confidence": 0.996875 if primary else 0.95, "d_last_acc_n": 6,
+               "d_energy_after": None, "d_energy_after_low": None, "d_energy_after_high": None}
+        for metric, (low, high) in (("last_acc", test), ("last_val_acc", val)):
+            row |= {f"d_{metric}": (low + high) / 2, f"d_{metric}_low": low, f"d_{metric}_high": high}
+        return row
+    rows = [contrast("v1 − noise", (0.2, 1.0), (0.1, 2.0)), contrast("v1 − none", (0.2, 1.0), (-0.1, 2.0)),
+            contrast("v3 − noise3", (-2.0, -0.5), (-3.0, -0.1)), contrast("v2 − none", (-2.0, -0.5), (-3.0, -0.1)),
+            contrast("paper − none", (0.5, 1.0), (0.5, 1.0), primary=False)]
+    assert [gv.verdict(r) for r in rows[:4]] == ["helps", "no measurable difference from plain img2img", "hurts",
+                                                  "below plain img2img"]
+    cell = {"cell": "v1", "expansions_done": 6, "last_acc": 90.0, "last_val_acc": 91.0, "energy_before": 0.5,
+            "energy_after": 0.4} | dict.fromkeys(("energy_drop_frac", "pixel_change_vs_control", "pixel_change_vs_source",
+                                                  "fid_val", "precision", "recall", "coverage", "guide_agreement"))
+    folder = tmp_path / "guidance_variants_10shot"
+    folder.mkdir()
+    (folder / "replicated.json").write_text(json.dumps({"cells": [cell], "contrasts": rows}))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert gv.main(["report", "--tables", str(tmp_path), "--figure", str(tmp_path / "gv.png")]) == 0
+    text = out.getvalue()
+    primary, secondary = text.split("Secondary (reported, not used by the rule):")
+    assert "| v1 − noise | 99.69% | 6 | +0.60 [+0.20, +1.00] | +1.05 [+0.10, +2.00] | - | helps |" in primary
+    assert "paper − none" not in primary and "| paper − none | 95.00% |" in secondary and "helps" not in secondary
+    assert "3 shots" not in text and (tmp_path / "gv.png").stat().st_size > 1000

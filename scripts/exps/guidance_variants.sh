@@ -23,3 +23,4 @@ keep_tables digits10 guidance_variants_10shot docs/guidance_variants
 $PY train_original.py digits --seed 1                       # the 3-shot guide (the demo's)
 sweep guidance_variants_3shot
 keep_tables digits guidance_variants_3shot docs/guidance_variants
+$PY -m studies.guidance_variants report --figure figure/guidance_variants.png | tee checkpoint/guidance_variants.md
