@@ -48,6 +48,7 @@ from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import finish_pipeline, load_pipeline, speed_up
 from distdiff.prototype_store import PrototypeConfig
 from distdiff.runs import default_guide_ckpt, setup_logging
+from studies.grid import save_figure
 from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
 from distdiff.timing import stage_timer
 from embedded.sd_shapes import SHAPE_PREFIX, check_shape, shape_name, shape_pipeline
@@ -307,10 +308,7 @@ def plot(report, path):
     right.barh(stages, [1000 * data["stages_s_one_guided_batch"][name] for name in stages])
     right.set_xlabel("ms")
     right.set_title(f"one guided batch of {data['stage_batch_size']} (nested stages overlap)", fontsize=9)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def get_parser():

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from studies.grid import save_figure
 from studies.replication import HEADER, fmt, side_of_zero
 from distdiff.domains import OneLineParser
 from distdiff.options import run_cli
@@ -139,10 +140,7 @@ def plot(settings, path):
         if column == 0:
             ax.legend(fontsize=7)
     fig.suptitle("Energy or noise: means over expansions, t intervals over expansions", fontsize=10)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def get_parser():

@@ -516,6 +516,15 @@ def store_row(path, signature, row):
 # Tables
 # ---------------------------------------------------------------------------
 
+def save_figure(fig, path, dpi=100):
+    """Layout, write (its folder made), close."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def fmt_number(value, fmt="{:.3f}"):
     """Formatted number, or '-' for a blank."""
     return "-" if value is None else fmt.format(value)

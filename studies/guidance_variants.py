@@ -19,6 +19,7 @@ from pathlib import Path
 
 from distdiff.domains import OneLineParser
 from distdiff.options import run_cli
+from studies.grid import save_figure
 from studies.replication import HEADER, fmt, mechanism_table, side_of_zero
 
 # (label, grid name); a grid's primary contrasts are those its YAML marks primary.
@@ -97,10 +98,7 @@ def plot(settings, path):
     levels = sorted({f"{c['confidence']:.2%}" for _, data in settings for c in data["contrasts"] if c["primary"]})
     fig.suptitle(f"Guidance variants: primary contrasts, means over expansions, {' / '.join(levels)} t intervals",
                  fontsize=10)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def get_parser():

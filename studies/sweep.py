@@ -439,10 +439,7 @@ def plot_replicated(plan, contrasts, path):
 def save_figure(fig, ax, path):
     """Legend, layout, write, close."""
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    sw.save_figure(fig, path)
     logger.info("figure written to %s", path)
 
 
