@@ -6,7 +6,7 @@ committed tables.
 `report` reads docs/guidance_variants/<grid>/replicated.json (copied there by
 scripts/exps/guidance_variants.sh, so anyone can recompute the answer from committed data) for
 each setting that has run, and prints markdown: per setting, every primary contrast with the
-rule's verdict, then the secondary contrasts, labelled as such, then the cells with their
+rule's verdict and the smallest difference its design detects (80 % power at its level), then the secondary contrasts, labelled as such, then the cells with their
 mechanism columns; the figure shows the primary contrasts on test and on val.
 """
 import os
@@ -51,10 +51,24 @@ def load_settings(tables):
     return found
 
 
+def detectable(contrast, metric, power=0.8):
+    """The smallest true difference the contrast's design detects with `power` at its level:
+    (t crit + t power) x the standard error that the interval's half-width implies (n - 1
+    degrees of freedom, as the interval). None without an interval."""
+    from scipy import stats
+
+    low, high, n = contrast[f"d_{metric}_low"], contrast[f"d_{metric}_high"], contrast[f"d_{metric}_n"]
+    if low is None or high is None or n < 2:
+        return None
+    critical = stats.t.ppf(1 - (1 - contrast["confidence"]) / 2, n - 1)
+    return (critical + stats.t.ppf(power, n - 1)) * (high - low) / 2 / critical
+
+
 def contrast_line(c, with_verdict):
     test = fmt(c["d_last_acc"], c["d_last_acc_low"], c["d_last_acc_high"])
     val = fmt(c["d_last_val_acc"], c["d_last_val_acc_low"], c["d_last_val_acc_high"])
-    cells = [c["contrast"], f"{c['confidence']:.2%}", str(c["d_last_acc_n"]), test, val,
+    mde = " / ".join("-" if d is None else f"{d:.2f}" for d in (detectable(c, "last_acc"), detectable(c, "last_val_acc")))
+    cells = [c["contrast"], f"{c['confidence']:.2%}", str(c["d_last_acc_n"]), test, val, mde,
              fmt(c["d_energy_after"], c["d_energy_after_low"], c["d_energy_after_high"], 4)]
     return "| " + " | ".join(cells + ([verdict(c)] if with_verdict else [])) + " |"
 
@@ -65,10 +79,11 @@ def setting_section(label, data):
     # The sweep adds each guided cell against its own control; those against a variant's own
     # noise or none are in the grid's list already, the rest (e.g. paper − none) are secondary.
     secondary = [c for c in data["contrasts"] if not c["primary"]]
-    head = "| contrast | level | expansions | Δ test last_acc | Δ last-epoch val | Δ energy after |"
-    lines = [f"### {label}", "", "Primary (the rule):", "", head + " verdict |", "|---|---|---|---|---|---|---|"]
+    head = ("| contrast | level | expansions | Δ test last_acc | Δ last-epoch val | detectable Δ, test / val | "
+            "Δ energy after |")
+    lines = [f"### {label}", "", "Primary (the rule):", "", head + " verdict |", "|---|---|---|---|---|---|---|---|"]
     lines += [contrast_line(c, True) for c in primary]
-    lines += ["", "Secondary (reported, not used by the rule):", "", head, "|---|---|---|---|---|---|"]
+    lines += ["", "Secondary (reported, not used by the rule):", "", head, "|---|---|---|---|---|---|---|"]
     lines += [contrast_line(c, False) for c in secondary]
     cells = [(c["cell"], c["expansions_done"], c, c) for c in data["cells"]]
     lines += ["", "Cells (means over expansions):", "", mechanism_table(cells)]

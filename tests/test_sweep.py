@@ -401,6 +401,7 @@ def test_the_guidance_variants_report_applies_the_committed_rule(tmp_path):
 
     def contrast(name, test, val, primary=True):
         row = {"contrast": name, "primary": primary, "confidence": 0.996875 if primary else 0.95, "d_last_acc_n": 6,
+               "d_last_val_acc_n": 6,
                "d_energy_after": None, "d_energy_after_low": None, "d_energy_after_high": None}
         for metric, (low, high) in (("last_acc", test), ("last_val_acc", val)):
             row |= {f"d_{metric}": (low + high) / 2, f"d_{metric}_low": low, f"d_{metric}_high": high}
@@ -421,6 +422,8 @@ def test_the_guidance_variants_report_applies_the_committed_rule(tmp_path):
         assert gv.main(["report", "--tables", str(tmp_path), "--figure", str(tmp_path / "gv.png")]) == 0
     text = out.getvalue()
     primary, secondary = text.split("Secondary (reported, not used by the rule):")
-    assert "| v1 − noise | 99.69% | 6 | +0.60 [+0.20, +1.00] | +1.05 [+0.10, +2.00] | - | helps |" in primary
+    # Detectable: (t 0.9984 + t 0.8) / t 0.9984 x half-width, 5 degrees of freedom: 1.1726 x 0.4 and x 0.95.
+    assert "| v1 − noise | 99.69% | 6 | +0.60 [+0.20, +1.00] | +1.05 [+0.10, +2.00] | 0.47 / 1.11 | - | helps |" in primary
+    assert math.isclose(gv.detectable(rows[0], "last_acc"), 0.4 * (1 + 0.9195438 / 5.3259203), rel_tol=1e-6)
     assert "paper − none" not in primary and "| paper − none | 95.00% |" in secondary and "helps" not in secondary
     assert "3 shots" not in text and (tmp_path / "gv.png").stat().st_size > 1000
