@@ -36,4 +36,7 @@ for prior in indomain inverted0 lowcontrast0; do
   fi
 done
 [ "${#cells[@]}" -eq 0 ] || sweep energy_noise_10shot --cells "${cells[@]}"
+# Both grids' tables (per expansion seed, and over expansions) beside the doc, to be committed.
+keep_tables digits energy_noise_3shot docs/energy_or_noise
+keep_tables digits10 energy_noise_10shot docs/energy_or_noise
 $PY -m studies.energy_noise report --figure figure/energy_or_noise.png | tee checkpoint/energy_or_noise.md
