@@ -122,7 +122,7 @@ def get_parser():
     report = sub.add_parser("report", help="the study's answer (markdown on stdout) and figure")
     report.add_argument("--tables", default="docs/guidance_variants",
                         help="folder holding <grid>/replicated.json of each setting")
-    report.add_argument("--figure", default="figure/guidance_variants.png")
+    report.add_argument("--figure", default="figure/guidance_variants.png", help="where the primary contrasts' figure goes")
     return parser
 
 
