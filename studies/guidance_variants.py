@@ -6,8 +6,9 @@ committed tables.
 `report` reads docs/guidance_variants/<grid>/replicated.json (copied there by
 scripts/exps/guidance_variants.sh, so anyone can recompute the answer from committed data) for
 each setting that has run, and prints markdown: per setting, every primary contrast with the
-rule's verdict and the smallest difference its design detects (80 % power at its level), then the secondary contrasts, labelled as such, then the cells with their
-mechanism columns; the figure shows the primary contrasts on test and on val.
+rule's verdict and the smallest difference its design detects (80 % power at its level), then
+the secondary contrasts, labelled as such, then the cells with their mechanism columns; the
+figure shows the primary contrasts on test and on val.
 """
 import os
 
@@ -54,11 +55,12 @@ def load_settings(tables):
 def detectable(contrast, metric, power=0.8):
     """The smallest true difference the contrast's design detects with `power` at its level:
     (t crit + t power) x the standard error that the interval's half-width implies (n - 1
-    degrees of freedom, as the interval). None without an interval."""
+    degrees of freedom, as the paired interval). None without an interval, and for a Welch
+    interval (a contrast with the original-only runs), whose degrees of freedom are not n - 1."""
     from scipy import stats
 
     low, high, n = contrast[f"d_{metric}_low"], contrast[f"d_{metric}_high"], contrast[f"d_{metric}_n"]
-    if low is None or high is None or n < 2:
+    if low is None or high is None or n < 2 or contrast.get("interval", "").startswith("Welch"):
         return None
     critical = stats.t.ppf(1 - (1 - contrast["confidence"]) / 2, n - 1)
     return (critical + stats.t.ppf(power, n - 1)) * (high - low) / 2 / critical

@@ -62,9 +62,9 @@ def contrast_row(name, dirs_a, dirs_b, rows_a, rows_b, seeds, confidence=0.95, p
     in the same order for a and b), and the mechanism's energy after the step from the rows.
     `reused` ("a" or "b") names a side that is one set of runs for every expansion (the
     original-only runs): that side's accuracy is compared by a Welch interval, not paired."""
-    row = {"contrast": name, "primary": primary, "confidence": confidence, "interval": "paired t over expansions"}
-    if reused:
-        row["interval"] = f"Welch t: mean over expansions vs the {reused} side's runs"
+    row = {"contrast": name, "primary": primary, "confidence": confidence,
+           "interval": f"Welch t: mean over expansions vs the {reused} side's runs" if reused
+           else "paired t over expansions"}
     for metric in CONTRAST_METRICS:
         if reused == "b":
             summary = against_reused(dirs_a, dirs_b[0], seeds, metric, confidence, 1)

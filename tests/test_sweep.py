@@ -425,5 +425,6 @@ def test_the_guidance_variants_report_applies_the_committed_rule(tmp_path):
     # Detectable: (t 0.9984 + t 0.8) / t 0.9984 x half-width, 5 degrees of freedom: 1.1726 x 0.4 and x 0.95.
     assert "| v1 − noise | 99.69% | 6 | +0.60 [+0.20, +1.00] | +1.05 [+0.10, +2.00] | 0.47 / 1.11 | - | helps |" in primary
     assert math.isclose(gv.detectable(rows[0], "last_acc"), 0.4 * (1 + 0.9195438 / 5.3259203), rel_tol=1e-6)
+    assert gv.detectable(rows[0] | {"interval": "Welch t: mean over expansions vs the b side's runs"}, "last_acc") is None
     assert "paper − none" not in primary and "| paper − none | 95.00% |" in secondary and "helps" not in secondary
     assert "3 shots" not in text and (tmp_path / "gv.png").stat().st_size > 1000

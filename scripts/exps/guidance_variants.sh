@@ -10,6 +10,7 @@
 # their contrasts from configs/sweeps/guidance_variants_3shot.yaml, recorded under Amendments
 # before any 3-shot result is read.
 # The tables of both settings land in docs/guidance_variants/<grid>/ (committed with the answer).
+# Last, `python -m studies.guidance_variants report` applies the committed rule to those tables.
 # Every step skips finished work (the prior, guides, expansions, training runs, metrics): a rerun,
 # after a kill or a crash, resumes where the last one stopped.
 set -euo pipefail
