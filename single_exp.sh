@@ -36,6 +36,10 @@ FIGURE_DIR=${FIGURE_DIR:-figure}
 PY=.venv/bin/python
 case "$DATASET" in digits|digits10) export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} ;; esac  # embedded: no Hub; else as the user set it
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # jobs share the cores: OpenMP threads must not spin
+# setup.sh installs without byte-compiling: each module compiles on first import, once, if Python may
+# write bytecode (into .venv/pycache, not beside the repository's files).
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$PWD/.venv/pycache}
 start=$(date +%s)
 stage() { echo; echo "=== [$(( $(date +%s) - start ))s] $*"; }
 
@@ -97,8 +101,11 @@ expand() {  # expand EXP GUIDANCE: one process (it ends by checking every image)
 }
 
 stage "4/8 prototypes + 5/8 DistDiff expansion and unguided img2img (the paper's SD row), x$RATIO"
-gpu_present() {  # GPUS is set, or torch sees a CUDA GPU
-  [ -n "$GPUS" ] || $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'
+gpu_present() {  # GPUS is set, or a GPU's device node is there and CUDA_VISIBLE_DEVICES does not hide it
+  # (asking torch would start a Python for 2 s; a node without a usable GPU only costs the overlap)
+  [ -n "$GPUS" ] && return 0
+  case "${CUDA_VISIBLE_DEVICES-unset}" in ""|-1) return 1 ;; esac
+  compgen -G "/dev/nvidia[0-9]*" > /dev/null || [ -e /dev/kfd ]
 }
 if gpu_present; then
   # One after the other: side by side, both pipelines would share one GPU's memory by accident

@@ -22,11 +22,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-echo "setup: installing requirements.txt into .venv (torch is large; this takes a few minutes once)"
-.venv/bin/python -m pip install --quiet --upgrade pip setuptools
-.venv/bin/python -m pip install --quiet -r requirements.txt
+echo "setup: installing requirements.txt into .venv (torch is large; this takes a minute or more once)"
+# --no-compile: pip would byte-compile every file of every package (104 s of install became 62 s
+# without it on 2 cores); Python compiles the modules a run imports on first use instead, about
+# 15 s once, into .venv (scripts/test.sh and single_exp.sh make sure bytecode is written).
+.venv/bin/python -m pip install --quiet --no-compile --upgrade pip setuptools
+.venv/bin/python -m pip install --quiet --no-compile -r requirements.txt
 # --no-deps: requirements.txt above is the dependency list; --no-build-isolation: no download
 # of a build backend (setuptools is in .venv).
-.venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+.venv/bin/python -m pip install --quiet --no-compile --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "setup: done"

@@ -7,7 +7,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
 # Offline always; OpenMP threads sleep instead of spinning while subprocesses share the 2 cores.
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1 OMP_WAIT_POLICY=PASSIVE
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
+# Bytecode is written, once, into .venv/pycache (the repository stays free of __pycache__): setup.sh
+# installs without compiling, so without it every one of the suite's ~90 processes would compile
+# torch's modules again.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX="$PWD/.venv/pycache"
 args=()
 for arg in "$@"; do
   if [ "$arg" = "-q" ]; then args+=(-q -m "not slow"); else args+=("$arg"); fi

@@ -100,6 +100,8 @@ def pytest_sessionfinish(session):
         out.close()
         err.close()
         shutil.rmtree(work, ignore_errors=True)
+        if sys.pycache_prefix:  # the bytecode of the paper path's copy of the repository (scripts/test.sh)
+            shutil.rmtree(Path(sys.pycache_prefix) / work.relative_to(work.anchor), ignore_errors=True)
     for root in _DATA_ROOT:
         shutil.rmtree(root, ignore_errors=True)
 

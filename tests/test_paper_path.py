@@ -110,7 +110,7 @@ def test_retraining_and_parse_logs(paper, capsys):
 
 def test_the_authors_expand_diff_argument_list_runs_unchanged(paper):
     """Their scripts/exps/expand_diff.sh command for split 0 of 4, pasted after expand_distdiff.py,
-    with one size knob appended (--limit 1: one source image)."""
+    with size knobs appended (--limit 1: one source image; 10 DDIM steps, the block's)."""
     assert "expand_distdiff.py --guidance_type=transform_guidance -a resnet50" in paper["steps"]["authors_args"]["command"]
     out = paper["clone"] / "data/caltech-101_expansion/save/distdiff_batch_5x"
     images = sorted(out.rglob("*.png"))

@@ -118,12 +118,11 @@ def test_rerun_of_a_finished_prior_is_a_noop(smoke_prior, capsys):
 @pytest.mark.slow
 def test_same_seed_gives_bit_identical_weights_and_a_resume_changes_nothing(smoke_prior, tmp_path):
     """At the configured 2 threads: the text-encoder gather used to add gradients into repeated
-    rows in a timing-dependent order, so two runs ended with different UNets."""
-    again = tmp_path / "again"
-    run_main("scripts.train_prior", *SMOKE, "--out", again)
+    rows in a timing-dependent order, so two runs ended with different UNets. A run killed at UNet
+    step 5 (after the checkpoint at step 3) and rerun ends bit-identical to the fixture's run: its
+    steps 1-3 come from one process and 4-8 from another, so this checks the resume and the
+    run-to-run determinism of every step at once."""
     reference = unet_weights(smoke_prior / "digits")
-    assert all(torch.equal(reference[k], v) for k, v in unet_weights(again / "digits").items())
-    # Killed at UNet step 5 (after the checkpoint at step 3), then rerun: the same weights.
     real_clip, calls = torch.nn.utils.clip_grad_norm_, []
 
     def crash_at_step_five(*args, **kwargs):
