@@ -9,7 +9,7 @@ bash scripts/setup.sh || exit 1
 # Offline always; OpenMP threads sleep instead of spinning while subprocesses share the 2 cores.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 # Bytecode is written, once, into .venv/pycache (the repository stays free of __pycache__): setup.sh
-# installs without compiling, so without it every one of the suite's ~90 processes would compile
+# installs without compiling, so without it each of the suite's Python processes would compile
 # torch's modules again.
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX="$PWD/.venv/pycache"

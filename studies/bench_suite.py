@@ -13,9 +13,6 @@ on 2 cores, which leaves about 480 CPU-s; each Python process that loads torch p
 imports, which is why the programs are counted.
 """
 import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import resource
 import subprocess
 import sys
@@ -80,15 +77,15 @@ class Sampler:
                 if stat:
                     stats[int(entry.name)] = stat
         keys = {pid: (pid, stat[2]) for pid, stat in stats.items()}
-        for pid, (ppid, cpu, start) in stats.items():
+        for pid, (ppid, cpu, _) in stats.items():
             key = keys[pid]
             record = self.seen.get(key)
             if record is None:
                 parent = self.seen.get(keys.get(ppid))
                 if ppid != self.root and parent is None:
                     continue  # not ours (or its parent ended unseen: rare at short intervals)
-                record = self.seen[key] = {"pid": pid, "parent": parent["key"] if parent else None, "key": key,
-                                           "cmdline": "", "cpu_s": 0.0}
+                record = self.seen[key] = {"key": key, "parent": parent["key"] if parent else None, "cmdline": "",
+                                           "cpu_s": 0.0}
             record["cpu_s"] = max(record["cpu_s"], cpu)
             # read again each time: a process seen between its fork and its exec still shows its parent's
             record["cmdline"] = read_cmdline(pid) or record["cmdline"]
