@@ -13,6 +13,9 @@ on 2 cores, which leaves about 480 CPU-s; each Python process that loads torch p
 imports, which is why the programs are counted.
 """
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # every entry point: OpenMP threads that sleep, not spin
+
 import resource
 import subprocess
 import sys
