@@ -21,7 +21,7 @@ from pathlib import Path
 from distdiff.domains import OneLineParser
 from distdiff.options import run_cli
 from studies.grid import save_figure
-from studies.replication import HEADER, fmt, mechanism_table, side_of_zero
+from studies.replication import HEADER, WELCH, fmt, mechanism_table, side_of_zero
 
 # (label, grid name); a grid's primary contrasts are those its YAML marks primary.
 SETTINGS = (("10 shots (real groups: K = 3 of 10 images per class)", "guidance_variants_10shot"),
@@ -60,7 +60,7 @@ def detectable(contrast, metric, power=0.8):
     from scipy import stats
 
     low, high, n = contrast[f"d_{metric}_low"], contrast[f"d_{metric}_high"], contrast[f"d_{metric}_n"]
-    if low is None or high is None or n < 2 or contrast.get("interval", "").startswith("Welch"):
+    if low is None or high is None or n < 2 or contrast.get("interval", "").startswith(WELCH):
         return None
     critical = stats.t.ppf(1 - (1 - contrast["confidence"]) / 2, n - 1)
     return (critical + stats.t.ppf(power, n - 1)) * (high - low) / 2 / critical

@@ -17,6 +17,8 @@ from studies.grid import fmt_number, nan_for_none, none_for_nan, seed_values
 # Accuracy contrasts: test at the last epoch, val at the last epoch (what a selection on val
 # reads), and test at the best val epoch.
 CONTRAST_METRICS = ("last_acc", "last_val_acc", "test_at_best_val")
+# The "interval" label of a contrast with the original-only runs (its degrees of freedom are not n - 1).
+WELCH = "Welch t"
 # Per-expansion mechanism values (means over the expansion's images), averaged over expansions.
 MECHANISM_KEYS = ("energy_before", "energy_after", "energy_drop_frac", "pixel_change_vs_control",
                   "pixel_change_vs_source", "fid_val", "precision", "recall", "coverage", "guide_agreement")
@@ -63,7 +65,7 @@ def contrast_row(name, dirs_a, dirs_b, rows_a, rows_b, seeds, confidence=0.95, p
     `reused` ("a" or "b") names a side that is one set of runs for every expansion (the
     original-only runs): that side's accuracy is compared by a Welch interval, not paired."""
     row = {"contrast": name, "primary": primary, "confidence": confidence,
-           "interval": f"Welch t: mean over expansions vs the {reused} side's runs" if reused
+           "interval": f"{WELCH}: mean over expansions vs the {reused} side's runs" if reused
            else "paired t over expansions"}
     for metric in CONTRAST_METRICS:
         if reused == "b":
