@@ -5,15 +5,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from distdiff import DistDiffError, augment
+from distdiff import DistDiffError, augment, folders
 from distdiff.config import auto_or_count
+from distdiff.folders import rgb_loader
 from distdiff.registry import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -65,17 +65,6 @@ def test_transform(image_size, resize_size, mean=IMAGENET_MEAN, std=IMAGENET_STD
 # Loading ImageFolder splits with clear errors
 # ---------------------------------------------------------------------------
 
-def rgb_loader(path):
-    """Open an image as RGB, upright: a photo whose EXIF says it was taken sideways is turned as
-    viewers show it (the authors' loaders do the same); unreadable files raise DistDiffError
-    naming the file."""
-    try:
-        with Image.open(path) as img:
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise DistDiffError(f"cannot read image {path}: {err}; delete or replace it") from None
-
-
 def _check_images(folder, threads=1):
     """Open every image once so that a corrupt file fails before training, not mid-epoch."""
     decode_all(folder, lambda image: None, threads)
@@ -101,19 +90,22 @@ def decode_all(folder, fn, threads=1, desc=None):
         bar.close()
 
 
+class _ImageFolder(tv_datasets.ImageFolder):
+    """torchvision's ImageFolder, listed by distdiff.folders (the same rule, one-line errors), so
+    the expander's torch-free plan and every stage see one listing."""
+
+    def find_classes(self, directory):
+        classes = folders.class_folders(directory)
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        return folders.class_samples(directory, sorted(class_to_idx, key=class_to_idx.get))
+
+
 def image_folder(root, transform=None, hint="", verify=True):
-    """torchvision ImageFolder with one-line errors for missing dirs and empty classes."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DistDiffError(f"dataset directory {root} not found" + (f"; run: {hint}" if hint else ""))
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DistDiffError(f"{root} has no class folders; expected {root}/<class>/<image>")
-    try:
-        folder = tv_datasets.ImageFolder(root, transform=transform, loader=rgb_loader,
-                                         allow_empty=False)
-    except FileNotFoundError as err:
-        raise DistDiffError(f"{root}: {str(err).splitlines()[0]} (an empty class folder?)") from None
+    """An ImageFolder of `root` (distdiff.folders' listing) whose images load as upright RGB."""
+    folders.class_folders(root, hint)  # a missing tree's error names the command that makes it
+    folder = _ImageFolder(str(root), transform=transform, loader=rgb_loader)
     if verify:
         _check_images(folder)
     return folder
@@ -126,9 +118,7 @@ def load_split(spec, split, transform=None, verify=True):
         return None
     if spec.val_from_train and split in (spec.train_split, spec.val_split):
         folder = image_folder(spec.split_dir(spec.train_split), transform, spec.prepare_hint, verify=False)
-        held = held_out(folder, spec.val_from_train, spec.val_seed)
-        set_samples(folder, [(path, label) for path, label in folder.samples
-                             if (path in held) == (split == spec.val_split)])
+        set_samples(folder, folders.split_samples(spec, split, folder.samples, folder.classes))
         if verify:
             _check_images(folder)
         return folder
@@ -140,23 +130,6 @@ def set_samples(folder, samples):
     folder.samples = folder.imgs = list(samples)
     folder.targets = [label for _, label in folder.samples]
     return folder
-
-
-def held_out(folder, per_class, seed):
-    """The paths of `per_class` images per class drawn from an ImageFolder (seeded per class, so a
-    class's draw does not depend on the others); a class too small to keep one image is an error."""
-    by_class = {}
-    for path, label in folder.samples:  # sorted by class, then file name (torchvision's order)
-        by_class.setdefault(label, []).append(path)
-    held = set()
-    for label, paths in sorted(by_class.items()):
-        if len(paths) <= per_class:
-            raise DistDiffError(f"class {folder.classes[label]!r} has {len(paths)} image(s) in {folder.root}: too few to "
-                                f"hold out {per_class} for val and train on the rest; lower val_per_class in the "
-                                "tree's dataset.yaml, add a val/ tree, or set val_per_class: 0 (no val split)")
-        picks = np.random.default_rng([seed, label]).choice(len(paths), per_class, replace=False)
-        held.update(paths[i] for i in picks)
-    return held
 
 
 class Preloaded(torch.utils.data.Dataset):

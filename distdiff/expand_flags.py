@@ -18,15 +18,14 @@ from pathlib import Path
 from distdiff import DistDiffError, registry
 from distdiff.domains import COUNT, FINITE, GPU_INDEX, INDEX, Number, OneLineParser, OrAuto
 from distdiff.config import EXPAND_SPELLINGS, dataset_section, parse_args, resolved_dict, spellings_of, str2bool
-from distdiff.features import GUIDE_INPUTS
-from distdiff.guidance import ENERGIES, GUIDANCE_MODES, TRANSFORM_POINTS, TRANSFORM_STARTS, GuidanceConfig
 from distdiff.options import add_runtime_flags
 from distdiff.presets import PRESETS, apply_targets, preset_values
 from distdiff.prototype_store import PrototypeConfig
 from distdiff.prototypes import CLUSTER_METHODS
 from distdiff.registry import PROMPT_SETS
 from distdiff.runs import default_guide_ckpt, expansion_dir
-from distdiff.sampler import FRAMINGS, START_RULES, SampleConfig
+from distdiff.settings import (ENERGIES, FRAMINGS, GUIDANCE_MODES, GUIDE_INPUTS, START_RULES, TRANSFORM_POINTS,
+                               TRANSFORM_STARTS, GuidanceConfig, SampleConfig)
 
 ROLES = ("path", "sample", "guidance", "items", "shard", "execution", "runtime", "preset")
 # Flags named differently from their GuidanceConfig field.

@@ -9,8 +9,6 @@ from tqdm.auto import tqdm
 
 from models.classifiers import penultimate_features
 
-GUIDE_INPUTS = ("guide", "authors")
-
 
 class GuideInput(torch.nn.Module):
     """Map decoded images in [-1, 1] to the guide's input. Differentiable.

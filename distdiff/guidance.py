@@ -18,60 +18,12 @@ docs/guidance_variants.md: `energy "classifier"` (E = the guide's cross-entropy 
 class) and `transform_point "landed"` (distdiff.variants).
 """
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from distdiff import DistDiffError
-from distdiff.numerics import GUIDED, keep_guided, scaled_grad
-
-GUIDANCE_MODES = ("transform", "direct", "none")
-TRANSFORM_STARTS = ("random", "identity")
-ENERGIES, TRANSFORM_POINTS = ("prototype", "classifier"), ("unclamped", "landed")
-
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """Guidance hyper-parameters; the defaults are the paper's (and the project's choices)."""
-    mode: str = "transform"
-    guidance_step: int = 20          # M: guidance starts at schedule index T - M
-    lookahead_steps: int = 2         # P: look-ahead steps (transform) or guided steps (direct)
-    step_size: float = 10.0          # rho (0: the random perturbation alone)
-    radius: float | None = 0.2       # transform: L-inf projection radius; None disables it
-    lambda_class: float = 1.0
-    lambda_group: float = 1.0
-    normalize_features: bool = True  # L2-normalise f before the energy (the prototypes are unit vectors)
-    renormalize_prototypes: bool = True  # unit prototypes: rescale the class and group means to norm 1
-    repeats: int = 1                 # transform: number of applications (the paper: once)
-    interval: int = 1                # transform: denoising steps between applications
-    transform_start: str = "random"  # transform: (a, b) start at the draws (paper) or at (0, 0) (gradient alone)
-    energy: str = "prototype"        # the paper's prototype energy, or the guide's cross-entropy (a reference)
-    transform_point: str = "unclamped"  # the paper's gradient on (a, b), or an offset stepped where it lands
-    guidance_iters: int = 1          # transform_point landed: normalised steps on the offset
-    offset_step: float = 1.0         # transform_point landed: each step's L-inf size, in radii
-
-    def indices(self, num_steps):
-        """Indices into the full timestep schedule where guidance acts."""
-        first = num_steps - self.guidance_step
-        if self.mode == "none":
-            return []
-        if self.mode == "direct":
-            return [first + p for p in range(self.lookahead_steps)]
-        return [first + j * self.interval for j in range(self.repeats)]
-
-    def schedule(self, num_steps, start):
-        """indices(num_steps), each checked to lie in the denoised steps [start, last]: a transform
-        look-ahead needs P steps after its index, a direct step one."""
-        last = num_steps - (self.lookahead_steps if self.mode == "transform" else 1)
-        at = self.indices(num_steps)
-        outside = [i for i in at if not start <= i <= last]
-        if outside:
-            raise DistDiffError(f"guidance at step index {outside[0]} is outside the denoised steps [{start}, {last}] "
-                                f"(M={self.guidance_step}, P={self.lookahead_steps} of {num_steps} steps); "
-                                "lower --guidance_step or raise --strength")
-        return at
-
+from distdiff.numerics import keep_guided, scaled_grad
+from distdiff.settings import GUIDED
 
 def energy(features, class_protos, group_protos, group_mask, lambda_class, lambda_group):
     """Per-item energy [B] against the item's class prototype and its nearest group prototype.

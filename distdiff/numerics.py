@@ -3,10 +3,7 @@ per-item outcome (guided, non-finite, or an all-zero gradient), so that a vanish
 is counted and reported instead of silently leaving an unguided image."""
 import torch
 
-# Per-item guidance outcome codes (the manifest spells them out with GUIDANCE_STATUS).
-GUIDED, NONFINITE, ZERO_GRADIENT = 0, 1, 2
-GUIDANCE_STATUS = {GUIDED: "guided", NONFINITE: "nonfinite", ZERO_GRADIENT: "zero_gradient"}
-LOST = tuple(name for code, name in GUIDANCE_STATUS.items() if code != GUIDED)  # kept unguided, marked
+from distdiff.settings import GUIDED, NONFINITE, ZERO_GRADIENT
 # Loss scales for half-precision backward passes, a ladder from the top: an O(1) energy spread
 # over a 512-px image gives per-pixel gradients near 1e-6, below fp16's smallest normal number
 # (6e-5), so unscaled they flush to zero. Rows whose scaled gradient overflows retry a rung lower.

@@ -4,7 +4,7 @@ Every random number of an item (VAE latent sample, img2img noise, guidance draws
 the matching options its prompt and offset noise) comes from its own generators (draw_items), so
 a batch is a stack of independent items: outputs do not depend on the shard or batch an item
 lands in, up to float rounding. Nothing here measures or records: `sample(..., observer=fn)`
-calls fn after each guidance application (expansion.EnergyRecorder), and the benchmark times the
+calls fn after each guidance application (generation.EnergyRecorder), and the benchmark times the
 model calls with module hooks and each application through `guidance_span` (distdiff.timing).
 """
 import contextlib
@@ -15,36 +15,15 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from distdiff.features import guide_features
+from distdiff.shards import item_seed
 from distdiff.guidance import direct_step, energy, transform_step, unit_prototypes
-from distdiff.numerics import GUIDED, LossScale
+from distdiff.numerics import LossScale
+from distdiff.settings import GUIDED
 from distdiff.variants import offset_step
 
 logger = logging.getLogger(__name__)
-FRAMINGS = ("center", "random", "squash")
 SOURCE_STREAM, CROP_STREAM, PROMPT_STREAM = -1, -2, -3  # a source's own streams: generator(source, stream)
-START_RULES = ("diffusers", "authors")
 OFFSET_NOISE = 0.1  # the authors' --offset_noise scale
-
-
-@dataclass
-class SampleConfig:
-    """img2img settings; the defaults are the paper's (framing and start rule: see README)."""
-    num_steps: int = 50
-    strength: float = 0.5
-    cfg_scale: float = 7.5
-    resolution: int | None = None  # None: the model's native size (512 for SD-1.4)
-    framing: str = "center"        # source to square: shorter side + centre crop | + seeded random crop | squash
-    start_rule: str = "diffusers"  # first denoised index: T - int(T s) (diffusers) | int((1 - s) T) (authors)
-    shared_posterior: bool = False  # one VAE posterior sample per source (authors) instead of per copy
-    shared_prompt: bool = False    # with several prompts per class: one per source (authors), not per copy
-    offset_noise: bool = False     # the authors' --offset_noise: + 0.1 N(0, 1) per item and channel
-
-    @property
-    def start(self):
-        """Index of the first denoised step."""
-        if self.start_rule == "authors":
-            return int((1 - self.strength) * self.num_steps)
-        return self.num_steps - min(int(self.num_steps * self.strength), self.num_steps)
 
 
 @dataclass
@@ -55,6 +34,12 @@ class ItemDraws:
     a: torch.Tensor            # transform guidance init, U(0, 1) per channel [R, C, 1, 1]
     b: torch.Tensor            # transform guidance init, N(0, 1) per channel [R, C, 1, 1]
     prompt: int = 0            # which of its class's prompts the item uses
+
+
+def item_generator(seed, index, k):
+    """A CPU generator for item (source index, copy k), or for a source's own stream (k < 0): CPU
+    draws are identical on every machine."""
+    return torch.Generator(device="cpu").manual_seed(item_seed(seed, index, k))
 
 
 def draw_item(generator, latent_shape, repeats, num_prompts, offset_noise):

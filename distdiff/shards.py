@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from distdiff import DistDiffError
-from distdiff.fileio import atomic_write_json
-from distdiff.numerics import LOST
+from distdiff.fileio import atomic_write_json, atomic_write_text
+from distdiff.runs import setup_logging
+from distdiff.settings import LOST
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,6 @@ def item_seed(seed, index, k):
     """A 63-bit seed from (seed, source index, copy k), independent of shards and batches."""
     digest = hashlib.sha256(f"distdiff:{seed}:{index}:{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def item_generator(seed, index, k):
-    """A CPU generator for one item (CPU draws are identical on every machine)."""
-    return torch.Generator(device="cpu").manual_seed(item_seed(seed, index, k))
 
 
 def select_sources(samples, limit=None):
@@ -195,6 +190,28 @@ def verify_report(items, out_dir, class_names, total_split):
 # accelerate-style names), so a recorded command line can be re-aimed at another shard.
 SPLIT_FLAGS = ("--split", "--shard_id", "--shard-id")
 TOTAL_FLAGS = ("--total_split", "--total-split", "--num_shards", "--num-shards")
+
+
+def open_output(out_dir, settings, split, generation_keys):
+    """args.yaml (or the refusal of an output dir made with other settings), then the shard's log."""
+    check_or_write_args(out_dir, settings, generation_keys)
+    setup_logging(out_dir, filename="log.txt" if split == 0 else f"log_shard{split}.txt")
+
+
+def check_or_write_args(out_dir, resolved, generation_keys):
+    """Write <out>/args.yaml (the resolved settings dict), or refuse when it records other values
+    of `generation_keys` (the settings that change the images; execution settings such as the
+    batch size change them at float-rounding level at most, so a rerun may change those freely)."""
+    path = Path(out_dir) / "args.yaml"
+    if path.is_file():
+        previous = yaml.safe_load(path.read_text()) or {}
+        changed = [k for k in generation_keys if k in previous and previous[k] != resolved.get(k)]
+        if changed:
+            diffs = ", ".join(f"{k}: {previous[k]!r} -> {resolved.get(k)!r}" for k in changed[:4])
+            raise DistDiffError(f"{out_dir} was generated with other settings ({diffs}); "
+                                "use a new --out to keep runs separate")
+    shared = {k: v for k, v in resolved.items() if k not in ("split", "total_split", "verify")}
+    atomic_write_text(path, yaml.safe_dump(shared, sort_keys=True))
 
 
 def shard_record_path(out_dir, split):

@@ -11,7 +11,8 @@ noise-only latent of the paper's rho = 0 (or z itself from the identity).
 import torch
 
 from distdiff.guidance import project
-from distdiff.numerics import GUIDED, keep_guided, scaled_grad
+from distdiff.numerics import keep_guided, scaled_grad
+from distdiff.settings import GUIDED
 
 
 def offset_step(z, lookahead_energy, a, b, radius, iters, step, loss_scale=None):

@@ -37,19 +37,20 @@ import numpy as np
 import torch
 
 from distdiff import DistDiffError
-from distdiff import expansion as ex
+from distdiff import expansion
+from distdiff import generation as ex
 from distdiff import registry, shards
 from distdiff.devices import configure_cpu, pipeline_dtype, resolve_device
+from distdiff.domains import COUNT, INDEX, Number, OneLineParser, Text
 from distdiff.features import GuideInput
 from distdiff.fileio import atomic_save_image, atomic_write_json
-from distdiff.guidance import GuidanceConfig
-from distdiff.domains import COUNT, INDEX, Number, OneLineParser, Text
 from distdiff.options import add_runtime_flags, run_cli
 from distdiff.pipeline import finish_pipeline, load_pipeline, speed_up
 from distdiff.prototype_store import PrototypeConfig
 from distdiff.runs import default_guide_ckpt, setup_logging
 from studies.grid import save_figure
-from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
+from distdiff.sampler import GuidedSampler, draw_item, item_generator
+from distdiff.settings import GuidanceConfig, SampleConfig
 from distdiff.timing import stage_timer
 from embedded.sd_shapes import SHAPE_PREFIX, check_shape, shape_name, shape_pipeline
 from models.classifiers import create_classifier
@@ -117,7 +118,7 @@ def build(args, device):
     """Sources, guide, input mapping and prototypes (trained guide, or a random one for shapes)."""
     spec = registry.get_dataset(args.dataset)
     registry.ensure_prepared(spec)
-    sources = ex.load_sources(spec)
+    sources = expansion.load_sources(spec)
     if args.model.startswith("shape:") or args.random_guide:
         guide, guide_input, protos = random_guide(args.guide_arch if args.random_guide is None else args.random_guide,
                                                   len(sources.classes), device)
@@ -161,7 +162,7 @@ def make_batches(sampler, sources, items, batch_size):
     batches = []
     for block in shards.blocks(work, batch_size):
         posts = [latents.get(it.index) for it in block]
-        draws = [draw_item(shards.item_generator(0, it.index, 0), sampler.latent_shape(), 1, 1, False) for it in block]
+        draws = [draw_item(item_generator(0, it.index, 0), sampler.latent_shape(), 1, 1, False) for it in block]
         batches.append((torch.stack([p[0] for p in posts]), torch.stack([p[1] for p in posts]),
                         torch.tensor([it.label for it in block]), draws))
     return batches

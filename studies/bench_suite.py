@@ -116,6 +116,13 @@ def summarise(seen):
     return {name: round(cpu, 1) for name, cpu in sorted(by_job.items(), key=lambda kv: -kv[1])}, programs
 
 
+def heavy_processes(seen):
+    """Every process above HEAVY_S, costliest first: its job, CPU seconds and command line."""
+    rows = [{"job": job_of(r, seen), "cpu_s": round(r["cpu_s"], 1), "cmdline": r["cmdline"][:400]}
+            for r in seen.values() if r["cpu_s"] >= HEAVY_S]
+    return sorted(rows, key=lambda row: -row["cpu_s"])
+
+
 def get_parser():
     p = OneLineParser(description=__doc__)
     p.add_argument("--interval", type=Number(float, 0, low_open=True), default=0.1,
@@ -142,7 +149,8 @@ def main(argv=None):
     sampled = sum(r["cpu_s"] for r in sampler.seen.values())
     report = {"command": ["bash", "scripts/test.sh", *args.test_args], "exit_code": proc.returncode,
               "wall_s": round(wall, 1), "cpu_s": round(total, 1), "cpu_s_sampled": round(sampled, 1),
-              "processes": len(sampler.seen), "jobs": jobs, "programs": programs}
+              "processes": len(sampler.seen), "jobs": jobs, "programs": programs,
+              "heavy_processes": heavy_processes(sampler.seen)}
     atomic_write_json(args.out, report)
     print(f"\nexit {proc.returncode}; {wall:.0f} s wall, {total:.0f} CPU-s ({sampled:.0f} sampled in "
           f"{len(sampler.seen)} processes, {total / max(wall, 1e-9):.2f} cores busy on average)")

@@ -280,8 +280,8 @@ def guidance_fixture(ctx, pipe, batch=2):
     import torch
 
     from distdiff.features import GuideInput
-    from distdiff.guidance import GuidanceConfig
-    from distdiff.sampler import GuidedSampler, SampleConfig
+    from distdiff.sampler import GuidedSampler
+    from distdiff.settings import GuidanceConfig, SampleConfig
     from models.classifiers import create_classifier
 
     torch.manual_seed(0)
@@ -315,7 +315,8 @@ def step_gradients(ctx):
 
     import torch
 
-    from distdiff.numerics import GUIDED, NONFINITE, ZERO_GRADIENT, scaled_grad
+    from distdiff.numerics import scaled_grad
+    from distdiff.settings import GUIDED, NONFINITE, ZERO_GRADIENT
 
     requires("pipe")(ctx)
     half = torch.float16
@@ -356,7 +357,7 @@ def step_memory(ctx):
     import torch
 
     from distdiff import memory
-    from distdiff.expansion import BatchSize
+    from distdiff.generation import BatchSize
     from distdiff.numerics import scaled_grad
 
     requires("pipe")(ctx)
@@ -428,7 +429,7 @@ def injected_oom_images(ctx, pipe, items=4, fits=2):
     import torch
     from accelerate.utils.memory import should_reduce_batch_size
 
-    from distdiff.expansion import BatchSize
+    from distdiff.generation import BatchSize
     from distdiff.sampler import draw_item
 
     def out_of_memory():

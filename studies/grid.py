@@ -24,7 +24,7 @@ from distdiff import expand_flags
 from distdiff import shards
 from distdiff.config import load_yaml_config
 from distdiff.fileio import atomic_write_json
-from distdiff.guidance import GUIDANCE_MODES
+from distdiff.settings import GUIDANCE_MODES
 from distdiff.results import fmt_interval, load_seed_results
 from distdiff.stats import fmt_mean_std, mean_std, paired_difference
 

@@ -35,7 +35,7 @@ def test_bench_quick_mode_writes_json(tmp_path, tiny_pipe, random_guide, capsys)
 def test_suite_benchmark_charges_each_process_to_its_background_job():
     """studies/bench_suite.py: a process counts for the rehearsal it runs under (a child of
     tests/jobs/chain.py, however deep), else for the pytest process; programs by script name."""
-    from studies.bench_suite import summarise
+    from studies.bench_suite import heavy_processes, summarise
 
     def record(key, parent, cmdline, cpu):
         return {"key": key, "parent": parent, "cmdline": cmdline, "cpu_s": cpu}
@@ -50,6 +50,10 @@ def test_suite_benchmark_charges_each_process_to_its_background_job():
     assert jobs == {"pytest (in-process tests)": 14.0, "tests/jobs/chain.py": 8.3}
     assert programs["expand_distdiff.py"] == {"cpu_s": 9.0, "processes": 2, "heavy": 2}
     assert programs["-m distdiff.runs"] == {"cpu_s": 0.2, "processes": 1, "heavy": 0}
+    heavy = heavy_processes(seen)
+    assert [(row["job"], row["cpu_s"]) for row in heavy] == [
+        ("pytest (in-process tests)", 10.0), ("tests/jobs/chain.py", 5.0), ("pytest (in-process tests)", 4.0),
+        ("tests/jobs/chain.py", 3.0)]
 
 
 def test_suite_benchmark_samples_a_grandchild_it_never_started(tmp_path):

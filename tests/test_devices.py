@@ -47,7 +47,7 @@ def test_an_explicit_index_still_wins_outside_torchrun_and_for_one_local_process
 
 
 def test_two_ranks_on_one_gpu_share_it_and_halve_the_auto_batch(fake_cuda, monkeypatch, caplog):
-    from distdiff import expansion, memory
+    from distdiff import generation, memory
 
     gpus, _ = fake_cuda
     gpus(1)
@@ -60,10 +60,10 @@ def test_two_ranks_on_one_gpu_share_it_and_halve_the_auto_batch(fake_cuda, monke
     cuda0 = torch.device("cuda", 0)
     for name, value in torchrun(1, 2).items():
         monkeypatch.setenv(name, value)
-    assert expansion.choose_batch_size("auto", None, None, 224, 512, True, cuda0, False, 2) == (4, False)  # 20.5 GiB
+    assert generation.choose_batch_size("auto", None, None, 224, 512, True, cuda0, False, 2) == (4, False)  # 20.5 GiB
     for name in torchrun(1, 2):
         monkeypatch.delenv(name)
-    assert expansion.choose_batch_size("auto", None, None, 224, 512, True, cuda0, False, 2) == (9, False)  # 41 GiB
+    assert generation.choose_batch_size("auto", None, None, 224, 512, True, cuda0, False, 2) == (9, False)  # 41 GiB
 
 
 def test_a_gpus_index_the_driver_does_not_list_is_named(monkeypatch):

@@ -5,6 +5,7 @@ the bad inputs of the design's section 6.
 """
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -248,6 +249,33 @@ def test_changed_settings_in_same_out_dir_are_refused(setup, reference):
 
 
 @pytest.mark.slow
+def test_a_finished_or_empty_shard_stops_before_torch_loads(setup, reference, tmp_path):
+    """A finished shard rerun, a shard that owns no item and --verify plan the work and stop in a
+    fresh interpreter without importing torch (its imports and the models' are seconds per
+    process); the finished shard still checks its settings, --precision auto against the one
+    its args.yaml records."""
+    code = ("import sys, expand_distdiff\nfrom distdiff.options import run_cli\n"
+            "try:\n    run_cli(expand_distdiff.main, sys.argv[1:])\n"
+            "finally:\n    print('torch', 'torch' in sys.modules)")
+
+    def fresh(out, *extra):
+        argv = [str(a) for a in expand_args(setup, out, *extra)]
+        return subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=script_env(), capture_output=True,
+                              text=True, timeout=300)
+    before = {p: os.stat(p).st_mtime_ns for p in Path(reference["out"]).rglob("*.png")}
+    for out, extra, said in ((reference["out"], [], "skipped 24 (every image present)"),
+                             (tmp_path / "empty", ["--split", "3", "--total_split", "4"], "no items in this shard"),
+                             (reference["out"], ["--verify"], "24/24 images present")):
+        proc = fresh(out, *extra)
+        assert proc.returncode == 0 and said in proc.stdout + proc.stderr, (extra, proc.stdout, proc.stderr)
+        assert proc.stdout.strip().endswith("torch False"), (extra, proc.stdout)
+    assert json.loads((tmp_path / "empty" / "shard3.json").read_text())["status"] == "done"
+    assert {p: os.stat(p).st_mtime_ns for p in Path(reference["out"]).rglob("*.png")} == before
+    with pytest.raises(DistDiffError, match="other settings .*precision: 'fp32' -> 'bf16'"):
+        expand(setup, reference["out"], "--precision", "bf16")
+
+
+@pytest.mark.slow
 def test_a_new_batch_size_resumes_the_same_out_dir(setup, reference):
     """Execution settings never lock an output dir: after a shard ran at batch 4, the whole run
     resumes at batch 2 (e.g. after an out-of-memory error), with the same images up to rounding."""
@@ -404,10 +432,12 @@ def test_background_writer_reraises_a_failed_write_and_finishes_the_rest(tmp_pat
 def one_item_per_setting(setup, configs):
     """{name: (image, outcome)} of the first source, copy 0, under each GuidanceConfig (M = 4 of 10
     steps, fp32): every setting starts from the same draws."""
-    from distdiff.expansion import build_prototypes, load_guide, load_sources
+    from distdiff.expansion import load_sources
+    from distdiff.generation import build_prototypes, load_guide
     from distdiff.pipeline import load_pipeline
     from distdiff.registry import get_dataset
-    from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
+    from distdiff.sampler import GuidedSampler, draw_item
+    from distdiff.settings import SampleConfig
 
     cpu = torch.device("cpu")
     pipe = load_pipeline(setup["pipe"], cpu, torch.float32)
@@ -431,7 +461,7 @@ def test_the_guidance_components_share_their_noise_and_differ_only_where_they_sh
     """The controls of the energy-or-noise study on one item: identity start with rho 0 is plain
     img2img to the bit; the random perturbation alone (rho 0), the gradient alone (identity start)
     and both each move the image, and the three differ from each other."""
-    from distdiff.guidance import GuidanceConfig
+    from distdiff.settings import GuidanceConfig
 
     results = one_item_per_setting(setup, {
         "none": GuidanceConfig(mode="none"), "nothing": GuidanceConfig(step_size=0, transform_start="identity"),
@@ -448,8 +478,7 @@ def test_the_landed_variants_reproduce_their_noise_controls_at_step_zero(setup):
     """--transform_point landed (V1, and V2 from the identity) shares the paper's draws: with no
     step it gives the noise-only images (V1) or plain img2img (V2) to the bit; with steps it moves
     them, and the two variants differ."""
-    from distdiff.guidance import GuidanceConfig
-    from distdiff.numerics import GUIDED
+    from distdiff.settings import GUIDED, GuidanceConfig
 
     results = one_item_per_setting(setup, {
         "none": GuidanceConfig(mode="none"), "noise": GuidanceConfig(step_size=0),
@@ -469,12 +498,12 @@ def test_the_authors_precision_split_runs_encoders_in_fp32_and_the_rest_in_half(
     """--encode_precision fp32 (the authors encode sources and prompts before the fp16 cast) and
     --guide_precision pipeline (their guide in half during guidance), on the CPU in bf16: every
     model call gets its own dtype, and the guidance still moves the latent with finite values."""
-    from distdiff.expansion import build_prototypes, load_guide, load_sources
-    from distdiff.guidance import GuidanceConfig
-    from distdiff.numerics import GUIDED
+    from distdiff.expansion import load_sources
+    from distdiff.generation import build_prototypes, load_guide
     from distdiff.pipeline import load_pipeline
     from distdiff.registry import get_dataset
-    from distdiff.sampler import GuidedSampler, SampleConfig, draw_item
+    from distdiff.sampler import GuidedSampler, draw_item
+    from distdiff.settings import GUIDED, GuidanceConfig, SampleConfig
 
     cpu, half = torch.device("cpu"), torch.bfloat16
     pipe = load_pipeline(setup["pipe"], cpu, half, encode_dtype=torch.float32)
@@ -570,8 +599,8 @@ def test_shard_command_re_aims_every_spelling_of_the_shard_flags():
 
 
 def test_the_stop_rule_counts_lost_items_over_the_shard_and_its_manifest():
-    from distdiff.expansion import GuidanceLosses
-    from distdiff.numerics import GUIDED, ZERO_GRADIENT
+    from distdiff.generation import GuidanceLosses
+    from distdiff.settings import GUIDED, ZERO_GRADIENT
 
     def batch(lost, size=8):
         return torch.tensor([ZERO_GRADIENT] * lost + [GUIDED] * (size - lost))

@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import DIGITS, run_main
 from distdiff import DistDiffError, expand_flags
-from distdiff import expansion as ex
+from distdiff import expansion
+from distdiff import generation as ex
 from distdiff.registry import get_dataset
 
 # The authors' scripts/exps/expand_diff.sh argument list for EXPAND_NUM=5 SPLIT=0, as they wrote it.
@@ -179,7 +180,7 @@ def test_prototypes_equal_the_authors_recipe(tmp_path, digits_ready, random_guid
     from sklearn.cluster import AgglomerativeClustering
     from torchvision.transforms import v2
     spec, device = get_dataset("digits"), torch.device("cpu")
-    sources = ex.load_sources(spec)
+    sources = expansion.load_sources(spec)
     guide, _, meta = ex.load_guide(random_guide, 10, device, "authors")
     ours = ex.build_prototypes(tmp_path / "p.npz", spec, sources, guide, meta, device, random_guide,
                                "agglomerative", 3, 0, "authors")
@@ -210,8 +211,7 @@ def test_prototypes_equal_the_authors_recipe(tmp_path, digits_ready, random_guid
 # ---------------------------------------------------------------------------
 
 def test_framing_keeps_the_aspect_ratio_and_random_crops_are_seeded_per_source():
-    from distdiff import shards
-    from distdiff.sampler import frame
+    from distdiff.sampler import CROP_STREAM, frame, item_generator
     ramp = np.linspace(0, 255, 60).round().astype(np.uint8)
     wide = Image.fromarray(np.tile(ramp, (40, 1))).convert("RGB")  # 60x40, black at the left, white at the right
     center = frame(wide, 32, "center")
@@ -219,17 +219,16 @@ def test_framing_keeps_the_aspect_ratio_and_random_crops_are_seeded_per_source()
     # Shorter side 40 -> 32 (width 48), then the middle 32 columns: a centred ramp is antisymmetric,
     # and it spans less than the full range (a squash would keep the black and white ends).
     assert torch.allclose(center, center.flip(-1).neg(), atol=0.02) and center.max() < 0.75
-    crops = [frame(wide, 32, "random", shards.item_generator(0, i, ex.CROP_STREAM)) for i in range(6)]
-    again = frame(wide, 32, "random", shards.item_generator(0, 0, ex.CROP_STREAM))
+    crops = [frame(wide, 32, "random", item_generator(0, i, CROP_STREAM)) for i in range(6)]
+    again = frame(wide, 32, "random", item_generator(0, 0, CROP_STREAM))
     assert torch.equal(crops[0], again) and len({c[0, 0, 0].item() for c in crops}) > 1
     assert frame(wide, 32, "squash").shape == (3, 32, 32)
 
 
 def test_draw_options_leave_the_other_draws_unchanged():
-    from distdiff import shards
-    from distdiff.sampler import OFFSET_NOISE, draw_item
-    plain = draw_item(shards.item_generator(0, 1, 2), (4, 2, 2), 1, 1, False)
-    extra = draw_item(shards.item_generator(0, 1, 2), (4, 2, 2), 1, num_prompts=5, offset_noise=True)
+    from distdiff.sampler import OFFSET_NOISE, draw_item, item_generator
+    plain = draw_item(item_generator(0, 1, 2), (4, 2, 2), 1, 1, False)
+    extra = draw_item(item_generator(0, 1, 2), (4, 2, 2), 1, num_prompts=5, offset_noise=True)
     assert torch.equal(plain.latent_eps, extra.latent_eps) and torch.equal(plain.a, extra.a)
     offset = extra.noise - plain.noise
     assert torch.allclose(offset, offset[:, :1, :1].expand_as(offset))  # one constant per channel
@@ -281,7 +280,7 @@ def test_shared_prompt_gives_every_copy_of_a_source_one_sentence():
     """The authors' language enhancement draws one sentence per source image; the project's
     default draws one per copy. Checked on the draws handed to the sampler (a stand-in)."""
     from distdiff.numerics import LossScale
-    from distdiff.sampler import SampleConfig
+    from distdiff.settings import SampleConfig
     from distdiff.shards import work_items
 
     class Recorder:

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from distdiff import DistDiffError
-from distdiff.guidance import GuidanceConfig, direct_step, energy, project, transform_step, unit_prototypes
-from distdiff.numerics import GUIDED, NONFINITE
+from distdiff.guidance import direct_step, energy, project, transform_step, unit_prototypes
 from distdiff.prototype_store import load_prototypes, save_prototypes
 from distdiff.prototypes import compute_prototypes
+from distdiff.settings import GUIDED, GuidanceConfig, NONFINITE
 from distdiff.shards import blocks, resolve_shard, select_sources, shard_blocks, work_items
 
 

@@ -109,9 +109,8 @@ def test_no_default_of_the_recipes_is_written_again_in_a_library_signature():
     there): a library function's parameter of the same name repeats none of them."""
     import dataclasses
 
-    from distdiff.guidance import GuidanceConfig
     from distdiff.prototype_store import PrototypeConfig
-    from distdiff.sampler import SampleConfig
+    from distdiff.settings import GuidanceConfig, SampleConfig
     from distdiff.training import TrainConfig
     defaults = {f.name: f.default for cls in (SampleConfig, GuidanceConfig, PrototypeConfig, TrainConfig)
                 for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
@@ -140,9 +139,8 @@ def test_a_default_changed_in_its_dataclass_reaches_the_flags_and_args_yaml(monk
     """Defaults are written once: changing a dataclass field's default changes what the parser
     gives, the ExpandConfig and the settings args.yaml records, with no other edit."""
     from distdiff import expand_flags
-    from distdiff.guidance import GuidanceConfig
     from distdiff.prototype_store import PrototypeConfig
-    from distdiff.sampler import SampleConfig
+    from distdiff.settings import GuidanceConfig, SampleConfig
     for cls, field, value in ((SampleConfig, "cfg_scale", 6.0), (GuidanceConfig, "step_size", 3.0),
                               (PrototypeConfig, "num_groups", 4)):  # none of them set by configs/digits.yaml
         monkeypatch.setattr(cls.__dataclass_fields__[field], "default", value)

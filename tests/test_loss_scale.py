@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from distdiff import numerics
-from distdiff.numerics import GUIDED, NONFINITE, LossScale, scaled_grad
+from distdiff.numerics import LossScale, scaled_grad
+from distdiff.settings import GUIDED, NONFINITE
 
 
 @pytest.fixture
@@ -98,10 +99,10 @@ class Posteriors:
 
 def half_sampler(tiny_pipe, random_guide):
     """A GuidedSampler on the tiny digits pipeline in bf16 (the CPU's half type), random prototypes."""
-    from distdiff.expansion import load_guide
-    from distdiff.guidance import GuidanceConfig
+    from distdiff.generation import load_guide
     from distdiff.pipeline import load_pipeline
-    from distdiff.sampler import GuidedSampler, SampleConfig
+    from distdiff.sampler import GuidedSampler
+    from distdiff.settings import GuidanceConfig, SampleConfig
 
     cpu = torch.device("cpu")
     pipe = load_pipeline(tiny_pipe, cpu, torch.bfloat16)
@@ -118,7 +119,7 @@ def half_sampler(tiny_pipe, random_guide):
 @pytest.mark.slow
 @pytest.mark.parametrize("nan_in_fp32", [False, True])
 def test_an_item_non_finite_at_every_scale_is_redone_in_fp32(tiny_pipe, random_guide, monkeypatch, nan_in_fp32):
-    from distdiff import expansion
+    from distdiff import generation
     from distdiff.sampler import GuidedSampler
     from distdiff.shards import WorkItem
 
@@ -132,7 +133,7 @@ def test_an_item_non_finite_at_every_scale_is_redone_in_fp32(tiny_pipe, random_g
         return values
     monkeypatch.setattr(GuidedSampler, "image_energy", first_row_nan)
     block = [WorkItem(i, 0, i, f"/d/{i}/{i}.png", i) for i in range(2)]
-    result = expansion.sample_block(sampler, Posteriors(sampler, 2), block, seed=0, repeats=1)
+    result = generation.sample_block(sampler, Posteriors(sampler, 2), block, seed=0, repeats=1)
     assert result.upcast.tolist() == [True, False]
     assert result.status.tolist() == ([NONFINITE] if nan_in_fp32 else [GUIDED]) + [GUIDED]
     assert result.loss_scale[1] == 2 ** 16 and torch.isfinite(result.images.float()).all()
@@ -140,6 +141,6 @@ def test_an_item_non_finite_at_every_scale_is_redone_in_fp32(tiny_pipe, random_g
     assert sampler.dtype == sampler.pipe.unet.dtype == torch.bfloat16 and sampler.prompt_embeds.dtype == torch.bfloat16
     assert next(sampler.pipe.vae.decoder.parameters()).dtype == torch.bfloat16
     assert next(sampler.guide.parameters()).dtype == torch.float32
-    records = expansion._block_records(block, set(block), result, "/d", [str(i) for i in range(10)], 0.1)
+    records = generation._block_records(block, set(block), result, "/d", [str(i) for i in range(10)], 0.1)
     assert [r["loss_scale"] for r in records] == ["fp32", 2 ** 16]
     assert [r["guidance"] for r in records] == (["nonfinite"] if nan_in_fp32 else ["guided"]) + ["guided"]

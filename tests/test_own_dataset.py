@@ -187,7 +187,7 @@ def test_a_rerun_with_other_prompt_words_or_another_val_split_is_refused(tmp_pat
     """Both change the images (the prompts, or which images are sources and so every item's
     draws): a rerun into the same output folder says so in one line instead of mixing them."""
     from distdiff.expand_flags import GENERATION_KEYS
-    from distdiff.expansion import check_or_write_args
+    from distdiff.shards import check_or_write_args
     assert {"class_prompts", "val_split_resolved"} <= set(GENERATION_KEYS)
     settings = {"dataset": "folder:x", "class_prompts": ["a photo of a disc"], "val_split_resolved": "none"}
     check_or_write_args(tmp_path, settings, GENERATION_KEYS)
@@ -196,3 +196,33 @@ def test_a_rerun_with_other_prompt_words_or_another_val_split_is_refused(tmp_pat
     with pytest.raises(DistDiffError, match="val_split_resolved"):
         check_or_write_args(tmp_path, dict(settings, val_split_resolved="2 per class held out of train/ (seed 0)"),
                             GENERATION_KEYS)
+
+
+def test_the_torch_free_listing_is_torchvisions(tmp_path):
+    """distdiff.folders lists a tree as torchvision's ImageFolder does (nested folders, upper-case
+    extensions, other files, a linked folder, names that sort by code point), and the stages'
+    ImageFolder is built from it."""
+    import os
+
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    from distdiff import folders
+    for path in ("b/x.png", "b/A.PNG", "b/sub/z.jpeg", "b/sub/deeper/y.webp", "a/1.bmp", "a/readme.txt", "a/.hidden.jpg",
+                 "Z/only.tif", "c/d/e.JPG", "link_target/q.png"):
+        (tmp_path / "tree" / path).parent.mkdir(parents=True, exist_ok=True)
+        if path.endswith(".txt"):
+            (tmp_path / "tree" / path).write_text("not an image")
+        else:
+            Image.new("RGB", (4, 4)).save(tmp_path / "tree" / path, format="PNG")
+    os.symlink(tmp_path / "tree" / "link_target", tmp_path / "tree" / "c" / "linked")
+    (tmp_path / "tree" / "file_at_the_top.png").write_bytes(b"")
+    root = str(tmp_path / "tree")
+    classes, class_to_idx = find_classes(root)
+    assert folders.class_folders(root) == classes
+    assert folders.IMG_EXTENSIONS == IMG_EXTENSIONS
+    assert folders.class_samples(root, classes) == make_dataset(root, class_to_idx, IMG_EXTENSIONS)
+    assert ds.image_folder(root, verify=False).samples == make_dataset(root, class_to_idx, IMG_EXTENSIONS)
+    (tmp_path / "tree" / "empty").mkdir()
+    with pytest.raises(DistDiffError, match="no image in class folder.*empty.*an empty class folder"):
+        folders.class_samples(root, folders.class_folders(root))
