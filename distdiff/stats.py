@@ -2,7 +2,6 @@
 import math
 
 import numpy as np
-from scipy import stats
 
 
 def mean_std(values):
@@ -30,6 +29,8 @@ def paired_difference(treated, control, confidence=0.95):
         return {"mean": mean, "low": math.nan, "high": math.nan, "n": 1, "seeds": seeds}
     if not diffs.std():  # every seed moved by the same amount: scipy's interval would be nan
         return {"mean": mean, "low": mean, "high": mean, "n": n, "seeds": seeds}
+    from scipy import stats  # about 1 s to import: only where an interval is computed
+
     interval = stats.ttest_rel([treated[s] for s in seeds], [control[s] for s in seeds]).confidence_interval(confidence)
     return {"mean": mean, "low": float(interval.low), "high": float(interval.high), "n": n, "seeds": seeds}
 
@@ -48,6 +49,8 @@ def welch_difference(treated, control, confidence=0.95):
         return {"mean": mean, "low": math.nan, "high": math.nan, "n": len(a)}
     if not a.std() and not b.std():
         return {"mean": mean, "low": mean, "high": mean, "n": len(a)}
+    from scipy import stats
+
     interval = stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)
     return {"mean": mean, "low": float(interval.low), "high": float(interval.high), "n": len(a)}
 

@@ -61,12 +61,14 @@ def digit_to_image(pixels):
 
 def export_digits(root):
     """Export every split under `root` once; an interrupted export is redone from scratch."""
-    from sklearn.datasets import load_digits  # ships with scikit-learn, no download
-
     root = Path(root)
-    digits = load_digits()
     split_dir = root / "splits"
     splits = read_splits(split_dir)
+    if splits is not None and all((root / name).is_dir() for name in SPLITS):
+        return splits  # exported already (each split appears whole): scikit-learn need not load
+    from sklearn.datasets import load_digits  # ships with scikit-learn, no download
+
+    digits = load_digits()
     if splits is None:
         splits = make_splits(digits.target)
         write_splits(split_dir, splits)
