@@ -11,21 +11,14 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from conftest import DIGITS, run_main
+from conftest import AUTHORS_ARGS, DIGITS, run_main
 from distdiff import DistDiffError, expand_flags
 from distdiff import expansion
 from distdiff import generation as ex
 from distdiff.registry import get_dataset
 
 # The authors' scripts/exps/expand_diff.sh argument list for EXPAND_NUM=5 SPLIT=0, as they wrote it.
-AUTHORS_ARGS = [
-    "--guidance_type=transform_guidance", "-a", "resnet50", "-d", "caltech-101",
-    "--output_dir", "data/caltech-101_expansion/save/distdiff_batch_5x",
-    "--pretrained_model_name_or_path", "CompVis/stable-diffusion-v1-4", "--gradient_checkpointing", "--K", "3",
-    "--train_batch_size", "1", "--optimize_targets", "global_prototype-local_prototype", "--strength", "0.5",
-    "--num_images_per_prompt", "5", "--guidance_step", "20", "--guidance_period", "2",
-    "--encoder_weight_path", "checkpoint/caltech-101/resnet50_unpretrained_lr0.1/seed1/model_best.pth.tar",
-    "--guidance_scale", "7.5", "--constraint_value", "0.2", "--rho", "10.0", "--total_split", "4", "--split", "0"]
+
 
 
 def parse(*argv):

@@ -10,7 +10,8 @@ modification times of every results.json and expanded image before and after the
 README's CPU line for your own dataset runs as written on a fabricated 3-class tree, with the tree's
 and the prior's paths put in and size knobs in the environment (SEEDS=1, EQITER=0, LIMIT=2, 10
 DDIM steps); its output is WORKDIR/chain.json's "own". Started by tests/conftest.py in the
-background, so it uses the second core.
+background, so it uses the second core, after it called prepare(WORKDIR) (the pipeline; built
+here when missing).
 """
 import json
 import os
@@ -34,14 +35,20 @@ def readme_own_chain():
     return next(line.split("#")[0].strip() for line in section.splitlines() if "bash single_exp.sh" in line)
 
 
+def prepare(work):
+    """The tiny untrained pipeline with the digits prompts, at WORKDIR/pipe."""
+    from distdiff.registry import get_dataset
+    from embedded.prior import build_tiny_pipeline
+    return build_tiny_pipeline(Path(work) / "pipe", [get_dataset("digits").prompt(d) for d in DIGITS])
+
+
 def main(work):
     from distdiff.registry import ensure_prepared, get_dataset
-    from embedded.prior import build_tiny_pipeline
 
     work = Path(work)
     spec = get_dataset("digits")
     ensure_prepared(spec)
-    pipe = build_tiny_pipeline(work / "pipe", [spec.prompt(d) for d in DIGITS])
+    pipe = work / "pipe" if (work / "pipe" / "model_index.json").is_file() else prepare(work)
     env = dict(script_env(), MODEL=str(pipe), SEEDS="1", EPOCHS="1", LIMIT="10", RATIO="2", EQITER="0",
                CHECKPOINT=str(work / "ckpt"), FIGURE_DIR=str(work / "fig"),
                EXPAND_FLAGS="--num_steps 10 --guidance_step 4 --threads 1")

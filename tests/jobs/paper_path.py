@@ -22,7 +22,8 @@ same size knobs and smaller shapes (32-px training, 64-px sampling): the paper b
 real shapes, and this block the folder dataset's path.
 
 Writes WORKDIR/steps.json: per step its command, exit code and output; the paper steps stop at the
-first failure. Started by tests/conftest.py in the background, so it uses the second core.
+first failure. Started by tests/conftest.py in the background, so it uses the second core, after it
+called prepare(WORKDIR) (the SD-1.4-shaped pipeline; built here when missing).
 """
 import json
 import os
@@ -34,7 +35,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
-from conftest import REPO, copy_repo, script_env  # noqa: E402
+from conftest import AUTHORS_ARGS, REPO, copy_repo, script_env  # noqa: E402
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 CLASSES = ("BACKGROUND_Google", "Faces", "Faces_easy", "Leopards")
@@ -79,17 +80,22 @@ def readme_own_block():
     return [line for line in lines if line.startswith("python ")]
 
 
+def prepare(work):
+    """The tiny pipeline in SD-1.4's layout and 512-px shapes, at WORKDIR/sd14; its tokenizer knows
+    the prompts' words (both blocks' classes)."""
+    from embedded.sd_shapes import save_rehearsal_pipeline
+    prompts = [f"a photo of a {c}" for c in [*KEPT, *OWN_CLASSES.values()]]
+    return save_rehearsal_pipeline(Path(work) / "sd14", prompts)
+
+
 def main(work):
     from embedded.rehearsal import fabricate_caltech101, install_in_hf_cache
-    from embedded.sd_shapes import save_rehearsal_pipeline
-    from test_fidelity import AUTHORS_ARGS
 
     work = Path(work)
     clone = copy_repo(work / "clone")
     fabricate_caltech101(work / "downloads", CLASSES, per_class=4)
-    prompts = [f"a photo of a {c}" for c in [*KEPT, *OWN_CLASSES.values()]]  # its tokenizer's words
-    install_in_hf_cache(save_rehearsal_pipeline(work / "sd14", prompts), SD14,
-                        work / "hf" / "hub")
+    sd14 = work / "sd14" if (work / "sd14" / "model_index.json").is_file() else prepare(work)
+    install_in_hf_cache(sd14, SD14, work / "hf" / "hub")
     bin_dir = work / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(SHIM.format(python=sys.executable))
