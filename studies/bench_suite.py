@@ -10,13 +10,17 @@ under: one of the background rehearsals that tests/conftest.py starts (`tests/jo
 between two reads loses at most one interval; the command's whole CPU time (getrusage of the
 child) is printed beside them. Linux only. The suite's budget (docs/results.md): 240 s of pytest
 on 2 cores, which leaves about 480 CPU-s; each Python process that loads torch pays 4-5 s of
-imports, which is why the programs are counted.
+imports, which is why the programs are counted. This machine's speed drifts by up to 2x within an
+hour, so before and after the suite it times --calibrate fresh `import torch, torchvision`
+processes (their median CPU seconds), and gives the suite's CPU in that unit as well: that figure
+compares across hours, raw seconds only back to back.
 """
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # every entry point: OpenMP threads that sleep, not spin
 
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +35,24 @@ REPO = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 JOB_MARKERS = ("tests/jobs/", "studies/gpu_check.py")  # the background rehearsals' programs
 HEAVY_S = 1.0  # a process above this many CPU seconds counts as heavy (it loaded torch, as a rule)
+CALIBRATION = [sys.executable, "-c", "import torch, torchvision"]
+
+
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def calibrate(command, times):
+    """Median CPU seconds of `times` runs of `command` (with the suite's bytecode cache)."""
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(REPO / ".venv" / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    seconds = []
+    for _ in range(times):
+        before = children_cpu()
+        subprocess.run(command, cwd=REPO, env=env, check=True)
+        seconds.append(children_cpu() - before)
+    return statistics.median(seconds)
 
 
 def read_stat(pid):
@@ -128,6 +150,8 @@ def get_parser():
     p.add_argument("--interval", type=Number(float, 0, low_open=True), default=0.1,
                    help="seconds between two reads of /proc")
     p.add_argument("--out", default="bench/suite.json", help="the JSON report")
+    p.add_argument("--calibrate", type=Number(int, 0), default=3,
+                   help="fresh `import torch, torchvision` processes timed before and after the suite (0: none)")
     p.add_argument("test_args", nargs="*", help="arguments for scripts/test.sh (after --)")
     return p
 
@@ -136,24 +160,30 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     if not Path("/proc/self/stat").is_file():
         get_parser().error("this benchmark reads /proc: Linux only")
-    start = time.time()
+    unit_before = calibrate(CALIBRATION, args.calibrate) if args.calibrate else None
+    start, cpu_before = time.time(), children_cpu()
     proc = subprocess.Popen(["bash", "scripts/test.sh", *args.test_args], cwd=REPO)
     sampler = Sampler(proc.pid)
     while proc.poll() is None:
         sampler.poll()
         time.sleep(args.interval)
     wall = time.time() - start
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = usage.ru_utime + usage.ru_stime
+    total = children_cpu() - cpu_before
+    unit_after = calibrate(CALIBRATION, args.calibrate) if args.calibrate else None
     jobs, programs = summarise(sampler.seen)
     sampled = sum(r["cpu_s"] for r in sampler.seen.values())
     report = {"command": ["bash", "scripts/test.sh", *args.test_args], "exit_code": proc.returncode,
               "wall_s": round(wall, 1), "cpu_s": round(total, 1), "cpu_s_sampled": round(sampled, 1),
               "processes": len(sampler.seen), "jobs": jobs, "programs": programs,
-              "heavy_processes": heavy_processes(sampler.seen)}
+              "heavy_processes": heavy_processes(sampler.seen),
+              "calibration": {"command": CALIBRATION[1:], "cpu_s_before": unit_before, "cpu_s_after": unit_after}}
     atomic_write_json(args.out, report)
     print(f"\nexit {proc.returncode}; {wall:.0f} s wall, {total:.0f} CPU-s ({sampled:.0f} sampled in "
           f"{len(sampler.seen)} processes, {total / max(wall, 1e-9):.2f} cores busy on average)")
+    if args.calibrate:
+        unit = (unit_before + unit_after) / 2
+        print(f"calibration: `import torch, torchvision` took {unit_before:.2f} CPU-s before the suite and "
+              f"{unit_after:.2f} after; the suite's CPU is {total / unit:.0f} such imports")
     print("\n| job | CPU-s |\n|---|---|")
     for name, cpu in jobs.items():
         print(f"| {name} | {cpu:.0f} |")

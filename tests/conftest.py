@@ -1,7 +1,9 @@
 """Shared fixtures. Scripts run in-process through their main(argv) wherever no separate process
 is needed (each subprocess pays several seconds of imports); subprocesses are kept for SIGKILL,
 the shell launchers and the paper-path rehearsal."""
+import contextlib
 import importlib
+import io
 import os
 import shutil
 import subprocess
@@ -39,17 +41,17 @@ PRIOR_SMOKE = ["--vae_steps", "6", "--steps", "8", "--batch_size", "16", "--vae_
 # session knows it will run one of the tests that need them (nodeid prefixes), so they use the
 # second core while the in-process tests use the first; those tests then wait for them and check
 # the outcome. key -> (nodeid prefixes, nice level, command); {work} is the job's own temporary
-# folder. All are niced below the in-process tests; among themselves the longest come first (the
-# chain runs one stage after another; the paper path is next), and the shortest, the GPU script's
-# CPU smoke, fills the gaps. A job under tests/jobs/ with a `prepare(work)` has its stand-in
+# folder. All are niced below the in-process tests, and equally: each ends in steps that run one
+# after another, so whichever job is starved runs alone on one core at the end (niced 4, 6 and
+# 10, the suite ended with 40 s of the GPU script's smoke alone; with the paper path last, 36 s). A job under tests/jobs/ with a `prepare(work)` has its stand-in
 # pipeline built here first, in the pytest process, which has torch and diffusers imported
 # already (a job process would spend 6 s importing them for it).
 BACKGROUND_CHECKS = {
-    "chain": (("tests/test_chain.py::",), 4, [sys.executable, "tests/jobs/chain.py", "{work}"]),
-    "gpu_check_smoke": (("tests/test_gpu_check.py::test_cpu_smoke_runs_every_step_and_writes_the_report",), 10,
+    "chain": (("tests/test_chain.py::",), 5, [sys.executable, "tests/jobs/chain.py", "{work}"]),
+    "gpu_check_smoke": (("tests/test_gpu_check.py::test_cpu_smoke_runs_every_step_and_writes_the_report",), 5,
                         ["bash", "scripts/gpu_check.sh", "--cpu_smoke", "--workdir", "{work}/work",
                          "--report", "{work}/report.json", "--cap_scale", "5"]),  # it shares the cores: no timing
-    "paper_path": (("tests/test_paper_path.py::",), 6, [sys.executable, "tests/jobs/paper_path.py", "{work}"]),
+    "paper_path": (("tests/test_paper_path.py::",), 5, [sys.executable, "tests/jobs/paper_path.py", "{work}"]),
 }
 _BACKGROUND = {}
 _DATA_ROOT = []
@@ -62,6 +64,24 @@ def pytest_configure(config):
     (Here, not at import: the background jobs import this module for its helpers.)"""
     _DATA_ROOT.append(Path(tempfile.mkdtemp(prefix="distdiff-test-data-")))
     os.environ["DISTDIFF_DATA_ROOT"] = str(_DATA_ROOT[0])
+    if whole_suite(config):  # every background check is wanted: start them before the collection
+        for key in sorted(BACKGROUND_CHECKS, key=has_prepare):  # those that need no pipeline at once
+            start_background(key)
+
+
+def whole_suite(config):
+    """The session runs the whole suite, as scripts/test.sh does (no paths, -k, -m or --deselect):
+    then the background checks start before the collection, which imports every test module (8-12 s
+    on one core) while they use the other, instead of after it."""
+    option = config.option
+    return (config.args_source == pytest.Config.ArgsSource.TESTPATHS and not option.keyword
+            and not option.markexpr and not option.collectonly and not getattr(option, "deselect", None))
+
+
+def has_prepare(key):
+    """Whether a background check's job module has a prepare(work) (tests/jobs/<key>.py)."""
+    return (REPO / "tests" / "jobs" / f"{key}.py").is_file() and \
+        hasattr(importlib.import_module(f"jobs.{key}"), "prepare")
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -74,23 +94,21 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
-    wanted = [key for key, (prefixes, _, _) in BACKGROUND_CHECKS.items()
-              if any(item.nodeid.startswith(prefixes) for item in session.items)]
-    if "chain" in wanted:  # before the chain's prepare_digits.py, so only one process exports them
-        from distdiff.registry import ensure_prepared, get_dataset
-        ensure_prepared(get_dataset("digits"))
-    for key in wanted:
-        start_background(key)
+    for key, (prefixes, _, _) in BACKGROUND_CHECKS.items():  # those whole_suite did not start
+        if any(item.nodeid.startswith(prefixes) for item in session.items):
+            start_background(key)
 
 
 def start_background(key):
     """Start a background check once (niced, so the tests in front keep priority)."""
     if key not in _BACKGROUND:
         work = Path(tempfile.mkdtemp(prefix=f"distdiff-{key}-"))
-        if (REPO / "tests" / "jobs" / f"{key}.py").is_file():
-            prepare = getattr(importlib.import_module(f"jobs.{key}"), "prepare", None)
-            if prepare is not None:
-                prepare(work)
+        if key == "chain":  # before the chain's prepare_digits.py, so only one process exports them
+            from distdiff.registry import ensure_prepared, get_dataset
+            ensure_prepared(get_dataset("digits"))
+        if has_prepare(key):
+            with contextlib.redirect_stderr(io.StringIO()):  # the libraries' progress bars
+                importlib.import_module(f"jobs.{key}").prepare(work)
         out, err = open(work / "stdout.txt", "w"), open(work / "stderr.txt", "w")
         _, nice, command = BACKGROUND_CHECKS[key]
         proc = subprocess.Popen(["nice", "-n", str(nice), *[part.format(work=work) for part in command]], cwd=REPO,

@@ -77,3 +77,12 @@ def test_suite_benchmark_samples_a_grandchild_it_never_started(tmp_path):
     python = next(r for r in sampler.seen.values() if r["cmdline"].startswith(sys.executable))
     assert sampler.seen[python["parent"]]["cmdline"].startswith("bash -c")  # its parent, the inner bash
     assert list(jobs) == ["pytest (in-process tests)"]
+
+
+def test_suite_benchmark_calibrates_with_the_median_of_fresh_processes():
+    """calibrate(): the median CPU seconds of fresh processes (here a busy loop of about 0.2 s)."""
+    import sys
+
+    from studies.bench_suite import calibrate
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.2:\n    pass"
+    assert 0.2 <= calibrate([sys.executable, "-c", busy], 3) < 2

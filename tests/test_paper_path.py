@@ -110,13 +110,14 @@ def test_retraining_and_parse_logs(paper, capsys):
 
 def test_the_authors_expand_diff_argument_list_runs_unchanged(paper):
     """Their scripts/exps/expand_diff.sh command for split 0 of 4, pasted after expand_distdiff.py,
-    with size knobs appended (--limit 1: one source image; 10 DDIM steps, the block's)."""
+    with size knobs appended (--limit 1 --expand_ratio 2: one source image, two copies; 10 DDIM
+    steps, the block's)."""
     assert "expand_distdiff.py --guidance_type=transform_guidance -a resnet50" in paper["steps"]["authors_args"]["command"]
     out = paper["clone"] / "data/caltech-101_expansion/save/distdiff_batch_5x"
     images = sorted(out.rglob("*.png"))
-    # 1 source x 5 copies = 5 items in one block of 8; split 0 of 4 owns block 0 (batch 1 or any
+    # 1 source x 2 copies = 2 items in one block of 8; split 0 of 4 owns block 0 (batch 1 or any
     # other: ownership does not depend on the batch size).
-    assert len(images) == 5
+    assert len(images) == 2
     assert all(Image.open(p).size == (512, 512) for p in images)
     assert (out / "prototypes.npz").is_file() and (out / "manifest_shard0.jsonl").is_file()
 

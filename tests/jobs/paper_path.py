@@ -14,8 +14,8 @@ the stage scripts' arguments: --epochs 1 (training), --limit 2 --batch_size 2 --
 --guidance_step 4 (expansion: 5 denoising steps for the paper's 25, the guided one included),
 SEEDS=1 (retraining), and --device cpu, because the GPU index the commands pass is an error on a
 machine without CUDA (never a silent CPU run). Then the authors' own expand_diff.sh argument list
-runs after expand_distdiff.py, with size knobs after it (--limit 1, and the block's --num_steps 10
---guidance_step 4). Beside these, from the start, the README's "Your own dataset" block (its GPU
+runs after expand_distdiff.py, with size knobs after it (--limit 1 --expand_ratio 2, and the block's
+--num_steps 10 --guidance_step 4). Beside these, from the start, the README's "Your own dataset" block (its GPU
 lines: SD-1.4 by Hub id, ResNet-50) on a fabricated tree at my_data/ of 3 classes x 4 training
 images, with a dataset.yaml of prompt words and no val/ (so 2 per class are held out), under the
 same size knobs and smaller shapes (32-px training, 64-px sampling): the paper block checks the
@@ -109,10 +109,11 @@ def main(work):
     (clone / "my_data" / "dataset.yaml").write_text("classes:\n" + "".join(f"  {k}: {v}\n" for k, v in OWN_CLASSES.items()))
     steps = [("prepare", f"python scripts/prepare_data.py caltech-101 --source {work / 'downloads'} --shots 2", {}),
              ("readme_block", "set -e\n" + "\n".join(block) + "\n", {"SEEDS": "1", "REHEARSAL_KNOBS": json.dumps(KNOBS)}),
-             # their split 0 of 4 (its paths are relative to the repository), one source image; this
-             # venv's python, not the one on PATH that adds the block's knobs
+             # their split 0 of 4 (its paths are relative to the repository), one source image in two
+             # copies (their batch of 1: two batches); this venv's python, not the one on PATH that adds
+             # the block's knobs
              ("authors_args", " ".join([sys.executable, "expand_distdiff.py", *AUTHORS_ARGS, "--limit", "1",
-                                        "--num_steps", "10", "--guidance_step", "4"]), {})]
+                                        "--expand_ratio", "2", "--num_steps", "10", "--guidance_step", "4"]), {})]
     own = ("own_dataset", "set -e\n" + "\n".join(readme_own_block()) + "\n", {"REHEARSAL_KNOBS": json.dumps(OWN_KNOBS)})
     report = {"clone": str(clone), "hf_cache": str(work / "hf" / "hub"), "block": block, "steps": []}
 
