@@ -31,5 +31,13 @@ echo "setup: installing requirements.txt into .venv (torch is large; this takes 
 # --no-deps: requirements.txt above is the dependency list; --no-build-isolation: no download
 # of a build backend (setuptools is in .venv).
 .venv/bin/python -m pip install --quiet --no-compile --no-deps --no-build-isolation -e .
+# Compile, once, what every run imports, into .venv/pycache (where scripts/test.sh and single_exp.sh
+# point Python): 19 s in one process, where the suite's first processes, started together, would
+# each spend it. It is also the install's smoke test: an import that fails stops here.
+echo "setup: compiling the modules the stages import"
+env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-$PWD/.venv/pycache}" .venv/bin/python -c "
+import expand_distdiff, train_expand, train_original, parse_logs, distdiff.generation, distdiff.pipeline, embedded.prior
+from diffusers import StableDiffusionImg2ImgPipeline
+import matplotlib.pyplot, scipy.stats, sklearn.cluster"
 echo "$want" > "$stamp"
 echo "setup: done"
