@@ -91,38 +91,38 @@ def decode_all(folder, fn, threads=1, desc=None):
 
 
 class _ImageFolder(tv_datasets.ImageFolder):
-    """torchvision's ImageFolder, listed by distdiff.folders (the same rule, one-line errors), so
-    the expander's torch-free plan and every stage see one listing."""
+    """torchvision's ImageFolder over a distdiff.folders.Listing, so the expander's torch-free plan
+    and every stage see one listing (one rule, one-line errors)."""
+
+    def __init__(self, listing, transform=None):
+        self.listing = listing  # read by the two methods below, which the constructor calls
+        super().__init__(listing.root, transform=transform, loader=rgb_loader)
 
     def find_classes(self, directory):
-        classes = folders.class_folders(directory)
-        return classes, {name: i for i, name in enumerate(classes)}
+        return self.listing.classes, {name: i for i, name in enumerate(self.listing.classes)}
 
     def make_dataset(self, directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        return folders.class_samples(directory, sorted(class_to_idx, key=class_to_idx.get))
+        return list(self.listing.samples)
 
 
 def image_folder(root, transform=None, hint="", verify=True):
-    """An ImageFolder of `root` (distdiff.folders' listing) whose images load as upright RGB."""
-    folders.class_folders(root, hint)  # a missing tree's error names the command that makes it
-    folder = _ImageFolder(str(root), transform=transform, loader=rgb_loader)
-    if verify:
-        _check_images(folder)
-    return folder
+    """An ImageFolder of the tree at `root` whose images load as upright RGB; `hint` is the command
+    that makes a missing tree."""
+    classes = folders.class_folders(root, hint)
+    return _as_image_folder(folders.Listing(root, classes, folders.class_samples(root, classes)), transform, verify)
 
 
 def load_split(spec, split, transform=None, verify=True):
-    """One split of a registered dataset as an ImageFolder. Where the val split is held out of
-    train/ (spec.val_from_train), the train split leaves those images out and val is them."""
-    if split is None:
-        return None
-    if spec.val_from_train and split in (spec.train_split, spec.val_split):
-        folder = image_folder(spec.split_dir(spec.train_split), transform, spec.prepare_hint, verify=False)
-        set_samples(folder, folders.split_samples(spec, split, folder.samples, folder.classes))
-        if verify:
-            _check_images(folder)
-        return folder
-    return image_folder(spec.split_dir(split), transform, spec.prepare_hint, verify)
+    """One split of a registered dataset as an ImageFolder (distdiff.folders.list_split: where the
+    val split is held out of train/, the train split leaves those images out and val is them)."""
+    return None if split is None else _as_image_folder(folders.list_split(spec, split), transform, verify)
+
+
+def _as_image_folder(listing, transform, verify):
+    folder = _ImageFolder(listing, transform)
+    if verify:
+        _check_images(folder)
+    return folder
 
 
 def set_samples(folder, samples):

@@ -39,7 +39,7 @@ def run(cfg):
     settings = dict(cfg.settings, class_prompts=plan.spec.class_prompts(plan.sources.classes, cfg.prompts),
                     val_split_resolved=plan.spec.val_description())  # args.yaml: what ran
     finished = (cfg.out / "args.yaml").is_file() and not shards.missing_items(plan.mine, cfg.out, plan.sources.classes)
-    if cfg.prepare_only or not (finished or not plan.mine):
+    if cfg.prepare_only or (plan.mine and not finished):
         from distdiff import generation  # torch and the models from here on
 
         return generation.make(cfg, plan, settings)
