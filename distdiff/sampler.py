@@ -185,7 +185,7 @@ class GuidedSampler:
     @torch.no_grad()
     def sample(self, posterior_mean, posterior_std, labels, draws, observer=None):
         """Generate one batch from per-item inputs: posterior [B, C, h, w], labels [B], draws. Returns
-        (decoded images [B, 3, H, W] in [-1, 1], outcome [B]: numerics.GUIDED unless an application
+        (decoded images [B, 3, H, W] in [-1, 1], outcome [B]: settings.GUIDED unless an application
         lost guidance to a non-finite or all-zero gradient). `observer(index, latents, guided,
         unguided, embeds, labels)`, called after each guidance application (unguided: the same latent
         for transform, the plain DDIM step for direct), must not change them. All but the guidance
