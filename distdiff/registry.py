@@ -231,7 +231,6 @@ def ensure_prepared(spec):
 
 def class_names(spec):
     """Sorted class folder names of the training split."""
-    root = spec.split_dir(spec.train_split)
-    if not root.is_dir():
-        raise DistDiffError(f"dataset directory {root} not found; run: {spec.prepare_hint}")
-    return sorted(p.name for p in root.iterdir() if p.is_dir())
+    from distdiff.folders import class_folders  # numpy and PIL: not for every `python -m distdiff.runs`
+
+    return class_folders(spec.split_dir(spec.train_split), spec.prepare_hint)
