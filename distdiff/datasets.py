@@ -65,7 +65,7 @@ def test_transform(image_size, resize_size, mean=IMAGENET_MEAN, std=IMAGENET_STD
 # Loading ImageFolder splits with clear errors
 # ---------------------------------------------------------------------------
 
-def _check_images(folder, threads=1):
+def check_images(folder, threads=1):
     """Open every image once so that a corrupt file fails before training, not mid-epoch."""
     decode_all(folder, lambda image: None, threads)
 
@@ -109,19 +109,20 @@ def image_folder(root, transform=None, hint="", verify=True):
     """An ImageFolder of the tree at `root` whose images load as upright RGB; `hint` is the command
     that makes a missing tree."""
     classes = folders.class_folders(root, hint)
-    return _as_image_folder(folders.Listing(root, classes, folders.class_samples(root, classes)), transform, verify)
+    return as_image_folder(folders.Listing(root, classes, folders.class_samples(root, classes)), transform, verify)
 
 
 def load_split(spec, split, transform=None, verify=True):
     """One split of a registered dataset as an ImageFolder (distdiff.folders.list_split: where the
     val split is held out of train/, the train split leaves those images out and val is them)."""
-    return None if split is None else _as_image_folder(folders.list_split(spec, split), transform, verify)
+    return None if split is None else as_image_folder(folders.list_split(spec, split), transform, verify)
 
 
-def _as_image_folder(listing, transform, verify):
+def as_image_folder(listing, transform=None, verify=True):
+    """An ImageFolder over a distdiff.folders.Listing (its samples, in its order)."""
     folder = _ImageFolder(listing, transform)
     if verify:
-        _check_images(folder)
+        check_images(folder)
     return folder
 
 
@@ -277,7 +278,7 @@ class CacheBudget:
         if need > self.left:
             logger.info("%s: %d images need ~%d MB in memory (%d MB of the cache budget left); decoding "
                         "them every epoch instead", folder.root, len(folder), need >> 20, self.left >> 20)
-            _check_images(folder, self.threads)
+            check_images(folder, self.threads)
             folder.transform = v2.Compose([head, tail])
             return folder
         self.left -= need

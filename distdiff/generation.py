@@ -38,7 +38,7 @@ def make(cfg, plan, settings):
     device = resolve_device(cfg.device, cfg.gpu)
     settings = dict(settings, precision=resolve_precision(cfg.precision, device))
     configure_cpu(cfg.threads)
-    ds.decode_all(plan.sources, lambda image: None)
+    ds.check_images(plan.sources)
     sampler, batch = build(cfg, plan, device, settings)
     if sampler is None:  # --prepare_only
         print(f"prototypes ready at {cfg.prototypes.path}")
@@ -99,7 +99,7 @@ def build_prototypes(path, spec, sources, guide, meta, device, guide_ckpt, clust
 
     def compute():
         transform = prototype_transform(meta, guide_input)
-        dataset = ds.load_split(spec, spec.train_split, transform, verify=False)
+        dataset = ds.as_image_folder(sources, transform, verify=False)  # the plan's listing, not a new one
         features, labels = extract_features(guide, dataset, device)
         class_p, group_p, mask = compute_prototypes(features.numpy(), labels.numpy(), len(sources.classes),
                                                     num_groups, cluster, seed)

@@ -313,7 +313,7 @@ def check_expansion(folder, data_dir=None):
     """Compare an expanded folder with what its own settings call for: every item of its
     args.yaml (dataset, --expand_ratio, --limit, --first_image_index) needs its PNG and its
     manifest line. Reads file names and manifests only (no image is decoded)."""
-    from distdiff import datasets, registry
+    from distdiff import folders, registry
 
     folder = Path(folder)
     settings_path = folder / "args.yaml"
@@ -321,7 +321,7 @@ def check_expansion(folder, data_dir=None):
         return ExpansionCheck(folder, verified=False)
     settings = yaml.safe_load(settings_path.read_text()) or {}
     spec = registry.get_dataset(settings["dataset"], data_dir)
-    sources = datasets.load_split(spec, spec.train_split, verify=False)
+    sources = folders.list_split(spec, spec.train_split)
     items = work_items(sources.samples, settings["expand_ratio"], settings.get("limit"),
                        settings.get("first_image_index") or 0)
     records = {(r["source"], r["k"]): r for r in read_manifests(folder)}

@@ -43,9 +43,10 @@ PRIOR_SMOKE = ["--vae_steps", "6", "--steps", "8", "--batch_size", "16", "--vae_
 # the outcome. key -> (nodeid prefixes, nice level, command); {work} is the job's own temporary
 # folder. All are niced below the in-process tests, and equally: each ends in steps that run one
 # after another, so whichever job is starved runs alone on one core at the end (niced 4, 6 and
-# 10, the suite ended with 40 s of the GPU script's smoke alone; with the paper path last, 36 s). A job under tests/jobs/ with a `prepare(work)` has its stand-in
-# pipeline built here first, in the pytest process, which has torch and diffusers imported
-# already (a job process would spend 6 s importing them for it).
+# 10, the suite ended with 40 s of the GPU script's smoke alone; with the paper path last, 36 s).
+# A job under tests/jobs/ with a `prepare(work)` has its stand-in pipeline built here first, in
+# the pytest process, which has torch and diffusers imported already (a job process would spend
+# 6 s importing them for it).
 BACKGROUND_CHECKS = {
     "chain": (("tests/test_chain.py::",), 5, [sys.executable, "tests/jobs/chain.py", "{work}"]),
     "gpu_check_smoke": (("tests/test_gpu_check.py::test_cpu_smoke_runs_every_step_and_writes_the_report",), 5,
