@@ -1,0 +1,117 @@
+"""Write requirements-lock.txt: every package that requirements.txt resolves to, pinned, in two
+halves of about equal installed size, which scripts/setup.sh installs in two parallel pip processes
+without resolving (on 2 cores: 26 s, where one resolving install of requirements.txt took 59 s).
+
+    python scripts/lock_requirements.py          # after any change to requirements.txt (~2 minutes)
+
+It installs requirements.txt into a temporary venv (pip resolves it there, as setup.sh's fallback
+does), reads each installed distribution's version and size, and writes the lock with
+requirements.txt's sha256 and the platform in its header. setup.sh takes the lock only where both
+match, and checks the result with `pip check`; anywhere else it resolves requirements.txt.
+"""
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from distdiff import DistDiffError
+from distdiff.domains import OneLineParser
+from distdiff.fileio import atomic_write_text
+from distdiff.options import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+# torch's CUDA runtime, which its metadata asks for on Linux only: the same marker here keeps the
+# lock installable where torch comes without them (setup.sh still uses the lock only on the
+# platform that wrote it).
+LINUX_ONLY = ("nvidia-", "cuda-", "triton")
+# What a fresh venv already holds, and pip freeze leaves out too: setup.sh upgrades these first.
+BOOTSTRAP = {"pip", "setuptools", "wheel"}
+# Printed by the venv's Python: its platform line, and {name: [version, installed bytes]}.
+INVENTORY = """
+import importlib.metadata as md, json, os, platform, sys
+platform_line = f"{platform.system()} {platform.machine()}, Python {sys.version_info[0]}.{sys.version_info[1]}"
+packages = {}
+for dist in md.distributions():
+    size = 0
+    for f in dist.files or []:
+        path = dist.locate_file(f)
+        size += os.path.getsize(path) if os.path.isfile(path) else 0
+    packages[dist.metadata["Name"]] = [dist.version, size]
+print(json.dumps({"platform": platform_line, "packages": packages}))
+"""
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def halves(packages):
+    """Two lists of names whose installed sizes add up to about the same: largest first, each
+    into the lighter half."""
+    parts = [[0, []], [0, []]]
+    for name in sorted(packages, key=lambda n: (-packages[n][1], n.lower())):
+        lighter = min(parts, key=lambda part: part[0])
+        lighter[0] += packages[name][1]
+        lighter[1].append(name)
+    return [(size, sorted(names, key=str.lower)) for size, names in parts]
+
+
+def pin(name, version):
+    marker = ' ; platform_system == "Linux"' if name.lower().startswith(LINUX_ONLY) else ""
+    return f"{name}=={version}{marker}"
+
+
+def lock_text(packages, requirements_sha256, platform_line):
+    """The lock file: a header setup.sh reads, then `# half 1` and `# half 2`, one pin a line."""
+    packages = {name: value for name, value in packages.items() if name.lower() not in BOOTSTRAP}
+    lines = ["# Every package requirements.txt resolves to, pinned. Written by scripts/lock_requirements.py; do not",
+             "# edit: rerun it after changing requirements.txt. scripts/setup.sh installs the two halves in parallel",
+             "# (no resolution), then runs `pip check`, where the platform and the sha256 below match; elsewhere it",
+             "# resolves requirements.txt.",
+             f"# platform: {platform_line}",
+             f"# requirements.txt sha256: {requirements_sha256}"]
+    for number, (size, names) in enumerate(halves(packages), 1):
+        lines.append(f"# half {number}: {len(names)} packages, {size / 1e9:.2f} GB installed")
+        lines += [pin(name, packages[name][0]) for name in names]
+    return "\n".join(lines) + "\n"
+
+
+def resolve(python, requirements):
+    """(platform line, {name: [version, bytes]}) of requirements.txt installed into a fresh venv."""
+    with tempfile.TemporaryDirectory(prefix="distdiff-lock-") as tmp:
+        venv = Path(tmp) / "venv"
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile"]
+        try:
+            subprocess.run([python, "-m", "venv", str(venv)], check=True)
+            subprocess.run([*pip, "--upgrade", "pip", "setuptools"], check=True)
+            subprocess.run([*pip, "-r", str(requirements)], check=True)
+            out = subprocess.run([str(venv / "bin" / "python"), "-c", INVENTORY], check=True,
+                                 capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError) as err:
+            raise DistDiffError(f"could not install {requirements.name} into a fresh venv with {python}: {err}") from None
+    inventory = json.loads(out)
+    return inventory["platform"], inventory["packages"]
+
+
+def get_parser():
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--python", default="python3", help="interpreter for the venv (setup.sh's PYTHON)")
+    parser.add_argument("--out", default=str(REPO / "requirements-lock.txt"), help="the lock file to write")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    requirements = REPO / "requirements.txt"
+    platform_line, packages = resolve(args.python, requirements)
+    text = lock_text(packages, sha256(requirements), platform_line)
+    atomic_write_text(args.out, text)
+    print(f"wrote {args.out}: {sum(not line.startswith('#') for line in text.splitlines())} packages for {platform_line}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
