@@ -9,6 +9,10 @@ does), reads each installed distribution's version and size, and writes the lock
 requirements.txt's sha256 and the platform in its header. setup.sh takes the lock only where both
 match, and checks the result with `pip check`; anywhere else it resolves requirements.txt.
 """
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # every entry point's first line (tests/test_layout.py); no torch here
+
 import argparse
 import hashlib
 import json
