@@ -32,9 +32,13 @@ AUTHORS_ARGS = [
     "--num_images_per_prompt", "5", "--guidance_step", "20", "--guidance_period", "2",
     "--encoder_weight_path", "checkpoint/caltech-101/resnet50_unpretrained_lr0.1/seed1/model_best.pth.tar",
     "--guidance_scale", "7.5", "--constraint_value", "0.2", "--rho", "10.0", "--total_split", "4", "--split", "0"]
-# A few steps of scripts/train_prior.py; every other setting comes from configs/prior.yaml.
+# A few steps of scripts/train_prior.py; every other setting comes from configs/prior.yaml. Its data
+# is half the digits, half their inverted twins (the domain-shift study's path), so that one run
+# serves tests/test_prior.py and the sweep's grid (the smoke_prior fixture); it writes SMOKE_PRIOR.
 PRIOR_SMOKE = ["--vae_steps", "6", "--steps", "8", "--batch_size", "16", "--vae_batch_size", "4",
-               "--latent_copies", "1", "--eval_per_class", "0", "--ckpt_every", "3", "--device", "cpu"]
+               "--latent_copies", "1", "--eval_per_class", "0", "--ckpt_every", "3", "--device", "cpu",
+               "--prior_data", "digits:prior=0.5,inverted:prior=0.5"]
+SMOKE_PRIOR = "digits_mix_digits0.5_inverted0.5"
 
 
 # Checks that run only as subprocesses and take long: started in the background as soon as the
@@ -210,6 +214,14 @@ def digits_ready():
     from distdiff.registry import ensure_prepared, get_dataset
     ensure_prepared(get_dataset("digits"))
     return get_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def smoke_prior(tmp_path_factory, digits_ready):
+    """The folder PRIOR_SMOKE's run writes its prior into (SMOKE_PRIOR) and its work folder beside it."""
+    out = tmp_path_factory.mktemp("prior")
+    run_main("scripts.train_prior", *PRIOR_SMOKE, "--out", out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import PRIOR_SMOKE as SMOKE
-from conftest import run_main
+from conftest import SMOKE_PRIOR, run_main
 
 # What diffusers and transformers log when checkpoint keys and model parameters disagree.
 WEIGHT_PROBLEMS = re.compile(r"missing|unexpected|not used|newly initialized|not initialized",
@@ -52,14 +52,6 @@ def class_prompts_and_images(spec):
     return prompts, images
 
 
-@pytest.fixture(scope="module")
-def smoke_prior(tmp_path_factory, digits_ready):
-    """A few steps of the real script; every other setting comes from configs/prior.yaml."""
-    out = tmp_path_factory.mktemp("prior")
-    run_main("scripts.train_prior", *SMOKE, "--out", out)
-    return out
-
-
 def unet_weights(folder):
     from safetensors.torch import load_file
     return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
@@ -68,11 +60,11 @@ def unet_weights(folder):
 @pytest.mark.slow
 def test_smoke_prior_loads_like_stable_diffusion(smoke_prior, digits_ready):
     out = smoke_prior
-    folder, work = out / "digits", out / "digits.work"
+    folder, work = out / SMOKE_PRIOR, out / f"{SMOKE_PRIOR}.work"
     assert folder.is_dir()
     for name in ("args.yaml", "log.txt", "state.pt", "latents.pt"):
         assert (work / name).is_file(), name
-    assert sorted(p.name for p in out.iterdir()) == ["digits", "digits.work"]  # no temp dir left
+    assert sorted(p.name for p in out.iterdir()) == [SMOKE_PRIOR, f"{SMOKE_PRIOR}.work"]  # no temp dir left
     # SD's tokenizer folder files, learned offline, next to transformers 5's tokenizer.json.
     assert (folder / "tokenizer" / "merges.txt").read_text().startswith("#version")
     assert (folder / "tokenizer" / "vocab.json").is_file()
@@ -97,7 +89,7 @@ def test_weight_check_flags_a_damaged_folder(smoke_prior, tmp_path):
     """The no-missing-keys assertion above can fail: a renamed UNet key is reported."""
     from safetensors.torch import load_file, save_file
     broken = tmp_path / "broken"
-    shutil.copytree(smoke_prior / "digits", broken)
+    shutil.copytree(smoke_prior / SMOKE_PRIOR, broken)
     weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
     state = load_file(weights)
     state["renamed.weight"] = state.pop("conv_in.weight")
@@ -122,7 +114,7 @@ def test_same_seed_gives_bit_identical_weights_and_a_resume_changes_nothing(smok
     step 5 (after the checkpoint at step 3) and rerun ends bit-identical to the fixture's run: its
     steps 1-3 come from one process and 4-8 from another, so this checks the resume and the
     run-to-run determinism of every step at once."""
-    reference = unet_weights(smoke_prior / "digits")
+    reference = unet_weights(smoke_prior / SMOKE_PRIOR)
     real_clip, calls = torch.nn.utils.clip_grad_norm_, []
 
     def crash_at_step_five(*args, **kwargs):
@@ -137,7 +129,7 @@ def test_same_seed_gives_bit_identical_weights_and_a_resume_changes_nothing(smok
             run_main("scripts.train_prior", *SMOKE, "--out", resumed)
     finally:
         torch.nn.utils.clip_grad_norm_ = real_clip
-    assert not (resumed / "digits").exists()
-    assert torch.load(resumed / "digits.work" / "state.pt", weights_only=True)["unet_step"] == 3
+    assert not (resumed / SMOKE_PRIOR).exists()
+    assert torch.load(resumed / f"{SMOKE_PRIOR}.work" / "state.pt", weights_only=True)["unet_step"] == 3
     run_main("scripts.train_prior", *SMOKE, "--out", resumed)
-    assert all(torch.equal(reference[k], v) for k, v in unet_weights(resumed / "digits").items())
+    assert all(torch.equal(reference[k], v) for k, v in unet_weights(resumed / SMOKE_PRIOR).items())

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from conftest import PRIOR_SMOKE, REPO, run_main, script
+from conftest import REPO, SMOKE_PRIOR, run_main, script
 from distdiff import DistDiffError
 from studies import grid as sw
 
@@ -29,13 +29,11 @@ def run_sweep(args):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, digits_ready, random_guide):
-    """tiny.yaml with a smoke prior trained on a half-shifted mixture (the domain-shift study's
+def sweep(tmp_path_factory, smoke_prior, random_guide):
+    """tiny.yaml with the smoke prior (trained on a half-shifted mixture: the domain-shift study's
     path), a random guide, 1 seed of 1-epoch training."""
     root = tmp_path_factory.mktemp("sweep")
-    run_main("scripts.train_prior", *PRIOR_SMOKE, "--out", root / "prior", "--prior_data",
-             "digits:prior=0.5,inverted:prior=0.5")
-    tiny_pipe = root / "prior" / "digits_mix_digits0.5_inverted0.5"
+    tiny_pipe = smoke_prior / SMOKE_PRIOR
     ckpt = root / "ckpt"
     # Two processes at once: each spends most of its time importing on one core.
     args = ["configs/sweeps/tiny.yaml", "--dataset", "digits", "--seeds", "1", "--jobs", "2",
