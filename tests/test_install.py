@@ -36,13 +36,18 @@ def test_this_venv_holds_the_lock():
 
 def test_lock_text_balances_the_halves_and_marks_the_cuda_runtime():
     lock_text = script("scripts.lock_requirements").lock_text
-    packages = {"torch": ["2.14.1", 1000], "nvidia-cudnn-cu13": ["9.0", 900], "triton": ["3.8.0", 600],
-                "numpy": ["2.4.6", 300], "pip": ["26.3", 50], "setuptools": ["80", 10], "tqdm": ["4.70.1", 5]}
+    # name: [version, bytes, files]; a file costs as much as 36 kB, so sympy's 10,000 weigh 360 MB
+    mb = 1_000_000
+    packages = {"torch": ["2.14.1", 1000 * mb, 0], "nvidia-cudnn-cu13": ["9.0", 900 * mb, 0],
+                "triton": ["3.8.0", 600 * mb, 0], "numpy": ["2.4.6", 300 * mb, 0], "sympy": ["1.14.0", 100 * mb, 10_000],
+                "tqdm": ["4.70.1", 5 * mb, 0], "pip": ["26.3", 50 * mb, 0], "setuptools": ["80", 10 * mb, 0]}
     text = lock_text(packages, "ab" * 32, "Linux x86_64, Python 3.11")
     assert "# platform: Linux x86_64, Python 3.11\n" in text and f"# requirements.txt sha256: {'ab' * 32}\n" in text
     first, second = text.split("# half 2")
-    assert re.findall(r"^\w[\w.-]*", first.split("# half 1")[1], re.M) == ["numpy", "torch", "tqdm"]
-    assert re.findall(r"^\w[\w.-]*", second, re.M) == ["nvidia-cudnn-cu13", "triton"]
+    # costs 1000 | 900, 600 | 460 (sympy) | 300 | 5: torch, then cudnn and triton, then the rest to the cheaper half
+    assert re.findall(r"^\w[\w.-]*", first.split("# half 1")[1], re.M) == ["numpy", "sympy", "torch"]
+    assert re.findall(r"^\w[\w.-]*", second, re.M) == ["nvidia-cudnn-cu13", "tqdm", "triton"]
+    assert "# half 1: 3 packages, 1.40 GB installed" in first
     assert 'nvidia-cudnn-cu13==9.0 ; platform_system == "Linux"' in second and "\ntorch==2.14.1\n" in first
     assert "pip==" not in text and "setuptools==" not in text  # setup.sh upgrades them before the lock
 
