@@ -129,17 +129,18 @@ def test_three_shards_give_identical_bytes_and_verify(setup, reference, monkeypa
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_identical_files(setup, reference):
     out = setup["root"] / "killed"
-    cmd = [sys.executable, "expand_distdiff.py", *map(str, expand_args(setup, out))]
+    ratio = ["--expand_ratio", "2"]  # 12 items: the reference's copies 0 and 1
+    cmd = [sys.executable, "expand_distdiff.py", *map(str, expand_args(setup, out, *ratio))]
     proc = subprocess.Popen(cmd, cwd=REPO, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(list(out.rglob("*.png"))) < 2:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < len(list(out.rglob("*.png"))) < 24, "killed too early or too late"
-    expand(setup, out)
+    assert 0 < len(list(out.rglob("*.png"))) < 12, "killed too early or too late"
+    expand(setup, out, *ratio)
     assert "skipped" in (out / "log.txt").read_text()
-    assert png_bytes(out) == reference["files"]
+    assert png_bytes(out) == {name: data for name, data in reference["files"].items() if int(name[-5]) < 2}
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
@@ -212,12 +213,14 @@ def test_radius_zero_reproduces_guidance_none_byte_for_byte(setup, reference):
     """Guided and unguided runs share every item's noise: a guidance step projected back onto
     the unguided latent (radius 0) must give exactly the unguided images."""
     none, zero = setup["root"] / "none", setup["root"] / "radius0"
-    expand(setup, none, "--guidance", "none")
-    expand(setup, zero, "--radius", "0")
+    expand(setup, none, "--guidance", "none", "--expand_ratio", "2")
+    expand(setup, zero, "--radius", "0", "--expand_ratio", "2")
     records = manifest(none)
-    assert len(records) == 24 and all(r["guidance"] == "none" and r["energy_before"] is None for r in records)
-    assert png_bytes(zero) == png_bytes(none)
-    assert png_bytes(none) != reference["files"]  # and the default radius does change them
+    assert len(records) == 12 and all(r["guidance"] == "none" and r["energy_before"] is None for r in records)
+    unguided = png_bytes(none)
+    assert png_bytes(zero) == unguided
+    guided = {name: data for name, data in reference["files"].items() if name in unguided}
+    assert len(guided) == 12 and all(guided[name] != data for name, data in unguided.items())  # the default radius changes every image
 
 
 @pytest.mark.slow
@@ -302,11 +305,11 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_images(setup, reference, m
         return sample(self, mean, std, labels, draws, record)
     monkeypatch.setattr(GuidedSampler, "sample", sample_or_oom)
     out = setup["root"] / "oom"
-    expand(setup, out)
+    expand(setup, out, "--expand_ratio", "2")  # 12 items: 1 at a time after the first batch's halvings
     log = (out / "log.txt").read_text()
     assert "batch size halved to 2" in log and "batch size halved to 1" in log
-    assert sizes[:3] == [4, 2, 1] and set(sizes[3:]) == {1}  # halved once for the rest of the run
-    assert max(max_pixel_diffs(out, reference)) <= 2
+    assert sizes[:3] == [4, 2, 1] and len(sizes) == 14 and set(sizes[3:]) == {1}  # halved once for the rest of the run
+    assert max(max_pixel_diffs(out, reference, copies=2)) <= 2
     monkeypatch.setattr(GuidedSampler, "sample", lambda *a, **k: (_ for _ in ()).throw(
         torch.OutOfMemoryError("CUDA out of memory.")))
     with pytest.raises(DistDiffError, match="out of memory at batch size 1"):
