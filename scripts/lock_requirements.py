@@ -39,17 +39,11 @@ import importlib.metadata as md, json, os, platform, sys
 platform_line = f"{platform.system()} {platform.machine()}, Python {sys.version_info[0]}.{sys.version_info[1]}"
 packages = {}
 for dist in md.distributions():
-    size = 0
-    for f in dist.files or []:
-        path = dist.locate_file(f)
-        size += os.path.getsize(path) if os.path.isfile(path) else 0
-    packages[dist.metadata["Name"]] = [dist.version, size, len(dist.files or [])]
+    files = [dist.locate_file(f) for f in dist.files or []]
+    size = sum(os.path.getsize(path) for path in files if os.path.isfile(path))
+    packages[dist.metadata["Name"]] = [dist.version, size, len(files)]
 print(json.dumps({"platform": platform_line, "packages": packages}))
 """
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def install_cost(size, files):
@@ -119,7 +113,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     requirements = REPO / "requirements.txt"
     platform_line, packages = resolve(args.python, requirements)
-    text = lock_text(packages, sha256(requirements), platform_line)
+    text = lock_text(packages, hashlib.sha256(requirements.read_bytes()).hexdigest(), platform_line)
     atomic_write_text(args.out, text)
     print(f"wrote {args.out}: {sum(not line.startswith('#') for line in text.splitlines())} packages for {platform_line}")
     return 0
