@@ -34,9 +34,9 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
     { .venv/bin/python -m ensurepip >/dev/null && "${pip[@]}" --upgrade pip setuptools; }
 fi
 echo "setup: installing requirements-lock.txt into .venv (torch is large; this takes a minute or more once)"
-# The lock (scripts/lock_requirements.py) is requirements.txt resolved and split in two halves of
-# equal size: two pip processes without resolution install them side by side (26 s on 2 cores,
-# where one resolving install took 59 s), and `pip check` proves the set whole. The lock applies on
+# The lock (scripts/lock_requirements.py) is requirements.txt resolved and split in two halves that
+# take pip about as long: two pip processes without resolution install them side by side (29 s on
+# 2 cores, where one resolving install took 55-59 s), and `pip check` proves the set whole. The lock applies on
 # the platform that wrote it and while requirements.txt is the one it was resolved from; anywhere
 # else, or if it fails, pip resolves requirements.txt.
 platform=$(.venv/bin/python -c 'import platform, sys; print(f"{platform.system()} {platform.machine()}, Python {sys.version_info[0]}.{sys.version_info[1]}")')
