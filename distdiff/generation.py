@@ -106,7 +106,7 @@ def build_prototypes(path, spec, sources, guide, meta, device, guide_ckpt, clust
         return {"class_protos": class_p, "group_protos": group_p, "group_mask": mask,
                 "class_names": sources.classes}
 
-    protos = prepare_prototypes(path, fprint, compute)
+    protos = prepare_prototypes(path, fprint, compute, seed if cluster == "kmeans" else None)
     ds.check_same_classes(sources.classes, protos["class_names"], f"prototypes {path}")
     return protos
 

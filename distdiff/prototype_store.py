@@ -1,6 +1,7 @@
 """prototypes.npz: written once (atomic, under a file lock so parallel shards never race) with a
 fingerprint of the guide checkpoint, the training split, the cluster method, K and the feature
-transform. A file with another fingerprint is an error, never silently recomputed.
+transform, and, for k-means, the seed of its initialisation. A file with another fingerprint or
+k-means seed is an error, never silently recomputed.
 """
 import hashlib
 import logging
@@ -37,15 +38,19 @@ def fingerprint(guide_ckpt, train_files, method, k, transform="guide"):
     return digest.hexdigest()[:20]
 
 
-def save_prototypes(path, class_protos, group_protos, group_mask, class_names, fprint):
-    """Write prototypes.npz atomically."""
+def save_prototypes(path, class_protos, group_protos, group_mask, class_names, fprint, kmeans_seed=None):
+    """Write prototypes.npz atomically (with the k-means seed, where k-means made the groups)."""
+    seed = {} if kmeans_seed is None else {"kmeans_seed": np.array(kmeans_seed)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, class_protos=class_protos, group_protos=group_protos, group_mask=group_mask,
-                 class_names=np.array(class_names), fingerprint=np.array(fprint))
+                 class_names=np.array(class_names), fingerprint=np.array(fprint), **seed)
 
 
-def load_prototypes(path, expected_fingerprint=None):
-    """Read prototypes.npz into a dict; a fingerprint mismatch is a DistDiffError."""
+def load_prototypes(path, expected_fingerprint=None, kmeans_seed=None):
+    """Read prototypes.npz into a dict; a fingerprint or k-means seed mismatch is a DistDiffError.
+
+    The seed is not in the fingerprint, so that files written before it was recorded keep their
+    fingerprint: such a file is used as it is, with a warning that its seed cannot be checked."""
     with np.load(path, allow_pickle=False) as data:
         protos = {key: data[key] for key in data.files}
     found = str(protos["fingerprint"])
@@ -53,14 +58,21 @@ def load_prototypes(path, expected_fingerprint=None):
         raise DistDiffError(f"{path} was built from another guide checkpoint, split, cluster method "
                             f"or K (fingerprint {found} != {expected_fingerprint}); use a new --out "
                             "or delete the file")
+    if kmeans_seed is not None and "kmeans_seed" not in protos:
+        logger.warning("%s records no k-means seed (written before seeds were recorded): its groups are used "
+                       "without checking them against --seed %d", path, kmeans_seed)
+    elif kmeans_seed is not None and int(protos["kmeans_seed"]) != kmeans_seed:
+        raise DistDiffError(f"{path} holds the k-means groups of seed {int(protos['kmeans_seed'])}, not of this "
+                            f"run's --seed {kmeans_seed}; use a new --out or --prototypes path, or delete the file")
     protos["class_names"] = [str(c) for c in protos["class_names"]]
     return protos
 
 
-def prepare_prototypes(path, fprint, compute):
+def prepare_prototypes(path, fprint, compute, kmeans_seed=None):
     """Load `path` if it exists, else build it with `compute()` -> dict, under an exclusive lock.
 
     The first shard to arrive computes; the others wait on the lock and then read the file.
+    `kmeans_seed`: the seed of k-means' initialisation where k-means makes the groups, else None.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +80,6 @@ def prepare_prototypes(path, fprint, compute):
         if not path.is_file():
             built = compute()
             save_prototypes(path, built["class_protos"], built["group_protos"], built["group_mask"],
-                            built["class_names"], fprint)
+                            built["class_names"], fprint, kmeans_seed)
             logger.info("prototypes written to %s", path)
-    return load_prototypes(path, fprint)
+    return load_prototypes(path, fprint, kmeans_seed)

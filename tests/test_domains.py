@@ -241,9 +241,11 @@ def test_accepted_values_of_the_expander_run_to_valid_images_or_one_line(tiny_pi
     assert len(cases) >= 20, cases
     for n, (flag, value) in enumerate(cases):
         out = tmp_path / f"run{n}"
-        # One prototypes file for every case (none of these flags changes them): computed once.
+        # One prototypes file for every case but --seed's (k-means' groups, and the file, record the
+        # seed): computed once.
+        prototypes = tmp_path / ("prototypes.npz" if flag != "--seed" else f"prototypes_{n}.npz")
         argv = ["--dataset", "digits", "--model", tiny_pipe, "--guide_ckpt", random_guide, "--out", out,
-                "--prototypes", tmp_path / "prototypes.npz", "--limit", "1", "--expand_ratio", "1", "--num_steps", "10",
+                "--prototypes", prototypes, "--limit", "1", "--expand_ratio", "1", "--num_steps", "10",
                 "--guidance_step", "4", "--threads", "1", f"{flag}={value}"]
         code, line, stderr = run_outcome("expand_distdiff", argv)
         assert "Traceback" not in stderr, (flag, value, stderr)

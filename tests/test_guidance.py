@@ -1,4 +1,5 @@
 """Prototypes, the energy and one guidance step, checked on small hand-made tensors."""
+import logging
 import math
 
 import numpy as np
@@ -37,6 +38,24 @@ def test_fingerprint_mismatch_is_an_error(tmp_path):
     assert load_prototypes(path, "abc")["class_names"] == ["a", "b"]
     with pytest.raises(DistDiffError, match="fingerprint abc != xyz"):
         load_prototypes(path, "xyz")
+
+
+def test_a_kmeans_seed_mismatch_is_an_error_and_an_unrecorded_seed_a_warning(tmp_path, caplog):
+    """k-means' groups depend on its seed, which the fingerprint leaves out (files written before the
+    seed was recorded keep their fingerprint): a file of another seed is refused, one without a
+    recorded seed is used with a warning."""
+    args = (np.zeros((2, 3)), np.zeros((2, 3, 3)), np.ones((2, 3), bool), ["a", "b"], "abc")
+    seeded, unrecorded = tmp_path / "seeded.npz", tmp_path / "unrecorded.npz"
+    save_prototypes(seeded, *args, kmeans_seed=42)
+    save_prototypes(unrecorded, *args)
+    assert load_prototypes(seeded, "abc", kmeans_seed=42)["class_names"] == ["a", "b"]
+    with pytest.raises(DistDiffError, match="holds the k-means groups of seed 42, not of this run's --seed 7"):
+        load_prototypes(seeded, "abc", kmeans_seed=7)
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        assert load_prototypes(unrecorded, "abc", kmeans_seed=7)["class_names"] == ["a", "b"]
+    assert "records no k-means seed" in caplog.text
+    load_prototypes(seeded, "abc")  # agglomerative groups (no seed asked): the recorded one is not checked
 
 
 def test_energy_by_hand():
