@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from conftest import run_main
+from conftest import REPO, run_main
 from distdiff import DistDiffError
 from distdiff import registry
 from distdiff import prepare as prep
@@ -51,6 +51,16 @@ def caltech_like_splits(dataset, per_class):
 
 
 # ---------------------------------------------------------------------------
+
+def test_the_committed_digits_splits_are_the_seeded_split():
+    """embedded.digits.export_digits compares the split files with the seeded split only when it
+    exports something (once every split is there it skips scikit-learn), so the committed files
+    are compared here."""
+    from sklearn.datasets import load_digits
+
+    from embedded.digits import make_splits, read_splits
+    assert read_splits(REPO / "data" / "digits" / "splits") == make_splits(load_digits().target)
+
 
 def test_per_class_split_counts_and_seed():
     labels = np.repeat([0, 1, 2], [5, 7, 9])
